@@ -1,0 +1,3 @@
+module github.com/mtwatch/mtwatch
+
+go 1.24
