@@ -1,0 +1,115 @@
+package xenstoredtest
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+// Instance is a Server owned by one test: every failure fails the test, with
+// xenstored's output and the tail of its trace.
+type Instance struct {
+	*Server
+	t testing.TB
+}
+
+// Start launches a private xenstored for t with tracing on, and stops it
+// when t ends. It never skips: a missing xenstored or gcc fails the test with
+// the package to install.
+func Start(t testing.TB, args ...string) *Instance {
+	t.Helper()
+	s, err := Launch(context.Background(), Config{Args: args, Trace: true})
+	if err != nil {
+		t.Fatalf("xenstoredtest: %v", err)
+	}
+	in := &Instance{Server: s, t: t}
+	t.Cleanup(func() {
+		if t.Failed() {
+			in.dumpDiagnostics()
+		}
+		s.Close()
+	})
+	return in
+}
+
+func (in *Instance) dumpDiagnostics() {
+	in.t.Logf("xenstored output:\n%s", in.Output())
+	trace, err := os.ReadFile(in.TracePath())
+	if err != nil {
+		return
+	}
+	// Keep the whole trace beyond the run dir's removal, and show its end.
+	if f, err := os.CreateTemp("", "mtwatch-xenstored-trace-*"); err == nil {
+		f.Write(trace)
+		f.Close()
+		in.t.Logf("xenstored trace kept at %s", f.Name())
+	}
+	lines := strings.Split(string(trace), "\n")
+	if len(lines) > 60 {
+		lines = lines[len(lines)-60:]
+	}
+	in.t.Logf("xenstored trace (tail):\n%s", strings.Join(lines, "\n"))
+}
+
+// CreateDomain creates guest id (its /local/domain node and INTRODUCE).
+func (in *Instance) CreateDomain(id domid.ID) {
+	in.t.Helper()
+	if err := in.Server.CreateDomain(id); err != nil {
+		in.t.Fatalf("xenstoredtest: %v", err)
+	}
+}
+
+// IntroduceDomain sends INTRODUCE for guest id.
+func (in *Instance) IntroduceDomain(id domid.ID) {
+	in.t.Helper()
+	if err := in.Server.IntroduceDomain(id); err != nil {
+		in.t.Fatalf("xenstoredtest: %v", err)
+	}
+}
+
+// KillDomain kills guest id and waits until xenstored has released it.
+func (in *Instance) KillDomain(id domid.ID) {
+	in.t.Helper()
+	if err := in.Server.KillDomain(id); err != nil {
+		in.t.Fatalf("xenstoredtest: %v", err)
+	}
+}
+
+// Restart stops and restarts xenstored on the same socket.
+func (in *Instance) Restart() {
+	in.t.Helper()
+	if err := in.Server.Restart(context.Background()); err != nil {
+		in.t.Fatalf("xenstoredtest: restart: %v", err)
+	}
+}
+
+// Stop stops xenstored (it can be started again with Restart).
+func (in *Instance) Stop() {
+	in.t.Helper()
+	if err := in.Server.Stop(); err != nil {
+		in.t.Fatalf("xenstoredtest: stop: %v", err)
+	}
+}
+
+// Run runs a client program (e.g. xenstore-write) against the instance and
+// returns its trimmed standard output, failing the test on error.
+func (in *Instance) Run(name string, args ...string) string {
+	in.t.Helper()
+	out, err := in.Command(name, args...).Output()
+	if err != nil {
+		msg := ""
+		if errors.Is(err, exec.ErrNotFound) {
+			msg = "install the Debian package that provides it (xenstore-utils for the xenstore-* tools)"
+		}
+		if ee, ok := err.(*exec.ExitError); ok {
+			msg = string(ee.Stderr)
+		}
+		in.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, msg)
+	}
+	return strings.TrimRight(string(out), "\n")
+}

@@ -1,0 +1,202 @@
+package xenstoredtest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+// TestParallelInstances checks that instances are private: the same path
+// holds different values in two daemons running at once.
+func TestParallelInstances(t *testing.T) {
+	t.Parallel()
+	a, b := Start(t), Start(t)
+	if a.Socket() == b.Socket() {
+		t.Fatal("instances share a socket")
+	}
+	var wg sync.WaitGroup
+	for i, in := range []*Instance{a, b} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 20; j++ {
+				if err := in.Command("xenstore-write", "/test/v", strings.Repeat("x", i+1)).Run(); err != nil {
+					t.Errorf("write: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if got := a.Run("xenstore-read", "/test/v"); got != "x" {
+		t.Errorf("instance a: /test/v = %q", got)
+	}
+	if got := b.Run("xenstore-read", "/test/v"); got != "xx" {
+		t.Errorf("instance b: /test/v = %q", got)
+	}
+}
+
+// TestCLIs drives the instance with Debian's libxenstore tools.
+func TestCLIs(t *testing.T) {
+	t.Parallel()
+	in := Start(t)
+	in.Run("xenstore-write", "/vm/abc/name", "guest", "/vm/abc/uuid", "abc")
+	if got := in.Run("xenstore-read", "/vm/abc/name"); got != "guest" {
+		t.Errorf("read = %q", got)
+	}
+	if got := in.Run("xenstore-list", "/vm/abc"); got != "name\nuuid" {
+		t.Errorf("list = %q", got)
+	}
+	ls := in.Run("xenstore-ls", "-p", "/vm")
+	if !strings.Contains(ls, `name = "guest"`) || !strings.Contains(ls, "(n0)") {
+		t.Errorf("xenstore-ls -p output unexpected:\n%s", ls)
+	}
+	in.Run("xenstore-rm", "/vm/abc")
+	if err := in.Command("xenstore-read", "/vm/abc/name").Run(); err == nil {
+		t.Error("read after rm succeeded")
+	}
+}
+
+// TestCLIWatch checks that xenstore-watch sees the initial event and a write.
+func TestCLIWatch(t *testing.T) {
+	t.Parallel()
+	in := Start(t)
+	cmd := in.Command("xenstore-watch", "-n", "2", "/watched")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != "/watched" {
+		t.Fatalf("initial event: %q %v", sc.Text(), sc.Err())
+	}
+	in.Run("xenstore-write", "/watched/child", "1")
+	if !sc.Scan() || sc.Text() != "/watched/child" {
+		t.Fatalf("write event: %q %v", sc.Text(), sc.Err())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("xenstore-watch -n 2: %v", err)
+	}
+}
+
+// TestDomainLifecycle introduces domain 5, kills it and checks that
+// @releaseDomain fires and the nodes it owned are gone; then reuses the domid.
+func TestDomainLifecycle(t *testing.T) {
+	t.Parallel()
+	in := Start(t)
+	w, err := Dial(in.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for _, p := range []string{"@introduceDomain", "@releaseDomain"} {
+		if _, err := w.Request(TypeWatch, p, "tok"); err != nil {
+			t.Fatalf("watch %s: %v", p, err)
+		}
+	}
+	waitEvent := func(want string) {
+		t.Helper()
+		for _, ev := range w.Events {
+			if ev[0] == want {
+				w.Events = nil
+				return
+			}
+		}
+		w.SetDeadline(time.Now().Add(10 * time.Second))
+		for {
+			typ, _, body, err := w.ReadMsg()
+			if err != nil {
+				t.Fatalf("waiting for %s: %v", want, err)
+			}
+			if typ == TypeWatchEvent && strings.HasPrefix(string(body), want+"\x00") {
+				w.Events = nil
+				return
+			}
+		}
+	}
+	// The initial events of both watches.
+	waitEvent("@introduceDomain")
+	waitEvent("@releaseDomain")
+
+	for round := 0; round < 2; round++ {
+		in.CreateDomain(5)
+		waitEvent("@introduceDomain")
+		if got := in.Run("xenstore-read", "/local/domain/5/name"); got != "guest5" {
+			t.Fatalf("round %d: name = %q", round, got)
+		}
+		if ls := in.Run("xenstore-ls", "-p", "/local/domain/5"); !strings.Contains(ls, "(n5)") {
+			t.Fatalf("round %d: /local/domain/5 not owned by domain 5:\n%s", round, ls)
+		}
+		in.KillDomain(5)
+		waitEvent("@releaseDomain")
+		err := in.Command("xenstore-read", "/local/domain/5/name").Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("round %d: nodes of the dead domain still readable (err %v)", round, err)
+		}
+		c, err := Dial(in.Socket())
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := c.Request(TypeIsDomainIntroduced, "5")
+		c.Close()
+		if err != nil || v != "F" {
+			t.Fatalf("round %d: IS_DOMAIN_INTRODUCED after kill = %q, %v", round, v, err)
+		}
+	}
+}
+
+// TestRestart checks that a restarted instance serves the same socket with
+// an empty store, and that clients of the old one see their connection drop.
+func TestRestart(t *testing.T) {
+	t.Parallel()
+	in := Start(t)
+	in.Run("xenstore-write", "/before", "1")
+	c, err := Dial(in.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	in.Restart()
+	if _, err := c.Request(TypeRead, "/before"); err == nil {
+		t.Error("old connection still answered after restart")
+	}
+	c2, err := Dial(in.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	if _, err := c2.Request(TypeRead, "/before"); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("read after restart: %v, want ENOENT", err)
+	}
+	in.Stop()
+	if _, err := Dial(in.Socket()); err == nil {
+		t.Error("dial succeeded with xenstored stopped")
+	}
+	if err := in.Server.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	in.Run("xenstore-write", "/after", "1")
+}
+
+func TestRejectsNonGuest(t *testing.T) {
+	t.Parallel()
+	in := Start(t)
+	for _, id := range []domid.ID{0, domid.Self, domid.Invalid} {
+		if err := in.Server.IntroduceDomain(id); err == nil {
+			t.Errorf("IntroduceDomain(%d) succeeded", id)
+		}
+	}
+}

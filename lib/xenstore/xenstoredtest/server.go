@@ -1,0 +1,462 @@
+// Package xenstoredtest runs private instances of the real C xenstored for
+// tests, benchmarks and the sandbox, on hosts without a hypervisor. The
+// hypervisor calls xenstored makes are emulated by the xenemu preload library
+// (test/xenemu), which this package builds with gcc on first use; guest
+// domains are introduced over the socket and killed through xenemu's control
+// directory, so @introduceDomain and @releaseDomain behave as on a Xen host.
+package xenstoredtest
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+// DefaultXenstored is where Debian's xen-utils-4.17 installs the C xenstored.
+const DefaultXenstored = "/usr/lib/xen-4.17/bin/xenstored"
+
+// Environment variables that override the defaults.
+const (
+	// EnvXenstored names another xenstored binary.
+	EnvXenstored = "MTWATCH_XENSTORED"
+	// EnvXenemu names a prebuilt xenemu library, skipping the gcc step.
+	EnvXenemu = "MTWATCH_XENEMU"
+)
+
+// ErrNotInstalled is returned when xenstored or gcc is missing; the message
+// names the Debian package to install.
+var ErrNotInstalled = errors.New("required program not installed")
+
+// startTimeout bounds how long a start, stop or domain operation may take.
+const startTimeout = 15 * time.Second
+
+// Config describes an instance to launch.
+type Config struct {
+	// Dir is the run directory (socket, pid file, trace, xenemu control
+	// files). Empty means a new temporary directory, removed by Close.
+	Dir string
+	// Args are extra xenstored arguments, e.g. quota options.
+	Args []string
+	// Trace enables xenstored's -T trace file in Dir.
+	Trace bool
+}
+
+// Server is one running (or stopped) private xenstored.
+type Server struct {
+	cfg     Config
+	ownDir  bool
+	bin     string
+	lib     string
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	out     *lockedBuffer
+	exited  chan struct{}
+	waitErr error
+}
+
+// Socket returns the path of the xenstored socket (XENSTORED_PATH).
+func (s *Server) Socket() string { return filepath.Join(s.cfg.Dir, "socket") }
+
+// Dir returns the run directory (XENSTORED_RUNDIR).
+func (s *Server) Dir() string { return s.cfg.Dir }
+
+// TracePath returns the path of the trace file, if tracing is on.
+func (s *Server) TracePath() string { return filepath.Join(s.cfg.Dir, "trace") }
+
+// Env returns the environment entries that point libxenstore clients (the
+// xenstore-* CLIs, pyxs, our client) at this instance.
+func (s *Server) Env() []string {
+	return []string{"XENSTORED_PATH=" + s.Socket(), "XENSTORED_RUNDIR=" + s.cfg.Dir}
+}
+
+// Command returns an exec.Cmd for a client program pointed at this instance.
+func (s *Server) Command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), s.Env()...)
+	return cmd
+}
+
+// Output returns what xenstored printed so far.
+func (s *Server) Output() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.out == nil {
+		return ""
+	}
+	return s.out.String()
+}
+
+// Launch builds xenemu if needed and starts xenstored.
+func Launch(ctx context.Context, cfg Config) (*Server, error) {
+	bin := DefaultXenstored
+	if v := os.Getenv(EnvXenstored); v != "" {
+		bin = v
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("%w: xenstored not found at %s: install Debian package xen-utils-4.17 "+
+			"(apt-get install --no-install-recommends xen-utils-4.17 xenstore-utils)", ErrNotInstalled, bin)
+	}
+	lib, err := XenemuLibrary()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, bin: bin, lib: lib}
+	if s.cfg.Dir == "" {
+		// Not t.TempDir: unix socket paths are limited to 108 bytes and test
+		// names make those directories long.
+		dir, err := os.MkdirTemp("", "xs")
+		if err != nil {
+			return nil, err
+		}
+		s.cfg.Dir, s.ownDir = dir, true
+	}
+	if err := s.Start(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Start starts xenstored (again, after Stop) in the same directory with the
+// same socket; the store starts empty, as after a host reboot.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	if s.cmd != nil {
+		s.mu.Unlock()
+		return errors.New("xenstored already running")
+	}
+	if err := os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	os.Remove(s.Socket())
+	args := []string{"-N", "-F", filepath.Join(s.cfg.Dir, "pid")}
+	if s.cfg.Trace {
+		args = append(args, "-T", s.TracePath())
+	}
+	args = append(args, s.cfg.Args...)
+	cmd := exec.Command(s.bin, args...)
+	cmd.Dir = s.cfg.Dir
+	cmd.Env = append(os.Environ(),
+		"LD_PRELOAD="+s.lib,
+		"XENEMU_DIR="+s.cfg.Dir,
+		"XENSTORED_RUNDIR="+s.cfg.Dir,
+		"XENSTORED_PATH="+s.Socket())
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	// Own process group: a test killed by a signal must not leave the
+	// daemon attached to the terminal's group, and Stop can signal it alone.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("start xenstored: %w", err)
+	}
+	exited := make(chan struct{})
+	s.cmd, s.out, s.exited = cmd, out, exited
+	s.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		s.mu.Lock()
+		s.waitErr = err
+		s.mu.Unlock()
+		close(exited)
+	}()
+	return s.waitReady(ctx, exited)
+}
+
+// waitReady polls until a request round trip succeeds, the process exits or
+// the deadline passes.
+func (s *Server) waitReady(ctx context.Context, exited chan struct{}) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	for {
+		c, err := Dial(s.Socket())
+		if err == nil {
+			_, err = c.Request(TypeRead, "/tool/xenstored")
+			c.Close()
+			if err == nil || errors.Is(err, syscall.ENOENT) {
+				return nil
+			}
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("xenstored exited during start-up: %v\n%s", s.exitErr(), s.Output())
+		case <-ctx.Done():
+			return fmt.Errorf("xenstored did not answer on %s: %v (last error %v)\n%s",
+				s.Socket(), ctx.Err(), err, s.Output())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Server) exitErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.waitErr
+}
+
+// Running reports whether the daemon process is alive.
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cmd != nil
+}
+
+// Stop terminates xenstored (SIGTERM, then SIGKILL) and waits for it.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+	case <-time.After(startTimeout):
+		_ = cmd.Process.Kill()
+		<-exited
+	}
+	s.mu.Lock()
+	s.cmd = nil
+	s.mu.Unlock()
+	return nil
+}
+
+// Restart stops and starts xenstored; clients see their connection drop.
+func (s *Server) Restart(ctx context.Context) error {
+	if err := s.Stop(); err != nil {
+		return err
+	}
+	return s.Start(ctx)
+}
+
+// Close stops xenstored and removes the run directory if Launch made it.
+func (s *Server) Close() error {
+	err := s.Stop()
+	if s.ownDir {
+		os.RemoveAll(s.cfg.Dir)
+	}
+	return err
+}
+
+// IntroduceDomain tells xenstored that guest id exists (INTRODUCE, as
+// libxl's xs_introduce_domain), which fires @introduceDomain. A domid killed
+// before is first revived, so domids can be reused as on a real host.
+func (s *Server) IntroduceDomain(id domid.ID) error {
+	if !id.IsGuest() {
+		return fmt.Errorf("introduce domain %d: not a guest domid", id)
+	}
+	if err := s.setDead(id, false); err != nil {
+		return err
+	}
+	c, err := Dial(s.Socket())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	// mfn and port are ignored by xenemu but must parse.
+	_, err = c.Request(TypeIntroduce, id.String(), "1", "1")
+	if err != nil {
+		return fmt.Errorf("introduce domain %d: %w", id, err)
+	}
+	return nil
+}
+
+// CreateDomain does what a toolstack does for a new guest, as far as the
+// store is concerned: /local/domain/<id> owned by the guest with a name
+// node, then INTRODUCE.
+func (s *Server) CreateDomain(id domid.ID) error {
+	if !id.IsGuest() {
+		return fmt.Errorf("create domain %d: not a guest domid", id)
+	}
+	// xenstored checks that a new owner exists before SET_PERMS.
+	if err := s.setDead(id, false); err != nil {
+		return err
+	}
+	c, err := Dial(s.Socket())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	home := "/local/domain/" + id.String()
+	owner := "n" + id.String()
+	for _, step := range []func() error{
+		func() error { return c.Write(home+"/name", "guest"+id.String()) },
+		func() error { return c.Write(home+"/domid", id.String()) },
+		func() error { _, err := c.Request(TypeSetPerms, home, owner); return err },
+		func() error { _, err := c.Request(TypeSetPerms, home+"/name", owner); return err },
+		func() error { _, err := c.Request(TypeSetPerms, home+"/domid", owner); return err },
+	} {
+		if err := step(); err != nil {
+			return fmt.Errorf("create domain %d: %w", id, err)
+		}
+	}
+	return s.IntroduceDomain(id)
+}
+
+// KillDomain makes guest id disappear as if it died: xenemu stops reporting
+// it and raises VIRQ_DOM_EXC, so xenstored fires @releaseDomain and removes
+// the nodes the guest owned. It returns once xenstored has forgotten it.
+func (s *Server) KillDomain(id domid.ID) error {
+	if err := s.setDead(id, true); err != nil {
+		return err
+	}
+	if err := s.raiseDomExc(); err != nil {
+		return err
+	}
+	c, err := Dial(s.Socket())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		v, err := c.Request(TypeIsDomainIntroduced, id.String())
+		if err != nil {
+			return fmt.Errorf("kill domain %d: %w", id, err)
+		}
+		if v == "F" {
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return fmt.Errorf("kill domain %d: xenstored still has it after %v", id, startTimeout)
+}
+
+func (s *Server) raiseDomExc() error {
+	// The FIFO is opened non-blocking for writing: xenstored (through
+	// xenemu) holds it open read-write, so this never blocks; if xenstored
+	// is down the write fails with ENXIO and the dead list still applies at
+	// its next start.
+	f, err := os.OpenFile(filepath.Join(s.cfg.Dir, "evtchn"), os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return fmt.Errorf("raise VIRQ_DOM_EXC: %w", err)
+	}
+	defer f.Close()
+	_, err = f.Write([]byte{1})
+	return err
+}
+
+// setDead adds id to or removes it from xenemu's dead list, atomically.
+func (s *Server) setDead(id domid.ID, dead bool) error {
+	path := filepath.Join(s.cfg.Dir, "dead")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	var out []string
+	for _, l := range strings.Fields(string(old)) {
+		if l != id.String() {
+			out = append(out, l)
+		}
+	}
+	if dead {
+		out = append(out, id.String())
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+var (
+	buildOnce sync.Once
+	buildLib  string
+	buildErr  error
+)
+
+// XenemuLibrary returns the path of the xenemu preload library, building it
+// with gcc (once per process, cached by source hash) unless $MTWATCH_XENEMU
+// names a prebuilt one.
+func XenemuLibrary() (string, error) {
+	if v := os.Getenv(EnvXenemu); v != "" {
+		if _, err := os.Stat(v); err != nil {
+			return "", fmt.Errorf("%s: %w", EnvXenemu, err)
+		}
+		return v, nil
+	}
+	buildOnce.Do(func() { buildLib, buildErr = buildXenemu() })
+	return buildLib, buildErr
+}
+
+func xenemuSource() (string, error) {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("cannot locate xenemu source")
+	}
+	src := filepath.Join(filepath.Dir(file), "..", "..", "..", "test", "xenemu", "xenemu.c")
+	if _, err := os.Stat(src); err != nil {
+		return "", fmt.Errorf("xenemu source: %w (set %s to a built library)", err, EnvXenemu)
+	}
+	return src, nil
+}
+
+func buildXenemu() (string, error) {
+	src, err := xenemuSource()
+	if err != nil {
+		return "", err
+	}
+	code, err := os.ReadFile(src)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(code)
+	out := filepath.Join(os.TempDir(), "mtwatch-xenemu-"+hex.EncodeToString(sum[:8])+".so")
+	if _, err := os.Stat(out); err == nil {
+		return out, nil
+	}
+	gcc, err := exec.LookPath("gcc")
+	if err != nil {
+		return "", fmt.Errorf("%w: gcc is needed to build the xenemu library: install Debian package gcc", ErrNotInstalled)
+	}
+	tmp, err := os.CreateTemp(os.TempDir(), "mtwatch-xenemu-*.so")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	cmd := exec.Command(gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
+		"-fvisibility=hidden", "-o", tmp.Name(), src, "-ldl")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build xenemu: %v\n%s", err, msg)
+	}
+	// Rename is atomic, so parallel test binaries never load a partial file.
+	if err := os.Rename(tmp.Name(), out); err != nil {
+		return "", err
+	}
+	return out, nil
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
