@@ -1,0 +1,120 @@
+# mtwatch — per-domain XenStore watch workers for Xen dom0.
+#
+#   make build     build the binaries into bin/
+#   make test      install test dependencies if needed, vet, run all tests with -race
+#   make sandbox   a private real xenstored on a machine without Xen
+#   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
+#   make deps      install the Debian packages the tests and the sandbox need
+
+GO        ?= go
+CC        ?= gcc
+PREFIX    ?= /usr/local
+BINDIR    ?= $(PREFIX)/bin
+SBINDIR   ?= $(PREFIX)/sbin
+LIBEXECDIR ?= $(PREFIX)/lib/mtwatch
+SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+DESTDIR   ?=
+
+# Debian packages: the real xenstored and its C clients, a third client
+# (pyxs) to cross-check against, gcc for the xenemu preload library.
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc
+XENSTORED    := /usr/lib/xen-4.17/bin/xenstored
+
+# Only binaries whose main package exists are built: nothing pretends to work.
+BINARIES := $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go))))
+# The agent runs as a system daemon; the others are user commands and hooks.
+SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
+BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
+LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
+
+XENEMU := build/libxenemu.so
+
+.PHONY: all build test vet fmt-check deps sandbox sandbox-stop install clean fuzz bench
+
+all: build
+
+build: $(XENEMU)
+	@mkdir -p bin
+	$(if $(BINARIES),$(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINARIES)),@true)
+
+$(XENEMU): test/xenemu/xenemu.c
+	@mkdir -p build
+	$(CC) -shared -fPIC -O2 -Wall -Wextra -Werror -fvisibility=hidden -o $@ $< -ldl
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed$$' || missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+		echo "missing Debian packages:$$missing" >&2; \
+		echo "run: sudo apt-get update && sudo apt-get install -y --no-install-recommends$$missing" >&2; \
+		exit 1; \
+	fi; \
+	echo "installing:$$missing"; \
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+# The harness-backed integration tests start real xenstored instances, so the
+# Debian packages come first; -race because concurrency is the point.
+test: deps fmt-check vet
+	@test -x $(XENSTORED) || { echo "$(XENSTORED) missing after deps" >&2; exit 1; }
+	$(GO) test -race -count=1 ./...
+
+# Short fuzzing runs of every fuzz target (not part of make test).
+FUZZTIME ?= 20s
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+		for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$f"; \
+			$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+		done; \
+	done
+
+# Benchmarks are not part of make test; see docs/performance.md.
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+sandbox: deps $(XENEMU) build
+	@XENEMU=$(CURDIR)/$(XENEMU) XENSTORED=$(XENSTORED) BIN=$(CURDIR)/bin test/sandbox.sh start
+
+sandbox-stop:
+	@test/sandbox.sh stop
+
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(LIBEXECDIR)
+	$(foreach b,$(BIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(BINDIR)/$(b);)
+	$(foreach b,$(SBIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(SBINDIR)/$(b);)
+	$(foreach b,$(LIBEXEC_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(LIBEXECDIR)/$(b);)
+	@if [ -d systemd ] && ls systemd/*.service >/dev/null 2>&1; then \
+		install -d $(DESTDIR)$(SYSTEMDUNITDIR); \
+		for u in systemd/*.service systemd/*.socket systemd/*.timer; do \
+			[ -f "$$u" ] || continue; \
+			sed 's|@SBINDIR@|$(SBINDIR)|g; s|@BINDIR@|$(BINDIR)|g; s|@LIBEXECDIR@|$(LIBEXECDIR)|g' $$u > $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$u); \
+			chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$u); \
+		done; \
+	fi
+	@if [ -d hooks ]; then $(MAKE) --no-print-directory install-hooks; fi
+
+# Hook scripts: hooks/<toolstack-hook-dir>/<script>, installed under
+# $(SYSCONFDIR) with the path of mtwatch-hook substituted.
+.PHONY: install-hooks
+install-hooks:
+	@cd hooks && find . -type f ! -name '*.md' | while read -r f; do \
+		d=$(DESTDIR)$(SYSCONFDIR)/$$(dirname "$$f"); \
+		install -d "$$d"; \
+		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$f" > "$$d/$$(basename "$$f")"; \
+		chmod 0755 "$$d/$$(basename "$$f")"; \
+		echo "installed $$d/$$(basename "$$f")"; \
+	done
+
+clean:
+	rm -rf bin build
