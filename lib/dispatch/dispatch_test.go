@@ -1,0 +1,889 @@
+package dispatch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+func TestRegisterRejectsBadWatches(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	nop := func(context.Context, Event) error { return nil }
+	register(t, d, WatchConfig{Path: "backend", Token: "taken", Handler: nop})
+	tests := []struct {
+		name string
+		cfg  WatchConfig
+		want error
+	}{
+		{"empty path", WatchConfig{Token: "a", Handler: nop}, ErrInvalidWatch},
+		{"nil handler", WatchConfig{Path: "backend", Token: "a"}, ErrInvalidWatch},
+		{"bad policy", WatchConfig{Path: "backend", Token: "a", Handler: nop, Pending: 7}, ErrInvalidWatch},
+		{"reserved owner", WatchConfig{Path: "backend", Token: "a", Handler: nop, Owner: domid.Invalid}, ErrInvalidWatch},
+		{"negative timeout", WatchConfig{Path: "backend", Token: "a", Handler: nop, Timeout: -1}, ErrInvalidWatch},
+		{"duplicate token", WatchConfig{Path: "other", Token: "taken", Handler: nop}, ErrDuplicateToken},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w, err := d.Register(tc.cfg)
+			if !errors.Is(err, tc.want) || w != nil {
+				t.Fatalf("Register = %v, %v; want error %v", w, err, tc.want)
+			}
+		})
+	}
+	if err := d.Dispatch("backend/vif/1/0", "a"); !errors.Is(err, ErrUnknownWatch) {
+		t.Fatalf("Dispatch with a rejected watch's token = %v, want ErrUnknownWatch", err)
+	}
+	if got := d.Stats().Totals.Unmatched; got != 1 {
+		t.Fatalf("Unmatched = %d, want 1", got)
+	}
+}
+
+func TestDomainLifecycleErrors(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	if err := d.CreateDomain(7); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		op   func() error
+		want error
+	}{
+		{"create dom0", func() error { return d.CreateDomain(domid.Dom0) }, ErrInvalidDomain},
+		{"create reserved", func() error { return d.CreateDomain(domid.FirstReserved) }, ErrInvalidDomain},
+		{"create twice", func() error { return d.CreateDomain(7) }, ErrDomainExists},
+		{"destroy unknown", func() error { return d.DestroyDomain(8) }, ErrNoDomain},
+		{"destroy dom0", func() error { return d.DestroyDomain(domid.Dom0) }, ErrInvalidDomain},
+		{"destroy reserved", func() error { return d.DestroyDomain(domid.Idle) }, ErrInvalidDomain},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.op()
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "domain") {
+				t.Fatalf("error %q does not name the domain", err)
+			}
+		})
+	}
+	if err := d.DestroyDomain(7); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DestroyDomain(7); !errors.Is(err, ErrNoDomain) {
+		t.Fatalf("second destroy = %v, want ErrNoDomain", err)
+	}
+	if err := d.CreateDomain(7); err != nil {
+		t.Fatalf("re-create after destroy: %v", err)
+	}
+	if s := d.Stats(); s.Workers != 1 {
+		t.Fatalf("Workers = %d, want 1", s.Workers)
+	}
+}
+
+func TestRouting(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	register(t, d, WatchConfig{Path: "/local/domain/9/device/vif/0/state", Token: "owned", Owner: 9, Handler: rec.handle})
+	register(t, d, WatchConfig{Path: "custom", Token: "custom", Handler: rec.handle,
+		DomainOf: func(p string) (domid.ID, bool) {
+			if strings.HasPrefix(p, "custom/") {
+				return 5, true
+			}
+			return 0, false
+		}})
+	for _, id := range []domid.ID{5, 9} {
+		if err := d.CreateDomain(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		path, token string
+		worker      domid.ID
+	}{
+		{"backend/vif/5/0/state", "be", 5},
+		{"/local/domain/0/backend/vbd/9/51712", "be", 9},
+		{"/local/domain/5/device/vif/0", "be", 5},
+		{"backend/vif/6/0", "be", domid.Dom0},  // no worker for 6
+		{"backend/vif", "be", domid.Dom0},      // no domain
+		{"backend/vif/05/0", "be", domid.Dom0}, // not canonical: never domain 5
+		{"backend/vif/40000/0", "be", domid.Dom0},
+		{"/local/domain/0/x", "be", domid.Dom0},
+		{"@releaseDomain", "be", domid.Dom0},
+		{"/local/domain/9/device/vif/0/state", "owned", 9},
+		{"custom/anything", "custom", 5},
+		{"backend/vif/9/0", "custom", domid.Dom0}, // custom DomainOf says no
+	}
+	for i, tc := range tests {
+		dispatch(t, d, tc.path, tc.token)
+		rn := rec.waitRuns(t, i+1)[i]
+		if rn.Worker != tc.worker || rn.Path != tc.path || rn.Event.Token != tc.token {
+			t.Errorf("%s (%s): ran %+v, want worker %d", tc.path, tc.token, rn, tc.worker)
+		}
+	}
+}
+
+// TestOrderAcrossCreate: events of a domain waiting on the default worker
+// run before its new worker starts (invariant 1, creation).
+func TestOrderAcrossCreate(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	register(t, d, WatchConfig{Path: "/local/domain/0", Token: "d0", Handler: rec.handle})
+	release := rec.blockOn("/local/domain/0/busy")
+	dispatch(t, d, "/local/domain/0/busy", "d0")
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "backend/vif/3/e1", "be") // queued on the default worker
+	dispatch(t, d, "backend/vif/3/e2", "be")
+	if err := d.CreateDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/3/e3", "be") // to the new worker, which must wait
+	// Another domain's worker is not held up by the busy default worker.
+	if err := d.CreateDomain(4); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/4/x", "be")
+	if rn := rec.waitRuns(t, 2)[1]; rn.Path != "backend/vif/4/x" {
+		t.Fatalf("second call was %+v, want domain 4's event (domain 3's new worker must wait)", rn)
+	}
+	if st, _ := d.DomainStats(3); st.Queued != 3 || st.Current != nil {
+		t.Fatalf("domain 3: %+v, want 3 queued and nothing running", st)
+	}
+	release()
+	runs := rec.waitRuns(t, 5)
+	want := []run{
+		{Path: "backend/vif/3/e1", Worker: domid.Dom0},
+		{Path: "backend/vif/3/e2", Worker: domid.Dom0},
+		{Path: "backend/vif/3/e3", Worker: 3},
+	}
+	var got []run
+	for _, rn := range runs {
+		if strings.HasPrefix(rn.Path, "backend/vif/3/") {
+			got = append(got, run{Path: rn.Path, Worker: rn.Worker})
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("domain 3 ran %+v, want %+v", got, want)
+	}
+}
+
+// TestOrderAcrossDestroy: events queued before DestroyDomain run first, on the
+// domain's worker, with a cancelled context; later ones wait for the drain,
+// then run on the default worker, which is not blocked meanwhile.
+func TestOrderAcrossDestroy(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	cancelled := make(chan error, 1)
+	release := make(chan struct{})
+	handler := func(ctx context.Context, ev Event) error {
+		if err := rec.handle(ctx, ev); err != nil {
+			return err
+		}
+		if ev.Path == "backend/vif/3/e1" {
+			<-ctx.Done()
+			cancelled <- ctx.Err()
+			<-release
+		}
+		return nil
+	}
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: handler})
+	if err := d.CreateDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/3/e1", "be")
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "backend/vif/3/e2", "be")
+	if err := d.DestroyDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, cancelled, "context cancelled by DestroyDomain"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("handler context: %v", err)
+	}
+	dispatch(t, d, "backend/vif/3/e3", "be")
+	dispatch(t, d, "backend/vif/3/e4", "be")
+	// The default worker is free, and e3/e4 are held, not queued on it:
+	// had they been, they would run before this event.
+	dispatch(t, d, "backend/vif/0x", "be")
+	if rn := rec.waitRuns(t, 2)[1]; rn.Path != "backend/vif/0x" || rn.Worker != domid.Dom0 {
+		t.Fatalf("second call %+v, want backend/vif/0x on the default worker", rn)
+	}
+	if st, _ := d.DomainStats(3); st.Worker || st.Draining != 1 || st.Queued != 3 {
+		t.Fatalf("domain 3 while draining: %+v", st)
+	}
+	close(release)
+	runs := rec.waitRuns(t, 5)
+	var got []run
+	for _, rn := range runs {
+		if strings.HasPrefix(rn.Path, "backend/vif/3/") {
+			got = append(got, run{Path: rn.Path, Worker: rn.Worker})
+		}
+	}
+	want := []run{
+		{Path: "backend/vif/3/e1", Worker: 3},
+		{Path: "backend/vif/3/e2", Worker: 3},
+		{Path: "backend/vif/3/e3", Worker: domid.Dom0},
+		{Path: "backend/vif/3/e4", Worker: domid.Dom0},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("domain 3 ran %+v, want %+v", got, want)
+	}
+	quiesce(t, d)
+	if _, ok := d.DomainStats(3); ok {
+		t.Fatal("domain 3 still known after its worker drained and its events ran")
+	}
+	if s := d.Stats(); s.Workers != 0 {
+		t.Fatalf("Workers = %d after destroy, want 0", s.Workers)
+	}
+}
+
+// TestRecreateWhileDraining chains worker generations: each must wait for
+// the previous one and for the events released in between.
+func TestRecreateWhileDraining(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	release := rec.blockOn("backend/vif/3/e1")
+	if err := d.CreateDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/3/e1", "be")
+	rec.waitRuns(t, 1)
+	steps := []func() error{
+		func() error { return d.DestroyDomain(3) },
+		func() error { return d.Dispatch("backend/vif/3/e2", "be") },
+		func() error { return d.CreateDomain(3) },
+		func() error { return d.Dispatch("backend/vif/3/e3", "be") },
+		func() error { return d.DestroyDomain(3) },
+		func() error { return d.Dispatch("backend/vif/3/e4", "be") },
+		func() error { return d.CreateDomain(3) },
+		func() error { return d.Dispatch("backend/vif/3/e5", "be") },
+	}
+	for i, step := range steps {
+		if err := step(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+	}
+	if s := d.Stats(); s.Workers != 3 {
+		t.Fatalf("Workers = %d, want 3 generations", s.Workers)
+	}
+	notWithin(t, rec.started, "an event overtaking the blocked one")
+	release()
+	runs := rec.waitRuns(t, 5)
+	want := []run{
+		{Path: "backend/vif/3/e1", Worker: 3},
+		{Path: "backend/vif/3/e2", Worker: domid.Dom0},
+		{Path: "backend/vif/3/e3", Worker: 3},
+		{Path: "backend/vif/3/e4", Worker: domid.Dom0},
+		{Path: "backend/vif/3/e5", Worker: 3},
+	}
+	var got []run
+	for _, rn := range runs {
+		got = append(got, run{Path: rn.Path, Worker: rn.Worker})
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ran %+v, want %+v", got, want)
+	}
+	quiesce(t, d)
+	if s := d.Stats(); s.Workers != 1 {
+		t.Fatalf("Workers = %d after drain, want 1", s.Workers)
+	}
+}
+
+// TestDomainsDoNotWaitForEachOther: a stuck domain holds up neither other
+// domains nor the default worker (invariant 2); in single-worker mode it holds
+// up everything, which is what mtwatch fixes.
+func TestDomainsDoNotWaitForEachOther(t *testing.T) {
+	for _, single := range []bool{false, true} {
+		t.Run(fmt.Sprintf("single=%v", single), func(t *testing.T) {
+			d := newDispatcher(t, Config{SingleWorker: single})
+			rec := newRecorder()
+			register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+			for id := domid.ID(1); id <= 3; id++ {
+				if err := d.CreateDomain(id); err != nil {
+					t.Fatal(err)
+				}
+			}
+			release := rec.blockOn("backend/vif/1/stuck")
+			defer release()
+			dispatch(t, d, "backend/vif/1/stuck", "be")
+			rec.waitRuns(t, 1)
+			dispatch(t, d, "backend/vif/1/later", "be")
+			dispatch(t, d, "backend/vif/2/a", "be")
+			dispatch(t, d, "backend/vif/3/a", "be")
+			dispatch(t, d, "@introduceDomain", "be")
+			if single {
+				notWithin(t, rec.started, "an event running beside the stuck one in single-worker mode")
+				release()
+				runs := rec.waitRuns(t, 5)
+				for _, rn := range runs {
+					if rn.Worker != domid.Dom0 {
+						t.Fatalf("single-worker mode ran %+v on a domain worker", rn)
+					}
+				}
+				return
+			}
+			runs := rec.waitRuns(t, 4)
+			got := []string{runs[1].Path, runs[2].Path, runs[3].Path}
+			slices.Sort(got)
+			if want := []string{"@introduceDomain", "backend/vif/2/a", "backend/vif/3/a"}; !slices.Equal(got, want) {
+				t.Fatalf("while domain 1 is stuck ran %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+func TestCoalescing(t *testing.T) {
+	tests := []struct {
+		name      string
+		pending   Pending
+		filter    func(path string, pending int) bool
+		dispatch  []string
+		want      []string // calls after the blocking one
+		coalesced uint64
+		filtered  uint64
+	}{
+		{
+			name:      "per path",
+			dispatch:  []string{"backend/vif/1/a", "backend/vif/1/b", "backend/vif/1/a", "backend/vif/1/a", "backend/vif/1/b"},
+			want:      []string{"backend/vif/1/a", "backend/vif/1/b"},
+			coalesced: 3,
+		},
+		{
+			name:      "per watch",
+			pending:   PendingPerWatch,
+			dispatch:  []string{"backend/vif/1/a", "backend/vif/1/b", "backend/vif/1/a"},
+			want:      []string{"backend/vif/1/a"},
+			coalesced: 2,
+		},
+		{
+			name:     "filter at most two pending",
+			filter:   func(_ string, pending int) bool { return pending < 2 },
+			dispatch: []string{"backend/vif/1/a", "backend/vif/1/b", "backend/vif/1/c", "backend/vif/1/a"},
+			want:     []string{"backend/vif/1/a", "backend/vif/1/b"},
+			filtered: 2,
+		},
+		{
+			name:     "filter by path",
+			filter:   func(p string, _ int) bool { return strings.HasSuffix(p, "/state") },
+			dispatch: []string{"backend/vif/1/state", "backend/vif/1/other", "backend/vif/1/state"},
+			want:     []string{"backend/vif/1/state"},
+			// The filter runs first: the third event is filtered out only
+			// if the filter says so; here it is accepted, then coalesced.
+			filtered:  1,
+			coalesced: 1,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDispatcher(t, Config{})
+			rec := newRecorder()
+			register(t, d, WatchConfig{Path: "/local/domain/0", Token: "block", Handler: rec.handle})
+			w := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle, Pending: tc.pending, Filter: tc.filter})
+			if err := d.CreateDomain(1); err != nil {
+				t.Fatal(err)
+			}
+			// Block domain 1's worker with another watch's event, so
+			// everything below stays pending.
+			release := rec.blockOn("/local/domain/1/block")
+			dispatch(t, d, "/local/domain/1/block", "block")
+			rec.waitRuns(t, 1)
+			for _, p := range tc.dispatch {
+				dispatch(t, d, p, "be")
+			}
+			release()
+			quiesce(t, d)
+			got := rec.paths()[1:]
+			if !slices.Equal(got, tc.want) {
+				t.Fatalf("ran %v, want %v", got, tc.want)
+			}
+			ws := w.Stats()
+			if ws.Coalesced != tc.coalesced || ws.Filtered != tc.filtered {
+				t.Fatalf("watch stats %+v, want coalesced %d filtered %d", ws, tc.coalesced, tc.filtered)
+			}
+			tot := d.Stats().Totals
+			if tot.Coalesced != tc.coalesced || tot.Filtered != tc.filtered {
+				t.Fatalf("totals %+v", tot)
+			}
+		})
+	}
+}
+
+// TestCoalesceOnlyPending: an event identical to one already running is
+// queued, since the handler may have read XenStore before the change.
+func TestCoalesceOnlyPending(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	release := rec.blockOn("backend/vif/0/a")
+	dispatch(t, d, "backend/vif/0/a", "be")
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "backend/vif/0/a", "be")
+	dispatch(t, d, "backend/vif/0/a", "be")
+	rec.mu.Lock()
+	delete(rec.block, "backend/vif/0/a")
+	rec.mu.Unlock()
+	release()
+	quiesce(t, d)
+	if got := rec.paths(); len(got) != 2 {
+		t.Fatalf("ran %v, want the running event and one coalesced follow-up", got)
+	}
+}
+
+func TestOverflowNotice(t *testing.T) {
+	const capacity = 4
+	d := newDispatcher(t, Config{Capacity: capacity})
+	rec := newRecorder()
+	w1 := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	w2 := register(t, d, WatchConfig{Path: "/local/domain/2", Token: "fe", Handler: rec.handle})
+	if err := d.CreateDomain(2); err != nil {
+		t.Fatal(err)
+	}
+	release := rec.blockOn("backend/vif/2/block")
+	dispatch(t, d, "backend/vif/2/block", "be")
+	rec.waitRuns(t, 1)
+	for i := range 10 { // 4 fit, 6 dropped
+		dispatch(t, d, fmt.Sprintf("backend/vif/2/%d", i), "be")
+	}
+	for i := range 3 { // all dropped: the domain's queue is full
+		dispatch(t, d, fmt.Sprintf("/local/domain/2/%d", i), "fe")
+	}
+	// The flood stays bounded whatever the guest writes.
+	for i := range 10000 {
+		dispatch(t, d, fmt.Sprintf("backend/vif/2/flood/%d", i), "be")
+	}
+	if st, _ := d.DomainStats(2); st.Queued != capacity || st.Dropped != 6+3+10000 {
+		t.Fatalf("domain 2 during flood: %+v", st)
+	}
+	release()
+	quiesce(t, d)
+	runs := rec.waitRuns(t, 7)
+	if len(runs) != 7 {
+		t.Fatalf("ran %d calls, want 1 + 4 events + 2 notices: %v", len(runs), rec.paths())
+	}
+	for i, rn := range runs[1:5] {
+		if want := fmt.Sprintf("backend/vif/2/%d", i); rn.Path != want || rn.Event.Overflow {
+			t.Fatalf("call %d: %+v, want event %s", i+1, rn, want)
+		}
+	}
+	want := map[string]Event{
+		"be": {Path: "backend", Token: "be", Domain: 2, Overflow: true, Dropped: 6 + 10000},
+		"fe": {Path: "/local/domain/2", Token: "fe", Domain: 2, Overflow: true, Dropped: 3},
+	}
+	for _, rn := range runs[5:] {
+		if rn.Event != want[rn.Event.Token] || rn.Worker != 2 {
+			t.Fatalf("notice %+v on worker %d, want %+v on worker 2", rn.Event, rn.Worker, want[rn.Event.Token])
+		}
+	}
+	tot := d.Stats().Totals
+	if tot.Dropped != 10009 || tot.Overflows != 2 {
+		t.Fatalf("totals %+v", tot)
+	}
+	if s1, s2 := w1.Stats(), w2.Stats(); s1.Dropped != 10006 || s2.Dropped != 3 {
+		t.Fatalf("watch stats %+v %+v", s1, s2)
+	}
+	// Once the notice has run, a new overflow gets a new notice.
+	release = rec.blockOn("backend/vif/2/block2")
+	dispatch(t, d, "backend/vif/2/block2", "be")
+	rec.waitRuns(t, 8)
+	for i := range capacity + 1 {
+		dispatch(t, d, fmt.Sprintf("backend/vif/2/again/%d", i), "be")
+	}
+	release()
+	runs = rec.waitRuns(t, 8+capacity+1)
+	if last := runs[len(runs)-1].Event; !last.Overflow || last.Dropped != 1 {
+		t.Fatalf("last call %+v, want a new notice for 1 dropped event", last)
+	}
+}
+
+func TestUnregisterDropsPendingAndWaits(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	wa := register(t, d, WatchConfig{Path: "backend", Token: "a", Handler: rec.handle})
+	wb := register(t, d, WatchConfig{Path: "/local/domain", Token: "b", Handler: rec.handle})
+	register(t, d, WatchConfig{Path: "/local/domain/0", Token: "c", Handler: rec.handle})
+	if err := d.CreateDomain(1); err != nil {
+		t.Fatal(err)
+	}
+	releaseDefault := rec.blockOn("/local/domain/0/block")
+	dispatch(t, d, "/local/domain/0/block", "c")
+	rec.waitRuns(t, 1)
+	release := rec.blockOn("backend/vif/1/running")
+	dispatch(t, d, "backend/vif/1/running", "a")
+	rec.waitRuns(t, 2)
+	dispatch(t, d, "backend/vif/1/pending", "a")
+	dispatch(t, d, "/local/domain/1/b1", "b")
+	dispatch(t, d, "/local/domain/5/b2", "b") // on the default worker
+	dispatch(t, d, "/local/domain/1/b3", "b")
+
+	// b is not running: Unregister returns at once and drops b's events.
+	if err := wb.Unregister(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Dispatch("/local/domain/1/b4", "b"); !errors.Is(err, ErrUnknownWatch) {
+		t.Fatalf("Dispatch after Unregister = %v, want ErrUnknownWatch", err)
+	}
+	// a is running: Unregister waits for the handler.
+	done := make(chan error, 1)
+	go func() { done <- wa.Unregister(context.Background()) }()
+	notWithin(t, done, "Unregister returning while its handler runs")
+	// A deadline ends the wait with the context's error.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if err := wa.Unregister(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Unregister with a deadline = %v", err)
+	}
+	release()
+	if err := recv(t, done, "Unregister"); err != nil {
+		t.Fatal(err)
+	}
+	releaseDefault()
+	quiesce(t, d)
+	if got := rec.paths(); !slices.Equal(got, []string{"/local/domain/0/block", "backend/vif/1/running"}) {
+		t.Fatalf("ran %v; unregistered watches' pending events must be dropped", got)
+	}
+	if tot := d.Stats().Totals; tot.Purged != 4 {
+		t.Fatalf("Purged = %d, want 4", tot.Purged)
+	}
+	// The token can be registered again.
+	register(t, d, WatchConfig{Path: "backend", Token: "a", Handler: rec.handle})
+	dispatch(t, d, "backend/vif/1/new", "a")
+	rec.waitRuns(t, 3)
+}
+
+// TestUnregisterFromHandler: a handler unregistering its own watch does not
+// wait for itself, but does wait for the watch's handlers on other workers;
+// two such handlers unregistering at once do not deadlock.
+func TestUnregisterFromHandler(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	var w *Watch
+	var arrived sync.WaitGroup
+	arrived.Add(2)
+	results := make(chan error, 2)
+	w = register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: func(ctx context.Context, ev Event) error {
+		arrived.Done()
+		arrived.Wait() // both handlers run at once
+		results <- w.Unregister(ctx)
+		return nil
+	}})
+	for _, id := range []domid.ID{1, 2} {
+		if err := d.CreateDomain(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dispatch(t, d, "backend/vif/1/0", "be")
+	dispatch(t, d, "backend/vif/2/0", "be")
+	for range 2 {
+		if err := recv(t, results, "self-unregister"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	quiesce(t, d)
+	if st := w.Stats(); st.Running != 0 || st.Processed != 2 {
+		t.Fatalf("watch stats %+v", st)
+	}
+}
+
+func TestUnregisterOwnerWatch(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "/local/domain/0", Token: "block", Handler: rec.handle})
+	w := register(t, d, WatchConfig{Path: "/local/domain/4/device/vif/0/state", Token: "fe", Owner: 4, Handler: rec.handle})
+	release := rec.blockOn("/local/domain/0/block")
+	dispatch(t, d, "/local/domain/0/block", "block")
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "/local/domain/4/device/vif/0/state", "fe") // waits on the default worker
+	if err := d.CreateDomain(4); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "/local/domain/4/device/vif/0/state", "fe") // coalesced: still pending
+	if err := w.Unregister(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	quiesce(t, d)
+	if got := rec.paths(); len(got) != 1 {
+		t.Fatalf("ran %v", got)
+	}
+	// The purge released domain 4's new worker.
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	dispatch(t, d, "backend/vif/4/x", "be")
+	if rn := rec.waitRuns(t, 2)[1]; rn.Worker != 4 {
+		t.Fatalf("ran %+v, want on worker 4", rn)
+	}
+}
+
+func TestHandlerPanicRecovered(t *testing.T) {
+	logs := newLogCapture()
+	d := newDispatcher(t, Config{Logger: slogNew(logs)})
+	rec := newRecorder()
+	w := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: func(ctx context.Context, ev Event) error {
+		if strings.HasSuffix(ev.Path, "/boom") {
+			panic("boom in handler")
+		}
+		return rec.handle(ctx, ev)
+	}})
+	if err := d.CreateDomain(6); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/6/boom", "be")
+	dispatch(t, d, "backend/vif/6/after", "be")
+	if rn := rec.waitRuns(t, 1)[0]; rn.Path != "backend/vif/6/after" || rn.Worker != 6 {
+		t.Fatalf("after the panic ran %+v", rn)
+	}
+	r := logs.waitMessage(t, "panicked")
+	a := attrs(r)
+	if a["panic"].String() != "boom in handler" || a["domid"].String() != "6" || a["path"].String() != "backend/vif/6/boom" {
+		t.Fatalf("panic log attrs %v", a)
+	}
+	if st := a["stack"].String(); !strings.Contains(st, "TestHandlerPanicRecovered") {
+		t.Fatalf("panic log has no stack of the handler:\n%s", st)
+	}
+	if tot := d.Stats().Totals; tot.Panics != 1 {
+		t.Fatalf("Panics = %d", tot.Panics)
+	}
+	if ws := w.Stats(); ws.Panics != 1 || ws.Processed != 2 {
+		t.Fatalf("watch stats %+v", ws)
+	}
+}
+
+func TestHandlerErrorCounted(t *testing.T) {
+	logs := newLogCapture()
+	d := newDispatcher(t, Config{Logger: slogNew(logs)})
+	w := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: func(context.Context, Event) error {
+		return errors.New("cannot read state")
+	}})
+	dispatch(t, d, "backend/vif/3/state", "be")
+	r := logs.waitMessage(t, "failed")
+	if a := attrs(r); a["err"].String() != "cannot read state" {
+		t.Fatalf("attrs %v", a)
+	}
+	quiesce(t, d)
+	if ws := w.Stats(); ws.Errors != 1 {
+		t.Fatalf("watch stats %+v", ws)
+	}
+}
+
+func TestStallDetection(t *testing.T) {
+	logs := newLogCapture()
+	d := newDispatcher(t, Config{Logger: slogNew(logs), StallThreshold: 20 * time.Millisecond})
+	rec := newRecorder()
+	w := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	if err := d.CreateDomain(8); err != nil {
+		t.Fatal(err)
+	}
+	release := rec.blockOn("backend/vbd/8/51712/state")
+	dispatch(t, d, "backend/vbd/8/51712/state", "be")
+	rec.waitRuns(t, 1)
+	r := logs.waitMessage(t, "stalled")
+	a := attrs(r)
+	if a["domid"].String() != "8" || a["watch"].String() != "backend" || a["path"].String() != "backend/vbd/8/51712/state" ||
+		a["duration"].Duration() < 20*time.Millisecond {
+		t.Fatalf("stall log attrs %v", a)
+	}
+	st, _ := d.DomainStats(8)
+	if c := st.Current; c == nil || !c.Stalled || c.Age < 20*time.Millisecond || c.Path != "backend/vbd/8/51712/state" || c.Token != "be" {
+		t.Fatalf("domain 8 current callback %+v", st.Current)
+	}
+	if tot := d.Stats().Totals; tot.Stalls != 1 {
+		t.Fatalf("Stalls = %d", tot.Stalls)
+	}
+	release()
+	logs.waitMessage(t, "stalled watch callback returned")
+	if ws := w.Stats(); ws.Stalls != 1 {
+		t.Fatalf("watch stats %+v", ws)
+	}
+	// Reported once per callback, not once per monitor tick.
+	quiesce(t, d)
+	if tot := d.Stats().Totals; tot.Stalls != 1 {
+		t.Fatalf("Stalls = %d after the callback returned", tot.Stalls)
+	}
+}
+
+func TestWatchTimeout(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	errs := make(chan error, 1)
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Timeout: 5 * time.Millisecond, Handler: func(ctx context.Context, ev Event) error {
+		<-ctx.Done()
+		errs <- ctx.Err()
+		return nil
+	}})
+	dispatch(t, d, "backend/vif/1/0", "be")
+	if err := recv(t, errs, "timeout"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("handler context ended with %v", err)
+	}
+}
+
+func TestStopDrainsAndCancels(t *testing.T) {
+	d, err := New(Config{Logger: slogNew(newLogCapture())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	ctxErrs := make(chan error, 8)
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: func(ctx context.Context, ev Event) error {
+		if ev.Path == "backend/vif/1/first" {
+			<-ctx.Done() // only Stop ends this one
+		}
+		ctxErrs <- ctx.Err()
+		return rec.handle(ctx, ev)
+	}})
+	if err := d.CreateDomain(1); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/1/first", "be")
+	dispatch(t, d, "backend/vif/1/second", "be")
+	dispatch(t, d, "backend/vif/2/other", "be")
+	recv(t, ctxErrs, "other event") // the default worker's event ran
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.Stop(context.Background()) }()
+	if err := recv(t, stopped, "Stop"); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := recv(t, ctxErrs, "drained event"); !errors.Is(err, context.Canceled) {
+			t.Fatalf("drained handler context: %v", err)
+		}
+	}
+	got := rec.paths()
+	slices.Sort(got)
+	if want := []string{"backend/vif/1/first", "backend/vif/1/second", "backend/vif/2/other"}; !slices.Equal(got, want) {
+		t.Fatalf("ran %v, want %v", got, want)
+	}
+	for name, err := range map[string]error{
+		"Dispatch":      d.Dispatch("backend/vif/1/x", "be"),
+		"CreateDomain":  d.CreateDomain(2),
+		"DestroyDomain": d.DestroyDomain(1),
+	} {
+		if !errors.Is(err, ErrStopped) {
+			t.Errorf("%s after Stop = %v, want ErrStopped", name, err)
+		}
+	}
+	if _, err := d.Register(WatchConfig{Path: "x", Token: "x", Handler: rec.handle}); !errors.Is(err, ErrStopped) {
+		t.Errorf("Register after Stop = %v", err)
+	}
+	if err := d.Stop(context.Background()); err != nil {
+		t.Errorf("second Stop = %v", err)
+	}
+	noLeak(t)
+}
+
+func TestStopDeadlineDiscardsPending(t *testing.T) {
+	d, err := New(Config{Logger: slogNew(newLogCapture())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	release := rec.blockOn("backend/vif/1/stuck")
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle}) // ignores ctx
+	for _, id := range []domid.ID{1, 2} {
+		if err := d.CreateDomain(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dispatch(t, d, "backend/vif/1/stuck", "be")
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "backend/vif/1/pending", "be")
+	if err := d.DestroyDomain(1); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/1/held", "be")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := d.Stop(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Stop with a stuck handler = %v, want DeadlineExceeded", err)
+	}
+	if tot := d.Stats().Totals; tot.Purged != 2 {
+		t.Fatalf("Purged = %d, want 2", tot.Purged)
+	}
+	release()
+	noLeak(t)
+	if got := rec.paths(); !slices.Equal(got, []string{"backend/vif/1/stuck"}) {
+		t.Fatalf("ran %v", got)
+	}
+	if err := d.Stop(context.Background()); err != nil {
+		t.Fatalf("Stop once everything ended = %v", err)
+	}
+}
+
+// TestIdleWorkersOwnNoGoroutine: domain workers cost no goroutine while idle,
+// and a worker's goroutine exits when its queue empties.
+func TestIdleWorkersOwnNoGoroutine(t *testing.T) {
+	d := newDispatcher(t, Config{StallThreshold: -1}) // no monitor either
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	for id := domid.ID(1); id <= 1000; id++ {
+		if err := d.CreateDomain(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id := domid.ID(1); id <= 1000; id += 100 {
+		dispatch(t, d, fmt.Sprintf("backend/vif/%d/0", id), "be")
+	}
+	rec.waitRuns(t, 10)
+	noLeak(t)
+	if s := d.Stats(); s.Workers != 1000 || s.Totals.Processed != 10 {
+		t.Fatalf("stats %+v", s.Totals)
+	}
+}
+
+func TestSingleWorkerMode(t *testing.T) {
+	d := newDispatcher(t, Config{SingleWorker: true})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	if err := d.CreateDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for i := range 20 {
+		p := fmt.Sprintf("backend/vif/%d/%d", 3+i%2, i)
+		want = append(want, p)
+		dispatch(t, d, p, "be")
+	}
+	if err := d.DestroyDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	runs := rec.waitRuns(t, 20)
+	for i, rn := range runs {
+		if rn.Path != want[i] || rn.Worker != domid.Dom0 || rn.Domain != domid.ID(3+i%2) {
+			t.Fatalf("call %d: %+v", i, rn)
+		}
+	}
+	if s := d.Stats(); s.Workers != 0 {
+		t.Fatalf("Workers = %d in single-worker mode", s.Workers)
+	}
+}
+
+func TestStatsLatency(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	if err := d.CreateDomain(2); err != nil {
+		t.Fatal(err)
+	}
+	release := rec.blockOn("backend/vif/2/slow")
+	dispatch(t, d, "backend/vif/2/slow", "be")
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "backend/vif/2/next", "be")
+	s := d.Stats()
+	if len(s.Domains) != 2 || s.Domains[0].Domain != domid.Dom0 || s.Domains[1].Domain != 2 {
+		t.Fatalf("domains %+v", s.Domains)
+	}
+	if st := s.Domains[1]; !st.Worker || st.Queued != 1 || st.Current == nil || st.Current.Path != "backend/vif/2/slow" {
+		t.Fatalf("domain 2 %+v", st)
+	}
+	time.Sleep(5 * time.Millisecond) // latency only needs to be at least this
+	release()
+	quiesce(t, d)
+	st, _ := d.DomainStats(2)
+	if st.Processed != 2 || st.MaxLatency < 5*time.Millisecond || st.LastLatency <= 0 || st.Current != nil {
+		t.Fatalf("domain 2 after %+v", st)
+	}
+}

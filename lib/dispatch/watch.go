@@ -1,0 +1,208 @@
+package dispatch
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+// Event is what a handler receives: a watch event, or an overflow notice.
+type Event struct {
+	// Path is the XenStore path that changed (the watch's own path for an
+	// overflow notice); Token is the watch's token.
+	Path  string
+	Token string
+	// Domain is the domain the event was routed by; domid.Dom0 for dom0 and
+	// for paths of no domain.
+	Domain domid.ID
+	// Overflow marks a notice that Dropped events of this watch for Domain
+	// were discarded because the domain's queue was full. The handler should
+	// resync the domain's state from XenStore: the notice runs after every
+	// dropped event had already happened.
+	Overflow bool
+	Dropped  int
+}
+
+// Handler handles the events of one watch. ctx is cancelled when the event's
+// domain worker is destroyed, when the dispatcher stops, and after the watch's
+// Timeout. An error is logged and counted; it does not stop the worker.
+type Handler func(ctx context.Context, ev Event) error
+
+// Pending selects which pending events of a watch coalesce.
+type Pending uint8
+
+const (
+	// PendingPerPath keeps at most one pending event per watch and path:
+	// an event identical to a pending one is merged into it (it keeps its
+	// place in the queue). This is the default; xenstored itself merges
+	// identical pending events the same way.
+	PendingPerPath Pending = iota
+	// PendingPerWatch keeps at most one pending event per watch and domain
+	// whatever its path, as Linux backends do for an otherend "state" watch
+	// after XSA-349: the handler re-reads the state anyway.
+	PendingPerWatch
+)
+
+// WatchConfig describes a watch to Register.
+type WatchConfig struct {
+	// Path is the XenStore path the watch was registered for; Token is its
+	// token, unique among the dispatcher's watches: Dispatch matches events
+	// by token.
+	Path  string
+	Token string
+	// Handler runs the events. Required.
+	Handler Handler
+	// DomainOf tells which domain an event path belongs to (the seed's
+	// get_domid); ok=false or dom0 routes to the default worker. Nil means
+	// domid.FromPath. It runs on the Dispatch goroutine, without locks.
+	DomainOf func(path string) (id domid.ID, ok bool)
+	// Owner, if not dom0, is the domain every event of the watch belongs to
+	// (the seed's get_owner, e.g. a backend's watch on its frontend's
+	// state); DomainOf is then not used, and unregistering only has to look
+	// at that domain's queues.
+	Owner domid.ID
+	// Pending selects coalescing; Filter, if set, decides whether to queue
+	// an event at all (the seed's will_handle after XSA-349), given the
+	// number of the watch's events pending for the domain. Filter runs on the
+	// Dispatch goroutine with the dispatcher locked: it must be quick and
+	// must not call the Dispatcher. Filtered events are counted, not
+	// notified.
+	Pending Pending
+	Filter  func(path string, pending int) bool
+	// Timeout, if positive, bounds each handler call through its context.
+	Timeout time.Duration
+}
+
+// Watch is a registered watch.
+type Watch struct {
+	d             *Dispatcher
+	path, token   string
+	handler       Handler
+	domainOf      func(string) (domid.ID, bool)
+	owner         domid.ID
+	perWatch      bool
+	countPerWatch bool
+	filter        func(string, int) bool
+	timeout       time.Duration
+
+	// Under d.mu.
+	removed bool
+	active  int           // handlers running, minus those unregistering it
+	idle    chan struct{} // closed when removed and active reaches 0
+
+	dispatched, coalesced, filtered, dropped, processed, panics, errors, stalls uint64
+}
+
+// watch is the internal name; Watch is the handle callers hold.
+type watch = Watch
+
+func (w *Watch) key(path string) pendKey {
+	if w.perWatch {
+		return pendKey{w: w, perWatch: true}
+	}
+	return pendKey{w: w, path: path}
+}
+
+// Path returns the path the watch was registered with.
+func (w *Watch) Path() string { return w.path }
+
+// Token returns the watch's token.
+func (w *Watch) Token() string { return w.token }
+
+// Register adds a watch. Events with its token are dispatched from now on.
+func (d *Dispatcher) Register(cfg WatchConfig) (*Watch, error) {
+	switch {
+	case cfg.Path == "":
+		return nil, fmt.Errorf("dispatch: register watch token %q: %w: empty path", cfg.Token, ErrInvalidWatch)
+	case cfg.Handler == nil:
+		return nil, fmt.Errorf("dispatch: register watch %q: %w: nil handler", cfg.Path, ErrInvalidWatch)
+	case cfg.Pending > PendingPerWatch:
+		return nil, fmt.Errorf("dispatch: register watch %q: %w: unknown pending policy %d", cfg.Path, ErrInvalidWatch, cfg.Pending)
+	case cfg.Owner.IsReserved():
+		return nil, fmt.Errorf("dispatch: register watch %q: %w: reserved owner domid %d", cfg.Path, ErrInvalidWatch, cfg.Owner)
+	case cfg.Timeout < 0:
+		return nil, fmt.Errorf("dispatch: register watch %q: %w: negative timeout", cfg.Path, ErrInvalidWatch)
+	}
+	w := &Watch{
+		d:             d,
+		path:          cfg.Path,
+		token:         cfg.Token,
+		handler:       cfg.Handler,
+		domainOf:      cfg.DomainOf,
+		owner:         cfg.Owner,
+		perWatch:      cfg.Pending == PendingPerWatch,
+		countPerWatch: cfg.Pending == PendingPerWatch || cfg.Filter != nil,
+		filter:        cfg.Filter,
+		timeout:       cfg.Timeout,
+	}
+	if w.domainOf == nil {
+		w.domainOf = domid.FromPath
+	}
+	d.mu.Lock()
+	stopping := d.stopping
+	d.mu.Unlock()
+	if stopping {
+		return nil, fmt.Errorf("dispatch: register watch %q: %w", cfg.Path, ErrStopped)
+	}
+	d.wmu.Lock()
+	defer d.wmu.Unlock()
+	if _, dup := d.watches[cfg.Token]; dup {
+		return nil, fmt.Errorf("dispatch: register watch %q: %w: %q", cfg.Path, ErrDuplicateToken, cfg.Token)
+	}
+	d.watches[cfg.Token] = w
+	return w, nil
+}
+
+// Unregister removes the watch: its pending events are dropped and no new
+// ones are queued. It returns once no handler of the watch is running, or
+// with ctx's error when ctx ends first. Called from the watch's own handler
+// with the handler's ctx, it does not wait for that handler (which would
+// deadlock); pass that ctx only from the handler's goroutine. Unregistering
+// twice is harmless.
+func (w *Watch) Unregister(ctx context.Context) error {
+	d := w.d
+	d.wmu.Lock()
+	if d.watches[w.token] == w {
+		delete(d.watches, w.token)
+	}
+	d.wmu.Unlock()
+
+	d.mu.Lock()
+	if !w.removed {
+		w.removed = true
+		var dom *domain
+		if w.owner != domid.Dom0 {
+			// Only the owner's queues and the default worker hold its
+			// events; an owner with no record has none outside the latter.
+			if dom = d.doms[w.owner]; dom == nil {
+				dom = &domain{}
+			}
+		}
+		d.purge(dom, func(it *item) bool { return it.w == w })
+	}
+	if q, ok := ctx.Value(workerKey{}).(*queue); ok && q.curWatch == w && !q.curExcluded {
+		q.curExcluded = true
+		w.active--
+		if w.active == 0 && w.idle != nil {
+			close(w.idle)
+			w.idle = nil
+		}
+	}
+	if w.active == 0 {
+		d.mu.Unlock()
+		return nil
+	}
+	if w.idle == nil {
+		w.idle = make(chan struct{})
+	}
+	idle := w.idle
+	d.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("dispatch: unregister watch %q: %w", w.path, ctx.Err())
+	}
+}
