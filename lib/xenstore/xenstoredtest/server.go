@@ -208,6 +208,16 @@ func (s *Server) exitErr() error {
 	return s.waitErr
 }
 
+// Pid returns the process id of the running daemon, or 0.
+func (s *Server) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
 // Running reports whether the daemon process is alive.
 func (s *Server) Running() bool {
 	s.mu.Lock()
