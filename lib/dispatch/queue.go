@@ -214,13 +214,11 @@ func (d *Dispatcher) run(q *queue) {
 		if q.stalled {
 			stallEnd = &stallReport{dom: q.curDom, w: w, path: it.path, age: time.Duration(end - start)}
 		}
-		if !q.curExcluded {
-			w.active--
+		w.active--
+		if q.curExcluded {
+			w.excluded--
 		}
-		if w.removed && w.active == 0 && w.idle != nil {
-			close(w.idle)
-			w.idle = nil
-		}
+		w.broadcast()
 		q.cur, q.curWatch, q.curPath = nil, nil, ""
 		d.complete(it)
 		d.settle(dom)

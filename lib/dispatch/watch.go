@@ -88,9 +88,10 @@ type Watch struct {
 	timeout       time.Duration
 
 	// Under d.mu.
-	removed bool
-	active  int           // handlers running, minus those unregistering it
-	idle    chan struct{} // closed when removed and active reaches 0
+	removed  bool
+	active   int           // handlers running
+	excluded int           // of which have called Unregister of w themselves
+	changed  chan struct{} // closed when active or excluded change
 
 	dispatched, coalesced, filtered, dropped, processed, panics, errors, stalls uint64
 }
@@ -159,8 +160,10 @@ func (d *Dispatcher) Register(cfg WatchConfig) (*Watch, error) {
 // ones are queued. It returns once no handler of the watch is running, or
 // with ctx's error when ctx ends first. Called from the watch's own handler
 // with the handler's ctx, it does not wait for that handler (which would
-// deadlock); pass that ctx only from the handler's goroutine. Unregistering
-// twice is harmless.
+// deadlock) nor for other handlers of the watch doing the same; pass that ctx
+// only from the handler's goroutine, and wrap it in context.WithoutCancel to
+// keep waiting after the handler's context is cancelled. Unregistering twice
+// is harmless.
 func (w *Watch) Unregister(ctx context.Context) error {
 	d := w.d
 	d.wmu.Lock()
@@ -182,27 +185,44 @@ func (w *Watch) Unregister(ctx context.Context) error {
 		}
 		d.purge(dom, func(it *item) bool { return it.w == w })
 	}
-	if q, ok := ctx.Value(workerKey{}).(*queue); ok && q.curWatch == w && !q.curExcluded {
-		q.curExcluded = true
-		w.active--
-		if w.active == 0 && w.idle != nil {
-			close(w.idle)
-			w.idle = nil
+	// Called from one of the watch's own handlers: wait for the others, not
+	// for the caller, nor for other handlers of the watch doing the same.
+	self := false
+	if q, ok := ctx.Value(workerKey{}).(*queue); ok && q.curWatch == w {
+		self = true
+		if !q.curExcluded {
+			q.curExcluded = true
+			w.excluded++
+			w.broadcast()
 		}
 	}
-	if w.active == 0 {
+	for {
+		busy := w.active
+		if self {
+			busy -= w.excluded
+		}
+		if busy == 0 {
+			d.mu.Unlock()
+			return nil
+		}
+		if w.changed == nil {
+			w.changed = make(chan struct{})
+		}
+		changed := w.changed
 		d.mu.Unlock()
-		return nil
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("dispatch: unregister watch %q: %w", w.path, ctx.Err())
+		}
+		d.mu.Lock()
 	}
-	if w.idle == nil {
-		w.idle = make(chan struct{})
-	}
-	idle := w.idle
-	d.mu.Unlock()
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("dispatch: unregister watch %q: %w", w.path, ctx.Err())
+}
+
+// broadcast wakes the Unregister calls waiting for w's handlers.
+func (w *Watch) broadcast() {
+	if w.changed != nil {
+		close(w.changed)
+		w.changed = nil
 	}
 }
