@@ -1,0 +1,911 @@
+package xenstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+)
+
+func TestReadWrite(t *testing.T) {
+	t.Parallel()
+	_, c := start(t)
+	ctx := testCtx(t)
+	for _, tc := range []struct {
+		name  string
+		value []byte
+	}{
+		{"text", []byte("hello")},
+		{"empty", []byte{}},
+		{"binary", []byte{0, 1, 2, 0xff, 0, '\n'}},
+		{"max", bytes.Repeat([]byte("v"), xenstore.PayloadMax-len("/rw/max")-1)},
+	} {
+		path := "/rw/" + tc.name
+		if err := c.Write(ctx, path, tc.value); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		got, err := c.Read(ctx, path)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if !bytes.Equal(got, tc.value) {
+			t.Errorf("%s: read %q, want %q", tc.name, got, tc.value)
+		}
+	}
+	mustWrite(t, c, "/rw/text", "again")
+	if got := mustRead(t, c, "/rw/text"); got != "again" {
+		t.Errorf("overwrite: read %q", got)
+	}
+	// Intermediate nodes exist with empty values.
+	if got := mustRead(t, c, "/rw"); got != "" {
+		t.Errorf("parent value %q", got)
+	}
+	_, err := c.Read(ctx, "/rw/missing")
+	if !errors.Is(err, fs.ErrNotExist) || !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("read missing: %v, want ENOENT", err)
+	}
+	if err == nil || !strings.Contains(err.Error(), "/rw/missing") {
+		t.Errorf("error %q does not name the path", err)
+	}
+	var xe *xenstore.Error
+	if !errors.As(err, &xe) || xe.Op != "read" || xe.Path != "/rw/missing" {
+		t.Errorf("error %#v is not a *xenstore.Error for read /rw/missing", err)
+	}
+}
+
+func TestMkdirRmDirectory(t *testing.T) {
+	t.Parallel()
+	_, c := start(t)
+	ctx := testCtx(t)
+	if err := c.Mkdir(ctx, "/d/sub/leaf"); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, c, "/d/sub/leaf"); got != "" {
+		t.Errorf("mkdir'd node has value %q", got)
+	}
+	mustWrite(t, c, "/d/v", "x")
+	if err := c.Mkdir(ctx, "/d/v"); err != nil {
+		t.Errorf("mkdir on existing node: %v", err)
+	}
+	if got := mustRead(t, c, "/d/v"); got != "x" {
+		t.Errorf("mkdir changed an existing value to %q", got)
+	}
+	names, err := c.Directory(ctx, "/d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"sub", "v"}) {
+		t.Errorf("directory /d = %q", names)
+	}
+	names, err = c.Directory(ctx, "/d/sub/leaf")
+	if err != nil || len(names) != 0 {
+		t.Errorf("directory of a leaf = %q, %v", names, err)
+	}
+	if _, err := c.Directory(ctx, "/nope"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("directory of missing node: %v", err)
+	}
+	if err := c.Rm(ctx, "/d/sub"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(ctx, "/d/sub/leaf"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("descendant survived rm: %v", err)
+	}
+	names, _ = c.Directory(ctx, "/d")
+	if !slices.Equal(names, []string{"v"}) {
+		t.Errorf("directory after rm = %q", names)
+	}
+	// Root lists the top-level nodes.
+	root, err := c.Directory(ctx, "/")
+	if err != nil || !slices.Contains(root, "d") {
+		t.Errorf("directory / = %q, %v", root, err)
+	}
+}
+
+// TestDirectoryLarge lists 3000 children: far over one 4096-byte reply, so
+// DIRECTORY fails with E2BIG and the client must page with DIRECTORY_PART.
+func TestDirectoryLarge(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	const n = 3000
+	want := make([]string, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range want {
+		want[i] = fmt.Sprintf("child-%05d", i)
+	}
+	// Pipelined writes: 16 writers on the one connection.
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := g; i < n; i += 16 {
+				if err := c.Write(ctx, "/big/"+want[i], nil); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	got, err := c.Directory(ctx, "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Fatalf("directory has %d entries, want %d", len(got), n)
+	}
+	// The C client agrees.
+	cli := strings.Split(in.Run("xenstore-list", "/big"), "\n")
+	slices.Sort(cli)
+	if !slices.Equal(cli, want) {
+		t.Errorf("xenstore-list shows %d entries, want %d", len(cli), n)
+	}
+	// Inside a transaction too.
+	err = c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		got, err := tx.Directory(ctx, "/big")
+		if err == nil && len(got) != n {
+			err = fmt.Errorf("directory in transaction: %d entries", len(got))
+		}
+		return err
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
+
+func TestPerms(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	in.CreateDomain(5)
+	mustWrite(t, c, "/p/node", "x")
+	ps, err := c.GetPerms(ctx, "/p/node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.String() != "n0" {
+		t.Errorf("default perms %q, want n0", ps)
+	}
+	want := xenstore.Perms{{Domid: 0, Access: xenstore.AccessNone}, {Domid: 5, Access: xenstore.AccessRead}}
+	if err := c.SetPerms(ctx, "/p/node", want); err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.GetPerms(ctx, "/p/node")
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("perms = %v, %v; want %v", got, err, want)
+	}
+	// The C tools see the same list.
+	if out := in.Run("xenstore-ls", "-p", "/p"); !strings.Contains(out, "(n0,r5)") {
+		t.Errorf("xenstore-ls -p:\n%s", out)
+	}
+	// And we see what they set.
+	in.Run("xenstore-chmod", "/p/node", "b5", "w0")
+	got, err = c.GetPerms(ctx, "/p/node")
+	if err != nil || got.String() != "b5,w0" || got.Owner() != 5 {
+		t.Errorf("perms after xenstore-chmod = %v, %v", got, err)
+	}
+	// Owner change through a transaction.
+	err = c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if err := tx.SetPerms(ctx, "/p/node", xenstore.Perms{{Domid: 5, Access: xenstore.AccessNone}}); err != nil {
+			return err
+		}
+		ps, err := tx.GetPerms(ctx, "/p/node")
+		if err == nil && ps.String() != "n5" {
+			err = fmt.Errorf("in transaction: perms %v", ps)
+		}
+		return err
+	})
+	if err != nil {
+		t.Error(err)
+	}
+	if err := c.SetPerms(ctx, "/p/missing", want); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("set-perms on a missing node: %v", err)
+	}
+	if err := c.SetPerms(ctx, "/p/node", nil); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("empty perms: %v", err)
+	}
+}
+
+func TestRelativePaths(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	w := mustWatch(t, c, "mtwatch", "rel")
+	if ev := next(t, w); ev.Path != "mtwatch" {
+		t.Errorf("initial event of a relative watch: %q, want mtwatch", ev.Path)
+	}
+	mustWrite(t, c, "mtwatch/7", "x")
+	if got := in.Run("xenstore-read", "/local/domain/0/mtwatch/7"); got != "x" {
+		t.Errorf("relative write landed elsewhere: %q", got)
+	}
+	expectEvent(t, w, "mtwatch/7")
+	in.Run("xenstore-write", "/local/domain/0/mtwatch/8", "y")
+	expectEvent(t, w, "mtwatch/8")
+	if got := mustRead(t, c, "mtwatch/8"); got != "y" {
+		t.Errorf("relative read %q", got)
+	}
+	names, err := c.Directory(ctx, "mtwatch")
+	slices.Sort(names)
+	if err != nil || !slices.Equal(names, []string{"7", "8"}) {
+		t.Errorf("relative directory %q, %v", names, err)
+	}
+	// An absolute watch on the same node reports absolute paths.
+	wa := mustWatch(t, c, "/local/domain/0/mtwatch", "abs")
+	expectEvent(t, wa, "/local/domain/0/mtwatch")
+	if err := c.Rm(ctx, "mtwatch/7"); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, w, "mtwatch/7")
+	expectEvent(t, wa, "/local/domain/0/mtwatch/7")
+}
+
+func TestWatch(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	w := mustWatch(t, c, "/w/a/b", "tok")
+	if ev := next(t, w); ev != (xenstore.Event{Path: "/w/a/b", Token: "tok"}) {
+		t.Errorf("initial event %v", ev)
+	}
+	mustWrite(t, c, "/w/a/b", "1")
+	expectEvent(t, w, "/w/a/b")
+	mustWrite(t, c, "/w/a/b/c/d", "2")
+	expectEvent(t, w, "/w/a/b/c/d")
+	// A sibling does not fire.
+	mustWrite(t, c, "/w/a/bb", "3")
+	noEvent(t, w)
+	// Removing an ancestor fires for the watched node.
+	if err := c.Rm(ctx, "/w/a"); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, w, "/w/a/b")
+	// Changes by another client (the C CLI) are seen.
+	in.Run("xenstore-write", "/w/a/b", "cli")
+	expectEvent(t, w, "/w/a/b")
+
+	// Same path and token twice is refused, as xenstored does.
+	if _, err := c.Watch(ctx, "/w/a/b", "tok"); !errors.Is(err, fs.ErrExist) {
+		t.Errorf("duplicate watch: %v", err)
+	}
+	// The same token on another path is a different watch; events are
+	// never delivered to the wrong one although tokens are equal.
+	w2 := mustWatch(t, c, "/w/a", "tok")
+	expectEvent(t, w2, "/w/a")
+	mustWrite(t, c, "/w/a/x", "")
+	expectEvent(t, w2, "/w/a/x")
+	noEvent(t, w)
+
+	if err := w.Unwatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitEnd(t, w); !errors.Is(err, xenstore.ErrUnwatched) {
+		t.Errorf("Err after unwatch: %v", err)
+	}
+	mustWrite(t, c, "/w/a/b", "after")
+	expectEvent(t, w2, "/w/a/b")
+	if err := w.Unwatch(ctx); err != nil {
+		t.Errorf("second unwatch: %v", err)
+	}
+	// The pair may be registered again after unwatch.
+	w3 := mustWatch(t, c, "/w/a/b", "tok")
+	expectEvent(t, w3, "/w/a/b")
+}
+
+func TestSpecialWatchesAndDomains(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	intro := mustWatch(t, c, "@introduceDomain", "intro")
+	expectEvent(t, intro, "@introduceDomain")
+	rel := mustWatch(t, c, "@releaseDomain", "rel")
+	expectEvent(t, rel, "@releaseDomain")
+
+	in.CreateDomain(7)
+	expectEvent(t, intro, "@introduceDomain")
+	ok, err := c.IsDomainIntroduced(ctx, 7)
+	if err != nil || !ok {
+		t.Errorf("is-domain-introduced 7 = %v, %v", ok, err)
+	}
+	p, err := c.GetDomainPath(ctx, 7)
+	if err != nil || p != "/local/domain/7" {
+		t.Errorf("get-domain-path 7 = %q, %v", p, err)
+	}
+	if got := mustRead(t, c, "/local/domain/7/name"); got != "guest7" {
+		t.Errorf("name %q", got)
+	}
+	in.KillDomain(7)
+	expectEvent(t, rel, "@releaseDomain")
+	if ok, err := c.IsDomainIntroduced(ctx, 7); err != nil || ok {
+		t.Errorf("after kill, is-domain-introduced 7 = %v, %v", ok, err)
+	}
+	if _, err := c.Read(ctx, "/local/domain/7/name"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("nodes of the dead domain survive: %v", err)
+	}
+
+	// Our own INTRODUCE and RELEASE (xenemu accepts any ring address).
+	if err := c.Introduce(ctx, 9, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, intro, "@introduceDomain")
+	if ok, _ := c.IsDomainIntroduced(ctx, 9); !ok {
+		t.Error("domain 9 not introduced")
+	}
+	if err := c.Resume(ctx, 9); err != nil {
+		t.Errorf("resume: %v", err)
+	}
+	// xenstored 4.17 fires @releaseDomain when it finds a domain dead,
+	// not on RELEASE: the release shows in IS_DOMAIN_INTRODUCED.
+	if err := c.Release(ctx, 9); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := c.IsDomainIntroduced(ctx, 9); ok {
+		t.Error("domain 9 still introduced after release")
+	}
+	in.CreateDomain(10)
+	in.CreateDomain(11)
+	if err := c.SetTarget(ctx, 11, 10); err != nil {
+		t.Errorf("set-target: %v", err)
+	}
+	if err := c.Release(ctx, 12); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("release of an unknown domain: %v", err)
+	}
+	if err := c.Introduce(ctx, domid.Invalid, 1, 1); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("introduce of a reserved domid: %v", err)
+	}
+}
+
+func TestControlAndFeatures(t *testing.T) {
+	t.Parallel()
+	_, c := start(t)
+	ctx := testCtx(t)
+	help, err := c.Control(ctx, "help")
+	if err != nil || !bytes.Contains(help, []byte("quota")) {
+		t.Errorf("control help = %q, %v", help, err)
+	}
+	if _, err := c.Control(ctx, "no-such-command"); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("unknown control command: %v", err)
+	}
+	// xenstored 4.17 has no GET_FEATURE/SET_FEATURE.
+	_, err = c.GetFeature(ctx, 0)
+	if !errors.Is(err, xenstore.ErrNotSupported) || !errors.Is(err, syscall.ENOSYS) {
+		t.Errorf("get-feature: %v, want ErrNotSupported", err)
+	}
+	if err := c.SetFeature(ctx, 0, 1); !errors.Is(err, xenstore.ErrNotSupported) {
+		t.Errorf("set-feature: %v, want ErrNotSupported", err)
+	}
+}
+
+func TestTransaction(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	w := mustWatch(t, c, "/tx", "tx")
+	expectEvent(t, w, "/tx")
+	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(ctx, "/tx/a", []byte("1")); err != nil {
+			return err
+		}
+		if err := tx.Mkdir(ctx, "/tx/d"); err != nil {
+			return err
+		}
+		// Not visible outside before commit, and no event yet.
+		if _, err := c.Read(ctx, "/tx/a"); !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("uncommitted write visible: %v", err)
+		}
+		v, err := tx.Read(ctx, "/tx/a")
+		if err != nil || string(v) != "1" {
+			return fmt.Errorf("read in transaction %q, %v", v, err)
+		}
+		names, err := tx.Directory(ctx, "/tx")
+		slices.Sort(names)
+		if err != nil || !slices.Equal(names, []string{"a", "d"}) {
+			return fmt.Errorf("directory in transaction %q, %v", names, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectEvent(t, w, "/tx/a")
+	if got := in.Run("xenstore-read", "/tx/a"); got != "1" {
+		t.Errorf("committed value %q", got)
+	}
+
+	// fn's error aborts.
+	boom := errors.New("boom")
+	var kept *xenstore.Tx
+	err = c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		kept = tx
+		if err := tx.Write(ctx, "/tx/kept", nil); err != nil {
+			return err
+		}
+		return tx.Rm(ctx, "/tx/a")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if err := tx.Write(ctx, "/tx/aborted", nil); err != nil {
+			return err
+		}
+		return boom
+	})
+	if !errors.Is(err, boom) {
+		t.Errorf("transaction returned %v, want fn's error", err)
+	}
+	if _, err := c.Read(ctx, "/tx/aborted"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("aborted write visible: %v", err)
+	}
+	if _, err := c.Read(ctx, "/tx/a"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("committed rm not applied: %v", err)
+	}
+	if err := kept.Write(ctx, "/tx/late", nil); !errors.Is(err, xenstore.ErrTxDone) {
+		t.Errorf("write after commit: %v", err)
+	}
+
+	// Explicit Begin/Abort.
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Write(ctx, "/tx/explicit", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Abort(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); !errors.Is(err, xenstore.ErrTxDone) {
+		t.Errorf("commit after abort: %v", err)
+	}
+	if _, err := c.Read(ctx, "/tx/explicit"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("aborted write visible: %v", err)
+	}
+}
+
+// TestTransactionConflict races read-modify-write transactions from two
+// connections on one counter: conflicts must be retried until every
+// increment lands exactly once.
+func TestTransactionConflict(t *testing.T) {
+	t.Parallel()
+	in, a := start(t, xenstore.WithTxAttempts(1000))
+	b := dial(t, in, xenstore.WithTxAttempts(1000))
+	ctx := testCtx(t)
+	mustWrite(t, a, "/counter", "0")
+	const perWorker, workers = 25, 4
+	var mu sync.Mutex
+	attempts := 0
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*workers)
+	for _, c := range []*xenstore.Client{a, b} {
+		for g := 0; g < workers; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < perWorker; i++ {
+					err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
+						mu.Lock()
+						attempts++
+						mu.Unlock()
+						v, err := tx.Read(ctx, "/counter")
+						if err != nil {
+							return err
+						}
+						n, err := strconv.Atoi(string(v))
+						if err != nil {
+							return err
+						}
+						return tx.Write(ctx, "/counter", []byte(strconv.Itoa(n+1)))
+					})
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	want := strconv.Itoa(2 * workers * perWorker)
+	if got := mustRead(t, a, "/counter"); got != want {
+		t.Errorf("counter = %s, want %s", got, want)
+	}
+	if attempts <= 2*workers*perWorker {
+		t.Errorf("%d attempts for %d transactions: no conflict was exercised", attempts, 2*workers*perWorker)
+	}
+	t.Logf("%d attempts for %d transactions", attempts, 2*workers*perWorker)
+}
+
+// TestTransactionAttemptsBounded checks that a transaction that always
+// conflicts gives up with EAGAIN after the configured attempts.
+func TestTransactionAttemptsBounded(t *testing.T) {
+	t.Parallel()
+	in, c := start(t, xenstore.WithTxAttempts(3))
+	other := dial(t, in)
+	ctx := testCtx(t)
+	mustWrite(t, c, "/hot", "0")
+	runs := 0
+	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
+		runs++
+		if _, err := tx.Read(ctx, "/hot"); err != nil {
+			return err
+		}
+		if err := tx.Write(ctx, "/hot", []byte("mine")); err != nil {
+			return err
+		}
+		// A conflicting commit from another connection.
+		return other.Write(ctx, "/hot", []byte(strconv.Itoa(runs)))
+	})
+	if !errors.Is(err, syscall.EAGAIN) {
+		t.Fatalf("err = %v, want EAGAIN", err)
+	}
+	if runs != 3 {
+		t.Errorf("fn ran %d times, want 3", runs)
+	}
+}
+
+func TestCLIInterop(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	// xenstore-write, then our Read.
+	in.Run("xenstore-write", "/interop/from-c", "c-value")
+	if got := mustRead(t, c, "/interop/from-c"); got != "c-value" {
+		t.Errorf("read of a C write: %q", got)
+	}
+	// Our Write, then xenstore-read and xenstore-list.
+	mustWrite(t, c, "/interop/from-go", "go-value")
+	if got := in.Run("xenstore-read", "/interop/from-go"); got != "go-value" {
+		t.Errorf("xenstore-read of our write: %q", got)
+	}
+	if got := in.Run("xenstore-list", "/interop"); got != "from-c\nfrom-go" {
+		t.Errorf("xenstore-list: %q", got)
+	}
+	// xenstore-write seen by our watch.
+	w := mustWatch(t, c, "/interop", "i")
+	expectEvent(t, w, "/interop")
+	in.Run("xenstore-write", "/interop/watched", "1")
+	expectEvent(t, w, "/interop/watched")
+	in.Run("xenstore-rm", "/interop/from-go")
+	expectEvent(t, w, "/interop/from-go")
+	if _, err := c.Read(testCtx(t), "/interop/from-go"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("read after xenstore-rm: %v", err)
+	}
+}
+
+// TestPyxsInterop cross-checks with a third, independent client.
+func TestPyxsInterop(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	mustWrite(t, c, "/py/v", "from-go")
+	script := `
+import sys
+from pyxs import Client
+with Client(unix_socket_path=sys.argv[1]) as c:
+    print(c[b"/py/v"].decode())
+    c[b"/py/w"] = b"from-python"
+`
+	out, err := in.Command("/usr/bin/python3", "-c", script, in.Socket()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pyxs: %v\n%s", err, out)
+	}
+	if got := strings.TrimSpace(string(out)); got != "from-go" {
+		t.Errorf("pyxs read %q", got)
+	}
+	if got := mustRead(t, c, "/py/w"); got != "from-python" {
+		t.Errorf("read of pyxs write: %q", got)
+	}
+}
+
+func TestValidation(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	long := "/" + strings.Repeat("a", xenstore.AbsPathMax)
+	for _, p := range []string{"", "//a", "/a//b", "/a/", "a/", "/a b", "/a\x00b", "/ä", "/a.b", long, strings.Repeat("r", xenstore.RelPathMax+1)} {
+		_, err := c.Read(ctx, p)
+		if !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("read %q: %v, want EINVAL", p, err)
+		}
+		if err := c.Write(ctx, p, nil); !errors.Is(err, syscall.EINVAL) {
+			t.Errorf("write %q: %v, want EINVAL", p, err)
+		}
+	}
+	if err := c.Write(ctx, "/v", make([]byte, xenstore.PayloadMax)); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("oversized value: %v", err)
+	} else if !strings.Contains(err.Error(), "/v") {
+		t.Errorf("error %q does not name the path", err)
+	}
+	if _, err := c.Watch(ctx, "/w", "bad\x00token"); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("NUL in token: %v", err)
+	}
+	if _, err := c.Watch(ctx, "/w/", "t"); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("watch on invalid path: %v", err)
+	}
+	// Nothing reached the server: the store still has no /v and the
+	// connection is healthy.
+	if _, err := c.Read(ctx, "/v"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("after rejected writes: %v", err)
+	}
+	if out := in.Run("xenstore-ls", "/"); strings.Contains(out, "a b") {
+		t.Errorf("invalid node reached the store:\n%s", out)
+	}
+	// The largest valid paths are accepted.
+	maxAbs := "/" + strings.Repeat("a", xenstore.AbsPathMax-1)
+	if err := xenstore.ValidatePath(maxAbs); err != nil {
+		t.Errorf("max absolute path: %v", err)
+	}
+}
+
+func TestDiscovery(t *testing.T) {
+	in := xenstoredtest.Start(t)
+	ctx := testCtx(t)
+	t.Setenv("XENSTORED_PATH", in.Socket())
+	t.Setenv("XENSTORED_RUNDIR", "/nonexistent")
+	c, err := xenstore.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, c, "/disc", "1")
+	c.Close()
+
+	t.Setenv("XENSTORED_PATH", "")
+	t.Setenv("XENSTORED_RUNDIR", in.Dir())
+	if p := xenstore.Paths(); p[0] != filepath.Join(in.Dir(), "socket") {
+		t.Errorf("paths %q", p)
+	}
+	c, err = xenstore.Dial(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustRead(t, c, "/disc"); got != "1" {
+		t.Errorf("read %q", got)
+	}
+	c.Close()
+
+	_, err = xenstore.Dial(ctx, xenstore.WithPath(filepath.Join(t.TempDir(), "none")))
+	if err == nil || !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("dial of a missing socket: %v", err)
+	}
+}
+
+// TestDeviceFraming runs the xenbus-device write mode (one message per
+// write) over the socket: the rest of the code path is the one the device
+// uses.
+func TestDeviceFraming(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	conn, err := net.Dial("unix", in.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := xenstore.NewClientForTest(conn, true)
+	defer c.Close()
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				p := fmt.Sprintf("/dev/%d/%d", g, i)
+				if err := c.Write(ctx, p, []byte(p)); err != nil {
+					t.Error(err)
+					return
+				}
+				if v, err := c.Read(ctx, p); err != nil || string(v) != p {
+					t.Errorf("read %s = %q, %v", p, v, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// pidOf returns the pid of the instance's xenstored.
+func pidOf(t *testing.T, in *xenstoredtest.Instance) int {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(in.Dir(), "pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// TestServerRestart kills xenstored while calls are outstanding (it is
+// stopped first, so the calls are certainly pending): every call fails with
+// ErrConnectionLost, watches end with it, and a new client works after the
+// restart.
+func TestServerRestart(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	w := mustWatch(t, c, "/r", "r")
+	expectEvent(t, w, "/r")
+	pid := pidOf(t, in)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	const n = 16
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			_, err := c.Read(ctx, "/r")
+			errs <- err
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // let the requests reach the socket
+	syscall.Kill(pid, syscall.SIGKILL)
+	in.Restart()
+	for i := 0; i < n; i++ {
+		if err := <-errs; !errors.Is(err, xenstore.ErrConnectionLost) {
+			t.Errorf("pending read: %v, want ErrConnectionLost", err)
+		}
+	}
+	if err := waitEnd(t, w); !errors.Is(err, xenstore.ErrConnectionLost) {
+		t.Errorf("watch ended with %v", err)
+	}
+	if _, err := c.Read(ctx, "/r"); !errors.Is(err, xenstore.ErrConnectionLost) {
+		t.Errorf("read after loss: %v", err)
+	}
+	if _, err := c.Watch(ctx, "/r", "again"); !errors.Is(err, xenstore.ErrConnectionLost) {
+		t.Errorf("watch after loss: %v", err)
+	}
+	select {
+	case <-c.Done():
+	default:
+		t.Error("Done not closed after loss")
+	}
+	c2 := dial(t, in)
+	mustWrite(t, c2, "/r", "back")
+}
+
+// TestContextCancel abandons calls to a stopped server, then checks that
+// their late replies are dropped cleanly and the connection stays usable.
+func TestContextCancel(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	mustWrite(t, c, "/cc", "v")
+	pid := pidOf(t, in)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	continued := false
+	defer func() {
+		if !continued {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := c.Read(ctx, "/cc")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("read: %v, want DeadlineExceeded", err)
+	}
+	if _, err := c.Watch(ctx, "/cc", "abandoned"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("watch: %v", err)
+	}
+	if _, err := c.Begin(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("begin: %v", err)
+	}
+	done, cancel2 := context.WithCancel(context.Background())
+	cancel2()
+	if _, err := c.Read(done, "/cc"); !errors.Is(err, context.Canceled) {
+		t.Errorf("read with a cancelled context: %v", err)
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	continued = true
+	if got := mustRead(t, c, "/cc"); got != "v" {
+		t.Errorf("read after abandoned calls: %q", got)
+	}
+	// The abandoned watch was undone: registering the pair again works,
+	// and the abandoned transaction was aborted, which frees its quota
+	// slot (checked by starting more than the per-connection maximum).
+	w := mustWatch(t, c, "/cc", "abandoned")
+	expectEvent(t, w, "/cc")
+	if c.Err() != nil {
+		t.Errorf("connection broken: %v", c.Err())
+	}
+}
+
+// TestConcurrency drives one connection from many goroutines (run with
+// -race): writes, reads, directories, transactions and watches interleave.
+func TestConcurrency(t *testing.T) {
+	t.Parallel()
+	_, c := start(t)
+	ctx := testCtx(t)
+	const goroutines, iters = 32, 40
+	w := mustWatch(t, c, "/conc", "conc")
+	expectEvent(t, w, "/conc")
+	seen := make(chan int, 1)
+	go func() {
+		n := 0
+		for range w.Events() {
+			n++
+		}
+		seen <- n
+	}()
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < iters; i++ {
+				p := fmt.Sprintf("/conc/%d/%d", g, i)
+				want := []byte(p)
+				if err := c.Write(ctx, p, want); err != nil {
+					t.Error(err)
+					return
+				}
+				got, err := c.Read(ctx, p)
+				if err != nil || !bytes.Equal(got, want) {
+					t.Errorf("read %s = %q, %v", p, got, err)
+					return
+				}
+				if i%10 == 0 {
+					names, err := c.Directory(ctx, fmt.Sprintf("/conc/%d", g))
+					if i > 0 {
+						names = slices.DeleteFunc(names, func(s string) bool { return s == "tx" })
+					}
+					if err != nil || len(names) != i+1 {
+						t.Errorf("directory: %d names, %v", len(names), err)
+						return
+					}
+					err = c.Transaction(ctx, func(tx *xenstore.Tx) error {
+						return tx.Write(ctx, fmt.Sprintf("/conc/%d/tx", g), want)
+					})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					w2, err := c.Watch(ctx, p, "inner")
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					expectEvent(t, w2, p)
+					if err := w2.Unwatch(ctx); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := w.Unwatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := <-seen; n == 0 {
+		t.Error("watch saw no events")
+	}
+}
