@@ -75,10 +75,12 @@ type Dispatcher struct {
 	dom0       *domain              // events of dom0 and of paths of no domain
 	doms       map[domid.ID]*domain // guests with a worker or with events
 	active     map[*queue]struct{}  // queues whose goroutine runs
-	goroutines int                  // worker goroutines plus the stall monitor
-	items      int                  // events and notices not yet completed
-	drained    chan struct{}        // closed once stopping and nothing left
-	monitorEnd chan struct{}        // closed by Stop to end the stall monitor
+	pend       map[pendKey]int32    // pending events by coalescing key
+	pendPeak   int
+	goroutines int           // worker goroutines plus the stall monitor
+	items      int           // events and notices not yet completed
+	drained    chan struct{} // closed once stopping and nothing left
+	monitorEnd chan struct{} // closed by Stop to end the stall monitor
 	totals     Counters
 	workers    int // domain workers, live or draining
 
@@ -99,6 +101,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		watches:    make(map[string]*watch),
 		doms:       make(map[domid.ID]*domain),
 		active:     make(map[*queue]struct{}),
+		pend:       make(map[pendKey]int32),
 		drained:    make(chan struct{}),
 		monitorEnd: make(chan struct{}),
 	}
@@ -171,15 +174,15 @@ func (d *Dispatcher) Dispatch(path, token string) error {
 	}
 	dom.dispatched++
 
-	if w.filter != nil && !w.filter(path, int(dom.pend[pendKey{w: w, perWatch: true}])) {
+	if w.filter != nil && !w.filter(path, int(d.pend[pendKey{dom: dom, w: w, perWatch: true}])) {
 		d.totals.Filtered++
 		dom.filtered++
 		w.filtered++
 		d.maybeFree(dom)
 		return nil
 	}
-	key := w.key(path)
-	if dom.pend[key] > 0 {
+	key := w.key(dom, path)
+	if d.pend[key] > 0 {
 		d.totals.Coalesced++
 		dom.coalesced++
 		w.coalesced++
@@ -191,16 +194,11 @@ func (d *Dispatcher) Dispatch(path, token string) error {
 	}
 	it := d.itemPool.Get().(*item)
 	*it = item{w: w, dom: dom, path: path, enq: d.now()}
-	if dom.pend == nil {
-		dom.pend = make(map[pendKey]int32)
-	}
-	dom.pend[key]++
+	d.pend[key]++
 	if w.countPerWatch && !key.perWatch {
-		dom.pend[pendKey{w: w, perWatch: true}]++
+		d.pend[pendKey{dom: dom, w: w, perWatch: true}]++
 	}
-	if n := len(dom.pend); n > dom.pendPeak {
-		dom.pendPeak = n
-	}
+	d.pendPeak = max(d.pendPeak, len(d.pend))
 	dom.queued++
 	d.route(it)
 	return nil
@@ -483,20 +481,20 @@ func (d *Dispatcher) unpend(it *item) {
 	}
 	dom.queued--
 	w := it.w
-	key := w.key(it.path)
-	if dom.pend[key]--; dom.pend[key] <= 0 {
-		delete(dom.pend, key)
+	key := w.key(dom, it.path)
+	if d.pend[key]--; d.pend[key] <= 0 {
+		delete(d.pend, key)
 	}
 	if w.countPerWatch && !key.perWatch {
-		k := pendKey{w: w, perWatch: true}
-		if dom.pend[k]--; dom.pend[k] <= 0 {
-			delete(dom.pend, k)
+		k := pendKey{dom: dom, w: w, perWatch: true}
+		if d.pend[k]--; d.pend[k] <= 0 {
+			delete(d.pend, k)
 		}
 	}
-	if dom.queued == 0 && dom.pendPeak > 64 {
-		// Let a flood's map go instead of keeping its buckets forever.
-		dom.pend = nil
-		dom.pendPeak = 0
+	if len(d.pend) == 0 && d.pendPeak > 4096 {
+		// Maps do not shrink: let a flood's buckets go.
+		d.pend = make(map[pendKey]int32)
+		d.pendPeak = 0
 	}
 }
 

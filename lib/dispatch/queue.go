@@ -75,10 +75,12 @@ func (l *list) removeIf(match func(*item) bool, drop func(*item)) {
 	}
 }
 
-// pendKey identifies pending events that coalesce: same watch and path, or
-// same watch for PendingPerWatch (perWatch entries also count a watch's
-// pending events for its Filter).
+// pendKey identifies pending events of a domain that coalesce: same watch
+// and path, or same watch for PendingPerWatch (perWatch entries also count a
+// watch's pending events for its Filter). One map for all domains keeps idle
+// domains free of map buckets.
 type pendKey struct {
+	dom      *domain
 	w        *watch
 	path     string
 	perWatch bool
@@ -97,11 +99,9 @@ type domain struct {
 	// the default worker.
 	waiting *queue
 
-	items     int // events and notices not yet completed
-	onDefault int // of which queued or running on the default worker
-	queued    int // pending events (not notices), bounded by the capacity
-	pend      map[pendKey]int32
-	pendPeak  int
+	items     int     // events and notices not yet completed
+	onDefault int     // of which queued or running on the default worker
+	queued    int     // pending events (not notices), bounded by the capacity
 	notices   []*item // pending overflow notices, one per watch at most
 
 	dispatched, processed, coalesced, filtered, dropped uint64

@@ -99,11 +99,11 @@ type Watch struct {
 // watch is the internal name; Watch is the handle callers hold.
 type watch = Watch
 
-func (w *Watch) key(path string) pendKey {
+func (w *Watch) key(dom *domain, path string) pendKey {
 	if w.perWatch {
-		return pendKey{w: w, perWatch: true}
+		return pendKey{dom: dom, w: w, perWatch: true}
 	}
-	return pendKey{w: w, path: path}
+	return pendKey{dom: dom, w: w, path: path}
 }
 
 // Path returns the path the watch was registered with.
