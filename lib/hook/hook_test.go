@@ -1,0 +1,176 @@
+package hook
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+const vmUUID = "4dea22b3-1d52-d8f3-2516-782e98ab3fa0"
+
+func TestLibvirt(t *testing.T) {
+	tests := []struct {
+		op, subop, xml string
+		want           Action
+		wantErr        error
+	}{
+		{"started", "begin", "running.xml", Action{Kind: Create, Domid: 7, UUID: vmUUID}, nil},
+		{"started", "begin", "hvm-running.xml", Action{Kind: Create, Domid: 32751, UUID: "c9a1d3f0-5e2b-4b7a-9d3c-0123456789ab"}, nil},
+		{"reconnect", "begin", "running.xml", Action{Kind: Create, Domid: 7, UUID: vmUUID}, nil},
+		{"stopped", "end", "running.xml", Action{Kind: Destroy, Domid: 7, UUID: vmUUID}, nil},
+		{"release", "end", "running.xml", Action{Kind: Destroy, Domid: 7, UUID: vmUUID}, nil},
+		{"release", "end", "inactive.xml", Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
+		{"release", "end", "defined.xml", Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
+		{"stopped", "end", "defined.xml", Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
+		// Operations that never touch XenStore, whatever stdin holds.
+		{"prepare", "begin", "garbage.txt", Action{Kind: None}, nil},
+		{"start", "begin", "defined.xml", Action{Kind: None}, nil},
+		{"started", "end", "garbage.txt", Action{Kind: None}, nil},
+		{"stopped", "begin", "garbage.txt", Action{Kind: None}, nil},
+		{"release", "begin", "garbage.txt", Action{Kind: None}, nil},
+		{"migrate", "begin", "garbage.txt", Action{Kind: None}, nil},
+		{"restore", "begin", "garbage.txt", Action{Kind: None}, nil},
+		{"attach", "begin", "garbage.txt", Action{Kind: None}, nil},
+		{"some-future-op", "begin", "garbage.txt", Action{Kind: None}, nil},
+		// Bad input where a domid is needed.
+		{"started", "begin", "defined.xml", Action{}, ErrInput},
+		{"started", "begin", "inactive.xml", Action{}, ErrInput},
+		{"started", "begin", "dom0.xml", Action{}, domid.ErrNotGuest},
+		{"started", "begin", "reserved.xml", Action{}, domid.ErrReserved},
+		{"started", "begin", "leading-zero.xml", Action{}, domid.ErrSyntax},
+		{"started", "begin", "garbage-id.xml", Action{}, domid.ErrSyntax},
+		{"started", "begin", "bad-uuid.xml", Action{}, ErrInput},
+		{"started", "begin", "truncated.xml", Action{}, ErrInput},
+		{"started", "begin", "garbage.txt", Action{}, ErrInput},
+		{"stopped", "end", "garbage.txt", Action{}, ErrInput},
+	}
+	for _, tt := range tests {
+		name := tt.op + "/" + tt.subop + "/" + tt.xml
+		t.Run(name, func(t *testing.T) {
+			f, err := os.Open(filepath.Join("testdata", tt.xml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			got, err := Libvirt([]string{"web01", tt.op, tt.subop, "-"}, f)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("error = %v, want %v", err, tt.wantErr)
+				}
+				if !strings.Contains(err.Error(), "web01") {
+					t.Errorf("error does not name the domain: %v", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got.Why = ""
+			if got != tt.want {
+				t.Fatalf("action = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestLibvirtArgs(t *testing.T) {
+	for _, args := range [][]string{nil, {"web01"}, {"web01", "started", "begin"}, {"web01", "started", "begin", "-", "extra"}} {
+		if _, err := Libvirt(args, strings.NewReader("")); !errors.Is(err, ErrUsage) {
+			t.Errorf("Libvirt(%q) error = %v, want ErrUsage", args, err)
+		}
+	}
+}
+
+// TestLibvirtXMLBound checks that stdin is not read without limit.
+func TestLibvirtXMLBound(t *testing.T) {
+	big := "<domain type='xen' id='7'><name>" + strings.Repeat("x", maxXML) + "</name></domain>"
+	_, err := Libvirt([]string{"d", "started", "begin", "-"}, strings.NewReader(big))
+	if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "larger than") {
+		t.Fatalf("error = %v", err)
+	}
+}
+
+func TestXAPI(t *testing.T) {
+	tests := []struct {
+		hook    string
+		args    []string
+		want    Action
+		wantErr error
+	}{
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-post-resume", []string{"-vmdomid", "12", "-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-post-migrate", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "3"}, Action{Kind: Create, Domid: 3, UUID: vmUUID}, nil},
+		{"vm-post-migrate", []string{"-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: None}, nil},
+		{"vm-post-destroy", []string{"-vmuuid", strings.ToUpper(vmUUID), "-reason", "clean-shutdown"}, Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
+		{"vm-pre-start", []string{"-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: None}, nil},
+		{"vm-pre-shutdown", []string{"-vmuuid", vmUUID, "-reason", "clean-shutdown", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-reboot", []string{"-vmuuid", vmUUID, "-reason", "clean-reboot", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-suspend", []string{"-vmuuid", vmUUID, "-reason", "suspend", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-migrate", []string{"-vmuuid", vmUUID, "-reason", "migrate", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-shutdown", []string{"-vmuuid", vmUUID, "-reason", "clean-shutdown"}, Action{Kind: None}, nil},
+		{"vm-some-future-hook", []string{"-vmuuid", vmUUID, "-reason", "x", "-vmdomid", "12"}, Action{Kind: None}, nil},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "0"}, Action{}, domid.ErrNotGuest},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "32767"}, Action{}, domid.ErrReserved},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "12abc"}, Action{}, domid.ErrSyntax},
+		{"vm-pre-resume", []string{"-vmuuid", "x", "-reason", "none", "-vmdomid", "12"}, Action{}, ErrInput},
+		{"vm-pre-resume", []string{"-reason", "none", "-vmdomid", "12"}, Action{}, ErrUsage},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason"}, Action{}, ErrUsage},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "--bogus", "1"}, Action{}, ErrUsage},
+		{"vm-pre-resume", nil, Action{}, ErrUsage},
+	}
+	for _, tt := range tests {
+		t.Run(tt.hook+"/"+strings.Join(tt.args, "_"), func(t *testing.T) {
+			got, err := XAPI(tt.hook, tt.args)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("error = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got.Why = ""
+			if got != tt.want {
+				t.Fatalf("action = %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	xsErr := errors.New("connect to xenstore: no such file")
+	usage := ErrUsage
+	input := ErrInput
+	tests := []struct {
+		mode   Mode
+		strict bool
+		err    error
+		want   int
+	}{
+		{ModeDirect, false, nil, ExitOK},
+		{ModeDirect, false, xsErr, ExitFailure},
+		{ModeDirect, false, usage, ExitUsage},
+		{ModeDirect, false, input, ExitUsage},
+		{ModeDirect, false, domid.ErrReserved, ExitUsage},
+		{ModeLibvirt, false, nil, ExitOK},
+		{ModeLibvirt, false, xsErr, ExitOK},
+		{ModeLibvirt, false, input, ExitOK},
+		{ModeLibvirt, false, usage, ExitUsage},
+		{ModeLibvirt, true, xsErr, ExitFailure},
+		{ModeLibvirt, true, input, ExitUsage},
+		{ModeXAPI, false, nil, ExitOK},
+		{ModeXAPI, false, xsErr, ExitFailure},
+		{ModeXAPI, false, usage, ExitFailure},
+		{ModeXAPI, true, xsErr, ExitUsage},
+	}
+	for _, tt := range tests {
+		if got := ExitCode(tt.mode, tt.strict, tt.err); got != tt.want {
+			t.Errorf("ExitCode(%v, %v, %v) = %d, want %d", tt.mode, tt.strict, tt.err, got, tt.want)
+		}
+	}
+}
