@@ -36,7 +36,7 @@ all: build
 
 build: $(XENEMU)
 	@mkdir -p bin
-	$(if $(BINARIES),$(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINARIES)),@true)
+	$(if $(BINARIES),$(GO) build -trimpath -tags urfave_cli_no_docs -o bin/ $(addprefix ./cmd/,$(BINARIES)),@true)
 
 $(XENEMU): test/xenemu/xenemu.c
 	@mkdir -p build
@@ -108,7 +108,7 @@ install: build
 # $(SYSCONFDIR) with the path of mtwatch-hook substituted.
 .PHONY: install-hooks
 install-hooks:
-	@cd hooks && find . -type f ! -name '*.md' | while read -r f; do \
+	@cd hooks && find . -type f ! -name '*.md' | sed 's,^\./,,' | while read -r f; do \
 		d=$(DESTDIR)$(SYSCONFDIR)/$$(dirname "$$f"); \
 		install -d "$$d"; \
 		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$f" > "$$d/$$(basename "$$f")"; \
