@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -730,13 +729,9 @@ func TestDeviceFraming(t *testing.T) {
 // pidOf returns the pid of the instance's xenstored.
 func pidOf(t *testing.T, in *xenstoredtest.Instance) int {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(in.Dir(), "pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil {
-		t.Fatal(err)
+	pid := in.Pid()
+	if pid == 0 {
+		t.Fatal("xenstored not running")
 	}
 	return pid
 }

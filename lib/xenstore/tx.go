@@ -26,7 +26,6 @@ func (tx *Tx) ID() uint32 { return tx.id }
 // Begin starts a transaction. The caller must end it with Commit or Abort;
 // Transaction does both, with retries.
 func (c *Client) Begin(ctx context.Context) (*Tx, error) {
-	var tx *Tx
 	r := req{typ: typeTransactionStart, nargs: 1}
 	// If the caller gives up before the reply, abort the transaction the
 	// server started, so it does not hold a slot of the quota.
@@ -43,8 +42,7 @@ func (c *Client) Begin(ctx context.Context) (*Tx, error) {
 	if err != nil || id == 0 {
 		return nil, opErr("transaction-start", "", fmt.Errorf("%w: transaction id %q", errProtocol, trimNUL(reply)))
 	}
-	tx = &Tx{c: c, id: uint32(id)}
-	return tx, nil
+	return &Tx{c: c, id: uint32(id)}, nil
 }
 
 func endReq(id uint32, commit bool) req {
