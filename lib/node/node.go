@@ -13,6 +13,7 @@ import (
 	"io/fs"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
@@ -45,28 +46,53 @@ func Create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 	}
 	path := Path(id)
 	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
-		value := uuid
-		if value == "" {
-			var err error
-			if value, err = vmUUID(ctx, tx, id); err != nil {
+		// Requests on one connection are pipelined: issue the independent
+		// reads together, then the two independent fixes, so a create costs
+		// four round trips whatever the starting state.
+		var (
+			value              = uuid
+			dirPerms, nodePerm xenstore.Perms
+			old                []byte
+			dirErr, nodeErr    error
+		)
+		err := parallel(
+			func() (err error) {
+				if value == "" {
+					value, err = vmUUID(ctx, tx, id)
+				}
 				return err
-			}
-		}
-		if err := ensureDir(ctx, tx); err != nil {
+			},
+			func() error { dirPerms, dirErr = tx.GetPerms(ctx, Dir); return ignoreNotExist(dirErr) },
+			func() error { old, nodeErr = tx.Read(ctx, path); return ignoreNotExist(nodeErr) },
+			func() error { nodePerm, _ = tx.GetPerms(ctx, path); return nil },
+		)
+		if err != nil {
 			return err
 		}
-		old, err := tx.Read(ctx, path)
-		switch {
-		case err == nil && string(old) == value:
-			// Already there: only make sure nobody loosened its perms.
-			return ensurePerms(ctx, tx, path)
-		case err != nil && !errors.Is(err, fs.ErrNotExist):
-			return err
-		}
-		if err := tx.Write(ctx, path, []byte(value)); err != nil {
-			return err
-		}
-		return tx.SetPerms(ctx, path, dom0Only)
+		return parallel(
+			func() error {
+				if dirErr == nil && dirPerms.String() == dom0Only.String() {
+					return nil
+				}
+				if dirErr != nil {
+					if err := tx.Mkdir(ctx, Dir); err != nil {
+						return err
+					}
+				}
+				return tx.SetPerms(ctx, Dir, dom0Only)
+			},
+			func() error {
+				if nodeErr != nil || string(old) != value {
+					// A stale value is an earlier domain with this domid.
+					if err := tx.Write(ctx, path, []byte(value)); err != nil {
+						return err
+					}
+				} else if nodePerm.String() == dom0Only.String() {
+					return nil
+				}
+				return tx.SetPerms(ctx, path, dom0Only)
+			},
+		)
 	})
 	if err != nil {
 		return fmt.Errorf("create mtwatch node for domain %d: %w", id, err)
@@ -74,27 +100,26 @@ func Create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 	return nil
 }
 
-// ensureDir creates the mtwatch directory private to dom0.
-func ensureDir(ctx context.Context, tx *xenstore.Tx) error {
-	err := ensurePerms(ctx, tx, Dir)
-	if !errors.Is(err, fs.ErrNotExist) {
-		return err
+// parallel runs fns concurrently and returns the first error.
+func parallel(fns ...func() error) error {
+	errs := make([]error, len(fns))
+	var wg sync.WaitGroup
+	for i, fn := range fns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn()
+		}()
 	}
-	if err := tx.Mkdir(ctx, Dir); err != nil {
-		return err
-	}
-	return tx.SetPerms(ctx, Dir, dom0Only)
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
-func ensurePerms(ctx context.Context, tx *xenstore.Tx, path string) error {
-	perms, err := tx.GetPerms(ctx, path)
-	if err != nil {
-		return err
-	}
-	if perms.String() == dom0Only.String() {
+func ignoreNotExist(err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	return tx.SetPerms(ctx, path, dom0Only)
+	return err
 }
 
 // vmUUID reads the uuid of guest id from /local/domain/<id>/vm, which
