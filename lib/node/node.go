@@ -100,7 +100,7 @@ func Create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 	return nil
 }
 
-// parallel runs fns concurrently and returns the first error.
+// parallel runs fns concurrently and returns their errors, joined.
 func parallel(fns ...func() error) error {
 	errs := make([]error, len(fns))
 	var wg sync.WaitGroup
