@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -806,9 +807,14 @@ func TestContextCancel(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("read: %v, want DeadlineExceeded", err)
 	}
+	// Each with a fresh context, so that the request is sent.
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
 	if _, err := c.Watch(ctx, "/cc", "abandoned"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("watch: %v", err)
 	}
+	ctx, cancel = context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
 	if _, err := c.Begin(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("begin: %v", err)
 	}
@@ -822,9 +828,23 @@ func TestContextCancel(t *testing.T) {
 	if got := mustRead(t, c, "/cc"); got != "v" {
 		t.Errorf("read after abandoned calls: %q", got)
 	}
-	// The abandoned watch was undone: registering the pair again works,
-	// and the abandoned transaction was aborted, which frees its quota
-	// slot (checked by starting more than the per-connection maximum).
+	// The server did start the abandoned transaction and register the
+	// abandoned watch once it resumed; the client undid both (xenstored's
+	// trace shows the requests).
+	deadline := time.Now().Add(testTimeout)
+	for {
+		trace, err := os.ReadFile(in.TracePath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(trace, []byte("TRANSACTION_END (F )")) && bytes.Contains(trace, []byte("UNWATCH (/cc ")) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("abandoned transaction or watch not undone on the server")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	w := mustWatch(t, c, "/cc", "abandoned")
 	expectEvent(t, w, "/cc")
 	if c.Err() != nil {

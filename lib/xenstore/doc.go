@@ -1,7 +1,44 @@
 // Package xenstore is a pure-Go XenStore client for dom0 tools: it speaks the
 // xs_wire protocol over the xenstored unix socket or the kernel's
-// /dev/xen/xenbus device. One connection carries many outstanding requests
-// (matched by req_id), a single reader goroutine routes replies and watch
-// events, and every watch has its own bounded buffer, so a slow consumer of
-// one watch never delays other callers.
+// /dev/xen/xenbus device. One connection carries many outstanding requests,
+// a single reader goroutine routes replies and watch events, and every watch
+// has its own bounded buffer, so a slow consumer of one watch never delays
+// other callers.
+//
+// # Concurrency
+//
+// A Client is safe for concurrent use. Each request gets a req_id (from 1,
+// never 0, which watch events carry) and a slot in a pending map, as in
+// net/rpc; the reader matches replies by req_id, so requests from many
+// goroutines are pipelined on the one connection instead of serialised as
+// libxenstore does. Writers batch: a caller that finds another caller
+// writing leaves its frame in the shared buffer for that caller to write,
+// so concurrent requests go out in one write(2) without a writer goroutine
+// (the xenbus device, which takes one message per write, gets them one at a
+// time). WithMaxInflight bounds the outstanding requests.
+//
+// Every blocking call takes a context. Cancelling it abandons the call: the
+// late reply is recognised and dropped, and a transaction or watch that the
+// server set up for an abandoned call is undone.
+//
+// If the connection fails (xenstored exits or restarts, or sends a
+// malformed message: unknown req_id, oversized length, truncated payload,
+// mismatched reply type), every pending call fails with an error wrapping
+// ErrConnectionLost and every watch ends with it. The Client does not
+// reconnect: XenStore state, watches and transactions do not survive a
+// restart, so the owner dials again and resynchronises.
+//
+// # Errors
+//
+// Errors are *Error values naming the operation and path; they wrap the
+// syscall.Errno that xenstored reported, so errors.Is(err, fs.ErrNotExist)
+// holds for ENOENT, fs.ErrExist for EEXIST, fs.ErrPermission for EACCES.
+// Paths, values and arguments are checked before sending; bad input fails
+// locally with an error wrapping syscall.EINVAL and never reaches the wire.
+//
+// # Paths
+//
+// Absolute paths start with "/"; relative paths are resolved by xenstored
+// against the connection's home (/local/domain/0 for dom0's socket), and a
+// watch registered with a relative path reports relative event paths.
 package xenstore
