@@ -3,6 +3,7 @@ package xenstore
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -474,7 +475,7 @@ func (c *Client) writeOut(b []byte) error {
 		return err
 	}
 	for len(b) > 0 {
-		n := headerSize + (int(b[12]) | int(b[13])<<8 | int(b[14])<<16 | int(b[15])<<24)
+		n := headerSize + int(binary.LittleEndian.Uint32(b[12:16]))
 		if _, err := c.conn.Write(b[:n]); err != nil {
 			return err
 		}

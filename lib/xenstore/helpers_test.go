@@ -2,7 +2,6 @@ package xenstore_test
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -132,5 +131,3 @@ func waitEnd(t *testing.T, w *xenstore.Watch) error {
 		}
 	}
 }
-
-func isErr(err, target error) bool { return errors.Is(err, target) }
