@@ -693,6 +693,36 @@ func TestDiscovery(t *testing.T) {
 	}
 }
 
+// TestDialBurst: xenstored listens with a backlog of one, so a burst of
+// simultaneous connects (hooks of domains started together) overflows it;
+// Dial must wait as libxenstore's blocking connect does, not fail.
+func TestDialBurst(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	ctx := testCtx(t)
+	const n = 64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+			if err != nil {
+				t.Errorf("dial: %v", err)
+				return
+			}
+			defer c.Close()
+			if _, err := c.Read(ctx, "/tool/xenstored"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("read: %v", err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+}
+
 // TestDeviceFraming runs the xenbus-device write mode (one message per
 // write) over the socket: the rest of the code path is the one the device
 // uses.

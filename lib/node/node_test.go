@@ -1,0 +1,145 @@
+package node_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+)
+
+func setup(t *testing.T) (*xenstoredtest.Instance, *xenstore.Client, context.Context) {
+	t.Helper()
+	in := xenstoredtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return in, c, ctx
+}
+
+func uuidOf(i int) string { return fmt.Sprintf("00000000-0000-0000-0000-%012d", i) }
+
+// TestConcurrentCreates: creates racing from separate connections conflict
+// in xenstored and are retried; every node ends up there, private to dom0.
+func TestConcurrentCreates(t *testing.T) {
+	t.Parallel()
+	in, c, ctx := setup(t)
+	const n = 24
+	var wg sync.WaitGroup
+	for i := 1; i <= n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ci, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer ci.Close()
+			if err := node.Create(ctx, ci, domid.ID(i), uuidOf(i%3)); err != nil {
+				t.Errorf("create %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	nodes, err := node.List(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != n {
+		t.Fatalf("%d nodes, want %d: %v", len(nodes), n, nodes)
+	}
+	for i, nd := range nodes {
+		if nd.Domid != domid.ID(i+1) || nd.UUID != uuidOf((i+1)%3) {
+			t.Errorf("node %d = %+v", i, nd)
+		}
+		perms, err := c.GetPerms(ctx, node.Path(nd.Domid))
+		if err != nil || perms.String() != "n0" {
+			t.Errorf("perms of %d = %v, %v", nd.Domid, perms, err)
+		}
+	}
+	removed, err := node.DestroyByUUID(ctx, c, uuidOf(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != n/3 {
+		t.Fatalf("removed %v, want %d nodes", removed, n/3)
+	}
+	nodes, _ = node.List(ctx, c)
+	for _, nd := range nodes {
+		if nd.UUID == uuidOf(1) {
+			t.Errorf("node %d of the destroyed vm remains", nd.Domid)
+		}
+	}
+	if len(nodes) != n-n/3 {
+		t.Errorf("%d nodes left, want %d", len(nodes), n-n/3)
+	}
+}
+
+func TestRejects(t *testing.T) {
+	t.Parallel()
+	in, c, ctx := setup(t)
+	before := in.Run("xenstore-ls", "-f", "-p", "/")
+	for _, id := range []domid.ID{domid.Dom0, domid.Self, domid.Invalid, domid.Idle} {
+		if err := node.Create(ctx, c, id, ""); !errors.Is(err, domid.ErrNotGuest) {
+			t.Errorf("Create(%d) = %v", id, err)
+		}
+		if err := node.Destroy(ctx, c, id); !errors.Is(err, domid.ErrNotGuest) {
+			t.Errorf("Destroy(%d) = %v", id, err)
+		}
+	}
+	if err := node.Create(ctx, c, 5, "not-a-uuid"); !errors.Is(err, node.ErrBadUUID) {
+		t.Errorf("Create with bad uuid = %v", err)
+	}
+	if _, err := node.DestroyByUUID(ctx, c, "x/../y"); !errors.Is(err, node.ErrBadUUID) {
+		t.Errorf("DestroyByUUID with bad uuid = %v", err)
+	}
+	if after := in.Run("xenstore-ls", "-f", "-p", "/"); after != before {
+		t.Errorf("store changed:\n%s", after)
+	}
+}
+
+// TestListSkipsForeignEntries: whatever else appears in the directory is
+// not a domain.
+func TestListSkipsForeignEntries(t *testing.T) {
+	t.Parallel()
+	in, c, ctx := setup(t)
+	if err := node.Create(ctx, c, 3, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"03", "0", "32752", "abc"} {
+		in.Run("xenstore-write", node.Dir+"/"+name, "x")
+	}
+	nodes, err := node.List(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 1 || nodes[0].Domid != 3 {
+		t.Fatalf("List = %+v", nodes)
+	}
+}
+
+func TestValidUUID(t *testing.T) {
+	for s, want := range map[string]bool{
+		"4dea22b3-1d52-d8f3-2516-782e98ab3fa0": true,
+		"4DEA22B3-1D52-D8F3-2516-782E98AB3FA0": true,
+		"4dea22b3-1d52-d8f3-2516-782e98ab3fa":  false,
+		"4dea22b31d52-d8f3-2516-782e98ab3fa0-": false,
+		"4dea22b3-1d52-d8f3-2516-782e98ab3fg0": false,
+		"":                                     false,
+	} {
+		if node.ValidUUID(s) != want {
+			t.Errorf("ValidUUID(%q) = %v", s, !want)
+		}
+	}
+}
