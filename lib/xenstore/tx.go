@@ -78,8 +78,9 @@ func (tx *Tx) Abort(ctx context.Context) error {
 	return opErr("transaction-end", tx.name(), err)
 }
 
-// abortAsync aborts without waiting: requests on one connection are
-// handled in order, so the abort precedes anything sent after it.
+// abortAsync queues the abort without waiting for its reply: a failed fn
+// returns at once, and nothing later on the connection depends on when
+// xenstored drops the transaction (its id is never reused by this Tx).
 func (tx *Tx) abortAsync() {
 	if !tx.done.Swap(true) {
 		tx.c.send(endReq(tx.id, false))
