@@ -7,12 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
-	"net"
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -135,20 +132,11 @@ func open(ctx context.Context, path string) (rwc io.ReadWriteCloser, device bool
 		}
 		return f, true, nil
 	}
-	// xenstored listens with a backlog of one: a burst of clients (hooks of
-	// domains started together) finds it full, and a non-blocking connect
-	// then fails with EAGAIN where libxenstore's blocking one would wait.
-	// Wait likewise, within ctx.
-	var d net.Dialer
-	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
-		conn, err := d.DialContext(ctx, "unix", path)
-		if err == nil {
-			return conn, false, nil
-		}
-		if !errors.Is(err, syscall.EAGAIN) || !backoff(ctx, delay/2+rand.N(delay)) {
-			return nil, false, err
-		}
+	conn, err := dialSocket(ctx, path)
+	if err != nil {
+		return nil, false, err
 	}
+	return conn, false, nil
 }
 
 // Client is a connection to xenstored. It is safe for concurrent use: calls
@@ -503,7 +491,7 @@ func (c *Client) readLoop() {
 	for {
 		err := c.readMsg(br)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrClosed) {
+			if errors.Is(err, os.ErrClosed) {
 				err = io.EOF
 			}
 			c.fail(err)
