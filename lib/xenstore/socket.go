@@ -9,23 +9,17 @@ import (
 	"time"
 )
 
-// sockFile is a connected unix socket used with blocking I/O by the single
-// reader goroutine and the flushing caller. It deliberately bypasses the
-// net package: the runtime's network poller is not needed with one reader
-// per connection, and starting it costs a short-lived process (a toolstack
-// hook) about 0.7 ms, a third of its run time.
-type sockFile struct {
-	*os.File
-	fd int
-}
-
-// dialSocket connects to the xenstored socket at path within ctx.
-func dialSocket(ctx context.Context, path string) (*sockFile, error) {
-	// The connect is non-blocking so that ctx bounds it: xenstored listens
-	// with a backlog of one, and a burst of clients (hooks of domains
-	// started together) finds it full. A unix socket then fails with
-	// EAGAIN at once where libxenstore's blocking connect would wait; wait
-	// likewise, with backoff, until ctx ends.
+// dialSocket connects to the xenstored socket at path within ctx. The
+// connected socket is used as a non-blocking os.File: the runtime poller
+// parks the reader and wakes it on the thread that waits for the reply, as
+// net.Conn would, but without the net package (and cgo resolver) whose
+// start-up costs a short-lived process, a toolstack hook, about 0.7 ms, a
+// third of its run time.
+func dialSocket(ctx context.Context, path string) (*os.File, error) {
+	// xenstored listens with a backlog of one, and a burst of clients
+	// (hooks of domains started together) finds it full. A unix socket then
+	// fails with EAGAIN at once where libxenstore's blocking connect would
+	// wait; wait likewise, with backoff, until ctx ends.
 	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
 		fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK, 0)
 		if err != nil {
@@ -33,11 +27,8 @@ func dialSocket(ctx context.Context, path string) (*sockFile, error) {
 		}
 		err = syscall.Connect(fd, &syscall.SockaddrUnix{Name: path})
 		if err == nil {
-			if err := syscall.SetNonblock(fd, false); err != nil {
-				syscall.Close(fd)
-				return nil, &os.PathError{Op: "dial", Path: path, Err: err}
-			}
-			return &sockFile{File: os.NewFile(uintptr(fd), path), fd: fd}, nil
+			// Non-blocking, so os.NewFile registers it with the poller.
+			return os.NewFile(uintptr(fd), path), nil
 		}
 		syscall.Close(fd)
 		if !errors.Is(err, syscall.EAGAIN) {
@@ -47,12 +38,4 @@ func dialSocket(ctx context.Context, path string) (*sockFile, error) {
 			return nil, &os.PathError{Op: "dial", Path: path, Err: ctx.Err()}
 		}
 	}
-}
-
-// Close wakes the reader blocked in read(2) (shutdown makes it return
-// end-of-file), then releases the descriptor; os.File defers the close(2)
-// until that read has returned, so the number is never reused under it.
-func (s *sockFile) Close() error {
-	syscall.Shutdown(s.fd, syscall.SHUT_RDWR)
-	return s.File.Close()
 }
