@@ -2,22 +2,21 @@
 // for toolstacks: it is what the scripts in libvirt's and XAPI's hook
 // directories run, and it can be run by hand (or by scripts wrapping xl).
 //
-// Exit codes: 0 done (or nothing to do, or a failure tolerated by policy),
-// 1 XenStore failure (unreachable, timeout, refused), 2 usage or bad input,
-// nothing written. Under libvirt a failure exits 0 unless --strict; under
-// XAPI it exits 1 ("log and continue") unless --strict, which exits 2.
+// Its arguments have fixed shapes dictated by the toolstacks, so it parses
+// them with the standard flag package rather than a CLI framework: a hook is
+// a process started for every domain operation, and the framework's start-up
+// would cost it a tenth of its run time.
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
-	"log/syslog"
+	"io"
 	"os"
 	"strings"
 	"time"
-
-	"github.com/urfave/cli/v2"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/hook"
@@ -25,112 +24,125 @@ import (
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
 
+const usage = `usage: mtwatch-hook [options] <command> [arguments]
+
+Creates and removes /local/domain/0/mtwatch/<domid>, the node that gives a
+domain its own watch worker in mtwatchd.
+
+Commands:
+  create [--uuid <uuid>] <domid>    create the node of a guest (idempotent)
+  destroy <domid>                   remove the node of a guest (idempotent)
+  destroy --uuid <uuid>             remove the node(s) of a VM
+  libvirt <name> <op> <subop> <extra>
+                                    libvirt libxl hook, domain XML on stdin
+  xapi <hook> -vmuuid <uuid> -reason <reason> [-vmdomid <domid>]
+                                    XAPI hook (/etc/xapi.d/<hook>/)
+
+Options:
+  --timeout <duration>  give up on XenStore after this long (default 3s)
+  --strict              make a failure abort the toolstack's operation
+                        (or MTWATCH_HOOK_STRICT=1)
+  --xenstore <path>     XenStore socket or device (or MTWATCH_XENSTORE;
+                        default: $XENSTORED_PATH, the xenstored socket,
+                        /dev/xen/xenbus)
+
+Exit codes: 0 done or nothing to do, 1 XenStore failure, 2 usage or bad
+input (nothing written). Under libvirt a failure exits 0 unless --strict;
+under XAPI it exits 1 ("log and continue") unless --strict, which exits 2.
+`
+
+type options struct {
+	timeout  time.Duration
+	strict   bool
+	xenstore string
+}
+
 func main() {
-	os.Exit(run(os.Args))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-func run(args []string) int {
-	code := hook.ExitOK
-	exit := func(m hook.Mode, c *cli.Context, err error) error {
-		code = hook.ExitCode(m, c.Bool("strict"), err)
-		if err != nil {
-			report(m, code, err)
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	o := options{
+		timeout:  3 * time.Second,
+		strict:   os.Getenv("MTWATCH_HOOK_STRICT") == "1",
+		xenstore: os.Getenv("MTWATCH_XENSTORE"),
+	}
+	fs := flag.NewFlagSet("mtwatch-hook", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.DurationVar(&o.timeout, "timeout", o.timeout, "")
+	fs.BoolVar(&o.strict, "strict", o.strict, "")
+	fs.StringVar(&o.xenstore, "xenstore", o.xenstore, "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return hook.ExitOK
 		}
-		return nil
+		return fail(stderr, hook.ModeDirect, o, fmt.Errorf("%w: %v", hook.ErrUsage, err))
 	}
-	app := &cli.App{
-		Name:  "mtwatch-hook",
-		Usage: "create and remove mtwatch nodes from toolstack hooks",
-		Description: "Exit codes: 0 done or nothing to do, 1 XenStore failure, 2 usage or bad input.\n" +
-			"Under libvirt failures exit 0 unless --strict; under XAPI they exit 1 unless --strict (2).",
-		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "timeout", Value: 3 * time.Second,
-				Usage: "give up on XenStore after this long"},
-			&cli.BoolFlag{Name: "strict", EnvVars: []string{"MTWATCH_HOOK_STRICT"},
-				Usage: "make a failure abort the toolstack's operation"},
-			&cli.StringFlag{Name: "xenstore", EnvVars: []string{"MTWATCH_XENSTORE"},
-				Usage: "XenStore socket or device (default: $XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus)"},
-		},
-		HideHelpCommand: true,
-		ExitErrHandler:  func(*cli.Context, error) {},
-		Commands: []*cli.Command{
-			{
-				Name:      "create",
-				Usage:     "create the node of a guest domain (idempotent)",
-				ArgsUsage: "<domid>",
-				Flags:     []cli.Flag{&cli.StringFlag{Name: "uuid", Usage: "VM uuid (default: read from /local/domain/<domid>/vm)"}},
-				Action: func(c *cli.Context) error {
-					a, err := directAction(c, hook.Create)
-					if err == nil {
-						err = apply(c, a)
-					}
-					return exit(hook.ModeDirect, c, err)
-				},
-			},
-			{
-				Name:      "destroy",
-				Usage:     "remove the node of a guest domain, or of a VM with --uuid (idempotent)",
-				ArgsUsage: "<domid> | --uuid <uuid>",
-				Flags:     []cli.Flag{&cli.StringFlag{Name: "uuid", Usage: "remove the node(s) of this VM"}},
-				Action: func(c *cli.Context) error {
-					a, err := directAction(c, hook.Destroy)
-					if err == nil {
-						err = apply(c, a)
-					}
-					return exit(hook.ModeDirect, c, err)
-				},
-			},
-			{
-				Name:            "libvirt",
-				Usage:           "libvirt libxl hook: <domain-name> <op> <subop> <extra>, domain XML on stdin",
-				SkipFlagParsing: true,
-				Action: func(c *cli.Context) error {
-					a, err := hook.Libvirt(c.Args().Slice(), os.Stdin)
-					if err == nil {
-						err = apply(c, a)
-					}
-					return exit(hook.ModeLibvirt, c, err)
-				},
-			},
-			{
-				Name:            "xapi",
-				Usage:           "XAPI hook: <hook-name> -vmuuid <uuid> -reason <reason> [-vmdomid <domid>]",
-				SkipFlagParsing: true,
-				Action: func(c *cli.Context) error {
-					args := c.Args().Slice()
-					if len(args) == 0 {
-						return exit(hook.ModeXAPI, c, fmt.Errorf("%w: xapi: hook name missing", hook.ErrUsage))
-					}
-					a, err := hook.XAPI(args[0], args[1:])
-					if err == nil {
-						err = apply(c, a)
-					}
-					return exit(hook.ModeXAPI, c, err)
-				},
-			},
-		},
-	}
-	if err := app.Run(args); err != nil {
-		fmt.Fprintf(os.Stderr, "mtwatch-hook: %v\n", err)
+	args = fs.Args()
+	switch {
+	case len(args) == 0:
+		// Run by hand without a command: show what it does, as an error.
+		fmt.Fprint(stderr, usage)
 		return hook.ExitUsage
+	case args[0] == "help":
+		fmt.Fprint(stdout, usage)
+		return hook.ExitOK
 	}
-	return code
+	cmd, args := args[0], args[1:]
+	var (
+		mode = hook.ModeDirect
+		a    hook.Action
+		err  error
+	)
+	switch cmd {
+	case "create":
+		a, err = direct(hook.Create, args)
+	case "destroy":
+		a, err = direct(hook.Destroy, args)
+	case "libvirt":
+		mode = hook.ModeLibvirt
+		a, err = hook.Libvirt(args, stdin)
+	case "xapi":
+		mode = hook.ModeXAPI
+		if len(args) == 0 {
+			err = fmt.Errorf("%w: xapi: hook name missing", hook.ErrUsage)
+			break
+		}
+		a, err = hook.XAPI(args[0], args[1:])
+	default:
+		err = fmt.Errorf("%w: unknown command %q (see mtwatch-hook --help)", hook.ErrUsage, cmd)
+	}
+	if err == nil {
+		err = apply(o, a)
+	}
+	if err != nil {
+		return fail(stderr, mode, o, err)
+	}
+	return hook.ExitOK
 }
 
-// directAction parses "create|destroy [--uuid U] [<domid>]".
-func directAction(c *cli.Context, kind hook.Kind) (hook.Action, error) {
-	a := hook.Action{Kind: kind, UUID: strings.ToLower(c.String("uuid")), Why: c.Command.Name}
+// direct parses "create|destroy [--uuid U] [<domid>]".
+func direct(kind hook.Kind, args []string) (hook.Action, error) {
+	name := kind.String()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	uuid := fs.String("uuid", "", "")
+	if err := fs.Parse(args); err != nil {
+		return hook.Action{}, fmt.Errorf("%w: %s: %v", hook.ErrUsage, name, err)
+	}
+	a := hook.Action{Kind: kind, UUID: strings.ToLower(*uuid), Why: name}
 	if a.UUID != "" && !node.ValidUUID(a.UUID) {
-		return a, fmt.Errorf("%w: %w: %q", hook.ErrInput, node.ErrBadUUID, c.String("uuid"))
+		return a, fmt.Errorf("%w: %w: %q", hook.ErrInput, node.ErrBadUUID, *uuid)
 	}
 	switch {
-	case c.NArg() == 0 && kind == hook.Destroy && a.UUID != "":
+	case fs.NArg() == 0 && kind == hook.Destroy && a.UUID != "":
 		a.Kind = hook.DestroyUUID
 		return a, nil
-	case c.NArg() != 1:
-		return a, fmt.Errorf("%w: %s takes exactly one <domid>, got %d argument(s)", hook.ErrUsage, c.Command.Name, c.NArg())
+	case fs.NArg() != 1:
+		return a, fmt.Errorf("%w: %s takes exactly one <domid>, got %d argument(s)", hook.ErrUsage, name, fs.NArg())
 	}
-	id, err := domid.ParseGuest(c.Args().First())
+	id, err := domid.ParseGuest(fs.Arg(0))
 	if err != nil {
 		return a, fmt.Errorf("%w: %w", hook.ErrInput, err)
 	}
@@ -138,16 +150,16 @@ func directAction(c *cli.Context, kind hook.Kind) (hook.Action, error) {
 	return a, nil
 }
 
-// apply connects to XenStore and runs a, all within --timeout.
-func apply(c *cli.Context, a hook.Action) error {
+// apply connects to XenStore and runs a, all within the timeout.
+func apply(o options, a hook.Action) error {
 	if a.Kind == hook.None {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.Duration("timeout"))
+	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
 	defer cancel()
 	var opts []xenstore.Option
-	if p := c.String("xenstore"); p != "" {
-		opts = append(opts, xenstore.WithPath(p))
+	if o.xenstore != "" {
+		opts = append(opts, xenstore.WithPath(o.xenstore))
 	}
 	xs, err := xenstore.Dial(ctx, opts...)
 	if err != nil {
@@ -156,26 +168,25 @@ func apply(c *cli.Context, a hook.Action) error {
 	defer xs.Close()
 	if err := hook.Run(ctx, xs, a); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("%s: xenstore did not answer within %v: %w", a.Why, c.Duration("timeout"), err)
+			return fmt.Errorf("%s: xenstore did not answer within %v: %w", a.Why, o.timeout, err)
 		}
 		return fmt.Errorf("%s: %w", a.Why, err)
 	}
 	return nil
 }
 
-// report prints err on stderr and, for toolstack invocations whose stderr
-// may go nowhere, to syslog as well.
-func report(m hook.Mode, code int, err error) {
+// fail reports err on stderr and, for toolstack invocations whose stderr
+// may go nowhere (libvirt drops a successful hook's output), to syslog as
+// well; it returns the exit code the mode and policy give err.
+func fail(stderr io.Writer, m hook.Mode, o options, err error) int {
+	code := hook.ExitCode(m, o.strict, err)
 	msg := err.Error()
 	if code == hook.ExitOK {
 		msg += " (ignored: not strict)"
 	}
-	fmt.Fprintf(os.Stderr, "mtwatch-hook: %s\n", msg)
-	if m == hook.ModeDirect {
-		return
+	fmt.Fprintf(stderr, "mtwatch-hook: %s\n", msg)
+	if m != hook.ModeDirect {
+		syslogWarning("mtwatch-hook", msg)
 	}
-	if w, serr := syslog.New(syslog.LOG_DAEMON|syslog.LOG_WARNING, "mtwatch-hook"); serr == nil {
-		w.Warning(msg)
-		w.Close()
-	}
+	return code
 }

@@ -18,7 +18,7 @@ import (
 // (under -race in make test) as a separate process, as toolstacks do.
 func TestMain(m *testing.M) {
 	if os.Getenv("MTWATCH_HOOK_AS_MAIN") == "1" {
-		os.Exit(run(os.Args))
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
 	os.Exit(m.Run())
 }
@@ -270,7 +270,9 @@ func TestBadInput(t *testing.T) {
 		code    int
 		message string
 	}{
-		{"no command", func() result { return e.hook("") }, 0, ""},
+		{"no command", func() result { return e.hook("") }, 2, "usage: mtwatch-hook"},
+		{"bad option", func() result { return e.hook("", "--timeout", "soon", "create", "5") }, 2, "invalid value"},
+		{"create bad option", func() result { return e.hook("", "create", "--color", "5") }, 2, "flag provided but not defined"},
 		{"unknown command", func() result { return e.hook("", "frobnicate", "5") }, 2, "frobnicate"},
 		{"create without domid", func() result { return e.hook("", "create") }, 2, "exactly one <domid>"},
 		{"create two domids", func() result { return e.hook("", "create", "5", "6") }, 2, "exactly one <domid>"},
