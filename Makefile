@@ -36,10 +36,9 @@ all: build
 
 # Static, without cgo: a toolstack hook is a short-lived process, and
 # dynamic loading plus cgo start-up would cost it a fifth of its run time.
-# The tag drops urfave/cli's man-page generators, which nothing here uses.
 build: $(XENEMU)
 	@mkdir -p bin
-	$(if $(BINARIES),CGO_ENABLED=0 $(GO) build -trimpath -tags urfave_cli_no_docs -o bin/ $(addprefix ./cmd/,$(BINARIES)),@true)
+	$(if $(BINARIES),CGO_ENABLED=0 $(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINARIES)),@true)
 
 $(XENEMU): test/xenemu/xenemu.c
 	@mkdir -p build
