@@ -267,37 +267,19 @@ func (s *Server) Close() error {
 // libxl's xs_introduce_domain), which fires @introduceDomain. A domid killed
 // before is first revived, so domids can be reused as on a real host.
 func (s *Server) IntroduceDomain(id domid.ID) error {
-	if !id.IsGuest() {
-		return fmt.Errorf("introduce domain %d: not a guest domid", id)
-	}
-	if err := s.setDead(id, false); err != nil {
-		return err
-	}
-	c, err := Dial(s.Socket())
+	c, err := s.dialFor("introduce", id)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	// mfn and port are ignored by xenemu but must parse.
-	_, err = c.Request(TypeIntroduce, id.String(), "1", "1")
-	if err != nil {
-		return fmt.Errorf("introduce domain %d: %w", id, err)
-	}
-	return nil
+	return introduce(c, id)
 }
 
 // CreateDomain does what a toolstack does for a new guest, as far as the
 // store is concerned: /local/domain/<id> owned by the guest with a name
 // node, then INTRODUCE.
 func (s *Server) CreateDomain(id domid.ID) error {
-	if !id.IsGuest() {
-		return fmt.Errorf("create domain %d: not a guest domid", id)
-	}
-	// xenstored checks that a new owner exists before SET_PERMS.
-	if err := s.setDead(id, false); err != nil {
-		return err
-	}
-	c, err := Dial(s.Socket())
+	c, err := s.dialFor("create", id)
 	if err != nil {
 		return err
 	}
@@ -315,7 +297,27 @@ func (s *Server) CreateDomain(id domid.ID) error {
 			return fmt.Errorf("create domain %d: %w", id, err)
 		}
 	}
-	return s.IntroduceDomain(id)
+	return introduce(c, id)
+}
+
+// dialFor revives guest id in xenemu, since xenstored checks that a domain
+// exists before it is introduced or made an owner, and connects.
+func (s *Server) dialFor(op string, id domid.ID) (*Conn, error) {
+	if !id.IsGuest() {
+		return nil, fmt.Errorf("%s domain %d: not a guest domid", op, id)
+	}
+	if err := s.setDead(id, false); err != nil {
+		return nil, err
+	}
+	return Dial(s.Socket())
+}
+
+func introduce(c *Conn, id domid.ID) error {
+	// mfn and port are ignored by xenemu but must parse.
+	if _, err := c.Request(TypeIntroduce, id.String(), "1", "1"); err != nil {
+		return fmt.Errorf("introduce domain %d: %w", id, err)
+	}
+	return nil
 }
 
 // KillDomain makes guest id disappear as if it died: xenemu stops reporting
