@@ -45,7 +45,7 @@ start() {
 	if [ -t 0 ] && [ -t 1 ]; then
 		cat <<MSG
 mtwatch sandbox: a private xenstored (pid $(cat "$dir/pid")) at $XENSTORED_PATH.
-Try: xenstore-write /local/domain/0/mtwatch/5 x; xenstore-ls -p /local/domain/0
+Try: mtwatch-hook create 5; xenstore-ls -p /local/domain/0; mtwatch-hook destroy 5
 Kill a guest domain:  echo <domid> >> $dir/dead; printf x > $dir/evtchn
 Exit the shell to stop the sandbox.
 MSG
