@@ -646,6 +646,9 @@ func TestHandlerPanicRecovered(t *testing.T) {
 	if st := a["stack"].String(); !strings.Contains(st, "TestHandlerPanicRecovered") {
 		t.Fatalf("panic log has no stack of the handler:\n%s", st)
 	}
+	// The recorder saw the event inside the handler; the counters follow
+	// when it returns.
+	quiesce(t, d)
 	if tot := d.Stats().Totals; tot.Panics != 1 {
 		t.Fatalf("Panics = %d", tot.Panics)
 	}
