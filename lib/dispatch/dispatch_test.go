@@ -274,7 +274,7 @@ func TestRecreateWhileDraining(t *testing.T) {
 	if s := d.Stats(); s.Workers != 3 {
 		t.Fatalf("Workers = %d, want 3 generations", s.Workers)
 	}
-	notWithin(t, rec.started, "an event overtaking the blocked one")
+	rec.noRunsBeyond(t, 1, "an event overtaking the blocked one")
 	release()
 	runs := rec.waitRuns(t, 5)
 	want := []run{
@@ -320,7 +320,7 @@ func TestDomainsDoNotWaitForEachOther(t *testing.T) {
 			dispatch(t, d, "backend/vif/3/a", "be")
 			dispatch(t, d, "@introduceDomain", "be")
 			if single {
-				notWithin(t, rec.started, "an event running beside the stuck one in single-worker mode")
+				rec.noRunsBeyond(t, 1, "an event running beside the stuck one in single-worker mode")
 				release()
 				runs := rec.waitRuns(t, 5)
 				for _, rn := range runs {

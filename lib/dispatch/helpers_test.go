@@ -79,6 +79,19 @@ func notWithin[T any](t testing.TB, ch <-chan T, what string) {
 	}
 }
 
+// noRunsBeyond asserts that no handler call beyond the first n starts for
+// a short while. It counts recorded calls, not started tokens: waitRuns may
+// return before it has consumed the token of a call already recorded.
+func (r *recorder) noRunsBeyond(t testing.TB, n int, what string) {
+	t.Helper()
+	time.Sleep(50 * time.Millisecond)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.runs) > n {
+		t.Fatalf("%s happened too early: %+v", what, r.runs[n:])
+	}
+}
+
 // run is one handler call as seen by a recorder.
 type run struct {
 	Path   string
