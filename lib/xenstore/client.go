@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -164,16 +165,32 @@ type Client struct {
 	flushing bool  // a caller is writing wbuf out
 	err      error // why the connection ended; set once
 
+	// Reading: one goroutine at a time owns the connection's read side
+	// (reading, under mu). A caller waiting for its reply reads itself when
+	// nobody does, so a lone request costs no goroutine hand-off; while
+	// other calls are pending or watches exist after its reply, a
+	// background reader goroutine takes over.
+	br      *bufio.Reader
+	reading bool
+	readers sync.WaitGroup // background readers
+	// dl interrupts a reading caller whose context ends; nil if the
+	// transport has no read deadlines (callers then never read).
+	dl      deadliner
+	dlMu    sync.Mutex
+	dlOwner *call // the reading caller an interrupt may target
+
 	wmu      sync.Mutex
 	watches  map[string]*Watch // by wire token
 	byPath   map[watchKey]*Watch
 	watchSeq uint64
+	nwatch   atomic.Int32 // len(watches), readable without wmu
 
-	dead       chan struct{} // closed when err is set
-	closing    chan struct{} // closed by Close: stops watch drainers
-	closeOnce  sync.Once
-	readerDone chan struct{}
+	dead      chan struct{} // closed when err is set
+	closing   chan struct{} // closed by Close: stops watch drainers
+	closeOnce sync.Once
 }
+
+type deadliner interface{ SetReadDeadline(time.Time) error }
 
 type watchKey struct{ path, token string }
 
@@ -215,9 +232,13 @@ func newClient(rwc io.ReadWriteCloser, framePerWrite bool, o options) *Client {
 		byPath:        make(map[watchKey]*Watch),
 		dead:          make(chan struct{}),
 		closing:       make(chan struct{}),
-		readerDone:    make(chan struct{}),
+		br:            bufio.NewReaderSize(rwc, readBufSize),
 	}
-	go c.readLoop()
+	// Files that are not pollable (a character device without poll
+	// support) refuse deadlines.
+	if d, ok := rwc.(deadliner); ok && d.SetReadDeadline(time.Time{}) == nil {
+		c.dl = d
+	}
 	return c
 }
 
@@ -228,7 +249,7 @@ func (c *Client) Close() error {
 		close(c.closing)
 		c.fail(ErrClosed)
 	})
-	<-c.readerDone
+	c.readers.Wait()
 	return nil
 }
 
@@ -239,7 +260,9 @@ func (c *Client) Err() error {
 	return c.err
 }
 
-// Done is closed when the connection has ended (see Err).
+// Done is closed when the connection has ended (see Err). The client reads
+// only while calls are pending or watches exist, so the loss of an idle
+// connection without watches shows at its next call, as with libxenstore.
 func (c *Client) Done() <-chan struct{} { return c.dead }
 
 // connLost wraps the cause of a connection loss.
@@ -278,6 +301,7 @@ func (c *Client) fail(err error) {
 	c.wmu.Lock()
 	watches := c.watches
 	c.watches, c.byPath = nil, nil
+	c.nwatch.Store(0)
 	c.wmu.Unlock()
 	for _, w := range watches {
 		// After Close nobody wants queued events; after a loss the
@@ -342,17 +366,31 @@ func (c *Client) do(ctx context.Context, r *req) ([]byte, error) {
 	cl.id = c.allocID()
 	c.pending[cl.id] = cl
 	c.appendFrame(cl.id, r)
+	self := false
+	if !c.reading {
+		if c.dl != nil {
+			c.reading, self = true, true
+		} else {
+			c.startReaderLocked()
+		}
+	}
 	c.flushLocked()
 
-	select {
-	case <-cl.done:
-	case <-ctx.Done():
-		if c.abandon(cl, r.cleanup) {
+	if self {
+		if c.readOwn(ctx, cl, r.cleanup) {
 			return nil, ctx.Err()
 		}
-		// The reply (or the connection's failure) is already being
-		// delivered: take it.
-		<-cl.done
+	} else {
+		select {
+		case <-cl.done:
+		case <-ctx.Done():
+			if c.abandon(cl, r.cleanup) {
+				return nil, ctx.Err()
+			}
+			// The reply (or the connection's failure) is already being
+			// delivered: take it.
+			<-cl.done
+		}
 	}
 	reply, rtyp, err := cl.reply, cl.rtyp, cl.err
 	cl.reply, cl.err = nil, nil
@@ -384,6 +422,9 @@ func (c *Client) send(r req) {
 		id := c.allocID()
 		c.pending[id] = &call{id: id, typ: r.typ, tx: r.tx, abandoned: true}
 		c.appendFrame(id, &r)
+		if !c.reading {
+			c.startReaderLocked()
+		}
 		c.flushLocked()
 	}()
 }
@@ -482,22 +523,117 @@ func (c *Client) writeOut(b []byte) error {
 	return nil
 }
 
-// readLoop is the connection's only reader: it matches replies to pending
-// calls by req_id and hands watch events to their watches, never blocking
-// on a caller or a watch consumer.
+// startReaderLocked starts a background reader. Called with c.mu held,
+// by a goroutine that owns reading or when nobody does.
+func (c *Client) startReaderLocked() {
+	c.reading = true
+	c.readers.Add(1)
+	go c.readLoop()
+}
+
+// readLoop is the background reader: it matches replies to pending calls
+// by req_id and hands watch events to their watches, never blocking on a
+// caller or a watch consumer, and exits when nothing is left to read for.
 func (c *Client) readLoop() {
-	defer close(c.readerDone)
-	br := bufio.NewReaderSize(c.conn, readBufSize)
+	defer c.readers.Done()
 	for {
-		err := c.readMsg(br)
-		if err != nil {
-			if errors.Is(err, os.ErrClosed) {
-				err = io.EOF
+		if err := c.readMsg(c.br); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// An interrupt meant for a reading caller that landed
+				// after it handed over: not ours.
+				c.dl.SetReadDeadline(time.Time{})
+				continue
 			}
-			c.fail(err)
+			c.readFailed(err)
+			return
+		}
+		if !c.keepReading() {
 			return
 		}
 	}
+}
+
+// keepReading reports whether the reader must go on: calls are pending or
+// watches may receive events. Otherwise it gives up reading, atomically with
+// respect to do(), which elects a new reader when none is active.
+func (c *Client) keepReading() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && (len(c.pending) > 0 || c.nwatch.Load() > 0) {
+		return true
+	}
+	c.reading = false
+	return false
+}
+
+// readOwn reads as the elected reader until cl is done, then hands reading
+// over. It reports true if ctx ended first and the call was abandoned.
+func (c *Client) readOwn(ctx context.Context, cl *call, cleanup func([]byte)) (abandoned bool) {
+	c.dlMu.Lock()
+	c.dlOwner = cl
+	c.dlMu.Unlock()
+	stop := context.AfterFunc(ctx, func() {
+		c.dlMu.Lock()
+		if c.dlOwner == cl {
+			c.dl.SetReadDeadline(time.Unix(1, 0)) // wakes the read below
+		}
+		c.dlMu.Unlock()
+	})
+	defer func() {
+		stop()
+		// No interrupt for cl may outlive this: it would hit the next
+		// reader.
+		c.dlMu.Lock()
+		c.dlOwner = nil
+		c.dl.SetReadDeadline(time.Time{})
+		c.dlMu.Unlock()
+		c.handOver()
+	}()
+	for {
+		select {
+		case <-cl.done:
+			return false
+		default:
+		}
+		err := c.readMsg(c.br)
+		switch {
+		case err == nil:
+		case errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil:
+			if c.abandon(cl, cleanup) {
+				return true
+			}
+			<-cl.done
+			return false
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			c.dlMu.Lock()
+			c.dl.SetReadDeadline(time.Time{})
+			c.dlMu.Unlock()
+		default:
+			c.readFailed(err)
+			<-cl.done // failed by readFailed, as every pending call
+			return false
+		}
+	}
+}
+
+// handOver ends a caller's turn as reader: a background reader takes over
+// if anything is left to read for.
+func (c *Client) handOver() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && (len(c.pending) > 0 || c.nwatch.Load() > 0) {
+		c.readers.Add(1)
+		go c.readLoop()
+		return
+	}
+	c.reading = false
+}
+
+func (c *Client) readFailed(err error) {
+	if errors.Is(err, os.ErrClosed) {
+		err = io.EOF
+	}
+	c.fail(err)
 }
 
 func (c *Client) readMsg(br *bufio.Reader) error {

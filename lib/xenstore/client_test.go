@@ -817,6 +817,58 @@ func TestServerRestart(t *testing.T) {
 
 // TestContextCancel abandons calls to a stopped server, then checks that
 // their late replies are dropped cleanly and the connection stays usable.
+// TestReaderHandOver: a caller reading for everyone (the elected reader)
+// whose context ends must hand reading over, so that the calls still
+// waiting get their replies and the abandoned reply is consumed.
+func TestReaderHandOver(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	mustWrite(t, c, "/ho", "v")
+	pid := pidOf(t, in)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+
+	// The first caller finds nobody reading and reads itself; the others
+	// queue behind it.
+	short, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	firstErr := make(chan error, 1)
+	go func() {
+		_, err := c.Read(short, "/ho")
+		firstErr <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	const waiters = 4
+	results := make(chan string, waiters)
+	for i := 0; i < waiters; i++ {
+		go func() {
+			v, err := c.Read(testCtx(t), "/ho")
+			if err != nil {
+				results <- "error: " + err.Error()
+				return
+			}
+			results <- string(v)
+		}()
+	}
+	if err := <-firstErr; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("first read: %v, want DeadlineExceeded", err)
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	for i := 0; i < waiters; i++ {
+		if got := <-results; got != "v" {
+			t.Fatalf("waiting read: %s", got)
+		}
+	}
+	if got := mustRead(t, c, "/ho"); got != "v" {
+		t.Fatalf("read after hand-over: %q", got)
+	}
+	if err := c.Err(); err != nil {
+		t.Fatalf("connection ended: %v", err)
+	}
+}
+
 func TestContextCancel(t *testing.T) {
 	t.Parallel()
 	in, c := start(t)

@@ -1,7 +1,7 @@
 // Package xenstore is a pure-Go XenStore client for dom0 tools: it speaks the
 // xs_wire protocol over the xenstored unix socket or the kernel's
 // /dev/xen/xenbus device. One connection carries many outstanding requests,
-// a single reader goroutine routes replies and watch events, and every watch
+// one reader at a time routes replies and watch events, and every watch
 // has its own bounded buffer, so a slow consumer of one watch never delays
 // other callers.
 //
@@ -16,6 +16,13 @@
 // so concurrent requests go out in one write(2) without a writer goroutine
 // (the xenbus device, which takes one message per write, gets them one at a
 // time). WithMaxInflight bounds the outstanding requests.
+//
+// Readers are elected the same way: a caller that finds nobody reading
+// reads for everyone until its own reply arrives, so a lone request costs
+// no goroutine hand-off (the round trip of a one-shot tool or a sequential
+// caller); if calls are still pending or watches exist when it is done, a
+// background reader goroutine takes over and runs until nothing is left to
+// read for. The reader never blocks on a caller or a watch consumer.
 //
 // Every blocking call takes a context. Cancelling it abandons the call: the
 // late reply is recognised and dropped, and a transaction or watch that the

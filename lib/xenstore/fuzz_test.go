@@ -31,6 +31,7 @@ func FuzzFrameDecoder(f *testing.F) {
 			watches: make(map[string]*Watch),
 			byPath:  make(map[watchKey]*Watch),
 			closing: make(chan struct{}),
+			reading: true, // the fuzz loop below is the reader
 		}
 		types := map[uint32]msgType{1: typeRead, 2: typeWrite, 3: typeDirectory}
 		calls := map[uint32]*call{}

@@ -290,6 +290,7 @@ func (c *Client) ResetWatches(ctx context.Context) error {
 	if watches != nil {
 		c.watches = make(map[string]*Watch)
 		c.byPath = make(map[watchKey]*Watch)
+		c.nwatch.Store(0)
 	}
 	c.wmu.Unlock()
 	for _, w := range watches {

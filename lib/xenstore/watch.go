@@ -86,6 +86,7 @@ func (c *Client) Watch(ctx context.Context, path, token string) (*Watch, error) 
 	w.wire = strconv.FormatUint(c.watchSeq, 36) + ":" + token
 	c.watches[w.wire] = w
 	c.byPath[key] = w
+	c.nwatch.Add(1)
 	c.wmu.Unlock()
 
 	r := req{typ: typeWatch, nargs: 2}
@@ -114,6 +115,7 @@ func (c *Client) removeWatch(w *Watch) bool {
 	}
 	delete(c.watches, w.wire)
 	delete(c.byPath, watchKey{w.path, w.token})
+	c.nwatch.Add(-1)
 	return true
 }
 
