@@ -227,6 +227,20 @@ func BenchmarkRead(b *testing.B) {
 			}
 		}
 	})
+	// A context that can end (here a cancellable one) costs the elected
+	// reader a context.AfterFunc registration per call.
+	b.Run("go-cancellable-ctx", func(b *testing.B) {
+		c := benchDial(b, srv)
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := c.Read(ctx, benchValuePath); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("libxenstore", func(b *testing.B) { runCRead(b, srv, 1) })
 }
 

@@ -572,13 +572,16 @@ func (c *Client) readOwn(ctx context.Context, cl *call, cleanup func([]byte)) (a
 	c.dlMu.Lock()
 	c.dlOwner = cl
 	c.dlMu.Unlock()
-	stop := context.AfterFunc(ctx, func() {
-		c.dlMu.Lock()
-		if c.dlOwner == cl {
-			c.dl.SetReadDeadline(time.Unix(1, 0)) // wakes the read below
-		}
-		c.dlMu.Unlock()
-	})
+	stop := func() bool { return false }
+	if ctx.Done() != nil { // a context that can end; AfterFunc allocates
+		stop = context.AfterFunc(ctx, func() {
+			c.dlMu.Lock()
+			if c.dlOwner == cl {
+				c.dl.SetReadDeadline(time.Unix(1, 0)) // wakes the read below
+			}
+			c.dlMu.Unlock()
+		})
+	}
 	defer func() {
 		stop()
 		// No interrupt for cl may outlive this: it would hit the next
