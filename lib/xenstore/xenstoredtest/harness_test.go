@@ -200,3 +200,13 @@ func TestRejectsNonGuest(t *testing.T) {
 		}
 	}
 }
+
+// TestMissingXenstored: without the daemon the harness fails (it never
+// skips), and says which Debian package to install.
+func TestMissingXenstored(t *testing.T) {
+	t.Setenv(EnvXenstored, "/nonexistent/xenstored")
+	_, err := Launch(context.Background(), Config{})
+	if !errors.Is(err, ErrNotInstalled) || !strings.Contains(err.Error(), "xen-utils-4.17") {
+		t.Fatalf("Launch without xenstored: %v", err)
+	}
+}
