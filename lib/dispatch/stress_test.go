@@ -299,8 +299,7 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 		gen     int
 	)
 	var unregs sync.WaitGroup
-	var handler Handler
-	handler = func(ctx context.Context, ev Event) error {
+	handler := Handler(func(ctx context.Context, ev Event) error {
 		elems := strings.Split(ev.Path, "/")
 		seq, err := strconv.ParseInt(elems[len(elems)-1], 10, 64)
 		if err != nil {
@@ -346,7 +345,7 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 			}
 		}
 		return nil
-	}
+	})
 	registerSet := func(i int) {
 		gen++
 		token := fmt.Sprintf("w%d.%d", i, gen)
