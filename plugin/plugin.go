@@ -1,0 +1,184 @@
+// Package plugin is the registry of mtwatchd's handler plugins and the
+// contract between a plugin and the agent that hosts it. A plugin registers
+// itself from init (plugin.Register), the agent builds every enabled plugin
+// from its [plugins.<name>] configuration section, and the plugin's watches
+// run on the agent's dispatcher: each event on the worker of the domain it
+// belongs to.
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/dispatch"
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+)
+
+// Registration describes a plugin to the agent.
+type Registration struct {
+	// Name is the plugin's name: its configuration section is
+	// [plugins.<Name>] and its log entries carry plugin=<Name>.
+	Name string
+	// EnabledByDefault: the plugin runs unless its section says
+	// enabled = false. Plugins that run scripts or change XenStore are off by
+	// default.
+	EnabledByDefault bool
+	// New builds the plugin. It validates the configuration (ic.Config) and
+	// must not start any work: the agent calls Start once every enabled
+	// plugin was built, so a configuration error stops the agent before
+	// anything ran.
+	New func(ic *InitContext) (Plugin, error)
+}
+
+// Plugin is a built plugin.
+type Plugin interface {
+	// Start registers the plugin's watches through InitContext.Watches and
+	// starts its work; it returns once the plugin is ready. The agent tells
+	// systemd READY=1 only after every plugin started.
+	Start(ctx context.Context) error
+	// Stop ends the plugin's work within ctx. The agent removes the watches
+	// the plugin registered after Stop returns.
+	Stop(ctx context.Context) error
+}
+
+// Reloader is implemented by plugins whose configuration can change while
+// they run (SIGHUP). Reload gets the new section; on error the plugin keeps
+// its running configuration.
+type Reloader interface {
+	Reload(ctx context.Context, cfg Section) error
+}
+
+// Reporter is implemented by plugins that have status to show in the
+// control API (GET /v1/status, "plugins"). Status must be cheap and safe for
+// concurrent use; its value is encoded as JSON.
+type Reporter interface {
+	Status() any
+}
+
+// Section is a plugin's configuration section, [plugins.<name>], without its
+// "enabled" key, which the agent handles.
+type Section interface {
+	// Decode decodes the section into v (a pointer to a struct with toml
+	// tags). A key v has no field for is an error naming file, line and key.
+	Decode(v any) error
+	// Errorf returns a configuration error naming the file and line of key.
+	// key is dotted and relative to the section; an element of an array of
+	// tables is indexed from 0: "rule[2].path". A key that is not in the
+	// file (a default) names the section instead.
+	Errorf(key string, format string, args ...any) error
+	// File is the configuration file's path, "" when the agent runs on
+	// defaults.
+	File() string
+}
+
+// Store is the XenStore handle a plugin gets. It is the agent's connection:
+// it survives xenstored restarts (calls during an outage fail with an error
+// that wraps xenstore.ErrClosed or a context error, and work again once the
+// agent has reconnected). *xenstore.Client satisfies it, which is what a
+// plugin's unit tests use.
+type Store interface {
+	Read(ctx context.Context, path string) ([]byte, error)
+	Write(ctx context.Context, path string, value []byte) error
+	Mkdir(ctx context.Context, path string) error
+	Rm(ctx context.Context, path string) error
+	Directory(ctx context.Context, path string) ([]string, error)
+	GetPerms(ctx context.Context, path string) (xenstore.Perms, error)
+	SetPerms(ctx context.Context, path string, perms xenstore.Perms) error
+	Transaction(ctx context.Context, fn func(tx *xenstore.Tx) error) error
+}
+
+// Watcher registers watches on behalf of a plugin: the XenStore watch and
+// its dispatcher registration, kept across xenstored restarts.
+type Watcher interface {
+	// Watch registers cfg. cfg.Token may be empty: the agent then picks a
+	// unique one ("<plugin>/<n>"). The returned Watch is removed by Unwatch,
+	// or by the agent when the plugin stops.
+	Watch(ctx context.Context, cfg dispatch.WatchConfig) (Watch, error)
+}
+
+// Watch is a registered watch of a plugin.
+type Watch interface {
+	// Unwatch removes the XenStore watch and the dispatcher registration:
+	// pending events of the watch are purged and a running handler of it is
+	// waited for (unless Unwatch runs from that handler).
+	Unwatch(ctx context.Context) error
+	Path() string
+	Token() string
+	Stats() dispatch.WatchStats
+}
+
+// InitContext is what a plugin is built from.
+type InitContext struct {
+	// Name is the plugin's name.
+	Name string
+	// Log is the agent's logger with plugin=<Name>.
+	Log *logrus.Entry
+	// Config is the plugin's configuration section.
+	Config Section
+	// Store is the agent's XenStore connection.
+	Store Store
+	// Watches registers the plugin's watches.
+	Watches Watcher
+	// Domid is the domain the agent runs in (0 in dom0, the driver domain's
+	// id in a driver domain); Home is its XenStore home,
+	// /local/domain/<Domid>, which relative paths resolve against.
+	Domid domid.ID
+	Home  string
+	// Metrics registers the plugin's Prometheus collectors, served at
+	// /metrics. Per-domain labels are not allowed: cardinality must stay
+	// bounded by the number of live domains, which the agent's own gauges
+	// already cover.
+	Metrics prometheus.Registerer
+}
+
+var (
+	mu       sync.Mutex
+	registry = map[string]Registration{}
+	validRe  = regexp.MustCompile(`^[a-z][a-z0-9-]*$`)
+)
+
+// Register adds a plugin to the registry. It is called from init and panics
+// on a malformed or duplicate name, or a missing New: both are programming
+// errors a build must not ship.
+func Register(r Registration) {
+	mu.Lock()
+	defer mu.Unlock()
+	if !validRe.MatchString(r.Name) {
+		panic(fmt.Sprintf("plugin: malformed name %q", r.Name))
+	}
+	if r.New == nil {
+		panic(fmt.Sprintf("plugin %s: no New", r.Name))
+	}
+	if _, dup := registry[r.Name]; dup {
+		panic(fmt.Sprintf("plugin %s: registered twice", r.Name))
+	}
+	registry[r.Name] = r
+}
+
+// Lookup returns the registration of the plugin called name.
+func Lookup(name string) (Registration, bool) {
+	mu.Lock()
+	defer mu.Unlock()
+	r, ok := registry[name]
+	return r, ok
+}
+
+// All returns every registered plugin, by name.
+func All() []Registration {
+	mu.Lock()
+	defer mu.Unlock()
+	out := make([]Registration, 0, len(registry))
+	for _, r := range registry {
+		out = append(out, r)
+	}
+	slices.SortFunc(out, func(a, b Registration) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
