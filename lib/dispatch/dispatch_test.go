@@ -890,3 +890,122 @@ func TestStatsLatency(t *testing.T) {
 		t.Fatalf("domain 2 after %+v", st)
 	}
 }
+
+// TestChurnBehindBusyDefaultIsBounded: create/destroy cycles of a domain
+// whose events wait behind a stuck default worker do not pile up worker
+// generations (I6), and every event still runs once, in order, on the worker
+// that was live when it was dispatched (I1, I3).
+func TestChurnBehindBusyDefaultIsBounded(t *testing.T) {
+	const cycles = 2000
+	tests := []struct {
+		name        string
+		live, after bool // dispatch an event while the worker is live / after its destruction
+		maxDraining int
+	}{
+		{"no events", false, false, 1},
+		{"events while live", true, false, 1},
+		{"events after destroy", false, true, 1},
+		// Generations that hold events are bounded by those events: one
+		// per live event at most, and each waits behind an event released
+		// to the default worker.
+		{"both", true, true, cycles},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDispatcher(t, Config{Capacity: 2*cycles + 2, StallThreshold: -1})
+			rec := newRecorder()
+			register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+			release := rec.blockOn("/local/domain/0/busy")
+			defer release()
+			dispatch(t, d, "/local/domain/0/busy", "be")
+			rec.waitRuns(t, 1)
+			// Domain 3 has an event behind the stuck one: each new worker
+			// of 3 must wait for it.
+			dispatch(t, d, "backend/vif/3/0", "be")
+			want := []run{{Path: "backend/vif/3/0", Worker: domid.Dom0}}
+			event := func(worker domid.ID) {
+				p := fmt.Sprintf("backend/vif/3/%d", len(want))
+				dispatch(t, d, p, "be")
+				want = append(want, run{Path: p, Worker: worker})
+			}
+			for range cycles {
+				if err := d.CreateDomain(3); err != nil {
+					t.Fatal(err)
+				}
+				if tc.live {
+					event(3)
+				}
+				if err := d.DestroyDomain(3); err != nil {
+					t.Fatal(err)
+				}
+				if tc.after {
+					event(domid.Dom0)
+				}
+			}
+			st, _ := d.DomainStats(3)
+			if st.Draining > tc.maxDraining || d.Stats().Workers > tc.maxDraining {
+				t.Fatalf("after %d create/destroy cycles: %d generations draining, %d workers; want at most %d",
+					cycles, st.Draining, d.Stats().Workers, tc.maxDraining)
+			}
+			release()
+			rec.waitRuns(t, 1+len(want))
+			quiesce(t, d)
+			var got []run
+			for _, rn := range rec.waitRuns(t, 1+len(want))[1:] {
+				got = append(got, run{Path: rn.Path, Worker: rn.Worker})
+			}
+			if !slices.Equal(got, want) {
+				for i := range min(len(got), len(want)) {
+					if got[i] != want[i] {
+						t.Fatalf("run %d is %+v, want %+v", i, got[i], want[i])
+					}
+				}
+				t.Fatalf("ran %d events, want %d", len(got), len(want))
+			}
+			if s := d.Stats(); s.Workers != 0 {
+				t.Fatalf("Workers = %d after the drain, want 0", s.Workers)
+			}
+		})
+	}
+}
+
+// TestRegisterFailsOnceStopBegan: Stop's promise that Register fails from
+// then on holds for a Register already under way (I8). The test holds the
+// token table so that Register stalls just before adding the watch, and lets
+// Stop run meanwhile.
+func TestRegisterFailsOnceStopBegan(t *testing.T) {
+	d := newDispatcher(t, Config{StallThreshold: -1})
+	nop := func(context.Context, Event) error { return nil }
+	d.wmu.Lock()
+	registered := make(chan error, 1)
+	go func() {
+		_, err := d.Register(WatchConfig{Path: "backend", Token: "late", Handler: nop})
+		registered <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // Register reaches the token table
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.Stop(context.Background()) }()
+	time.Sleep(50 * time.Millisecond) // Stop gets as far as it can
+	stopReturned := false
+	select {
+	case err := <-stopped:
+		stopReturned = true
+		if err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+	default:
+	}
+	d.wmu.Unlock()
+	err := recv(t, registered, "Register")
+	if stopReturned && !errors.Is(err, ErrStopped) {
+		t.Fatalf("Register completing after Stop returned = %v, want ErrStopped", err)
+	}
+	if !stopReturned {
+		if err := recv(t, stopped, "Stop"); err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+	}
+	if _, err := d.Register(WatchConfig{Path: "backend", Token: "later", Handler: nop}); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Register after Stop = %v, want ErrStopped", err)
+	}
+}
