@@ -35,7 +35,7 @@ func newDispatcher(t testing.TB, cfg Config) *Dispatcher {
 	return d
 }
 
-func register(t testing.TB, d *Dispatcher, cfg WatchConfig) *Watch {
+func register(t testing.TB, d *Dispatcher, cfg WatchConfig) *Registration {
 	t.Helper()
 	if cfg.Path == "" {
 		cfg.Path = "backend"
@@ -96,7 +96,7 @@ func (r *recorder) noRunsBeyond(t testing.TB, n int, what string) {
 type run struct {
 	Path   string
 	Worker domid.ID
-	Domain domid.ID
+	Domid  domid.ID
 	Event  Event
 }
 
@@ -125,7 +125,7 @@ func (r *recorder) blockOn(path string) (release func()) {
 
 func (r *recorder) handle(ctx context.Context, ev Event) error {
 	wk, _ := WorkerOf(ctx)
-	rn := run{Path: ev.Path, Worker: wk, Domain: ev.Domain, Event: ev}
+	rn := run{Path: ev.Path, Worker: wk, Domid: ev.Domid, Event: ev}
 	r.mu.Lock()
 	r.runs = append(r.runs, rn)
 	ch := r.block[ev.Path]
@@ -167,21 +167,22 @@ func (r *recorder) waitRuns(t testing.TB, n int) []run {
 	}
 }
 
-// quiesce waits until the dispatcher has no event left to run.
-func quiesce(t testing.TB, d *Dispatcher) {
+// waitAtMost waits until at most n events and notices are left in d: 0 to
+// wait until d has run everything.
+func waitAtMost(t testing.TB, d *Dispatcher, n int) {
 	t.Helper()
 	deadline := time.Now().Add(waitLimit)
 	for {
 		d.mu.Lock()
-		n := d.items
+		left := d.items
 		d.mu.Unlock()
-		if n == 0 {
+		if left <= n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("dispatcher still has %d events", n)
+			t.Fatalf("dispatcher still has %d events, want at most %d", left, n)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(200 * time.Microsecond)
 	}
 }
 

@@ -14,10 +14,10 @@ type Event struct {
 	// overflow notice); Token is the watch's token.
 	Path  string
 	Token string
-	// Domain is the domain the event was routed by; domid.Dom0 for dom0 and
+	// Domid is the domain the event was routed by; domid.Dom0 for dom0 and
 	// for paths of no domain.
-	Domain domid.ID
-	// Overflow marks a notice that Dropped events of this watch for Domain
+	Domid domid.ID
+	// Overflow marks a notice that Dropped events of this watch for Domid
 	// were discarded because the domain's queue was full. The handler should
 	// resync the domain's state from XenStore: the notice runs after every
 	// dropped event had already happened.
@@ -30,19 +30,20 @@ type Event struct {
 // Timeout. An error is logged and counted; it does not stop the worker.
 type Handler func(ctx context.Context, ev Event) error
 
-// Pending selects which pending events of a watch coalesce.
-type Pending uint8
+// Coalesce is a coalescing policy: it selects which pending events of a
+// watch merge into one.
+type Coalesce uint8
 
 const (
-	// PendingPerPath keeps at most one pending event per watch and path:
+	// CoalescePerPath keeps at most one pending event per watch and path:
 	// an event identical to a pending one is merged into it (it keeps its
 	// place in the queue). This is the default; xenstored itself merges
 	// identical pending events the same way.
-	PendingPerPath Pending = iota
-	// PendingPerWatch keeps at most one pending event per watch and domain
+	CoalescePerPath Coalesce = iota
+	// CoalescePerWatch keeps at most one pending event per watch and domain
 	// whatever its path, as Linux backends do for an otherend "state" watch
 	// after XSA-349: the handler re-reads the state anyway.
-	PendingPerWatch
+	CoalescePerWatch
 )
 
 // WatchConfig describes a watch to Register.
@@ -63,20 +64,20 @@ type WatchConfig struct {
 	// state); DomainOf is then not used, and unregistering only has to look
 	// at that domain's queues.
 	Owner domid.ID
-	// Pending selects coalescing; Filter, if set, decides whether to queue
-	// an event at all (the seed's will_handle after XSA-349), given the
-	// number of the watch's events pending for the domain. Filter runs on the
-	// Dispatch goroutine with the dispatcher locked: it must be quick and
-	// must not call the Dispatcher. Filtered events are counted, not
-	// notified.
-	Pending Pending
-	Filter  func(path string, pending int) bool
+	// Coalesce selects which pending events merge; Filter, if set, decides
+	// whether to queue an event at all (the seed's will_handle after
+	// XSA-349), given the number of the watch's events pending for the
+	// domain. Filter runs on the Dispatch goroutine with the dispatcher
+	// locked: it must be quick and must not call the Dispatcher. Filtered
+	// events are counted, not notified.
+	Coalesce Coalesce
+	Filter   func(path string, pending int) bool
 	// Timeout, if positive, bounds each handler call through its context.
 	Timeout time.Duration
 }
 
-// Watch is a registered watch.
-type Watch struct {
+// Registration is a registered watch: the handle Register returns.
+type Registration struct {
 	d             *Dispatcher
 	path, token   string
 	handler       Handler
@@ -87,7 +88,7 @@ type Watch struct {
 	filter        func(string, int) bool
 	timeout       time.Duration
 
-	// Under d.mu.
+	// Guarded by d.mu.
 	removed  bool
 	active   int           // handlers running
 	excluded int           // of which have called Unregister of w themselves
@@ -96,55 +97,72 @@ type Watch struct {
 	dispatched, coalesced, filtered, dropped, processed, panics, errors, stalls uint64
 }
 
-// watch is the internal name; Watch is the handle callers hold.
-type watch = Watch
-
-func (w *Watch) key(dom *domain, path string) pendKey {
+// key is the coalescing key of an event of w for dom.
+func (w *Registration) key(dom *domain, path string) pendKey {
 	if w.perWatch {
-		return pendKey{dom: dom, w: w, perWatch: true}
+		return w.watchKey(dom)
 	}
 	return pendKey{dom: dom, w: w, path: path}
 }
 
+// watchKey counts all the pending events of w for dom.
+func (w *Registration) watchKey(dom *domain) pendKey {
+	return pendKey{dom: dom, w: w, perWatch: true}
+}
+
+// domainFor returns the domain an event path of w belongs to: w's owner, or
+// what its DomainOf says, dom0 for anything that is not a guest. It runs
+// caller code: call it without locks.
+func (w *Registration) domainFor(path string) domid.ID {
+	if w.owner != domid.Dom0 {
+		return w.owner
+	}
+	if id, ok := w.domainOf(path); ok && id.IsGuest() {
+		return id
+	}
+	return domid.Dom0
+}
+
 // Path returns the path the watch was registered with.
-func (w *Watch) Path() string { return w.path }
+func (w *Registration) Path() string { return w.path }
 
 // Token returns the watch's token.
-func (w *Watch) Token() string { return w.token }
+func (w *Registration) Token() string { return w.token }
 
 // Register adds a watch. Events with its token are dispatched from now on.
-func (d *Dispatcher) Register(cfg WatchConfig) (*Watch, error) {
+func (d *Dispatcher) Register(cfg WatchConfig) (*Registration, error) {
 	switch {
 	case cfg.Path == "":
 		return nil, fmt.Errorf("dispatch: register watch token %q: %w: empty path", cfg.Token, ErrInvalidWatch)
 	case cfg.Handler == nil:
 		return nil, fmt.Errorf("dispatch: register watch %q: %w: nil handler", cfg.Path, ErrInvalidWatch)
-	case cfg.Pending > PendingPerWatch:
-		return nil, fmt.Errorf("dispatch: register watch %q: %w: unknown pending policy %d", cfg.Path, ErrInvalidWatch, cfg.Pending)
+	case cfg.Coalesce > CoalescePerWatch:
+		return nil, fmt.Errorf("dispatch: register watch %q: %w: unknown coalesce policy %d", cfg.Path, ErrInvalidWatch, cfg.Coalesce)
 	case cfg.Owner.IsReserved():
 		return nil, fmt.Errorf("dispatch: register watch %q: %w: reserved owner domid %d", cfg.Path, ErrInvalidWatch, cfg.Owner)
 	case cfg.Timeout < 0:
 		return nil, fmt.Errorf("dispatch: register watch %q: %w: negative timeout", cfg.Path, ErrInvalidWatch)
 	}
-	w := &Watch{
+	w := &Registration{
 		d:             d,
 		path:          cfg.Path,
 		token:         cfg.Token,
 		handler:       cfg.Handler,
 		domainOf:      cfg.DomainOf,
 		owner:         cfg.Owner,
-		perWatch:      cfg.Pending == PendingPerWatch,
-		countPerWatch: cfg.Pending == PendingPerWatch || cfg.Filter != nil,
+		perWatch:      cfg.Coalesce == CoalescePerWatch,
+		countPerWatch: cfg.Coalesce == CoalescePerWatch || cfg.Filter != nil,
 		filter:        cfg.Filter,
 		timeout:       cfg.Timeout,
 	}
 	if w.domainOf == nil {
 		w.domainOf = domid.FromPath
 	}
+	// Holding mu until the watch is in the table orders Register before or
+	// after Stop as a whole (I8).
 	d.mu.Lock()
-	stopping := d.stopping
-	d.mu.Unlock()
-	if stopping {
+	defer d.mu.Unlock()
+	if d.stopping {
 		return nil, fmt.Errorf("dispatch: register watch %q: %w", cfg.Path, ErrStopped)
 	}
 	d.wmu.Lock()
@@ -164,7 +182,7 @@ func (d *Dispatcher) Register(cfg WatchConfig) (*Watch, error) {
 // only from the handler's goroutine, and wrap it in context.WithoutCancel to
 // keep waiting after the handler's context is cancelled. Unregistering twice
 // is harmless.
-func (w *Watch) Unregister(ctx context.Context) error {
+func (w *Registration) Unregister(ctx context.Context) error {
 	d := w.d
 	d.wmu.Lock()
 	if d.watches[w.token] == w {
@@ -183,17 +201,17 @@ func (w *Watch) Unregister(ctx context.Context) error {
 				dom = &domain{}
 			}
 		}
-		d.purge(dom, func(it *item) bool { return it.w == w })
+		d.purgeLocked(dom, func(it *item) bool { return it.w == w })
 	}
 	// Called from one of the watch's own handlers: wait for the others, not
 	// for the caller, nor for other handlers of the watch doing the same.
 	self := false
-	if q, ok := ctx.Value(workerKey{}).(*queue); ok && q.curWatch == w {
+	if wk, ok := ctx.Value(workerKey{}).(*worker); ok && wk.curWatch == w {
 		self = true
-		if !q.curExcluded {
-			q.curExcluded = true
+		if !wk.curExcluded {
+			wk.curExcluded = true
 			w.excluded++
-			w.broadcast()
+			w.broadcastLocked()
 		}
 	}
 	for {
@@ -219,8 +237,8 @@ func (w *Watch) Unregister(ctx context.Context) error {
 	}
 }
 
-// broadcast wakes the Unregister calls waiting for w's handlers.
-func (w *Watch) broadcast() {
+// broadcastLocked wakes the Unregister calls waiting for w's handlers.
+func (w *Registration) broadcastLocked() {
 	if w.changed != nil {
 		close(w.changed)
 		w.changed = nil

@@ -1,0 +1,362 @@
+package dispatch
+
+import (
+	"context"
+	"runtime/debug"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+// item is a queued event, or an overflow notice when dropped > 0.
+type item struct {
+	next      *item
+	w         *Registration
+	dom       *domain // the domain the event belongs to (d.dom0 for none)
+	path      string
+	enq       int64 // d.now() at Dispatch
+	dropped   int
+	onDefault bool // counted in dom.onDefault
+}
+
+// list is a FIFO of items.
+type list struct {
+	head, tail *item
+	n          int
+}
+
+func (l *list) push(it *item) {
+	it.next = nil
+	if l.tail == nil {
+		l.head = it
+	} else {
+		l.tail.next = it
+	}
+	l.tail = it
+	l.n++
+}
+
+func (l *list) pop() *item {
+	it := l.head
+	if it == nil {
+		return nil
+	}
+	l.head = it.next
+	if l.head == nil {
+		l.tail = nil
+	}
+	it.next = nil
+	l.n--
+	return it
+}
+
+// concat moves every item of o to the end of l.
+func (l *list) concat(o *list) {
+	if o.head == nil {
+		return
+	}
+	if l.tail == nil {
+		l.head = o.head
+	} else {
+		l.tail.next = o.head
+	}
+	l.tail = o.tail
+	l.n += o.n
+	*o = list{}
+}
+
+// removeIf unlinks every item matching match, in order, and hands it to drop.
+func (l *list) removeIf(match func(*item) bool, drop func(*item)) {
+	var prev *item
+	for it := l.head; it != nil; {
+		next := it.next
+		if !match(it) {
+			prev = it
+			it = next
+			continue
+		}
+		if prev == nil {
+			l.head = next
+		} else {
+			prev.next = next
+		}
+		if l.tail == it {
+			l.tail = prev
+		}
+		l.n--
+		it.next = nil
+		drop(it)
+		it = next
+	}
+}
+
+// pendKey identifies pending events of a domain that coalesce: same watch
+// and path, or same watch for CoalescePerWatch (perWatch entries also count a
+// watch's pending events for its Filter). One map for all domains keeps idle
+// domains free of map buckets.
+type pendKey struct {
+	dom      *domain
+	w        *Registration
+	path     string
+	perWatch bool
+}
+
+// domain is what the dispatcher knows of one guest: its worker generations
+// and its pending events wherever they wait. It exists while the guest has a
+// worker or events. Guarded by d.mu.
+type domain struct {
+	id domid.ID
+
+	// Generations form a chain from first to tail through next; only the
+	// tail may be live, and every generation but the first is gated on its
+	// predecessor (I1). compactLocked keeps the chain no longer than the
+	// events it holds (I6).
+	live  *worker // the worker new events go to; nil when down
+	first *worker // oldest worker generation not yet finished
+	tail  *worker // newest worker generation (live or draining)
+	// waiting is the worker gated until no event of the domain is left on
+	// the default worker.
+	waiting *worker
+
+	items     int     // events and notices not yet completed
+	onDefault int     // of which queued or running on the default worker
+	queued    int     // pending events (not notices), bounded by the capacity
+	notices   []*item // pending overflow notices, one per watch at most
+
+	dispatched, processed, coalesced, filtered, dropped uint64
+	lastLat, maxLat                                     int64
+}
+
+// worker is the default worker or one generation of a domain's worker. A
+// goroutine runs only while the worker has work (I7). Guarded by d.mu.
+type worker struct {
+	dom   *domain // nil for the default worker
+	list  list
+	after list    // events arrived after DestroyDomain, held until drained
+	next  *worker // the generation gated on this one
+
+	running bool // a goroutine runs the worker
+	gated   bool // must not start yet (ordering across creation)
+	down    bool // destroyed; finishes once drained
+	cancel  context.CancelFunc
+
+	// The running handler, for stall detection and stats.
+	cur         *item
+	curWatch    *Registration
+	curPath     string
+	curDom      domid.ID
+	curStart    int64
+	curExcluded bool // the handler unregistered its own watch
+	stalled     bool
+
+	processed       uint64
+	lastLat, maxLat int64
+}
+
+type workerKey struct{}
+
+// WorkerOf reports which worker runs the handler that ctx was given to:
+// domid.Dom0 for the default worker. ok is false for any other context.
+func WorkerOf(ctx context.Context) (id domid.ID, ok bool) {
+	wk, ok := ctx.Value(workerKey{}).(*worker)
+	if !ok {
+		return 0, false
+	}
+	if wk.dom == nil {
+		return domid.Dom0, true
+	}
+	return wk.dom.id, true
+}
+
+// run is the goroutine of wk; it exits when wk has no work left (I7).
+func (d *Dispatcher) run(wk *worker) {
+	ctx, cancel := context.WithCancel(context.WithValue(d.ctx, workerKey{}, wk))
+	var stallEnd *stallReport
+	d.mu.Lock()
+	d.startLocked(wk, cancel)
+	for it := d.nextLocked(wk); it != nil; it = d.nextLocked(wk) {
+		ev := d.beginLocked(wk, it)
+		d.mu.Unlock()
+		d.logStallEnd(stallEnd)
+		err, panicked := d.call(ctx, it.w, ev)
+		d.mu.Lock()
+		stallEnd = d.endLocked(wk, it, err, panicked)
+	}
+	d.exitLocked(wk)
+	d.mu.Unlock()
+	cancel()
+	d.logStallEnd(stallEnd)
+}
+
+// startLocked gives wk the cancel func of its handlers' context, which a
+// destroyed generation gets already cancelled.
+func (d *Dispatcher) startLocked(wk *worker, cancel context.CancelFunc) {
+	if wk.down {
+		cancel()
+	} else {
+		wk.cancel = cancel
+	}
+}
+
+// nextLocked takes wk's next item to run; nil when there is none.
+func (d *Dispatcher) nextLocked(wk *worker) *item {
+	for {
+		it := wk.list.pop()
+		if it == nil {
+			return nil
+		}
+		d.unpendLocked(it)
+		if !it.w.removed {
+			return it
+		}
+		// Unregister purges eagerly; this is only a safety net (I4).
+		dom := it.dom
+		d.completeLocked(it)
+		d.settleLocked(dom)
+	}
+}
+
+// beginLocked marks it as wk's running handler and returns its event.
+func (d *Dispatcher) beginLocked(wk *worker, it *item) Event {
+	w := it.w
+	w.active++
+	wk.cur, wk.curWatch, wk.curPath, wk.curDom = it, w, it.path, it.dom.id
+	wk.curStart, wk.curExcluded, wk.stalled = d.now(), false, false
+	ev := Event{Path: it.path, Token: w.token, Domid: it.dom.id}
+	if it.dropped > 0 {
+		ev.Overflow, ev.Dropped = true, it.dropped
+	}
+	return ev
+}
+
+// endLocked accounts for the return of wk's running handler and retires its
+// item. It returns the report to log if the handler had been reported stalled.
+func (d *Dispatcher) endLocked(wk *worker, it *item, err error, panicked bool) *stallReport {
+	end := d.now()
+	lat := end - it.enq
+	w, dom := it.w, it.dom
+	d.totals.Processed++
+	w.processed++
+	dom.processed++
+	dom.lastLat, dom.maxLat = lat, max(dom.maxLat, lat)
+	wk.processed++
+	wk.lastLat, wk.maxLat = lat, max(wk.maxLat, lat)
+	if err != nil {
+		d.totals.Errors++
+		w.errors++
+	}
+	if panicked {
+		d.totals.Panics++
+		w.panics++
+	}
+	var stallEnd *stallReport
+	if wk.stalled {
+		stallEnd = &stallReport{dom: wk.curDom, w: w, path: it.path, age: time.Duration(end - wk.curStart)}
+	}
+	w.active--
+	if wk.curExcluded {
+		w.excluded--
+	}
+	w.broadcastLocked() // I4: Unregister waits for active to drop
+	wk.cur, wk.curWatch, wk.curPath = nil, nil, ""
+	d.completeLocked(it)
+	d.settleLocked(dom)
+	return stallEnd
+}
+
+// exitLocked records that wk's goroutine is about to exit.
+func (d *Dispatcher) exitLocked(wk *worker) {
+	wk.running = false
+	wk.cancel = nil
+	delete(d.active, wk)
+	d.goroutines--
+	if wk.dom != nil {
+		d.settleLocked(wk.dom)
+	}
+	d.checkDrainedLocked()
+}
+
+// call runs the handler, recovering a panic.
+func (d *Dispatcher) call(ctx context.Context, w *Registration, ev Event) (err error, panicked bool) {
+	if w.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, w.timeout)
+		defer cancel()
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			panicked = true
+			d.log.Error("dispatch: watch handler panicked",
+				"domid", ev.Domid, "watch", w.path, "token", w.token, "path", ev.Path,
+				"panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	err = w.handler(ctx, ev)
+	if err != nil {
+		d.log.Warn("dispatch: watch handler failed",
+			"domid", ev.Domid, "watch", w.path, "token", w.token, "path", ev.Path, "err", err)
+	}
+	return err, false
+}
+
+type stallReport struct {
+	dom  domid.ID
+	w    *Registration
+	path string
+	age  time.Duration
+}
+
+// logStallEnd logs that a handler reported stalled returned; r may be nil.
+func (d *Dispatcher) logStallEnd(r *stallReport) {
+	if r == nil {
+		return
+	}
+	d.log.Info("dispatch: stalled watch callback returned",
+		"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
+}
+
+// monitor reports handlers running longer than the stall threshold. It looks
+// only at workers whose goroutine runs, so its cost does not grow with idle
+// workers.
+func (d *Dispatcher) monitor() {
+	interval := min(max(d.stallAt/4, time.Millisecond), time.Second)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var reports []stallReport
+	for {
+		select {
+		case <-d.monitorEnd:
+			d.mu.Lock()
+			d.goroutines--
+			d.checkDrainedLocked()
+			d.mu.Unlock()
+			return
+		case <-t.C:
+		}
+		reports = d.stalled(reports[:0])
+		for _, r := range reports {
+			d.log.Warn("dispatch: watch callback stalled",
+				"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
+		}
+	}
+}
+
+// stalled marks the running handlers that just passed the stall threshold
+// and appends their reports to reports.
+func (d *Dispatcher) stalled(reports []stallReport) []stallReport {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	for wk := range d.active {
+		if wk.cur == nil || wk.stalled {
+			continue
+		}
+		if age := time.Duration(now - wk.curStart); age >= d.stallAt {
+			wk.stalled = true
+			d.totals.Stalls++
+			wk.curWatch.stalls++
+			reports = append(reports, stallReport{dom: wk.curDom, w: wk.curWatch, path: wk.curPath, age: age})
+		}
+	}
+	return reports
+}
