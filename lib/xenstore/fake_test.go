@@ -385,3 +385,75 @@ func TestCloseEndsEverything(t *testing.T) {
 		t.Errorf("read after close: %v", err)
 	}
 }
+
+// TestLateInterrupt: a caller whose context ends just as its reply arrives
+// leaves an interrupt in flight; when it lands, the next caller is reading
+// in a turn of its own, and the interrupt must not touch it.
+func TestLateInterrupt(t *testing.T) {
+	c, f := newFake(t)
+	blocked, release := make(chan struct{}), make(chan struct{})
+	fired := make(chan bool, 1)
+	c.hooks = &testHooks{
+		beforeInterrupt: func() { close(blocked); <-release },
+		afterInterrupt:  func(b bool) { fired <- b },
+	}
+	turnOpen := func() {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			c.dlMu.Lock()
+			open := c.dlTurn != 0
+			c.dlMu.Unlock()
+			if open {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no caller began reading")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	type result struct {
+		v   string
+		err error
+	}
+	read := func(ctx context.Context, path string) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			v, err := c.Read(ctx, path)
+			ch <- result{string(v), err}
+		}()
+		return ch
+	}
+
+	// The first caller reads its own reply; its context ends, and the
+	// interrupt is held back while the reply arrives.
+	ctxA, cancelA := context.WithCancel(context.Background())
+	a := read(ctxA, "/a")
+	ha, _ := f.next()
+	turnOpen()
+	cancelA()
+	<-blocked
+	f.send(frame(typeRead, ha.reqID, 0, []byte("a")))
+	if r := <-a; r.v != "a" || r.err != nil {
+		t.Fatalf("first read = %q, %v; its reply arrived before the interrupt", r.v, r.err)
+	}
+
+	// The next caller reads in a new turn when the interrupt lands.
+	ctxB, cancelB := context.WithCancel(context.Background())
+	defer cancelB()
+	b := read(ctxB, "/b")
+	hb, _ := f.next()
+	turnOpen()
+	close(release)
+	if <-fired {
+		t.Error("the first caller's interrupt fired in the next caller's turn")
+	}
+	f.send(frame(typeRead, hb.reqID, 0, []byte("b")))
+	if r := <-b; r.v != "b" || r.err != nil {
+		t.Errorf("next read = %q, %v", r.v, r.err)
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("connection ended: %v", err)
+	}
+}

@@ -135,13 +135,17 @@ func (c *Client) beginTurn(ctx context.Context) (stop func() bool) {
 
 // interrupt wakes the caller reading in turn, if that turn is still open.
 func (c *Client) interrupt(turn uint64) {
-	if c.hooks != nil && c.hooks.interrupt != nil {
-		c.hooks.interrupt()
+	if c.hooks != nil {
+		c.hooks.beforeInterrupt()
 	}
 	c.dlMu.Lock()
-	defer c.dlMu.Unlock()
-	if c.dlTurn == turn {
+	fire := c.dlTurn == turn
+	if fire {
 		c.dl.SetReadDeadline(time.Unix(1, 0)) // in the past: wakes the read
+	}
+	c.dlMu.Unlock()
+	if c.hooks != nil {
+		c.hooks.afterInterrupt(fire)
 	}
 }
 
@@ -163,9 +167,11 @@ func (c *Client) endTurn(stop func() bool) {
 
 // testHooks lets tests stop the client at points where timing decides.
 type testHooks struct {
-	// interrupt runs when a caller's context ends while it reads, before
-	// the interrupt looks at the turn.
-	interrupt func()
+	// beforeInterrupt runs when a reading caller's context ends, before
+	// the interrupt looks at the turn; afterInterrupt reports whether it
+	// set the deadline.
+	beforeInterrupt func()
+	afterInterrupt  func(fired bool)
 }
 
 // handOver ends a caller's turn as reader: a background reader takes over
