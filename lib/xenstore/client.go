@@ -143,8 +143,8 @@ type Client struct {
 	// sem holds one token per request in the pending map: it bounds the
 	// pending map and the write buffer.
 	sem chan struct{}
-	// br is read only by the goroutine that owns reading (see reader,
-	// under mu, and reader.go).
+	// br is read only by the goroutine that owns reading (reader, under
+	// mu; see reader.go).
 	br *bufio.Reader
 	// dl interrupts a reading caller whose context ends; nil if the
 	// transport has no read deadlines (callers then never read).

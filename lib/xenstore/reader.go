@@ -13,14 +13,14 @@ import (
 // request costs no goroutine hand-off; while other calls are pending or
 // watches exist after its reply, a background reader goroutine takes over.
 //
-//	state       entered                               left
-//	none        keepReading/handOver: nothing to      do: the caller becomes reader
-//	            read for                              (send, or no read deadlines:
-//	                                                  background)
-//	caller      do, on a transport with read          its reply arrives or its
-//	            deadlines                             context ends: handOver
-//	background  handOver with calls pending or        keepReading finds nothing
-//	            watches registered; send              to read for: none
+//	state       who reads                    next
+//	none        nobody                       do -> caller (background if the transport has
+//	                                         no read deadlines); send -> background
+//	caller      a caller, until its reply    handOver, when the reply arrives or the caller's
+//	            arrives                      context ends -> background if calls are pending
+//	                                         or watches exist, else none
+//	background  the readLoop goroutine       keepReading, when no call is pending and no
+//	                                         watch exists -> none
 //
 // A caller's context ends while it reads: its turn's interrupt sets a read
 // deadline in the past. Turns are numbered, and an interrupt fires only in
