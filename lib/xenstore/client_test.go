@@ -839,7 +839,7 @@ func TestReaderHandOver(t *testing.T) {
 		_, err := c.Read(short, "/ho")
 		firstErr <- err
 	}()
-	time.Sleep(20 * time.Millisecond)
+	waitReader(t, c, "caller")
 	const waiters = 4
 	results := make(chan string, waiters)
 	for i := 0; i < waiters; i++ {
@@ -855,6 +855,9 @@ func TestReaderHandOver(t *testing.T) {
 	if err := <-firstErr; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("first read: %v, want DeadlineExceeded", err)
 	}
+	// The waiters' requests are still unanswered: the first caller handed
+	// reading over to the background reader.
+	waitReader(t, c, "background")
 	syscall.Kill(pid, syscall.SIGCONT)
 	for i := 0; i < waiters; i++ {
 		if got := <-results; got != "v" {
@@ -989,7 +992,10 @@ func TestConcurrency(t *testing.T) {
 						t.Error(err)
 						return
 					}
-					expectEvent(t, w2, p)
+					if err := awaitEvent(w2, p); err != nil {
+						t.Error(err)
+						return
+					}
 					if err := w2.Unwatch(ctx); err != nil {
 						t.Error(err)
 						return

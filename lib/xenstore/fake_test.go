@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"syscall"
 	"testing"
@@ -383,5 +384,142 @@ func TestCloseEndsEverything(t *testing.T) {
 	}
 	if _, err := c.Read(context.Background(), "/x"); !errors.Is(err, ErrClosed) {
 		t.Errorf("read after close: %v", err)
+	}
+}
+
+// TestLateInterrupt: a caller whose context ends just as its reply arrives
+// leaves an interrupt in flight; when it lands, the next caller is reading
+// in a turn of its own, and the interrupt must not touch it.
+func TestLateInterrupt(t *testing.T) {
+	c, f := newFake(t)
+	blocked, release := make(chan struct{}), make(chan struct{})
+	fired := make(chan bool, 1)
+	c.hooks = &testHooks{
+		beforeInterrupt: func() { close(blocked); <-release },
+		afterInterrupt:  func(b bool) { fired <- b },
+	}
+	turnOpen := func() {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			c.dlMu.Lock()
+			open := c.dlTurn != 0
+			c.dlMu.Unlock()
+			if open {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no caller began reading")
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	type result struct {
+		v   string
+		err error
+	}
+	read := func(ctx context.Context, path string) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			v, err := c.Read(ctx, path)
+			ch <- result{string(v), err}
+		}()
+		return ch
+	}
+
+	// The first caller reads its own reply; its context ends, and the
+	// interrupt is held back while the reply arrives.
+	ctxA, cancelA := context.WithCancel(context.Background())
+	a := read(ctxA, "/a")
+	ha, _ := f.next()
+	turnOpen()
+	cancelA()
+	<-blocked
+	f.send(frame(typeRead, ha.reqID, 0, []byte("a")))
+	if r := <-a; r.v != "a" || r.err != nil {
+		t.Fatalf("first read = %q, %v; its reply arrived before the interrupt", r.v, r.err)
+	}
+
+	// The next caller reads in a new turn when the interrupt lands.
+	ctxB, cancelB := context.WithCancel(context.Background())
+	defer cancelB()
+	b := read(ctxB, "/b")
+	hb, _ := f.next()
+	turnOpen()
+	close(release)
+	if <-fired {
+		t.Error("the first caller's interrupt fired in the next caller's turn")
+	}
+	f.send(frame(typeRead, hb.reqID, 0, []byte("b")))
+	if r := <-b; r.v != "b" || r.err != nil {
+		t.Errorf("next read = %q, %v", r.v, r.err)
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("connection ended: %v", err)
+	}
+}
+
+// serve answers every request with reply(h) until the connection closes.
+// Unlike next and send it runs off the test goroutine, so it never fails
+// the test itself: the caller's assertions do.
+func (f *fakeServer) serve(reply func(h header) []byte) {
+	hb := make([]byte, headerSize)
+	p := make([]byte, PayloadMax)
+	for {
+		if _, err := io.ReadFull(f.conn, hb); err != nil {
+			return
+		}
+		h, err := parseHeader(hb)
+		if err != nil {
+			return
+		}
+		if _, err := io.ReadFull(f.conn, p[:h.len]); err != nil {
+			return
+		}
+		if _, err := f.conn.Write(reply(h)); err != nil {
+			return
+		}
+	}
+}
+
+// TestDirectoryPartMemory: a server answering DIRECTORY_PART with an
+// endless listing of one-byte names must not push the client's memory much
+// beyond maxDirectoryMemory; each name costs far more than its byte.
+func TestDirectoryPartMemory(t *testing.T) {
+	c, f := newFake(t)
+	// One part, reused for every reply: its allocations are not the
+	// client's.
+	const gen = "1"
+	payload := []byte(gen + "\x00")
+	for len(payload)+2 <= PayloadMax {
+		payload = append(payload, 'a', 0)
+	}
+	part := frame(typeDirectoryPart, 0, 0, payload)
+	e2big := frame(typeError, 0, 0, []byte("E2BIG\x00"))
+	go f.serve(func(h header) []byte {
+		b := part
+		if h.typ == typeDirectory {
+			b = e2big
+		}
+		binary.LittleEndian.PutUint32(b[4:8], h.reqID)
+		return b
+	})
+
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	names, err := c.Directory(context.Background(), "/huge")
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, errProtocol) {
+		t.Errorf("directory: %d names, %v; want a protocol error", len(names), err)
+	}
+	// Everything allocated meanwhile bounds the peak from above.
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("a hostile listing allocated %d MiB", alloc>>20)
+	if alloc > 2*maxDirectoryMemory {
+		t.Errorf("listing allocated %d MiB, over twice the %d MiB bound", alloc>>20, maxDirectoryMemory>>20)
+	}
+	if err := c.Err(); err != nil {
+		t.Errorf("connection ended: %v", err)
 	}
 }

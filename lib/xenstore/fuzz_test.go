@@ -22,17 +22,8 @@ func FuzzFrameDecoder(f *testing.F) {
 	f.Add(frame(typeRead, 1, 0, []byte("trunc"))[:headerSize+2])
 	f.Add([]byte{2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c := &Client{
-			conn:    nopConn{},
-			dead:    make(chan struct{}),
-			opt:     options{watchQueue: 4},
-			sem:     make(chan struct{}, 8),
-			pending: make(map[uint32]*call),
-			watches: make(map[string]*Watch),
-			byPath:  make(map[watchKey]*Watch),
-			closing: make(chan struct{}),
-			reading: true, // the fuzz loop below is the reader
-		}
+		c := newClient(nopConn{}, false, options{watchQueue: 4, maxInflight: 8})
+		c.reader = readerCaller // the fuzz loop below is the reader
 		types := map[uint32]msgType{1: typeRead, 2: typeWrite, 3: typeDirectory}
 		calls := map[uint32]*call{}
 		for id, typ := range types {
@@ -44,8 +35,7 @@ func FuzzFrameDecoder(f *testing.F) {
 		w := &Watch{c: c, path: "/w", token: "t", wire: "1:t", ch: make(chan Event, watchChanCap), stop: make(chan struct{})}
 		c.watches[w.wire] = w
 		c.byPath[watchKey{w.path, w.token}] = w
-		defer close(c.closing)
-		defer close(c.dead)
+		defer c.Close()
 
 		br := bufio.NewReaderSize(bytes.NewReader(data), readBufSize)
 		var err error

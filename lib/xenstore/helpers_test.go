@@ -2,6 +2,7 @@ package xenstore_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -80,22 +81,43 @@ func next(t *testing.T, w *xenstore.Watch) xenstore.Event {
 // fire spuriously).
 func expectEvent(t *testing.T, w *xenstore.Watch, path string) {
 	t.Helper()
+	if err := awaitEvent(w, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// awaitEvent is expectEvent for goroutines other than the test's, which
+// must not call t.Fatal.
+func awaitEvent(w *xenstore.Watch, path string) error {
 	deadline := time.After(testTimeout)
 	for {
 		select {
 		case ev, ok := <-w.Events():
 			if !ok {
-				t.Fatalf("watch %s ended while waiting for %s: %v", w.Path(), path, w.Err())
+				return fmt.Errorf("watch %s ended while waiting for %s: %w", w.Path(), path, w.Err())
 			}
 			if ev.Path == path {
 				if ev.Token != w.Token() {
-					t.Fatalf("event %v: token %q, want %q", ev, ev.Token, w.Token())
+					return fmt.Errorf("event %v: token %q, want %q", ev, ev.Token, w.Token())
 				}
-				return
+				return nil
 			}
 		case <-deadline:
-			t.Fatalf("no event for %s on watch %s", path, w.Path())
+			return fmt.Errorf("no event for %s on watch %s", path, w.Path())
 		}
+	}
+}
+
+// waitReader waits until the client's reader is in state ("none",
+// "caller", "background"; see reader.go).
+func waitReader(t *testing.T, c *xenstore.Client, state string) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for xenstore.ReaderState(c) != state {
+		if time.Now().After(deadline) {
+			t.Fatalf("reader is %s, want %s", xenstore.ReaderState(c), state)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"syscall"
+	"unsafe"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
@@ -42,9 +44,14 @@ func (c *Client) pathOp(ctx context.Context, typ msgType, tx uint32, path string
 	return opErr(typ.String(), path, err)
 }
 
-// maxDirectoryBytes bounds what DIRECTORY_PART may accumulate from a
-// hostile server.
-const maxDirectoryBytes = 64 << 20
+// maxDirectoryMemory bounds the memory a DIRECTORY_PART listing may take
+// in the client, against a hostile server. Each name costs its bytes and
+// its NUL (kept in the part it came in) plus a string header in the result:
+// counting bytes alone, a listing of one-byte names would take eight times
+// the bound.
+const maxDirectoryMemory = 64 << 20
+
+const nameOverhead = 1 + int(unsafe.Sizeof(""))
 
 func (c *Client) directory(ctx context.Context, tx uint32, path string) ([]string, error) {
 	if err := ValidatePath(path); err != nil {
@@ -73,13 +80,11 @@ func (c *Client) directory(ctx context.Context, tx uint32, path string) ([]strin
 func (c *Client) directoryPart(ctx context.Context, tx uint32, path string) ([]string, error) {
 	const maxRestarts = 16
 	for restart := 0; restart < maxRestarts; restart++ {
-		var names []string
+		var l listing
 		var gen string
-		off := 0
-	parts:
 		for {
 			r := req{typ: typeDirectoryPart, tx: tx, nargs: 2}
-			r.args[0], r.args[1] = path, strconv.Itoa(off)
+			r.args[0], r.args[1] = path, strconv.Itoa(l.off)
 			reply, err := c.do(ctx, &r)
 			if err != nil {
 				return nil, err
@@ -91,37 +96,78 @@ func (c *Client) directoryPart(ctx context.Context, tx uint32, path string) ([]s
 			if g := string(reply[:i]); gen == "" {
 				gen = g
 			} else if g != gen {
-				break parts
+				break
 			}
-			rest := reply[i+1:]
-			progress := false
-			for len(rest) > 0 {
-				j := indexNUL(rest)
-				if j < 0 {
-					return nil, fmt.Errorf("%w: unterminated name in directory-part reply", errProtocol)
-				}
-				if j == 0 {
-					return names, nil
-				}
-				names = append(names, string(rest[:j]))
-				off += j + 1
-				rest = rest[j+1:]
-				progress = true
+			end, err := l.add(reply[i+1:])
+			if err != nil {
+				return nil, err
 			}
-			if !progress {
-				// xenstored ends a listing with an empty name; a part
-				// with neither names nor the end would loop forever.
-				if len(reply) == i+1 && off > 0 {
-					return names, nil
-				}
-				return nil, fmt.Errorf("%w: empty directory-part reply at offset %d", errProtocol, off)
-			}
-			if off > maxDirectoryBytes {
-				return nil, fmt.Errorf("%w: directory listing over %d bytes", errProtocol, maxDirectoryBytes)
+			if end {
+				return l.names(), nil
 			}
 		}
 	}
 	return nil, fmt.Errorf("directory kept changing while being listed: %w", syscall.EAGAIN)
+}
+
+// listing accumulates a DIRECTORY_PART listing. Names stay in the parts
+// they came in until the end, when their number is known: the result is
+// allocated once, at its size, instead of growing by copies.
+type listing struct {
+	parts []string // each part's names, NUL-terminated
+	n     int      // names so far
+	off   int      // name bytes so far, NULs included
+	cost  int      // memory the names will take (see maxDirectoryMemory)
+}
+
+// add takes the names of one part (after its generation); end reports the
+// end of the listing.
+func (l *listing) add(names []byte) (end bool, err error) {
+	i := 0
+	for i < len(names) {
+		j := indexNUL(names[i:])
+		if j < 0 {
+			return false, fmt.Errorf("%w: unterminated name in directory-part reply", errProtocol)
+		}
+		if j == 0 {
+			end = true
+			break
+		}
+		l.n++
+		l.cost += j + nameOverhead
+		i += j + 1
+	}
+	if i == 0 && !end {
+		// xenstored ends a listing with an empty name; a part with
+		// neither names nor the end would loop forever.
+		if len(names) == 0 && l.off > 0 {
+			return true, nil
+		}
+		return false, fmt.Errorf("%w: empty directory-part reply at offset %d", errProtocol, l.off)
+	}
+	if i > 0 {
+		l.parts = append(l.parts, string(names[:i]))
+		l.off += i
+	}
+	if l.cost > maxDirectoryMemory {
+		return false, fmt.Errorf("%w: directory listing over %d bytes of memory", errProtocol, maxDirectoryMemory)
+	}
+	return end, nil
+}
+
+func (l *listing) names() []string {
+	if l.n == 0 {
+		return nil
+	}
+	names := make([]string, 0, l.n)
+	for _, p := range l.parts {
+		for len(p) > 0 {
+			j := strings.IndexByte(p, 0)
+			names = append(names, p[:j])
+			p = p[j+1:]
+		}
+	}
+	return names
 }
 
 func (c *Client) getPerms(ctx context.Context, tx uint32, path string) (Perms, error) {

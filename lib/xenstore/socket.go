@@ -39,3 +39,16 @@ func dialSocket(ctx context.Context, path string) (*os.File, error) {
 		}
 	}
 }
+
+// backoff sleeps before a retry (of a connect here, of a transaction in
+// tx.go); false if ctx ended.
+func backoff(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,22 +1,22 @@
-// Package xenstoredtest runs private instances of the real C xenstored for
-// tests, benchmarks and the sandbox, on hosts without a hypervisor. The
-// hypervisor calls xenstored makes are emulated by the xenemu preload library
-// (test/xenemu), which this package builds with gcc on first use; guest
-// domains are introduced over the socket and killed through xenemu's control
-// directory, so @introduceDomain and @releaseDomain behave as on a Xen host.
+// Package xenstoredtest runs private instances of the real C xenstored on
+// hosts without a hypervisor, for tests and benchmarks (Start) and for
+// programs such as the sandbox (Launch, Attach; see cmd/sandbox). The
+// hypervisor calls xenstored makes are emulated by the xenemu preload
+// library, whose source this package embeds and builds with gcc on first
+// use; guest domains are introduced over the socket and killed through
+// xenemu's control directory, so @introduceDomain and @releaseDomain behave
+// as on a Xen host.
 package xenstoredtest
 
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -52,17 +52,24 @@ type Config struct {
 	Args []string
 	// Trace enables xenstored's -T trace file in Dir.
 	Trace bool
+	// Detach lets the daemon outlive this process (Close still stops
+	// it): it runs in a session of its own, without a parent-death
+	// signal, and writes its output to xenstored.log in Dir. Another
+	// process reaches it with Attach.
+	Detach bool
 }
 
 // Server is one running (or stopped) private xenstored.
 type Server struct {
-	cfg     Config
-	ownDir  bool
-	bin     string
-	lib     string
+	cfg    Config
+	ownDir bool
+	bin    string
+	lib    string
+
 	mu      sync.Mutex
-	cmd     *exec.Cmd
-	out     *lockedBuffer
+	cmd     *exec.Cmd     // the daemon, if this process started it
+	pid     int           // the daemon found by Attach, if cmd is nil
+	out     *lockedBuffer // nil when detached: see logPath
 	exited  chan struct{}
 	waitErr error
 }
@@ -91,6 +98,10 @@ func (s *Server) Command(name string, args ...string) *exec.Cmd {
 
 // Output returns what xenstored printed so far.
 func (s *Server) Output() string {
+	if s.cfg.Detach {
+		b, _ := os.ReadFile(s.logPath())
+		return string(b)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.out == nil {
@@ -99,17 +110,12 @@ func (s *Server) Output() string {
 	return s.out.String()
 }
 
+func (s *Server) logPath() string { return filepath.Join(s.cfg.Dir, "xenstored.log") }
+func (s *Server) pidPath() string { return filepath.Join(s.cfg.Dir, "pid") }
+
 // Launch builds xenemu if needed and starts xenstored.
 func Launch(ctx context.Context, cfg Config) (*Server, error) {
-	bin := DefaultXenstored
-	if v := os.Getenv(EnvXenstored); v != "" {
-		bin = v
-	}
-	if _, err := os.Stat(bin); err != nil {
-		return nil, fmt.Errorf("%w: xenstored not found at %s: install Debian package xen-utils-4.17 "+
-			"(apt-get install --no-install-recommends xen-utils-4.17 xenstore-utils)", ErrNotInstalled, bin)
-	}
-	lib, err := XenemuLibrary()
+	bin, lib, err := programs()
 	if err != nil {
 		return nil, err
 	}
@@ -130,39 +136,63 @@ func Launch(ctx context.Context, cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// Attach returns the Server that a process, this one or another, launched
+// with Detach in dir, once it answers. Stop and Close stop it; Restart
+// starts it again detached.
+func Attach(ctx context.Context, dir string) (*Server, error) {
+	bin, lib, err := programs()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: Config{Dir: dir, Detach: true}, bin: bin, lib: lib}
+	b, err := os.ReadFile(s.pidPath())
+	if err != nil {
+		return nil, fmt.Errorf("no xenstored in %s: %w", dir, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) != nil {
+		return nil, fmt.Errorf("no xenstored in %s: pid file %q names no live process", dir, b)
+	}
+	s.pid = pid
+	if err := s.waitReady(ctx, nil); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// programs finds xenstored and the xenemu library.
+func programs() (bin, lib string, err error) {
+	bin = DefaultXenstored
+	if v := os.Getenv(EnvXenstored); v != "" {
+		bin = v
+	}
+	if _, err := os.Stat(bin); err != nil {
+		return "", "", fmt.Errorf("%w: xenstored not found at %s: install Debian package xen-utils-4.17 "+
+			"(apt-get install --no-install-recommends xen-utils-4.17 xenstore-utils)", ErrNotInstalled, bin)
+	}
+	lib, err = XenemuLibrary()
+	return bin, lib, err
+}
+
 // Start starts xenstored (again, after Stop) in the same directory with the
 // same socket; the store starts empty, as after a host reboot.
 func (s *Server) Start(ctx context.Context) error {
 	s.mu.Lock()
-	if s.cmd != nil {
+	if s.cmd != nil || s.pid != 0 {
 		s.mu.Unlock()
 		return errors.New("xenstored already running")
 	}
-	if err := os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
+	cmd, out, err := s.command()
+	if err != nil {
 		s.mu.Unlock()
 		return err
 	}
-	os.Remove(s.Socket())
-	args := []string{"-N", "-F", filepath.Join(s.cfg.Dir, "pid")}
-	if s.cfg.Trace {
-		args = append(args, "-T", s.TracePath())
-	}
-	args = append(args, s.cfg.Args...)
-	cmd := exec.Command(s.bin, args...)
-	cmd.Dir = s.cfg.Dir
-	cmd.Env = append(os.Environ(),
-		"LD_PRELOAD="+s.lib,
-		"XENEMU_DIR="+s.cfg.Dir,
-		"XENSTORED_RUNDIR="+s.cfg.Dir,
-		"XENSTORED_PATH="+s.Socket())
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	// Own process group: a test killed by a signal must not leave the
-	// daemon attached to the terminal's group, and Stop can signal it alone.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("start xenstored: %w", err)
+	}
+	if f, ok := cmd.Stdout.(*os.File); ok {
+		f.Close() // the daemon holds its own copy
 	}
 	exited := make(chan struct{})
 	s.cmd, s.out, s.exited = cmd, out, exited
@@ -175,6 +205,42 @@ func (s *Server) Start(ctx context.Context) error {
 		close(exited)
 	}()
 	return s.waitReady(ctx, exited)
+}
+
+// command prepares the daemon's process: the one place that knows its
+// arguments and environment. Called with s.mu held.
+func (s *Server) command() (*exec.Cmd, *lockedBuffer, error) {
+	if err := os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	os.Remove(s.Socket())
+	args := []string{"-N", "-F", s.pidPath()}
+	if s.cfg.Trace {
+		args = append(args, "-T", s.TracePath())
+	}
+	args = append(args, s.cfg.Args...)
+	cmd := exec.Command(s.bin, args...)
+	cmd.Dir = s.cfg.Dir
+	cmd.Env = append(os.Environ(),
+		"LD_PRELOAD="+s.lib,
+		"XENEMU_DIR="+s.cfg.Dir,
+		"XENSTORED_RUNDIR="+s.cfg.Dir,
+		"XENSTORED_PATH="+s.Socket())
+	if s.cfg.Detach {
+		log, err := os.OpenFile(s.logPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+		if err != nil {
+			return nil, nil, err
+		}
+		cmd.Stdout, cmd.Stderr = log, log
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		return cmd, nil, nil
+	}
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	// Own process group: a test killed by a signal must not leave the
+	// daemon attached to the terminal's group, and Stop can signal it alone.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd, out, nil
 }
 
 // waitReady polls until a request round trip succeeds, the process exits or
@@ -213,7 +279,7 @@ func (s *Server) Pid() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.cmd == nil {
-		return 0
+		return s.pid
 	}
 	return s.cmd.Process.Pid
 }
@@ -222,28 +288,55 @@ func (s *Server) Pid() int {
 func (s *Server) Running() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.pid != 0 {
+		return syscall.Kill(s.pid, 0) == nil
+	}
 	return s.cmd != nil
 }
 
 // Stop terminates xenstored (SIGTERM, then SIGKILL) and waits for it.
 func (s *Server) Stop() error {
 	s.mu.Lock()
-	cmd, exited := s.cmd, s.exited
+	cmd, exited, pid := s.cmd, s.exited, s.pid
 	s.mu.Unlock()
-	if cmd == nil {
+	switch {
+	case cmd != nil:
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(startTimeout):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	case pid != 0:
+		if err := stopPid(pid); err != nil {
+			return err
+		}
+	default:
 		return nil
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-exited:
-	case <-time.After(startTimeout):
-		_ = cmd.Process.Kill()
-		<-exited
-	}
 	s.mu.Lock()
-	s.cmd = nil
+	s.cmd, s.pid = nil, 0
 	s.mu.Unlock()
+	os.Remove(s.pidPath())
 	return nil
+}
+
+// stopPid stops a daemon this process did not start (see Attach): not its
+// child, so it is polled rather than waited for.
+func stopPid(pid int) error {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		if syscall.Kill(pid, sig) != nil {
+			return nil // gone
+		}
+		for deadline := time.Now().Add(startTimeout); time.Now().Before(deadline); {
+			if syscall.Kill(pid, 0) != nil {
+				return nil
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return fmt.Errorf("xenstored %d survives SIGKILL", pid)
 }
 
 // Restart stops and starts xenstored; clients see their connection drop.
@@ -386,74 +479,6 @@ func (s *Server) setDead(id domid.ID, dead bool) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-var (
-	buildOnce sync.Once
-	buildLib  string
-	buildErr  error
-)
-
-// XenemuLibrary returns the path of the xenemu preload library, building it
-// with gcc (once per process, cached by source hash) unless $MTWATCH_XENEMU
-// names a prebuilt one.
-func XenemuLibrary() (string, error) {
-	if v := os.Getenv(EnvXenemu); v != "" {
-		if _, err := os.Stat(v); err != nil {
-			return "", fmt.Errorf("%s: %w", EnvXenemu, err)
-		}
-		return v, nil
-	}
-	buildOnce.Do(func() { buildLib, buildErr = buildXenemu() })
-	return buildLib, buildErr
-}
-
-func xenemuSource() (string, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("cannot locate xenemu source")
-	}
-	src := filepath.Join(filepath.Dir(file), "..", "..", "..", "test", "xenemu", "xenemu.c")
-	if _, err := os.Stat(src); err != nil {
-		return "", fmt.Errorf("xenemu source: %w (set %s to a built library)", err, EnvXenemu)
-	}
-	return src, nil
-}
-
-func buildXenemu() (string, error) {
-	src, err := xenemuSource()
-	if err != nil {
-		return "", err
-	}
-	code, err := os.ReadFile(src)
-	if err != nil {
-		return "", err
-	}
-	sum := sha256.Sum256(code)
-	out := filepath.Join(os.TempDir(), "mtwatch-xenemu-"+hex.EncodeToString(sum[:8])+".so")
-	if _, err := os.Stat(out); err == nil {
-		return out, nil
-	}
-	gcc, err := exec.LookPath("gcc")
-	if err != nil {
-		return "", fmt.Errorf("%w: gcc is needed to build the xenemu library: install Debian package gcc", ErrNotInstalled)
-	}
-	tmp, err := os.CreateTemp(os.TempDir(), "mtwatch-xenemu-*.so")
-	if err != nil {
-		return "", err
-	}
-	tmp.Close()
-	defer os.Remove(tmp.Name())
-	cmd := exec.Command(gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
-		"-fvisibility=hidden", "-o", tmp.Name(), src, "-ldl")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build xenemu: %v\n%s", err, msg)
-	}
-	// Rename is atomic, so parallel test binaries never load a partial file.
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return "", err
-	}
-	return out, nil
 }
 
 type lockedBuffer struct {
