@@ -1,5 +1,7 @@
 # mtwatch — per-domain XenStore watch workers for Xen dom0.
 #
+#   make demo      mtwatch at work in a sandbox: agent, plugins, 20 simulated
+#                  guests, one hung hotplug script; mtwatch vs single worker
 #   make build     build the binaries into bin/
 #   make test      install test dependencies if needed, vet, run all tests with -race
 #   make sandbox   a private real xenstored on a machine without Xen
@@ -28,7 +30,7 @@ SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
 LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
 
-.PHONY: all build test vet fmt-check deps sandbox sandbox-stop install clean fuzz bench
+.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench
 
 all: build
 
@@ -78,6 +80,11 @@ fuzz:
 # Benchmarks are not part of make test; see docs/performance.md.
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# The README's first command; see test/demo/demo.sh. Under two minutes, and
+# nothing is left running when it ends or is interrupted.
+demo: deps build
+	@GO=$(GO) test/demo/demo.sh
 
 sandbox: deps build
 	@GO=$(GO) BIN=$(CURDIR)/bin test/sandbox.sh start
