@@ -39,10 +39,10 @@ var (
 type Kind int
 
 const (
-	None        Kind = iota // leave XenStore alone
-	Create                  // create (or ensure) the node of Domid
-	Destroy                 // remove the node of Domid
-	DestroyUUID             // remove the nodes whose value is UUID
+	KindNone        Kind = iota // leave XenStore alone
+	KindCreate                  // create (or ensure) the node of Domid
+	KindDestroy                 // remove the node of Domid (only if it is UUID's, when given)
+	KindDestroyUUID             // remove the nodes whose value is UUID
 )
 
 func (k Kind) String() string {
@@ -61,11 +61,15 @@ type Action struct {
 // Run carries out a.
 func Run(ctx context.Context, c *xenstore.Client, a Action) error {
 	switch a.Kind {
-	case Create:
+	case KindCreate:
 		return node.Create(ctx, c, a.Domid, a.UUID)
-	case Destroy:
+	case KindDestroy:
+		if a.UUID != "" {
+			_, err := node.DestroyIf(ctx, c, a.Domid, a.UUID)
+			return err
+		}
 		return node.Destroy(ctx, c, a.Domid)
-	case DestroyUUID:
+	case KindDestroyUUID:
 		_, err := node.DestroyByUUID(ctx, c, a.UUID)
 		return err
 	}
@@ -84,16 +88,16 @@ type libvirtDomain struct {
 	UUID    string   `xml:"uuid"`
 }
 
-// Libvirt decides the action for libvirt's libxl hook, invoked as
+// ParseLibvirt decides the action for libvirt's libxl hook, invoked as
 // "<domain-name> <op> <subop> <extra>" with the domain XML on stdin. Only
-// the operations below touch XenStore; every other one returns None without
+// the operations below touch XenStore; every other one returns KindNone without
 // reading stdin, so unknown or future operations cost nothing.
 //
 //	started begin   create: the domain exists and has its domid (XML id)
 //	reconnect begin create: libvirtd restarted; make sure the node is there
 //	stopped end     destroy: the domain is gone (XML still has its id)
 //	release end     destroy if still there, by id or else by uuid
-func Libvirt(args []string, stdin io.Reader) (Action, error) {
+func ParseLibvirt(args []string, stdin io.Reader) (Action, error) {
 	if len(args) != 4 {
 		return Action{}, fmt.Errorf("%w: libvirt hook takes <domain-name> <op> <subop> <extra>, got %d argument(s)", ErrUsage, len(args))
 	}
@@ -102,11 +106,11 @@ func Libvirt(args []string, stdin io.Reader) (Action, error) {
 	var kind Kind
 	switch op + " " + subop {
 	case "started begin", "reconnect begin":
-		kind = Create
+		kind = KindCreate
 	case "stopped end", "release end":
-		kind = Destroy
+		kind = KindDestroy
 	default:
-		return Action{Kind: None, Why: why}, nil
+		return Action{Kind: KindNone, Why: why}, nil
 	}
 	dom, err := parseDomainXML(stdin)
 	if err != nil {
@@ -121,8 +125,8 @@ func Libvirt(args []string, stdin io.Reader) (Action, error) {
 	}
 	// libvirt writes id='-1' (or nothing) for a domain that is not running.
 	if dom.ID == nil || *dom.ID == "-1" {
-		if kind == Destroy && a.UUID != "" {
-			a.Kind = DestroyUUID
+		if kind == KindDestroy && a.UUID != "" {
+			a.Kind = KindDestroyUUID
 			return a, nil
 		}
 		return Action{}, fmt.Errorf("%w: %s of domain %q: domain XML has no id", ErrInput, why, args[0])
@@ -165,11 +169,11 @@ var xapiCreate = map[string]bool{
 	"vm-pre-suspend":  true,
 }
 
-// XAPI decides the action for a script in /etc/xapi.d/<hook>/, invoked with
+// ParseXAPI decides the action for a script in /etc/xapi.d/<hook>/, invoked with
 // "-vmuuid <uuid> -reason <reason> [-vmdomid <domid>]". vm-post-destroy
 // carries no domid: the node is found by the VM uuid it holds. Hooks without
 // a domid (vm-pre-start) and unknown hooks do nothing.
-func XAPI(hook string, args []string) (Action, error) {
+func ParseXAPI(hook string, args []string) (Action, error) {
 	var uuid, reason, dom string
 	var haveDom bool
 	for i := 0; i < len(args); i += 2 {
@@ -201,15 +205,15 @@ func XAPI(hook string, args []string) (Action, error) {
 	uuid = strings.ToLower(uuid)
 	switch {
 	case hook == "vm-post-destroy":
-		return Action{Kind: DestroyUUID, UUID: uuid, Why: why}, nil
+		return Action{Kind: KindDestroyUUID, UUID: uuid, Why: why}, nil
 	case xapiCreate[hook] && haveDom:
 		id, err := domid.ParseGuest(dom)
 		if err != nil {
 			return Action{}, fmt.Errorf("%w: %s of vm %s: %w", ErrInput, why, uuid, err)
 		}
-		return Action{Kind: Create, Domid: id, UUID: uuid, Why: why}, nil
+		return Action{Kind: KindCreate, Domid: id, UUID: uuid, Why: why}, nil
 	}
-	return Action{Kind: None, Why: why}, nil
+	return Action{Kind: KindNone, Why: why}, nil
 }
 
 // Mode is how the hook was invoked; it decides how failures map to exit
