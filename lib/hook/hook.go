@@ -5,11 +5,13 @@
 package hook
 
 import (
+	"bytes"
 	"context"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -17,9 +19,11 @@ import (
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
 
-// Exit codes of mtwatch-hook. A toolstack that treats any non-zero exit as
-// "abort" (libvirt) only sees them in strict mode; XAPI reads 1 as "log and
-// continue" and anything else as "abort".
+// Exit codes of mtwatch-hook; ExitCode decides which one a failure gets.
+// libvirt aborts the operation on any non-zero exit, so under libvirt a
+// failure or bad input exits 0 unless strict, and only a wrong argument
+// shape (which libvirt itself never produces) exits 2. XAPI reads 1 as "log
+// and continue" and anything else as "abort".
 const (
 	ExitOK      = 0 // done, nothing to do, or a failure tolerated by policy
 	ExitFailure = 1 // XenStore unreachable, timed out or refused the change
@@ -102,7 +106,7 @@ func ParseLibvirt(args []string, stdin io.Reader) (Action, error) {
 		return Action{}, fmt.Errorf("%w: libvirt hook takes <domain-name> <op> <subop> <extra>, got %d argument(s)", ErrUsage, len(args))
 	}
 	op, subop := args[1], args[2]
-	why := "libvirt " + op + " " + subop
+	why := "libvirt " + quote(op) + " " + quote(subop)
 	var kind Kind
 	switch op + " " + subop {
 	case "started begin", "reconnect begin":
@@ -147,11 +151,68 @@ func parseDomainXML(r io.Reader) (*libvirtDomain, error) {
 	if len(data) > maxXML {
 		return nil, fmt.Errorf("domain xml larger than %d bytes", maxXML)
 	}
+	if err := checkWellFormed(data); err != nil {
+		return nil, fmt.Errorf("parse domain xml: %w", err)
+	}
 	var dom libvirtDomain
 	if err := xml.Unmarshal(data, &dom); err != nil {
 		return nil, fmt.Errorf("parse domain xml: %w", err)
 	}
 	return &dom, nil
+}
+
+// checkWellFormed refuses what encoding/xml would let through but a domain
+// XML never holds and a reader could take two ways: a repeated attribute
+// (<domain id='7' id='8'>, whose last value xml.Unmarshal keeps), a repeated
+// <name> or <uuid>, and anything but white space, comments and processing
+// instructions after the root element.
+func checkWellFormed(data []byte) error {
+	d := xml.NewDecoder(bytes.NewReader(data))
+	var (
+		depth, roots int
+		seen         = map[string]bool{}
+	)
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 0 {
+				if roots++; roots > 1 {
+					return fmt.Errorf("second root element <%s>", t.Name.Local)
+				}
+			}
+			if depth == 1 && (t.Name.Local == "name" || t.Name.Local == "uuid") {
+				if seen[t.Name.Local] {
+					return fmt.Errorf("repeated element <%s>", t.Name.Local)
+				}
+				seen[t.Name.Local] = true
+			}
+			attrs := make(map[xml.Name]bool, len(t.Attr))
+			for _, a := range t.Attr {
+				if attrs[a.Name] {
+					return fmt.Errorf("element <%s> repeats attribute %s", t.Name.Local, a.Name.Local)
+				}
+				attrs[a.Name] = true
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		case xml.CharData:
+			if depth == 0 && len(bytes.TrimSpace(t)) > 0 {
+				return fmt.Errorf("text outside the root element")
+			}
+		}
+	}
+	if roots == 0 {
+		return fmt.Errorf("no root element")
+	}
+	return nil
 }
 
 // xapiCreate lists the XAPI hooks that run while the domain exists and name
@@ -174,30 +235,31 @@ var xapiCreate = map[string]bool{
 // carries no domid: the node is found by the VM uuid it holds. Hooks without
 // a domid (vm-pre-start) and unknown hooks do nothing.
 func ParseXAPI(hook string, args []string) (Action, error) {
-	var uuid, reason, dom string
-	var haveDom bool
+	values := map[string]string{}
 	for i := 0; i < len(args); i += 2 {
+		name := args[i]
 		if i+1 >= len(args) {
-			return Action{}, fmt.Errorf("%w: xapi hook %s: %s without a value", ErrUsage, hook, args[i])
+			return Action{}, fmt.Errorf("%w: xapi hook %s: %s without a value", ErrUsage, quote(hook), quote(name))
 		}
-		v := args[i+1]
-		switch args[i] {
-		case "-vmuuid":
-			uuid = v
-		case "-reason":
-			reason = v
-		case "-vmdomid":
-			dom, haveDom = v, true
+		switch name {
+		case "-vmuuid", "-reason", "-vmdomid":
 		default:
-			return Action{}, fmt.Errorf("%w: xapi hook %s: unknown argument %q", ErrUsage, hook, args[i])
+			return Action{}, fmt.Errorf("%w: xapi hook %s: unknown argument %q", ErrUsage, quote(hook), name)
 		}
+		// XAPI passes each once; a second value would silently win.
+		if _, dup := values[name]; dup {
+			return Action{}, fmt.Errorf("%w: xapi hook %s: %s given twice", ErrUsage, quote(hook), name)
+		}
+		values[name] = args[i+1]
 	}
+	uuid, reason := values["-vmuuid"], values["-reason"]
+	dom, haveDom := values["-vmdomid"]
 	if uuid == "" {
-		return Action{}, fmt.Errorf("%w: xapi hook %s: -vmuuid is missing", ErrUsage, hook)
+		return Action{}, fmt.Errorf("%w: xapi hook %s: -vmuuid is missing", ErrUsage, quote(hook))
 	}
-	why := "xapi " + hook
+	why := "xapi " + quote(hook)
 	if reason != "" {
-		why += " (" + reason + ")"
+		why += " (" + quote(reason) + ")"
 	}
 	if !node.ValidUUID(uuid) {
 		return Action{}, fmt.Errorf("%w: %s: %w: %q", ErrInput, why, node.ErrBadUUID, uuid)
@@ -214,6 +276,21 @@ func ParseXAPI(hook string, args []string) (Action, error) {
 		return Action{Kind: KindCreate, Domid: id, UUID: uuid, Why: why}, nil
 	}
 	return Action{Kind: KindNone, Why: why}, nil
+}
+
+// quote returns s as it is if it is a plain word, else Go-quoted: values
+// from argv go into stderr and syslog, where a newline would forge a line.
+func quote(s string) string {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return strconv.Quote(s)
+		}
+	}
+	if s == "" {
+		return `""`
+	}
+	return s
 }
 
 // Mode is how the hook was invoked; it decides how failures map to exit

@@ -26,6 +26,7 @@ func TestLibvirt(t *testing.T) {
 		{"release", "end", "inactive.xml", Action{Kind: KindDestroyUUID, UUID: vmUUID}, nil},
 		{"release", "end", "defined.xml", Action{Kind: KindDestroyUUID, UUID: vmUUID}, nil},
 		{"stopped", "end", "defined.xml", Action{Kind: KindDestroyUUID, UUID: vmUUID}, nil},
+		{"started", "begin", "prolog.xml", Action{Kind: KindCreate, Domid: 7, UUID: vmUUID}, nil},
 		// Operations that never touch XenStore, whatever stdin holds.
 		{"prepare", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
 		{"start", "begin", "defined.xml", Action{Kind: KindNone}, nil},
@@ -47,6 +48,12 @@ func TestLibvirt(t *testing.T) {
 		{"started", "begin", "truncated.xml", Action{}, ErrInput},
 		{"started", "begin", "garbage.txt", Action{}, ErrInput},
 		{"stopped", "end", "garbage.txt", Action{}, ErrInput},
+		// Not well formed, or ambiguous: which id or uuid would count?
+		{"started", "begin", "duplicate-id.xml", Action{}, ErrInput},
+		{"stopped", "end", "duplicate-id.xml", Action{}, ErrInput},
+		{"started", "begin", "duplicate-uuid.xml", Action{}, ErrInput},
+		{"started", "begin", "second-root.xml", Action{}, ErrInput},
+		{"started", "begin", "trailing-text.xml", Action{}, ErrInput},
 	}
 	for _, tt := range tests {
 		name := tt.op + "/" + tt.subop + "/" + tt.xml
@@ -121,6 +128,9 @@ func TestXAPI(t *testing.T) {
 		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason"}, Action{}, ErrUsage},
 		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "--bogus", "1"}, Action{}, ErrUsage},
 		{"vm-pre-resume", nil, Action{}, ErrUsage},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "7", "-vmdomid", "8"}, Action{}, ErrUsage},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-vmuuid", vmUUID, "-vmdomid", "7"}, Action{}, ErrUsage},
+		{"vm-post-destroy", []string{"-vmuuid", vmUUID, "-reason", "a", "-reason", "b"}, Action{}, ErrUsage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.hook+"/"+strings.Join(tt.args, "_"), func(t *testing.T) {
@@ -172,5 +182,25 @@ func TestExitCode(t *testing.T) {
 		if got := ExitCode(tt.mode, tt.strict, tt.err); got != tt.want {
 			t.Errorf("ExitCode(%v, %v, %v) = %d, want %d", tt.mode, tt.strict, tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestArgvQuoted: values from argv reach messages quoted, so that a newline
+// in one cannot forge a line of stderr or syslog.
+func TestArgvQuoted(t *testing.T) {
+	forged := "x\nmtwatch-hook: forged line"
+	a, err := ParseXAPI("vm-post-destroy", []string{"-vmuuid", vmUUID, "-reason", forged})
+	if err != nil || strings.Contains(a.Why, "\n") || !strings.Contains(a.Why, `"x\nmtwatch-hook: forged line"`) {
+		t.Errorf("Why = %q, %v", a.Why, err)
+	}
+	for _, args := range [][]string{{"-vmuuid", vmUUID, forged}, {"-vmuuid", vmUUID, "-reason", "r", forged, "1"}, {"-reason", "r"}} {
+		_, err := ParseXAPI("vm-pre-resume\n"+forged, args)
+		if err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("ParseXAPI(%q) error = %q", args, err)
+		}
+	}
+	a, _ = ParseLibvirt([]string{"d", "op\nx", "begin", "-"}, strings.NewReader(""))
+	if strings.Contains(a.Why, "\n") {
+		t.Errorf("Why = %q", a.Why)
 	}
 }
