@@ -20,6 +20,9 @@ import (
 // and then the mixed burst has 200 hooks (mixedSize):
 //
 //	MTWATCH_HOOK_BURST=500 go test -run TestBurst -count=1 -v ./cmd/mtwatch-hook/
+//
+// MTWATCH_HOOK_BIN runs another build instead (an earlier version, for a
+// baseline).
 func burstSize(t *testing.T) int {
 	s := os.Getenv("MTWATCH_HOOK_BURST")
 	if s == "" {
@@ -39,6 +42,9 @@ func mixedSize(n int) int { return min(n, 200) }
 // -race), so that a burst of processes costs what it costs on a host.
 func buildHook(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("MTWATCH_HOOK_BIN"); bin != "" {
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), "mtwatch-hook")
 	build := exec.Command("go", "build", "-trimpath", "-o", bin, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/hook"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
@@ -42,23 +43,11 @@ func newEnv(t *testing.T) *env {
 	if err := os.Symlink(self, filepath.Join(e.libexec, "mtwatch-hook")); err != nil {
 		t.Fatal(err)
 	}
-	// Install the hook scripts as make install does.
-	root := filepath.Join("..", "..", "hooks")
-	err = filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		dst := filepath.Join(e.etc, rel)
-		os.MkdirAll(filepath.Dir(dst), 0o755)
-		return os.WriteFile(dst, bytes.ReplaceAll(data, []byte("@LIBEXECDIR@"), []byte(e.libexec)), 0o755)
-	})
-	if err != nil {
-		t.Fatal(err)
+	// Install the hook scripts with make install's own rule.
+	install := exec.Command("make", "--no-print-directory", "-C", filepath.Join("..", ".."), "install-hooks",
+		"DESTDIR=", "SYSCONFDIR="+e.etc, "LIBEXECDIR="+e.libexec)
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("make install-hooks: %v\n%s", err, out)
 	}
 	return e
 }
@@ -241,6 +230,35 @@ func TestCreateTightensPerms(t *testing.T) {
 	e.xs.Run("xenstore-chmod", "/local/domain/0/mtwatch/9", "n9")
 	wantCode(t, e.hook("", "create", "9"), 0)
 	e.wantNode("9", "")
+}
+
+// TestXAPIHooksInstalled: make install puts the XAPI script into the
+// directory of exactly the hooks mtwatch-hook acts on.
+func TestXAPIHooksInstalled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// XAPI's VM lifecycle hooks (ocaml/xapi/xapi_hooks.ml).
+	for _, name := range []string{"vm-pre-destroy", "vm-pre-migrate", "vm-post-migrate", "vm-pre-reboot",
+		"vm-pre-resume", "vm-post-resume", "vm-pre-shutdown", "vm-pre-start", "vm-pre-suspend", "vm-post-destroy"} {
+		a, err := hook.ParseXAPI(name, []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "5"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = os.Stat(filepath.Join(e.etc, "xapi.d", name, "50-mtwatch"))
+		if installed := err == nil; installed != (a.Kind != hook.KindNone) {
+			t.Errorf("hook %s: installed %v, acts %v", name, installed, a.Kind)
+		}
+	}
+	dirs, err := os.ReadDir(filepath.Join(e.etc, "xapi.d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		a, err := hook.ParseXAPI(d.Name(), []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "5"})
+		if err != nil || a.Kind == hook.KindNone {
+			t.Errorf("%s installed, but mtwatch-hook does nothing there (%v)", d.Name(), err)
+		}
+	}
 }
 
 func TestXAPI(t *testing.T) {
