@@ -31,7 +31,8 @@ domain its own watch worker in mtwatchd.
 
 Commands:
   create [--uuid <uuid>] <domid>    create the node of a guest (idempotent)
-  destroy <domid>                   remove the node of a guest (idempotent)
+  destroy [--uuid <uuid>] <domid>   remove the node of a guest (idempotent);
+                                    with --uuid only if it is that VM's
   destroy --uuid <uuid>             remove the node(s) of a VM
   libvirt <name> <op> <subop> <extra>
                                     libvirt libxl hook, domain XML on stdin
@@ -39,7 +40,8 @@ Commands:
                                     XAPI hook (/etc/xapi.d/<hook>/)
 
 Options:
-  --timeout <duration>  give up on XenStore after this long (default 3s)
+  --timeout <duration>  give up after this long, reading libvirt's XML and
+                        talking to XenStore included (default 3s)
   --strict              make a failure abort the toolstack's operation
                         (or MTWATCH_HOOK_STRICT=1)
   --xenstore <path>     XenStore socket or device (or MTWATCH_XENSTORE;
