@@ -13,10 +13,13 @@
 // directory not n0 and the agent runs at start-up, puts the directory back to
 // n0 and then, for every entry:
 //
-//   - the node of a canonical guest domid keeps its value; its perms, if not
-//     n0, are set back to n0 (removing it instead would race with a Create
-//     that has just written it under the loosened directory), and anything
-//     below it (mtwatch/7/child) is removed;
+//   - the node of a canonical guest domid with perms n0 stays; anything below
+//     it (mtwatch/7/child) is removed;
+//   - one with other perms stays too, with perms n0, if its domain exists
+//     (/local/domain/<domid>): it is the node a hook makes for that domain,
+//     perhaps written by a Create under the loosened directory a moment
+//     ago, and removing it would race with that Create. Its value stays.
+//     Without the domain it is a forgery and is removed;
 //   - every other entry (junk names, "007", "0", reserved domids) is
 //     removed with everything below it.
 //
@@ -116,8 +119,13 @@ func create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 		return err
 	case !trusted(dirPerms):
 		// Guests may have written here: the whole directory needs repair,
-		// this node included.
-		_, err := Repair(ctx, c)
+		// this node included. Repair removes a loosened node of a domain
+		// that does not exist, ours too: then it is written again (retry
+		// on ENOENT), under the directory now private.
+		if _, err := Repair(ctx, c); err != nil {
+			return err
+		}
+		_, err := c.GetPerms(ctx, path)
 		return err
 	case !trusted(perms) || len(children) > 0:
 		return repairNode(ctx, c, path, perms, children, nil)
