@@ -29,7 +29,8 @@
 // of it, so sibling transactions conflict, and a burst of hooks (hundreds of
 // domains started at boot) would exhaust their retries. Create writes its
 // node, which inherits the directory's perms in xenstored, and then checks
-// and repairs what it wrote.
+// and repairs what it wrote. It also keeps an index of the nodes by VM uuid (indexDir),
+// so that DestroyByUUID need not read every node.
 package node
 
 import (
