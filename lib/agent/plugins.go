@@ -227,8 +227,8 @@ func (w *pluginWatch) Unwatch(ctx context.Context) error {
 	return errors.Join(err, w.reg.Unregister(ctx))
 }
 
-func (w *pluginWatch) Path() string                { return w.path }
-func (w *pluginWatch) Token() string               { return w.token }
+func (w *pluginWatch) Path() string               { return w.path }
+func (w *pluginWatch) Token() string              { return w.token }
 func (w *pluginWatch) Stats() dispatch.WatchStats { return w.reg.Stats() }
 
 // store is the plugins' XenStore handle: whatever connection is current.
