@@ -111,7 +111,9 @@ func runList(c *cli.Context) error {
 	cl := g.client()
 	defer cl.Close()
 	doms, err := cl.Domains(ctx)
+	fromXS := false
 	if errors.Is(err, control.ErrAgentNotRunning) {
+		fromXS = true
 		fmt.Fprintf(stderrOf(c), "mtwatch: %v; listing the nodes and domains in XenStore\n", err)
 		xs, derr := g.dial(c.Context)
 		if derr != nil {
@@ -135,19 +137,20 @@ func runList(c *cli.Context) error {
 		}
 		return writeJSON(c.App.Writer, doms)
 	}
-	return listTable(doms, c.Bool("long")).write(c.App.Writer)
+	return listTable(doms, c.Bool("long"), fromXS).write(c.App.Writer)
 }
 
-func listTable(doms []control.Domain, long bool) *table {
+// listTable formats doms; fromXS: they come from XenStore, not the agent,
+// so their counters are unknown.
+func listTable(doms []control.Domain, long, fromXS bool) *table {
 	cols := []string{"Name", ">ID", "Worker", ">Queued", ">Processed", ">Dropped", ">Stalled"}
 	if long {
 		cols = append(cols, "UUID", "Node", "Introduced", ">Dispatched", ">Coalesced", ">Filtered", ">LastLat", ">MaxLat")
 	}
 	t := newTable(append(cols, "Current")...)
 	for _, d := range doms {
-		unknown := d.Worker == WorkerUnknown
 		num := func(n uint64) string {
-			if unknown {
+			if fromXS {
 				return "-"
 			}
 			return strconv.FormatUint(n, 10)

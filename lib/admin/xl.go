@@ -62,6 +62,9 @@ func xlSub(name, args string, fn func(c *cli.Context, x *xlRun) error) *cli.Comm
 		SkipFlagParsing: true, // xl's own options pass through
 		OnUsageError:    onUsageError,
 		Action: func(c *cli.Context) error {
+			if a := c.Args().First(); a == "-h" || a == "--help" {
+				return cli.ShowSubcommandHelp(c)
+			}
 			x := &xlRun{
 				bin:    c.String("xl"),
 				strict: c.Bool("strict"),
