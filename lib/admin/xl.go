@@ -165,8 +165,8 @@ func parseCreateArgs(args []string) (createArgs, error) {
 		return a, usagef("xl create: config file %s: no such file", a.cfg)
 	}
 	for _, v := range vars {
-		if n := cfgName(v); n != "" {
-			a.name = n
+		if n, ok := strings.CutPrefix(v, "name="); ok {
+			a.name = strings.Trim(n, `"'`)
 		}
 	}
 	return a, nil
