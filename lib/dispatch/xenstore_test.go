@@ -72,7 +72,7 @@ func TestWithRealXenstored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mt, err := c.Watch(ctx, domid.MtwatchDir, "mt")
+	mt, err := c.Watch(ctx, node.RelDir, "mt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestWithRealXenstored(t *testing.T) {
 				if !ok {
 					return
 				}
-				id, isNode := domid.FromPath(ev.Path)
+				id, isNode := node.FromPath(ev.Path)
 				if !isNode || !id.IsGuest() {
 					continue
 				}
