@@ -53,7 +53,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if msg := strings.TrimSpace(err.Error()); msg != "" {
 		// One line: the first line says what failed.
 		msg, _, _ = strings.Cut(msg, "\n")
-		fmt.Fprintf(stderr, "mtwatch: %s\n", msg)
+		fmt.Fprintf(stderr, "mtwatch: %s\n", escapeControls(msg))
 	}
 	return code
 }
@@ -242,6 +242,21 @@ func rejectFlagsAfterArgs(c *cli.Context) error {
 		}
 	}
 	return nil
+}
+
+// escapeControls escapes control characters: names and paths come from
+// XenStore, where a guest may have written them, and must not move the
+// cursor or start a line of their own on the administrator's terminal.
+func escapeControls(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			fmt.Fprintf(&b, "\\x%02x", r)
+			continue
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // stderrOf returns the command's error writer.

@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/hook"
 	"github.com/mtwatch/mtwatch/lib/node"
 )
 
@@ -45,7 +46,7 @@ and exit codes as mtwatch-hook create; the agent is not needed.`,
 					return err
 				}
 				defer xs.Close()
-				return nodeErr(g, node.Create(ctx, xs, id, uuid))
+				return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindCreate, Domid: id, UUID: uuid}))
 			})
 		},
 	}
@@ -56,8 +57,9 @@ func destroyCommand() *cli.Command {
 		Name:      "destroy",
 		Usage:     "remove the mtwatch node of a guest domain",
 		ArgsUsage: "<domid> | --uuid <uuid>",
-		Description: `Removes /local/domain/0/mtwatch/<domid>, or with --uuid and no domid every node
-valued with that VM uuid. A missing node is success. Same semantics and exit codes as
+		Description: `Removes /local/domain/0/mtwatch/<domid>; with --uuid too, only if the node is that
+VM's (or has no uuid), so the node of a later domain reusing the domid stays. With --uuid and no
+domid, removes every node valued with that VM uuid. A missing node is success. Same semantics and exit codes as
 mtwatch-hook destroy; the agent is not needed.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "uuid", Usage: "remove the node(s) of this VM"},
@@ -79,8 +81,7 @@ mtwatch-hook destroy; the agent is not needed.`,
 						return err
 					}
 					defer xs.Close()
-					_, err = node.DestroyByUUID(ctx, xs, uuid)
-					return nodeErr(g, err)
+					return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindDestroyUUID, UUID: uuid}))
 				})
 			case c.NArg() != 1:
 				return usagef("destroy takes exactly one <domid> or --uuid, got %d argument(s)", c.NArg())
@@ -95,7 +96,7 @@ mtwatch-hook destroy; the agent is not needed.`,
 					return err
 				}
 				defer xs.Close()
-				return nodeErr(g, node.Destroy(ctx, xs, id))
+				return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindDestroy, Domid: id, UUID: uuid}))
 			})
 		},
 	}
@@ -108,6 +109,9 @@ func uuidFlag(c *cli.Context) (string, error) {
 	}
 	return strings.ToLower(u), nil
 }
+
+// The node commands run hook.Run, as mtwatch-hook does, so that both have
+// one set of semantics.
 
 // withXenstore runs fn with the global timeout.
 func withXenstore(c *cli.Context, fn func(ctx context.Context, g globals) error) error {

@@ -198,7 +198,7 @@ func runWatch(c *cli.Context) error {
 			if r.Domain != nil {
 				dom = strconv.Itoa(int(*r.Domain))
 			}
-			_, err = fmt.Fprintf(c.App.Writer, "%s domain=%s worker=%s\n", r.Path, dom, r.Worker)
+			_, err = fmt.Fprintf(c.App.Writer, "%s domain=%s worker=%s\n", escapeControls(r.Path), dom, r.Worker)
 		}
 		if err != nil {
 			return failf("write: %v", err)

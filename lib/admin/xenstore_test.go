@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
@@ -45,24 +46,29 @@ func TestCreateDestroy(t *testing.T) {
 	s.in.Run("xenstore-write", "/local/domain/5/vm", "/vm/55555555-5555-4555-8555-555555555555")
 
 	s.run("create", "5").expect(t, ExitOK)
-	if v, ok := s.read(domid.NodePath(5)); !ok || v != "55555555-5555-4555-8555-555555555555" {
+	if v, ok := s.read(node.Path(5)); !ok || v != "55555555-5555-4555-8555-555555555555" {
 		t.Fatalf("node of 5: %q %v, want the uuid from /local/domain/5/vm", v, ok)
 	}
-	if p := s.in.Run("xenstore-ls", "-p", domid.MtwatchDirAbs); !strings.Contains(p, "(n0)") {
+	if p := s.in.Run("xenstore-ls", "-p", node.Dir); !strings.Contains(p, "(n0)") {
 		t.Errorf("node perms: %s", p)
 	}
 	s.run("create", "5").expect(t, ExitOK) // idempotent
 	s.run("create", "--uuid", "AAAAAAAA-0000-4000-8000-000000000007", "7").expect(t, ExitOK)
-	if v, _ := s.read(domid.NodePath(7)); v != "aaaaaaaa-0000-4000-8000-000000000007" {
+	if v, _ := s.read(node.Path(7)); v != "aaaaaaaa-0000-4000-8000-000000000007" {
 		t.Errorf("node of 7: %q", v)
 	}
 	s.run("destroy", "5").expect(t, ExitOK)
-	if _, ok := s.read(domid.NodePath(5)); ok {
+	if _, ok := s.read(node.Path(5)); ok {
 		t.Error("node of 5 still there")
 	}
 	s.run("destroy", "5").expect(t, ExitOK) // a missing node is success
+	// --uuid with a domid removes the node only if it is that VM's.
+	s.run("destroy", "--uuid", "bbbbbbbb-0000-4000-8000-000000000007", "7").expect(t, ExitOK)
+	if _, ok := s.read(node.Path(7)); !ok {
+		t.Error("node of 7 removed by destroy --uuid of another VM")
+	}
 	s.run("destroy", "--uuid", "aaaaaaaa-0000-4000-8000-000000000007").expect(t, ExitOK)
-	if _, ok := s.read(domid.NodePath(7)); ok {
+	if _, ok := s.read(node.Path(7)); ok {
 		t.Error("node of 7 still there after destroy --uuid")
 	}
 }
@@ -112,6 +118,19 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 	if after := s.dump(); after != before {
 		t.Errorf("store changed by rejected commands\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// TestGuestNamesEscaped: a domain name is the guest's to write on some
+// toolstacks; it must not reach the terminal raw.
+func TestGuestNamesEscaped(t *testing.T) {
+	s := newStore(t)
+	s.in.CreateDomain(5)
+	s.in.Run("xenstore-write", "/local/domain/5/name", "evil\x1b[2J\nname")
+	r := s.run("list")
+	r.expect(t, ExitOK)
+	if strings.ContainsAny(r.stdout, "\x1b") || !strings.Contains(r.stdout, `evil\x1b[2J\x0aname`) {
+		t.Errorf("list output: %q", r.stdout)
 	}
 }
 
@@ -194,7 +213,7 @@ func TestXLCreate(t *testing.T) {
 	if got, want := xl.log(), "create -p "+cfg+"\nunpause 4\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
-	if v, ok := s.read(domid.NodePath(4)); !ok || v != "00000000-0000-4000-8000-000000000004" {
+	if v, ok := s.read(node.Path(4)); !ok || v != "00000000-0000-4000-8000-000000000004" {
 		t.Errorf("node of 4: %q %v", v, ok)
 	}
 
@@ -209,7 +228,7 @@ func TestXLCreate(t *testing.T) {
 	if v, _ := s.read("/local/domain/5/name"); v != "db" {
 		t.Errorf("domain 5 name %q", v)
 	}
-	if _, ok := s.read(domid.NodePath(5)); !ok {
+	if _, ok := s.read(node.Path(5)); !ok {
 		t.Error("no node for the paused domain 5")
 	}
 }
@@ -246,7 +265,7 @@ func TestXLCreateFailures(t *testing.T) {
 	if got, want := xl.log(), "create -p "+cfg+"\nunpause web\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
-	if _, ok := s.read(domid.NodePath(4)); ok {
+	if _, ok := s.read(node.Path(4)); ok {
 		t.Error("node of 4 exists although writing it failed")
 	}
 
@@ -277,14 +296,14 @@ func TestXLShutdownDestroy(t *testing.T) {
 
 	// shutdown returns before the domain is gone: the node goes after it.
 	s.run("xl", "--xl", xl.bin, "shutdown", "web").expect(t, ExitOK)
-	if _, ok := s.read(domid.NodePath(4)); ok {
+	if _, ok := s.read(node.Path(4)); ok {
 		t.Error("node of 4 still there after shutdown")
 	}
 	if _, ok := s.read("/local/domain/4/name"); ok {
 		t.Error("shutdown returned before the domain was gone")
 	}
 	s.run("xl", "--xl", xl.bin, "destroy", "5").expect(t, ExitOK)
-	if _, ok := s.read(domid.NodePath(5)); ok {
+	if _, ok := s.read(node.Path(5)); ok {
 		t.Error("node of 5 still there after destroy")
 	}
 	if got, want := xl.log(), "shutdown web\ndestroy 5\n"; got != want {
@@ -299,7 +318,7 @@ func TestXLShutdownDestroy(t *testing.T) {
 	if !strings.Contains(r.stderr, "node of domain 6 kept") {
 		t.Errorf("stderr %q", r.stderr)
 	}
-	if _, ok := s.read(domid.NodePath(6)); !ok {
+	if _, ok := s.read(node.Path(6)); !ok {
 		t.Error("node of 6 removed although xl destroy failed")
 	}
 }
@@ -311,10 +330,10 @@ func TestXLReboot(t *testing.T) {
 	s.run("xl", "--xl", xl.bin, "create", writeCfg(t, "web")).expect(t, ExitOK)
 	s.run("create", "--uuid", "12345678-1234-4234-8234-123456789abc", "4").expect(t, ExitOK)
 	s.run("xl", "--xl", xl.bin, "reboot", "4").expect(t, ExitOK)
-	if _, ok := s.read(domid.NodePath(4)); ok {
+	if _, ok := s.read(node.Path(4)); ok {
 		t.Error("old node of 4 still there after reboot")
 	}
-	if v, ok := s.read(domid.NodePath(5)); !ok || v != "12345678-1234-4234-8234-123456789abc" {
+	if v, ok := s.read(node.Path(5)); !ok || v != "12345678-1234-4234-8234-123456789abc" {
 		t.Errorf("node of the rebooted domain 5: %q %v, want the old node's uuid", v, ok)
 	}
 }
