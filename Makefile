@@ -5,6 +5,7 @@
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make deps      install the Debian packages the tests and the sandbox need
+#   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
 
 GO        ?= go
 CC        ?= gcc
@@ -31,7 +32,7 @@ LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
 
 XENEMU := build/libxenemu.so
 
-.PHONY: all build test vet fmt-check deps sandbox sandbox-stop install clean fuzz bench
+.PHONY: all build test vet fmt-check deps sandbox sandbox-stop install clean fuzz bench man
 
 all: build
 
@@ -71,6 +72,11 @@ vet:
 test: deps fmt-check vet
 	@test -x $(XENSTORED) || { echo "$(XENSTORED) missing after deps" >&2; exit 1; }
 	$(GO) test -race -count=1 ./...
+
+# Man pages are generated from the urfave/cli definitions and committed;
+# lib/admin's TestManPageCurrent fails when they are stale.
+man:
+	$(GO) run ./lib/admin/genman docs/man
 
 # Short fuzzing runs of every fuzz target (not part of make test).
 FUZZTIME ?= 20s

@@ -70,7 +70,11 @@ XenStore watch worker, is doing (list, status, top, stalls), manages the nodes
 that the node exists before a guest runs (xl create, shutdown, destroy, reboot).
 
 Exit codes: 0 ok; 1 the operation failed; 2 usage or bad input (nothing was changed); 3 the agent
-is not running (commands that need it).`,
+is not running (commands that need it). Errors are one line on stderr, e.g.
+"mtwatch: domain 70000: domid out of range".
+
+Environment: MTWATCH_XENSTORE, else XENSTORED_PATH (--xenstore); MTWATCH_CONTROL (--control);
+MTWATCH_XL (xl --xl).`,
 		Version:              Version,
 		EnableBashCompletion: true,
 		HideHelpCommand:      true,
