@@ -19,8 +19,9 @@ DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
 # (pyxs) to cross-check against, gcc for the xenemu preload library, curl
-# for the control API test over --unix-socket.
-DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl
+# for the control API test over --unix-socket, systemd for
+# systemd-analyze verify of the units.
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd
 XENSTORED    := /usr/lib/xen-4.17/bin/xenstored
 
 # Only binaries whose main package exists are built: nothing pretends to work.
