@@ -7,6 +7,7 @@
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make deps      install the Debian packages the tests and the sandbox need
+#   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
 
 GO        ?= go
 PREFIX    ?= /usr/local
@@ -32,7 +33,7 @@ SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
 LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
 
-.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench
+.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench man
 
 all: build
 
@@ -68,6 +69,11 @@ vet:
 # need it); -race because concurrency is the point.
 test: deps fmt-check vet
 	$(GO) test -race -count=1 ./...
+
+# Man pages are generated from the urfave/cli definitions and committed;
+# lib/admin's TestManPageCurrent fails when they are stale.
+man:
+	$(GO) run ./lib/admin/genman docs/man
 
 # Short fuzzing runs of every fuzz target (not part of make test).
 FUZZTIME ?= 20s
