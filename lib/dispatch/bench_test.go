@@ -194,7 +194,7 @@ func isolationRun(b *testing.B, single, withBlocked bool, domains, blocked, roun
 	register(b, d, WatchConfig{Path: "backend", Token: "be", Handler: func(ctx context.Context, ev Event) error {
 		defer wg.Done()
 		started := time.Now()
-		if int(ev.Domain) <= blocked {
+		if int(ev.Domid) <= blocked {
 			if withBlocked {
 				time.Sleep(block) // a stuck guest: the handler ignores ctx
 			}

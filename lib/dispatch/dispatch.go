@@ -67,14 +67,14 @@ type Dispatcher struct {
 	cancel context.CancelFunc
 
 	wmu     sync.RWMutex
-	watches map[string]*watch // by token
+	watches map[string]*Registration // by token
 
 	mu         sync.Mutex
 	stopping   bool
-	def        *queue               // the default worker
+	def        *worker              // the default worker
 	dom0       *domain              // events of dom0 and of paths of no domain
 	doms       map[domid.ID]*domain // guests with a worker or with events
-	active     map[*queue]struct{}  // queues whose goroutine runs
+	active     map[*worker]struct{} // workers whose goroutine runs
 	pend       map[pendKey]int32    // pending events by coalescing key
 	pendPeak   int
 	goroutines int           // worker goroutines plus the stall monitor
@@ -98,9 +98,9 @@ func New(cfg Config) (*Dispatcher, error) {
 		stallAt:    cfg.StallThreshold,
 		single:     cfg.SingleWorker,
 		epoch:      time.Now(),
-		watches:    make(map[string]*watch),
+		watches:    make(map[string]*Registration),
 		doms:       make(map[domid.ID]*domain),
-		active:     make(map[*queue]struct{}),
+		active:     make(map[*worker]struct{}),
 		pend:       make(map[pendKey]int32),
 		drained:    make(chan struct{}),
 		monitorEnd: make(chan struct{}),
@@ -117,7 +117,7 @@ func New(cfg Config) (*Dispatcher, error) {
 	d.itemPool.New = func() any { return new(item) }
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.dom0 = &domain{id: domid.Dom0}
-	d.def = &queue{}
+	d.def = &worker{}
 	if d.stallAt > 0 {
 		d.goroutines++
 		go d.monitor()
@@ -207,7 +207,7 @@ func (d *Dispatcher) Dispatch(path, token string) error {
 // overflow drops an event of w for dom, counting it in the watch's pending
 // overflow notice for dom or queueing a new notice. Notices are bounded by
 // one per watch and domain, so they may exceed the capacity.
-func (d *Dispatcher) overflow(dom *domain, w *watch) {
+func (d *Dispatcher) overflow(dom *domain, w *Registration) {
 	d.totals.Dropped++
 	dom.dropped++
 	w.dropped++
@@ -255,7 +255,7 @@ func (d *Dispatcher) toDefault(it *item) {
 }
 
 // kick starts q's goroutine if q has runnable work and none is running.
-func (d *Dispatcher) kick(q *queue) {
+func (d *Dispatcher) kick(q *worker) {
 	if q.running || q.gated || q.list.head == nil {
 		return
 	}
@@ -287,7 +287,7 @@ func (d *Dispatcher) CreateDomain(id domid.ID) error {
 	} else if dom.live != nil {
 		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrDomainExists)
 	}
-	q := &queue{dom: dom}
+	q := &worker{dom: dom}
 	switch {
 	case dom.tail != nil:
 		// Gated on the previous worker: when it finishes it releases its
@@ -363,7 +363,7 @@ func (d *Dispatcher) settle(dom *domain) {
 
 // finish retires a drained, destroyed worker: its held events go to the
 // default worker and its successor, if any, waits for them.
-func (d *Dispatcher) finish(q *queue) {
+func (d *Dispatcher) finish(q *worker) {
 	dom := q.dom
 	for it := q.after.pop(); it != nil; it = q.after.pop() {
 		d.toDefault(it)

@@ -24,7 +24,7 @@ func TestRegisterRejectsBadWatches(t *testing.T) {
 	}{
 		{"empty path", WatchConfig{Token: "a", Handler: nop}, ErrInvalidWatch},
 		{"nil handler", WatchConfig{Path: "backend", Token: "a"}, ErrInvalidWatch},
-		{"bad policy", WatchConfig{Path: "backend", Token: "a", Handler: nop, Pending: 7}, ErrInvalidWatch},
+		{"bad policy", WatchConfig{Path: "backend", Token: "a", Handler: nop, Coalesce: 7}, ErrInvalidWatch},
 		{"reserved owner", WatchConfig{Path: "backend", Token: "a", Handler: nop, Owner: domid.Invalid}, ErrInvalidWatch},
 		{"negative timeout", WatchConfig{Path: "backend", Token: "a", Handler: nop, Timeout: -1}, ErrInvalidWatch},
 		{"duplicate token", WatchConfig{Path: "other", Token: "taken", Handler: nop}, ErrDuplicateToken},
@@ -343,7 +343,7 @@ func TestDomainsDoNotWaitForEachOther(t *testing.T) {
 func TestCoalescing(t *testing.T) {
 	tests := []struct {
 		name      string
-		pending   Pending
+		pending   Coalesce
 		filter    func(path string, pending int) bool
 		dispatch  []string
 		want      []string // calls after the blocking one
@@ -358,7 +358,7 @@ func TestCoalescing(t *testing.T) {
 		},
 		{
 			name:      "per watch",
-			pending:   PendingPerWatch,
+			pending:   CoalescePerWatch,
 			dispatch:  []string{"backend/vif/1/a", "backend/vif/1/b", "backend/vif/1/a"},
 			want:      []string{"backend/vif/1/a"},
 			coalesced: 2,
@@ -386,7 +386,7 @@ func TestCoalescing(t *testing.T) {
 			d := newDispatcher(t, Config{})
 			rec := newRecorder()
 			register(t, d, WatchConfig{Path: "/local/domain/0", Token: "block", Handler: rec.handle})
-			w := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle, Pending: tc.pending, Filter: tc.filter})
+			w := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle, Coalesce: tc.pending, Filter: tc.filter})
 			if err := d.CreateDomain(1); err != nil {
 				t.Fatal(err)
 			}
@@ -474,8 +474,8 @@ func TestOverflowNotice(t *testing.T) {
 		}
 	}
 	want := map[string]Event{
-		"be": {Path: "backend", Token: "be", Domain: 2, Overflow: true, Dropped: 6 + 10000},
-		"fe": {Path: "/local/domain/2", Token: "fe", Domain: 2, Overflow: true, Dropped: 3},
+		"be": {Path: "backend", Token: "be", Domid: 2, Overflow: true, Dropped: 6 + 10000},
+		"fe": {Path: "/local/domain/2", Token: "fe", Domid: 2, Overflow: true, Dropped: 3},
 	}
 	for _, rn := range runs[5:] {
 		if rn.Event != want[rn.Event.Token] || rn.Worker != 2 {
@@ -563,7 +563,7 @@ func TestUnregisterDropsPendingAndWaits(t *testing.T) {
 // two such handlers unregistering at once do not deadlock.
 func TestUnregisterFromHandler(t *testing.T) {
 	d := newDispatcher(t, Config{})
-	var w *Watch
+	var w *Registration
 	var arrived sync.WaitGroup
 	arrived.Add(2)
 	results := make(chan error, 2)
@@ -855,7 +855,7 @@ func TestSingleWorkerMode(t *testing.T) {
 	}
 	runs := rec.waitRuns(t, 20)
 	for i, rn := range runs {
-		if rn.Path != want[i] || rn.Worker != domid.Dom0 || rn.Domain != domid.ID(3+i%2) {
+		if rn.Path != want[i] || rn.Worker != domid.Dom0 || rn.Domid != domid.ID(3+i%2) {
 			t.Fatalf("call %d: %+v", i, rn)
 		}
 	}
@@ -876,7 +876,7 @@ func TestStatsLatency(t *testing.T) {
 	rec.waitRuns(t, 1)
 	dispatch(t, d, "backend/vif/2/next", "be")
 	s := d.Stats()
-	if len(s.Domains) != 2 || s.Domains[0].Domain != domid.Dom0 || s.Domains[1].Domain != 2 {
+	if len(s.Domains) != 2 || s.Domains[0].Domid != domid.Dom0 || s.Domains[1].Domid != 2 {
 		t.Fatalf("domains %+v", s.Domains)
 	}
 	if st := s.Domains[1]; !st.Worker || st.Queued != 1 || st.Current == nil || st.Current.Path != "backend/vif/2/slow" {

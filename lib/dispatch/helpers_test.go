@@ -35,7 +35,7 @@ func newDispatcher(t testing.TB, cfg Config) *Dispatcher {
 	return d
 }
 
-func register(t testing.TB, d *Dispatcher, cfg WatchConfig) *Watch {
+func register(t testing.TB, d *Dispatcher, cfg WatchConfig) *Registration {
 	t.Helper()
 	if cfg.Path == "" {
 		cfg.Path = "backend"
@@ -96,7 +96,7 @@ func (r *recorder) noRunsBeyond(t testing.TB, n int, what string) {
 type run struct {
 	Path   string
 	Worker domid.ID
-	Domain domid.ID
+	Domid  domid.ID
 	Event  Event
 }
 
@@ -125,7 +125,7 @@ func (r *recorder) blockOn(path string) (release func()) {
 
 func (r *recorder) handle(ctx context.Context, ev Event) error {
 	wk, _ := WorkerOf(ctx)
-	rn := run{Path: ev.Path, Worker: wk, Domain: ev.Domain, Event: ev}
+	rn := run{Path: ev.Path, Worker: wk, Domid: ev.Domid, Event: ev}
 	r.mu.Lock()
 	r.runs = append(r.runs, rn)
 	ch := r.block[ev.Path]

@@ -23,9 +23,9 @@ type Counters struct {
 	Stalls     uint64 // callbacks that ran longer than the stall threshold
 }
 
-// Callback describes a running handler call.
-type Callback struct {
-	Domain  domid.ID // the event's domain
+// RunningHandler describes a running handler call.
+type RunningHandler struct {
+	Domid   domid.ID // the event's domain
 	Watch   string   // the watch's path
 	Token   string
 	Path    string // the event's path
@@ -40,20 +40,20 @@ type WorkerStats struct {
 	Processed   uint64
 	LastLatency time.Duration // Dispatch to handler return, last event
 	MaxLatency  time.Duration
-	Current     *Callback // nil when idle
+	Current     *RunningHandler // nil when idle
 }
 
-// DomainStats describes one domain: Domain dom0 stands for dom0 and for paths
+// DomainStats describes one domain: Domid dom0 stands for dom0 and for paths
 // of no domain. Counters cover the domain's events wherever they ran.
 type DomainStats struct {
-	Domain                                              domid.ID
+	Domid                                               domid.ID
 	Worker                                              bool // the domain has a live worker
 	Draining                                            int  // destroyed worker generations still draining
 	Queued                                              int  // pending events (not notices), bounded by the capacity
 	Dispatched, Processed, Coalesced, Filtered, Dropped uint64
 	LastLatency                                         time.Duration // Dispatch to handler return, last event
 	MaxLatency                                          time.Duration
-	Current                                             *Callback // the running callback of the domain's worker
+	Current                                             *RunningHandler // the running handler of the domain's worker
 }
 
 // Stats is a snapshot of the dispatcher.
@@ -87,7 +87,7 @@ func (d *Dispatcher) Stats() Stats {
 			Processed:   d.def.processed,
 			LastLatency: time.Duration(d.def.lastLat),
 			MaxLatency:  time.Duration(d.def.maxLat),
-			Current:     d.callback(d.def, now),
+			Current:     d.runningHandler(d.def, now),
 		},
 		Domains: make([]DomainStats, 0, len(d.doms)+1),
 	}
@@ -95,7 +95,7 @@ func (d *Dispatcher) Stats() Stats {
 	for _, dom := range d.doms {
 		s.Domains = append(s.Domains, d.domainStats(dom, now))
 	}
-	slices.SortFunc(s.Domains[1:], func(a, b DomainStats) int { return cmp.Compare(a.Domain, b.Domain) })
+	slices.SortFunc(s.Domains[1:], func(a, b DomainStats) int { return cmp.Compare(a.Domid, b.Domid) })
 	return s
 }
 
@@ -115,7 +115,7 @@ func (d *Dispatcher) DomainStats(id domid.ID) (st DomainStats, ok bool) {
 
 func (d *Dispatcher) domainStats(dom *domain, now int64) DomainStats {
 	st := DomainStats{
-		Domain:      dom.id,
+		Domid:       dom.id,
 		Worker:      dom.live != nil,
 		Queued:      dom.queued,
 		Dispatched:  dom.dispatched,
@@ -131,18 +131,18 @@ func (d *Dispatcher) domainStats(dom *domain, now int64) DomainStats {
 			st.Draining++
 		}
 		if st.Current == nil {
-			st.Current = d.callback(q, now)
+			st.Current = d.runningHandler(q, now)
 		}
 	}
 	return st
 }
 
-func (d *Dispatcher) callback(q *queue, now int64) *Callback {
+func (d *Dispatcher) runningHandler(q *worker, now int64) *RunningHandler {
 	if q.cur == nil {
 		return nil
 	}
-	return &Callback{
-		Domain:  q.curDom,
+	return &RunningHandler{
+		Domid:   q.curDom,
 		Watch:   q.curWatch.path,
 		Token:   q.curWatch.token,
 		Path:    q.curPath,
@@ -153,7 +153,7 @@ func (d *Dispatcher) callback(q *queue, now int64) *Callback {
 }
 
 // Stats returns the watch's counters.
-func (w *Watch) Stats() WatchStats {
+func (w *Registration) Stats() WatchStats {
 	w.d.mu.Lock()
 	defer w.d.mu.Unlock()
 	return WatchStats{

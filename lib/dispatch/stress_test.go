@@ -294,7 +294,7 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 
 	var (
 		wmu     sync.Mutex
-		watches = make(map[string]*Watch) // token -> live registration
+		watches = make(map[string]*Registration) // token -> live registration
 		tokens  [watchSets]string
 		gen     int
 	)
@@ -309,9 +309,9 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 			return nil
 		}
 		worker, _ := WorkerOf(ctx)
-		c.start(seq, ev.Domain, worker, ev.Token)
+		c.start(seq, ev.Domid, worker, ev.Token)
 		self := false
-		defer func() { c.end(ev.Domain, ev.Token, self) }()
+		defer func() { c.end(ev.Domid, ev.Token, self) }()
 		// Random delays: mostly none, sometimes a yield, rarely a sleep.
 		switch r := seq % 16; {
 		case r == 0:

@@ -14,10 +14,10 @@ type Event struct {
 	// overflow notice); Token is the watch's token.
 	Path  string
 	Token string
-	// Domain is the domain the event was routed by; domid.Dom0 for dom0 and
+	// Domid is the domain the event was routed by; domid.Dom0 for dom0 and
 	// for paths of no domain.
-	Domain domid.ID
-	// Overflow marks a notice that Dropped events of this watch for Domain
+	Domid domid.ID
+	// Overflow marks a notice that Dropped events of this watch for Domid
 	// were discarded because the domain's queue was full. The handler should
 	// resync the domain's state from XenStore: the notice runs after every
 	// dropped event had already happened.
@@ -30,19 +30,20 @@ type Event struct {
 // Timeout. An error is logged and counted; it does not stop the worker.
 type Handler func(ctx context.Context, ev Event) error
 
-// Pending selects which pending events of a watch coalesce.
-type Pending uint8
+// Coalesce is a coalescing policy: it selects which pending events of a
+// watch merge into one.
+type Coalesce uint8
 
 const (
-	// PendingPerPath keeps at most one pending event per watch and path:
+	// CoalescePerPath keeps at most one pending event per watch and path:
 	// an event identical to a pending one is merged into it (it keeps its
 	// place in the queue). This is the default; xenstored itself merges
 	// identical pending events the same way.
-	PendingPerPath Pending = iota
-	// PendingPerWatch keeps at most one pending event per watch and domain
+	CoalescePerPath Coalesce = iota
+	// CoalescePerWatch keeps at most one pending event per watch and domain
 	// whatever its path, as Linux backends do for an otherend "state" watch
 	// after XSA-349: the handler re-reads the state anyway.
-	PendingPerWatch
+	CoalescePerWatch
 )
 
 // WatchConfig describes a watch to Register.
@@ -63,20 +64,20 @@ type WatchConfig struct {
 	// state); DomainOf is then not used, and unregistering only has to look
 	// at that domain's queues.
 	Owner domid.ID
-	// Pending selects coalescing; Filter, if set, decides whether to queue
-	// an event at all (the seed's will_handle after XSA-349), given the
-	// number of the watch's events pending for the domain. Filter runs on the
-	// Dispatch goroutine with the dispatcher locked: it must be quick and
-	// must not call the Dispatcher. Filtered events are counted, not
-	// notified.
-	Pending Pending
-	Filter  func(path string, pending int) bool
+	// Coalesce selects which pending events merge; Filter, if set, decides
+	// whether to queue an event at all (the seed's will_handle after
+	// XSA-349), given the number of the watch's events pending for the
+	// domain. Filter runs on the Dispatch goroutine with the dispatcher
+	// locked: it must be quick and must not call the Dispatcher. Filtered
+	// events are counted, not notified.
+	Coalesce Coalesce
+	Filter   func(path string, pending int) bool
 	// Timeout, if positive, bounds each handler call through its context.
 	Timeout time.Duration
 }
 
-// Watch is a registered watch.
-type Watch struct {
+// Registration is a registered watch: the handle Register returns.
+type Registration struct {
 	d             *Dispatcher
 	path, token   string
 	handler       Handler
@@ -96,10 +97,7 @@ type Watch struct {
 	dispatched, coalesced, filtered, dropped, processed, panics, errors, stalls uint64
 }
 
-// watch is the internal name; Watch is the handle callers hold.
-type watch = Watch
-
-func (w *Watch) key(dom *domain, path string) pendKey {
+func (w *Registration) key(dom *domain, path string) pendKey {
 	if w.perWatch {
 		return pendKey{dom: dom, w: w, perWatch: true}
 	}
@@ -107,34 +105,34 @@ func (w *Watch) key(dom *domain, path string) pendKey {
 }
 
 // Path returns the path the watch was registered with.
-func (w *Watch) Path() string { return w.path }
+func (w *Registration) Path() string { return w.path }
 
 // Token returns the watch's token.
-func (w *Watch) Token() string { return w.token }
+func (w *Registration) Token() string { return w.token }
 
 // Register adds a watch. Events with its token are dispatched from now on.
-func (d *Dispatcher) Register(cfg WatchConfig) (*Watch, error) {
+func (d *Dispatcher) Register(cfg WatchConfig) (*Registration, error) {
 	switch {
 	case cfg.Path == "":
 		return nil, fmt.Errorf("dispatch: register watch token %q: %w: empty path", cfg.Token, ErrInvalidWatch)
 	case cfg.Handler == nil:
 		return nil, fmt.Errorf("dispatch: register watch %q: %w: nil handler", cfg.Path, ErrInvalidWatch)
-	case cfg.Pending > PendingPerWatch:
-		return nil, fmt.Errorf("dispatch: register watch %q: %w: unknown pending policy %d", cfg.Path, ErrInvalidWatch, cfg.Pending)
+	case cfg.Coalesce > CoalescePerWatch:
+		return nil, fmt.Errorf("dispatch: register watch %q: %w: unknown coalesce policy %d", cfg.Path, ErrInvalidWatch, cfg.Coalesce)
 	case cfg.Owner.IsReserved():
 		return nil, fmt.Errorf("dispatch: register watch %q: %w: reserved owner domid %d", cfg.Path, ErrInvalidWatch, cfg.Owner)
 	case cfg.Timeout < 0:
 		return nil, fmt.Errorf("dispatch: register watch %q: %w: negative timeout", cfg.Path, ErrInvalidWatch)
 	}
-	w := &Watch{
+	w := &Registration{
 		d:             d,
 		path:          cfg.Path,
 		token:         cfg.Token,
 		handler:       cfg.Handler,
 		domainOf:      cfg.DomainOf,
 		owner:         cfg.Owner,
-		perWatch:      cfg.Pending == PendingPerWatch,
-		countPerWatch: cfg.Pending == PendingPerWatch || cfg.Filter != nil,
+		perWatch:      cfg.Coalesce == CoalescePerWatch,
+		countPerWatch: cfg.Coalesce == CoalescePerWatch || cfg.Filter != nil,
 		filter:        cfg.Filter,
 		timeout:       cfg.Timeout,
 	}
@@ -164,7 +162,7 @@ func (d *Dispatcher) Register(cfg WatchConfig) (*Watch, error) {
 // only from the handler's goroutine, and wrap it in context.WithoutCancel to
 // keep waiting after the handler's context is cancelled. Unregistering twice
 // is harmless.
-func (w *Watch) Unregister(ctx context.Context) error {
+func (w *Registration) Unregister(ctx context.Context) error {
 	d := w.d
 	d.wmu.Lock()
 	if d.watches[w.token] == w {
@@ -188,7 +186,7 @@ func (w *Watch) Unregister(ctx context.Context) error {
 	// Called from one of the watch's own handlers: wait for the others, not
 	// for the caller, nor for other handlers of the watch doing the same.
 	self := false
-	if q, ok := ctx.Value(workerKey{}).(*queue); ok && q.curWatch == w {
+	if q, ok := ctx.Value(workerKey{}).(*worker); ok && q.curWatch == w {
 		self = true
 		if !q.curExcluded {
 			q.curExcluded = true
@@ -220,7 +218,7 @@ func (w *Watch) Unregister(ctx context.Context) error {
 }
 
 // broadcast wakes the Unregister calls waiting for w's handlers.
-func (w *Watch) broadcast() {
+func (w *Registration) broadcast() {
 	if w.changed != nil {
 		close(w.changed)
 		w.changed = nil

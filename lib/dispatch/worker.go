@@ -11,7 +11,7 @@ import (
 // item is a queued event, or an overflow notice when dropped > 0.
 type item struct {
 	next      *item
-	w         *watch
+	w         *Registration
 	dom       *domain // the domain the event belongs to (d.dom0 for none)
 	path      string
 	enq       int64 // d.now() at Dispatch
@@ -76,12 +76,12 @@ func (l *list) removeIf(match func(*item) bool, drop func(*item)) {
 }
 
 // pendKey identifies pending events of a domain that coalesce: same watch
-// and path, or same watch for PendingPerWatch (perWatch entries also count a
+// and path, or same watch for CoalescePerWatch (perWatch entries also count a
 // watch's pending events for its Filter). One map for all domains keeps idle
 // domains free of map buckets.
 type pendKey struct {
 	dom      *domain
-	w        *watch
+	w        *Registration
 	path     string
 	perWatch bool
 }
@@ -92,12 +92,12 @@ type pendKey struct {
 type domain struct {
 	id domid.ID
 
-	live  *queue // the worker new events go to; nil when down
-	first *queue // oldest worker generation not yet finished
-	tail  *queue // newest worker generation (live or draining)
+	live  *worker // the worker new events go to; nil when down
+	first *worker // oldest worker generation not yet finished
+	tail  *worker // newest worker generation (live or draining)
 	// waiting is the worker gated until no event of the domain is left on
 	// the default worker.
-	waiting *queue
+	waiting *worker
 
 	items     int     // events and notices not yet completed
 	onDefault int     // of which queued or running on the default worker
@@ -108,13 +108,13 @@ type domain struct {
 	lastLat, maxLat                                     int64
 }
 
-// queue is a worker: the default worker or one generation of a domain's
+// worker is the default worker or one generation of a domain's
 // worker. A goroutine runs only while the queue has work.
-type queue struct {
+type worker struct {
 	dom   *domain // nil for the default worker
 	list  list
-	after list   // events arrived after DestroyDomain, held until drained
-	next  *queue // the generation gated on this one
+	after list    // events arrived after DestroyDomain, held until drained
+	next  *worker // the generation gated on this one
 
 	running bool // a goroutine runs the queue
 	gated   bool // must not start yet (ordering across creation)
@@ -123,7 +123,7 @@ type queue struct {
 
 	// The running callback, for stall detection and stats.
 	cur         *item
-	curWatch    *watch
+	curWatch    *Registration
 	curPath     string
 	curDom      domid.ID
 	curStart    int64
@@ -139,7 +139,7 @@ type workerKey struct{}
 // WorkerOf reports which worker runs the handler that ctx was given to:
 // domid.Dom0 for the default worker. ok is false for any other context.
 func WorkerOf(ctx context.Context) (id domid.ID, ok bool) {
-	q, ok := ctx.Value(workerKey{}).(*queue)
+	q, ok := ctx.Value(workerKey{}).(*worker)
 	if !ok {
 		return 0, false
 	}
@@ -150,7 +150,7 @@ func WorkerOf(ctx context.Context) (id domid.ID, ok bool) {
 }
 
 // run is the goroutine of q; it exits when q has no work left.
-func (d *Dispatcher) run(q *queue) {
+func (d *Dispatcher) run(q *worker) {
 	ctx, cancel := context.WithCancel(d.ctx)
 	ctx = context.WithValue(ctx, workerKey{}, q)
 	var stallEnd *stallReport
@@ -179,7 +179,7 @@ func (d *Dispatcher) run(q *queue) {
 		start := d.now()
 		q.cur, q.curWatch, q.curPath, q.curDom = it, w, it.path, it.dom.id
 		q.curStart, q.curExcluded, q.stalled = start, false, false
-		ev := Event{Path: it.path, Token: w.token, Domain: it.dom.id}
+		ev := Event{Path: it.path, Token: w.token, Domid: it.dom.id}
 		if it.dropped > 0 {
 			ev.Overflow, ev.Dropped = true, it.dropped
 		}
@@ -239,7 +239,7 @@ func (d *Dispatcher) run(q *queue) {
 }
 
 // call runs the handler, recovering a panic.
-func (d *Dispatcher) call(ctx context.Context, w *watch, ev Event) (err error, panicked bool) {
+func (d *Dispatcher) call(ctx context.Context, w *Registration, ev Event) (err error, panicked bool) {
 	if w.timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, w.timeout)
@@ -249,21 +249,21 @@ func (d *Dispatcher) call(ctx context.Context, w *watch, ev Event) (err error, p
 		if r := recover(); r != nil {
 			panicked = true
 			d.log.Error("dispatch: watch handler panicked",
-				"domid", ev.Domain, "watch", w.path, "token", w.token, "path", ev.Path,
+				"domid", ev.Domid, "watch", w.path, "token", w.token, "path", ev.Path,
 				"panic", r, "stack", string(debug.Stack()))
 		}
 	}()
 	err = w.handler(ctx, ev)
 	if err != nil {
 		d.log.Warn("dispatch: watch handler failed",
-			"domid", ev.Domain, "watch", w.path, "token", w.token, "path", ev.Path, "err", err)
+			"domid", ev.Domid, "watch", w.path, "token", w.token, "path", ev.Path, "err", err)
 	}
 	return err, false
 }
 
 type stallReport struct {
 	dom  domid.ID
-	w    *watch
+	w    *Registration
 	path string
 	age  time.Duration
 }
