@@ -60,7 +60,7 @@ type active struct {
 
 type counters struct {
 	runs, ok, failed, timedOut, startErrors, overflows atomic.Uint64
-	lastNanos                                        atomic.Int64
+	lastNanos                                          atomic.Int64
 }
 
 // Results counted in mtwatch_exec_runs_total.
