@@ -55,6 +55,18 @@ var (
 )
 
 func (s *Section) line(key string) int {
+	if n := s.find(key, false); n > 0 {
+		return n
+	}
+	return s.find(key, true)
+}
+
+// find scans for key; loose ignores array indices (for keys BurntSushi
+// reports without them, and elements of inline arrays).
+func (s *Section) find(key string, loose bool) int {
+	if loose {
+		key = indexRe.ReplaceAllString(key, "")
+	}
 	count := map[string]int{}
 	table := ""
 	for i, l := range strings.Split(s.text, "\n") {
@@ -62,7 +74,7 @@ func (s *Section) line(key string) int {
 		if m := arrayRe.FindStringSubmatch(l); m != nil {
 			table = fmt.Sprintf("%s[%d]", m[1], count[m[1]])
 			count[m[1]]++
-			if table == key || indexRe.ReplaceAllString(table, "") == key {
+			if table == key || (loose && indexRe.ReplaceAllString(table, "") == key) {
 				return i + 1
 			}
 			continue
@@ -82,7 +94,7 @@ func (s *Section) line(key string) int {
 		if table != "" {
 			full = table + "." + m[1]
 		}
-		if full == key || indexRe.ReplaceAllString(full, "") == key {
+		if full == key || (loose && indexRe.ReplaceAllString(full, "") == key) {
 			return i + 1
 		}
 	}
