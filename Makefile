@@ -17,8 +17,9 @@ SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
-# (pyxs) to cross-check against, gcc for the xenemu preload library.
-DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc
+# (pyxs) to cross-check against, gcc for the xenemu preload library, curl
+# for the control API test over --unix-socket.
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl
 XENSTORED    := /usr/lib/xen-4.17/bin/xenstored
 
 # Only binaries whose main package exists are built: nothing pretends to work.
