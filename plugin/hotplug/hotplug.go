@@ -141,8 +141,9 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 	return p, nil
 }
 
-// Start checks xl.conf, watches the backend directory and scans the devices
-// already there: each domain's scan runs on that domain's worker.
+// Start checks xl.conf and watches the backend directory. The watch's
+// initial event, at start and again after the agent reconnects to
+// xenstored, starts a scan of the devices already there.
 func (p *Plugin) Start(ctx context.Context) error {
 	if p.cfg.XLConf != "" && p.domid == domid.Dom0 {
 		if runs, why := libxlRunsScripts(p.cfg.XLConf); runs {
@@ -160,12 +161,13 @@ func (p *Plugin) Start(ctx context.Context) error {
 	}); err != nil {
 		return fmt.Errorf("hotplug: watch %s: %w", Backend, err)
 	}
-	return p.scan(ctx)
+	return nil
 }
 
-// scan registers one short-lived watch per backend/<type>/<domid> already
-// present: its initial event runs the domain's resync on the domain's own
-// worker, after which the watch is removed.
+// scan registers one short-lived watch per backend/<type>/<domid> present:
+// its initial event runs the domain's resync on the domain's own worker,
+// after which the watch is removed. Scanning from the default worker
+// instead would make every domain's start-up wait for a hung script.
 func (p *Plugin) scan(ctx context.Context) error {
 	type target struct {
 		typ string
@@ -288,6 +290,9 @@ func parsePath(path string) (k devKey, node string, n int, ok bool) {
 // directory, one pending event per device; it runs on the Dispatch
 // goroutine.
 func (p *Plugin) filter(path string, _ int) bool {
+	if path == Backend {
+		return true // the initial event: scan
+	}
 	k, node, n, ok := parsePath(path)
 	if !ok || !p.types[k.typ] {
 		return false
@@ -328,6 +333,9 @@ func (p *Plugin) handle(_ context.Context, ev dispatch.Event) error {
 			errs = append(errs, p.resync(typ, ev.Domid, false))
 		}
 		return errors.Join(errs...)
+	}
+	if ev.Path == Backend {
+		return p.scan(p.life)
 	}
 	k, _, n, ok := parsePath(ev.Path)
 	if !ok {
