@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -254,7 +256,13 @@ func TestDaemon(t *testing.T) {
 	sock := socketPath(t)
 	in.Run("xenstore-write", node.Dir+"/3", "") // present before start
 	in.Run("xenstore-chmod", node.Dir+"/3", "n0")
-	d := spawn(t, in, sock, []string{"WATCHDOG_USEC=200000"}, "--auto-detect=false", "--log-level=debug")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := l.Addr().String()
+	l.Close()
+	d := spawn(t, in, sock, []string{"WATCHDOG_USEC=200000"}, "--auto-detect=false", "--log-level=debug", "--metrics-listen", metricsAddr)
 	d.notify.wait(t, "READY=1")
 	cl := control.NewClient(sock)
 	defer cl.Close()
@@ -279,6 +287,18 @@ func TestDaemon(t *testing.T) {
 		t.Fatalf("status %+v %v", st, err)
 	}
 	d.notify.wait(t, "WATCHDOG=1")
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "mtwatch_workers 1") || !strings.Contains(string(body), "mtwatch_xenstore_connected 1") {
+		t.Fatalf("--metrics-listen /metrics:\n%s", body)
+	}
+	if m, err := cl.Metrics(context.Background()); err != nil || !strings.Contains(m, "mtwatch_workers 1") {
+		t.Fatalf("control /metrics: %v", err)
+	}
 
 	start := time.Now()
 	d.cmd.Process.Signal(syscall.SIGTERM)
