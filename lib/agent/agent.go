@@ -103,6 +103,7 @@ type Agent struct {
 	mu      sync.Mutex
 	doms    map[domid.ID]*domState
 	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
+	nameq   chan domid.ID     // domains whose name to read
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
@@ -123,6 +124,7 @@ type domState struct {
 	introduced bool
 	name       string
 	nameRead   bool
+	nameQueued bool
 	absent     time.Time // when a node was first seen without introduction
 	stale      bool
 	worker     bool // CreateDomain done and not undone
@@ -157,6 +159,7 @@ func New(opts Options) (*Agent, error) {
 		tokenSeq: map[string]int{},
 		doms:     map[domid.ID]*domState{},
 		ignored:  map[string]string{},
+		nameq:    make(chan domid.ID, domid.FirstReserved),
 	}
 	if a.notify == nil {
 		a.notify = func(string) {}
@@ -217,10 +220,17 @@ func (a *Agent) Start(ctx context.Context) error {
 
 func (a *Agent) start(ctx context.Context) error {
 	a.runCtx, a.runCancel = context.WithCancel(context.Background())
+	a.wg.Add(1)
+	go a.nameReader()
 	a.notify("STATUS=connecting to xenstored")
+	fail := func(err error) error {
+		a.runCancel()
+		a.wg.Wait()
+		return err
+	}
 	c, err := a.dialLoop(ctx)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	removed, err := node.Repair(ctx, c)
 	for _, p := range removed {
@@ -228,12 +238,12 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	if err != nil {
 		c.Close()
-		return fmt.Errorf("agent: %w", err)
+		return fail(fmt.Errorf("agent: %w", err))
 	}
 	sess, err := a.connect(ctx, c, false)
 	if err != nil {
 		c.Close()
-		return err
+		return fail(err)
 	}
 	for i, p := range a.plugins {
 		if !p.enabled {
@@ -247,7 +257,7 @@ func (a *Agent) start(ctx context.Context) error {
 			}
 			sess.close()
 			c.Close()
-			return fmt.Errorf("agent: start plugin %s: %w", p.name, err)
+			return fail(fmt.Errorf("agent: start plugin %s: %w", p.name, err))
 		}
 		p.running.Store(true)
 	}
