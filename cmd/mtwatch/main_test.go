@@ -60,11 +60,32 @@ type host struct {
 	env  []string
 }
 
+// agentConfig: no stale reporting (its timing would leak into the golden
+// files), a short stall threshold, and an exec rule whose command hangs
+// while a domain's "stall" node reads "hang": a handler stuck on a guest.
+// (The rule also fires when the domain's tree is removed; the command must
+// not hang then.)
+const agentConfig = `[agent]
+stale_grace = "0s"
+stall_threshold = "100ms"
+shutdown_timeout = "2s"
+
+[plugins.exec]
+enabled = true
+grace = "100ms"
+
+[[plugins.exec.rule]]
+name = "hang"
+path = "/local/domain/{domid}/stall"
+command = ["/bin/sh", "-c", "test \"$(xenstore-read /local/domain/$DOMID/stall 2>/dev/null)\" = hang && exec sleep 60; exit 0"]
+timeout = "2m"
+`
+
 func newHost(t *testing.T) *host {
 	in := xenstoredtest.Start(t)
 	sock := filepath.Join(t.TempDir(), "run", "control.sock")
 	empty := filepath.Join(t.TempDir(), "mtwatchd.toml")
-	if err := os.WriteFile(empty, []byte("[agent]\nstale_grace = \"0s\"\n"), 0o644); err != nil {
+	if err := os.WriteFile(empty, []byte(agentConfig), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	env := append(os.Environ(), in.Env()...)
@@ -192,6 +213,11 @@ var volatile = []struct {
 	{regexp.MustCompile(`(connected|disconnected) /\S+,`), "$1 SOCKET,"},
 }
 
+// maskAge replaces a stalled handler's age (a column of its own).
+func maskAge(s string) string {
+	return regexp.MustCompile(` +(\d+ms|\d+\.\ds|\d+m\d+s) /local/domain/5/stall`).ReplaceAllString(s, "   AGE /local/domain/5/stall")
+}
+
 func normalize(s string) string {
 	for _, v := range volatile {
 		s = v.re.ReplaceAllString(s, v.repl)
@@ -209,6 +235,9 @@ func normalizeDomains(t *testing.T, s string) string {
 	for i := range doms {
 		d := &doms[i]
 		d.Dispatched, d.Processed, d.LastLatencyUS, d.MaxLatencyUS = 0, 0, 0, 0
+		if d.Current != nil {
+			d.Current.AgeMS = 0
+		}
 	}
 	b, _ := json.MarshalIndent(doms, "", "  ")
 	return string(b) + "\n"
@@ -223,27 +252,41 @@ func TestWithRealAgent(t *testing.T) {
 	h.mtwatch("create", "12").expect(t, 0) // a node whose domain is not there
 	h.startAgent()
 	h.waitDomains(map[uint16]string{3: "live", 5: "live", 7: "live", 12: "live"})
+	// Domain 5's handler hangs.
+	h.in.Run("xenstore-write", "/local/domain/5/stall", "hang")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := control.NewClient(h.sock).Stalls(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no stall of domain 5 within 30s: %+v", st)
+		}
+	}
 
 	r := h.mtwatch("list")
 	r.expect(t, 0)
 	// The agent's own watch events land on dom0 and on the default worker:
-	// mask the processed column.
-	golden(t, "list.golden", regexp.MustCompile(`(?m)^(Domain-0 +0 default +\d+) +\d+`).ReplaceAllString(r.stdout, "$1 N"))
+	// mask the processed column; a stall's age grows.
+	golden(t, "list.golden", maskAge(regexp.MustCompile(`(?m)^(Domain-0 +0 default +\d+) +\d+`).ReplaceAllString(r.stdout, "$1 N")))
 	r = h.mtwatch("list", "--json")
 	r.expect(t, 0)
 	golden(t, "list-json.golden", normalizeDomains(t, r.stdout))
-	r = h.mtwatch("list", "guest5", "7")
+	r = h.mtwatch("list", "--long", "guest5", "7")
 	r.expect(t, 0)
-	golden(t, "list-select.golden", r.stdout)
+	golden(t, "list-select.golden", regexp.MustCompile(`(guest5 +5 live +0 +0 +0) +\S+`).ReplaceAllString(r.stdout, "$1   AGE"))
 	r = h.mtwatch("status")
 	r.expect(t, 0)
 	golden(t, "status.golden", normalize(r.stdout))
 	r = h.mtwatch("stalls")
 	r.expect(t, 0)
-	golden(t, "stalls.golden", r.stdout)
+	golden(t, "stalls.golden", maskAge(r.stdout))
 	r = h.mtwatch("stalls", "--json")
 	r.expect(t, 0)
-	golden(t, "stalls-json.golden", r.stdout)
+	golden(t, "stalls-json.golden", regexp.MustCompile(`"(started|age_ms)": [^,\n]+`).ReplaceAllString(r.stdout, `"$1": X`))
 	r = h.mtwatch("top", "--batch", "--iterations", "2", "--delay", "200ms")
 	r.expect(t, 0)
 	frames := strings.Split(r.stdout, "\n\n")
@@ -253,7 +296,7 @@ func TestWithRealAgent(t *testing.T) {
 	for _, f := range frames {
 		f = regexp.MustCompile(`\d+\.\d events/s`).ReplaceAllString(f, "X events/s")
 		f = regexp.MustCompile(`(?m)^(Domain-0 +0 default +)\d+\.\d( +\d+) +\d+`).ReplaceAllString(f, "${1}X$2 N")
-		golden(t, "top-frame.golden", strings.TrimSuffix(f, "\n")+"\n")
+		golden(t, "top-frame.golden", maskAge(strings.TrimSuffix(f, "\n")+"\n"))
 	}
 
 	// The domain goes: its worker follows once its node is removed too.
