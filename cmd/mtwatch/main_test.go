@@ -146,9 +146,11 @@ func (h *host) startAgent() *exec.Cmd {
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := control.NewClient(h.sock).Status(ctx)
+		st, err := control.NewClient(h.sock).Status(ctx)
 		cancel()
-		if err == nil {
+		// The control API answers before the plugins have registered
+		// their watches; the tests need those.
+		if err == nil && pluginsWatching(st) {
 			return cmd
 		}
 		select {
@@ -159,6 +161,15 @@ func (h *host) startAgent() *exec.Cmd {
 	}
 	h.t.Fatal("mtwatchd's control API did not answer within 30s")
 	return nil
+}
+
+func pluginsWatching(st control.Status) bool {
+	for _, p := range st.Plugins {
+		if p.Enabled && p.Watches == 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // waitDomains waits until the agent lists exactly the guests want with
