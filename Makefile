@@ -16,6 +16,7 @@ SBINDIR   ?= $(PREFIX)/sbin
 LIBEXECDIR ?= $(PREFIX)/lib/mtwatch
 SYSCONFDIR ?= /etc
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR    ?= $(PREFIX)/share/man
 DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
@@ -105,6 +106,9 @@ install: build
 	$(foreach b,$(BIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(BINDIR)/$(b);)
 	$(foreach b,$(SBIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(SBINDIR)/$(b);)
 	$(foreach b,$(LIBEXEC_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(LIBEXECDIR)/$(b);)
+	@if ls docs/man/*.1 >/dev/null 2>&1; then \
+		install -d $(DESTDIR)$(MANDIR)/man1 && install -m 0644 docs/man/*.1 $(DESTDIR)$(MANDIR)/man1/; \
+	fi
 	@if [ -d systemd ] && ls systemd/*.service >/dev/null 2>&1; then \
 		install -d $(DESTDIR)$(SYSTEMDUNITDIR); \
 		for u in systemd/*.service systemd/*.socket systemd/*.timer; do \

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"slices"
 	"strconv"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 
@@ -209,15 +210,22 @@ func scanXenstore(ctx context.Context, xs *xenstore.Client) ([]control.Domain, e
 		d := get(n.Domid)
 		d.Node, d.UUID = true, n.UUID
 	}
+	var guests []*control.Domain
 	for id, d := range byID {
-		if !id.IsGuest() {
-			continue
+		if id.IsGuest() {
+			guests = append(guests, d)
 		}
-		in, err := xs.IsDomainIntroduced(ctx, id)
+	}
+	err = parallel(ctx, len(guests), func(i int) error {
+		in, err := xs.IsDomainIntroduced(ctx, domid.ID(guests[i].Domid))
 		if err != nil {
-			return nil, fmt.Errorf("domain %d: %w", id, err)
+			return fmt.Errorf("domain %d: %w", guests[i].Domid, err)
 		}
-		d.Introduced = in
+		guests[i].Introduced = in
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	get(domid.Dom0) // dom0 is always listed
 	out := make([]control.Domain, 0, len(byID))
@@ -239,21 +247,75 @@ func domainNames(ctx context.Context, xs *xenstore.Client) (map[domid.ID]string,
 	if err != nil {
 		return nil, fmt.Errorf("list /local/domain: %w", err)
 	}
-	out := make(map[domid.ID]string, len(ents))
+	var ids []domid.ID
 	for _, e := range ents {
-		id, err := domid.Parse(e)
-		if err != nil {
-			continue
+		if id, err := domid.Parse(e); err == nil {
+			ids = append(ids, id)
 		}
-		v, err := xs.Read(ctx, "/local/domain/"+e+"/name")
-		switch {
-		case errors.Is(err, fs.ErrNotExist):
-		case err != nil:
-			return nil, fmt.Errorf("read /local/domain/%s/name: %w", e, err)
+	}
+	names := make([]string, len(ids))
+	err = parallel(ctx, len(ids), func(i int) error {
+		p := "/local/domain/" + ids[i].String() + "/name"
+		v, err := xs.Read(ctx, p)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("read %s: %w", p, err)
 		}
-		out[id] = string(v)
+		names[i] = string(v)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[domid.ID]string, len(ids))
+	for i, id := range ids {
+		out[id] = names[i]
 	}
 	return out, nil
+}
+
+// inFlight bounds the XenStore requests a listing keeps in flight: the
+// client pipelines them, so a host with thousands of domains is listed in a
+// few round trips' time rather than thousands.
+const inFlight = 64
+
+// parallel runs fn(0..n-1) on at most inFlight goroutines and returns the
+// first error; after an error no further calls start.
+func parallel(ctx context.Context, n int, fn func(i int) error) error {
+	var (
+		mu    sync.Mutex
+		next  int
+		first error
+		wg    sync.WaitGroup
+	)
+	take := func() (int, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if next == n || first != nil || ctx.Err() != nil {
+			return 0, false
+		}
+		next++
+		return next - 1, true
+	}
+	for range min(n, inFlight) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i, ok := take(); ok; i, ok = take() {
+				if err := fn(i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && next < n {
+		return ctx.Err()
+	}
+	return first
 }
 
 // resolveDomain turns a domain argument (domid or name) into a guest domid,

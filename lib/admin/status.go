@@ -79,7 +79,7 @@ func writeStatus(w io.Writer, st control.Status) error {
 		t.Overflows, t.Purged, t.Panics, t.Errors, t.Stalls)
 	var ps []string
 	for _, p := range st.Plugins {
-		s := p.Name + " (" + strconv.Itoa(p.Watches) + " watches)"
+		s := fmt.Sprintf("%s (%d %s)", p.Name, p.Watches, plural(p.Watches, "watch", "watches"))
 		if !p.Enabled {
 			s = p.Name + " (disabled)"
 		}
@@ -124,4 +124,11 @@ worker, watch, path and age. Exits 3 when the agent is not running.`,
 			return t.write(c.App.Writer)
 		},
 	}
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

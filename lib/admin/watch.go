@@ -14,6 +14,7 @@ import (
 
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
 
@@ -28,7 +29,9 @@ DomainOf of a plugin watch, lib/domid.FromPath): the tool to debug a plugin's ro
 
 With the agent running, the worker is the domain's when it has a live or draining worker, else
 "default"; without it, the worker shown is the domain's (as if it had one), and stderr says so.
-Dom0's paths and paths of no domain always run on the default worker.`,
+Dom0's paths and paths of no domain always run on the default worker. An event of a domain's
+mtwatch node also says node=<domid>: the agent re-reads that node and starts or retires the
+domain's worker (lib/node.FromPath).`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object per event"},
 			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Usage: "exit after this many events (0: until interrupted)"},
@@ -47,6 +50,10 @@ type Route struct {
 	Domain *uint16 `json:"domain"`
 	// Worker is the domid of the worker that runs the event, or "default".
 	Worker string `json:"worker"`
+	// Node is set for the event of a domain's mtwatch node: the agent
+	// itself reacts to it (lib/node.FromPath) by re-reading the node and
+	// starting or retiring that domain's worker.
+	Node *uint16 `json:"node,omitempty"`
 }
 
 // routeOf is the routing the agent applies to a plugin watch that sets
@@ -191,6 +198,10 @@ func runWatch(c *cli.Context) error {
 				r.Worker = id.String()
 			}
 		}
+		if id, ok := node.FromPath(ev.Path); ok {
+			v := uint16(id)
+			r.Node = &v
+		}
 		if g.json {
 			err = enc.Encode(r)
 		} else {
@@ -198,7 +209,11 @@ func runWatch(c *cli.Context) error {
 			if r.Domain != nil {
 				dom = strconv.Itoa(int(*r.Domain))
 			}
-			_, err = fmt.Fprintf(c.App.Writer, "%s domain=%s worker=%s\n", escapeControls(r.Path), dom, r.Worker)
+			nodeOf := ""
+			if r.Node != nil {
+				nodeOf = " node=" + strconv.Itoa(int(*r.Node))
+			}
+			_, err = fmt.Fprintf(c.App.Writer, "%s domain=%s worker=%s%s\n", escapeControls(r.Path), dom, r.Worker, nodeOf)
 		}
 		if err != nil {
 			return failf("write: %v", err)

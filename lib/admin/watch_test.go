@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
 )
 
 // watchRun runs mtwatch watch in the background and hands its lines out.
@@ -70,7 +71,11 @@ func wantRoute(path string, workers map[domid.ID]bool) string {
 			worker = id.String()
 		}
 	}
-	return path + " domain=" + dom + " worker=" + worker
+	line := path + " domain=" + dom + " worker=" + worker
+	if id, ok := node.FromPath(path); ok {
+		line += " node=" + id.String()
+	}
+	return line
 }
 
 var watchPaths = []string{
@@ -84,6 +89,7 @@ var watchPaths = []string{
 	"/local/domain/3/device/vif/0/state",
 	"/local/domain/0/backend/vbd/7/51712/params",
 	"/local/domain/0/mtwatch/5",
+	"/local/domain/0/mtwatch/5/child", // below a node: not a node event
 	"/local/domain/0/data/x",
 }
 
@@ -136,7 +142,11 @@ func TestWatchRoutingWithAgent(t *testing.T) {
 		if r.Domain != nil {
 			dom = strconv.Itoa(int(*r.Domain))
 		}
-		if got, want := r.Path+" domain="+dom+" worker="+r.Worker, wantRoute(p, workers); got != want || r.Token != "/local/domain" {
+		got := r.Path + " domain=" + dom + " worker=" + r.Worker
+		if r.Node != nil {
+			got += " node=" + strconv.Itoa(int(*r.Node))
+		}
+		if want := wantRoute(p, workers); got != want || r.Token != "/local/domain" {
 			t.Errorf("event %s:\n got %q (token %q)\nwant %q", p, got, r.Token, want)
 		}
 	}

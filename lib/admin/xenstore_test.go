@@ -1,14 +1,17 @@
 package admin
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
@@ -335,5 +338,35 @@ func TestXLReboot(t *testing.T) {
 	}
 	if v, ok := s.read(node.Path(5)); !ok || v != "12345678-1234-4234-8234-123456789abc" {
 		t.Errorf("node of the rebooted domain 5: %q %v, want the old node's uuid", v, ok)
+	}
+}
+
+// TestListWithoutAgentManyDomains: /local/domain larger than one XenStore
+// payload (4096 bytes) is listed whole, names read pipelined.
+func TestListWithoutAgentManyDomains(t *testing.T) {
+	s := newStore(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	xs, err := xenstore.Dial(ctx, xenstore.WithPath(s.in.Socket()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xs.Close()
+	const n = 1200 // "1000".."2199": over 5 KiB of names
+	err = parallel(ctx, n, func(i int) error {
+		id := domid.ID(1000 + i)
+		return xs.Write(ctx, "/local/domain/"+id.String()+"/name", []byte("vm-"+id.String()))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := s.run("list")
+	r.expect(t, ExitOK)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	if len(lines) != 1+1+n { // header, dom0, guests
+		t.Fatalf("%d lines, want %d", len(lines), 2+n)
+	}
+	if !strings.HasPrefix(lines[len(lines)-1], "vm-2199 2199 unknown") {
+		t.Errorf("last line %q", lines[len(lines)-1])
 	}
 }
