@@ -97,6 +97,7 @@ type Agent struct {
 	reconnects     uint64
 	lastErr        string
 	pw             map[string]*pluginWatch // by token
+	closing        bool                    // shutting down: no new XenStore watches
 	tokenSeq       map[string]int          // per plugin
 
 	// mu guards the domain state.
@@ -293,13 +294,29 @@ func (a *Agent) shutdown(ctx context.Context) error {
 	a.notify("STOPPING=1")
 	a.log.Info("mtwatchd stopping")
 	var errs []error
-	for i := len(a.plugins) - 1; i >= 0; i-- {
-		if p := a.plugins[i]; p.running.Load() {
-			if err := p.stop(ctx); err != nil {
-				errs = append(errs, err)
-			}
+
+	// No new events: the agent's own watches end with the session, the
+	// plugins' XenStore watches are removed. The connection stays for the
+	// plugins' Stop.
+	if a.runCancel != nil {
+		a.runCancel()
+	}
+	a.wg.Wait()
+	a.cmu.Lock()
+	a.closing = true
+	var xws []*xenstore.Watch
+	for _, w := range a.pw {
+		if w.xw != nil {
+			xws = append(xws, w.xw)
+			w.xw = nil
 		}
 	}
+	a.cmu.Unlock()
+	for _, xw := range xws {
+		xw.Unwatch(ctx)
+	}
+	a.fwd.Wait()
+
 	// Events already queued run to completion while time allows.
 	for ctx.Err() == nil {
 		st := a.d.Stats()
@@ -315,19 +332,22 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	for i := len(a.plugins) - 1; i >= 0; i-- {
+		if p := a.plugins[i]; p.running.Load() {
+			if err := p.stop(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// Cancels what still runs; with ctx over, discards what is queued.
 	if err := a.d.Stop(ctx); err != nil {
 		errs = append(errs, err)
-	}
-	if a.runCancel != nil {
-		a.runCancel()
 	}
 	a.cmu.Lock()
 	if a.cur != nil {
 		a.cur.Close()
 	}
 	a.cmu.Unlock()
-	a.wg.Wait()
-	a.fwd.Wait()
 	a.reg.Unregister(a.metrics)
 	return errors.Join(errs...)
 }
