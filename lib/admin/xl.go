@@ -122,9 +122,9 @@ type createArgs struct {
 // xl create's options that take a value (getopt "Fnqf:pcdeV", long forms).
 var xlCreateValueOpts = map[string]bool{"-f": true, "--defconfig": true}
 
-func parseCreateArgs(args []string) (createArgs, error) {
-	var a createArgs
-	var vars []string
+// scanCreateArgs finds the config file, a name= variable and -p in xl
+// create's argv, without touching the file system.
+func scanCreateArgs(args []string) (a createArgs, nameVar string, err error) {
 	for i := 0; i < len(args); i++ {
 		s := args[i]
 		switch {
@@ -132,7 +132,7 @@ func parseCreateArgs(args []string) (createArgs, error) {
 			a.paused = true
 		case xlCreateValueOpts[s]:
 			if i+1 >= len(args) {
-				return a, usagef("xl create: %s needs a value", s)
+				return a, "", usagef("xl create: %s needs a value", s)
 			}
 			i++
 			if s == "-f" {
@@ -149,25 +149,31 @@ func parseCreateArgs(args []string) (createArgs, error) {
 			}
 		case strings.HasPrefix(s, "-"):
 		case strings.Contains(s, "="):
-			vars = append(vars, s)
+			if n, ok := strings.CutPrefix(s, "name="); ok {
+				nameVar = strings.Trim(n, `"'`)
+			}
 		case a.cfg == "":
 			a.cfg = s
-		default:
-			vars = append(vars, s)
 		}
 	}
 	if a.cfg == "" {
-		return a, usagef("xl create: no config file given")
+		return a, "", usagef("xl create: no config file given")
+	}
+	return a, nameVar, nil
+}
+
+func parseCreateArgs(args []string) (createArgs, error) {
+	a, nameVar, err := scanCreateArgs(args)
+	if err != nil {
+		return a, err
 	}
 	if b, err := os.ReadFile(a.cfg); err == nil {
 		a.name = cfgName(string(b))
 	} else if errors.Is(err, fs.ErrNotExist) {
 		return a, usagef("xl create: config file %s: no such file", a.cfg)
 	}
-	for _, v := range vars {
-		if n, ok := strings.CutPrefix(v, "name="); ok {
-			a.name = strings.Trim(n, `"'`)
-		}
+	if nameVar != "" {
+		a.name = nameVar
 	}
 	return a, nil
 }
