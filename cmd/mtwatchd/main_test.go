@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,6 +182,7 @@ func socketPath(t *testing.T) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o755) // so that only the socket's own mode keeps others out
 	return filepath.Join(dir, "run", "control.sock")
 }
 
@@ -254,7 +257,13 @@ func TestDaemon(t *testing.T) {
 	sock := socketPath(t)
 	in.Run("xenstore-write", node.Dir+"/3", "") // present before start
 	in.Run("xenstore-chmod", node.Dir+"/3", "n0")
-	d := spawn(t, in, sock, []string{"WATCHDOG_USEC=200000"}, "--auto-detect=false", "--log-level=debug")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := l.Addr().String()
+	l.Close()
+	d := spawn(t, in, sock, []string{"WATCHDOG_USEC=200000"}, "--auto-detect=false", "--log-level=debug", "--metrics-listen", metricsAddr)
 	d.notify.wait(t, "READY=1")
 	cl := control.NewClient(sock)
 	defer cl.Close()
@@ -274,11 +283,41 @@ func TestDaemon(t *testing.T) {
 	if di, err := os.Stat(filepath.Dir(sock)); err != nil || di.Mode().Perm() != 0o755 {
 		t.Fatalf("control socket dir %v %v", di.Mode(), err)
 	}
+	// curl --unix-socket works for root; another uid is kept out.
+	curl := func(cred *syscall.Credential) string {
+		cmd := exec.Command("curl", "-sS", "--unix-socket", sock, "-w", " %{http_code}", "http://localhost/v1/domains/3")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+		out, err := cmd.CombinedOutput()
+		if errors.Is(err, exec.ErrNotFound) {
+			t.Fatal("curl is needed (Debian package curl, make deps)")
+		}
+		return string(out)
+	}
+	if out := curl(nil); !strings.HasSuffix(out, " 200") || !strings.Contains(strings.ReplaceAll(out, " ", ""), `"worker":"live"`) {
+		t.Fatalf("curl --unix-socket: %s", out)
+	}
+	if os.Geteuid() == 0 {
+		if out := curl(&syscall.Credential{Uid: 65534, Gid: 65534}); strings.Contains(out, "200") {
+			t.Fatalf("uid 65534 got an answer: %s", out)
+		}
+	}
 	st, err := cl.Status(context.Background())
 	if err != nil || st.Mode != control.ModeMultiWorker || st.Xenstore.State != "connected" || st.PID != d.cmd.Process.Pid {
 		t.Fatalf("status %+v %v", st, err)
 	}
 	d.notify.wait(t, "WATCHDOG=1")
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "mtwatch_workers 1") || !strings.Contains(string(body), "mtwatch_xenstore_connected 1") {
+		t.Fatalf("--metrics-listen /metrics:\n%s", body)
+	}
+	if m, err := cl.Metrics(context.Background()); err != nil || !strings.Contains(m, "mtwatch_workers 1") {
+		t.Fatalf("control /metrics: %v", err)
+	}
 
 	start := time.Now()
 	d.cmd.Process.Signal(syscall.SIGTERM)
@@ -445,6 +484,80 @@ func TestDaemonReload(t *testing.T) {
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if code := d.exitCode(15 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
+	}
+}
+
+// TestDaemonBadInput: entries that are not trusted nodes of canonical guest
+// domids are logged once and change nothing.
+func TestDaemonBadInput(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	sock := socketPath(t)
+	d := spawn(t, in, sock, nil, "--auto-detect=false")
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	hook(t, in, "create", "5")
+	waitWorkers(t, cl, 5)
+	junk := strings.Repeat("j", 4000)
+	for _, name := range []string{"abc", "0", "32752", "0x10"} {
+		in.Run("xenstore-write", node.Dir+"/"+name, "")
+		in.Run("xenstore-write", node.Dir+"/"+name, "again")
+	}
+	in.Run("xenstore-write", node.Dir+"/5", junk)
+	in.Run("xenstore-write", node.Dir+"/6", junk)
+	hook(t, in, "create", "9") // a good node after the bad ones
+	waitWorkers(t, cl, 5, 9)
+	dom, err := cl.Domain(context.Background(), 5)
+	if err != nil || dom.UUID != "" || dom.Worker != control.WorkerLive {
+		t.Fatalf("domain 5 changed: %+v %v", dom, err)
+	}
+	if _, err := cl.Domain(context.Background(), 6); err == nil {
+		t.Fatal("a node with a junk value made domain 6 known")
+	}
+	logs := d.stderr.String()
+	for _, name := range []string{"abc", "0", "32752", "0x10", "5", "6"} {
+		if n := strings.Count(logs, "path="+node.Dir+"/"+name+" "); n != 1 {
+			t.Errorf("%s logged %d times, want once", name, n)
+		}
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// TestDaemonPrecedence: flags and environment override the file, which
+// overrides the defaults.
+func TestDaemonPrecedence(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	cfgPath := filepath.Join(t.TempDir(), "mtwatchd.toml")
+	os.WriteFile(cfgPath, []byte("[agent]\nauto_detect = false\nsingle_worker = false\nstall_threshold = \"7s\"\n"), 0o644)
+	sock := socketPath(t)
+	d := spawn(t, in, sock, []string{"MTWATCH_SINGLE_WORKER=true"}, "--config", cfgPath)
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	st, err := cl.Status(context.Background())
+	if err != nil || st.Mode != control.ModeSingleWorker || st.AutoDetect || st.StallThresholdMS != 7000 {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	// Single-worker: a node makes the domain known but no worker.
+	hook(t, in, "create", "4")
+	waitFor(t, "domain 4", func() bool {
+		dom, err := cl.Domain(context.Background(), 4)
+		return err == nil && dom.Node && dom.Worker == control.WorkerNone
+	})
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.exitCode(15 * time.Second)
+
+	d2 := spawn(t, in, socketPath(t), nil, "--config", cfgPath, "--auto-detect")
+	d2.notify.wait(t, "READY=1")
+	cl2 := control.NewClient(d2.sock)
+	defer cl2.Close()
+	if st, err := cl2.Status(context.Background()); err != nil || !st.AutoDetect || st.Mode != control.ModeMultiWorker {
+		t.Fatalf("status %+v %v", st, err)
 	}
 }
 
