@@ -110,10 +110,19 @@ MTWATCH_XL (xl --xl).`,
 		},
 		// Unknown commands and stray arguments are usage errors, not help.
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("unknown command %q (see mtwatch --help)", c.Args().First())
+			args := c.Args().Slice()
+			switch {
+			case len(args) == 0:
+				return cli.ShowAppHelp(c)
+			case args[0] == "help" && len(args) == 1:
+				return cli.ShowAppHelp(c)
+			case args[0] == "help":
+				if c.App.Command(args[1]) == nil {
+					return usagef("help: unknown command %q", args[1])
+				}
+				return cli.ShowCommandHelp(c, args[1])
 			}
-			return cli.ShowAppHelp(c)
+			return usagef("unknown command %q (see mtwatch --help)", args[0])
 		},
 		OnUsageError: onUsageError,
 		// Run reports errors and picks the exit code; urfave/cli must not

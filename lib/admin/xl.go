@@ -45,6 +45,14 @@ func xlCommand() *cli.Command {
 		Flags: append(xlFlags,
 			&cli.BoolFlag{Name: "strict", Usage: "create: destroy the paused domain if its node cannot be written"}),
 		OnUsageError: onUsageError,
+		// Without a subcommand: help; with an unknown one: a usage error
+		// (urfave/cli's own answer would exit 3, "agent not running").
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return cli.ShowSubcommandHelp(c)
+			}
+			return usagef("xl: unknown subcommand %q (create, shutdown, destroy, reboot)", c.Args().First())
+		},
 		Subcommands: []*cli.Command{
 			xlSub("create", "<cfg> [xl create args]", runXLCreate),
 			xlSub("shutdown", "<domain> [xl shutdown args]", runXLStop),
