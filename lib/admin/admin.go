@@ -50,6 +50,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if errors.As(err, &ec) {
 		code = ec.ExitCode()
 	}
+	// urfave/cli answers some usage errors ("No help topic") with 3 of its
+	// own; 3 means the agent is not running, and only agentDown says so.
+	if code == ExitAgentNotRunning && !errors.As(err, new(agentDown)) {
+		code = ExitUsage
+	}
 	if msg := strings.TrimSpace(err.Error()); msg != "" {
 		// One line: the first line says what failed.
 		msg, _, _ = strings.Cut(msg, "\n")
@@ -156,10 +161,17 @@ func fail(err error) error {
 		return err
 	}
 	if errors.Is(err, control.ErrAgentNotRunning) {
-		return cli.Exit(err.Error(), ExitAgentNotRunning)
+		return agentDown{err.Error()}
 	}
 	return cli.Exit(err.Error(), ExitFailure)
 }
+
+// agentDown is the error of a command that needs the agent when it is not
+// running: exit code ExitAgentNotRunning.
+type agentDown struct{ msg string }
+
+func (e agentDown) Error() string { return e.msg }
+func (e agentDown) ExitCode() int { return ExitAgentNotRunning }
 
 // globals are the global flags.
 type globals struct {
@@ -206,7 +218,7 @@ func (g globals) client() *control.Client { return control.NewClient(g.control) 
 // agentErr turns a control client error into the command's error.
 func agentErr(err error) error {
 	if errors.Is(err, control.ErrAgentNotRunning) {
-		return cli.Exit(fmt.Sprintf("%v: start mtwatchd (systemctl start mtwatchd)", err), ExitAgentNotRunning)
+		return agentDown{fmt.Sprintf("%v: start mtwatchd (systemctl start mtwatchd)", err)}
 	}
 	return failf("agent: %v", err)
 }

@@ -241,6 +241,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"frob"}, `unknown command "frob"`},
 		{[]string{"help", "frob"}, `help: unknown command "frob"`},
 		{[]string{"xl", "frob"}, `xl: unknown subcommand "frob"`},
+		{[]string{"xl", "help", "frob"}, `xl: unknown subcommand "help"`},
 		{[]string{"xl", "create"}, "xl create: no config file given"},
 		{[]string{"xl", "destroy"}, "xl destroy: no <domain> given"},
 		{[]string{"list", "--bogus"}, "flag provided but not defined: -bogus"},

@@ -45,6 +45,10 @@ func xlCommand() *cli.Command {
 		Flags: append(xlFlags,
 			&cli.BoolFlag{Name: "strict", Usage: "create: destroy the paused domain if its node cannot be written"}),
 		OnUsageError: onUsageError,
+		// No "help" subcommand (--help works): urfave/cli's shared help
+		// command then never becomes a child of itself, which made the
+		// fish completion recurse forever.
+		HideHelpCommand: true,
 		// Without a subcommand: help; with an unknown one: a usage error
 		// (urfave/cli's own answer would exit 3, "agent not running").
 		Action: func(c *cli.Context) error {
