@@ -173,7 +173,8 @@ func pluginsWatching(st control.Status) bool {
 }
 
 // waitDomains waits until the agent lists exactly the guests want with
-// their worker states.
+// their worker states (and, for the harness's guests, below 10, their
+// names).
 func (h *host) waitDomains(want map[uint16]string) {
 	h.t.Helper()
 	var got map[uint16]string
@@ -184,8 +185,14 @@ func (h *host) waitDomains(want map[uint16]string) {
 		}
 		got = map[uint16]string{}
 		for _, d := range doms {
-			if d.Domid != 0 {
-				got[d.Domid] = d.Worker
+			if d.Domid == 0 {
+				continue
+			}
+			got[d.Domid] = d.Worker
+			// The agent reads names in the background: a guest the
+			// harness named is complete once its name shows.
+			if d.Name == "" && d.Domid < 10 {
+				got[d.Domid] += " (no name yet)"
 			}
 		}
 		if fmt.Sprint(got) == fmt.Sprint(want) {

@@ -50,6 +50,11 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	if errors.As(err, &ec) {
 		code = ec.ExitCode()
 	}
+	// urfave/cli answers some usage errors ("No help topic") with 3 of its
+	// own; 3 means the agent is not running, and only agentDown says so.
+	if code == ExitAgentNotRunning && !errors.As(err, new(agentDown)) {
+		code = ExitUsage
+	}
 	if msg := strings.TrimSpace(err.Error()); msg != "" {
 		// One line: the first line says what failed.
 		msg, _, _ = strings.Cut(msg, "\n")
@@ -110,10 +115,19 @@ MTWATCH_XL (xl --xl).`,
 		},
 		// Unknown commands and stray arguments are usage errors, not help.
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("unknown command %q (see mtwatch --help)", c.Args().First())
+			args := c.Args().Slice()
+			switch {
+			case len(args) == 0:
+				return cli.ShowAppHelp(c)
+			case args[0] == "help" && len(args) == 1:
+				return cli.ShowAppHelp(c)
+			case args[0] == "help":
+				if c.App.Command(args[1]) == nil {
+					return usagef("help: unknown command %q", args[1])
+				}
+				return cli.ShowCommandHelp(c, args[1])
 			}
-			return cli.ShowAppHelp(c)
+			return usagef("unknown command %q (see mtwatch --help)", args[0])
 		},
 		OnUsageError: onUsageError,
 		// Run reports errors and picks the exit code; urfave/cli must not
@@ -147,10 +161,17 @@ func fail(err error) error {
 		return err
 	}
 	if errors.Is(err, control.ErrAgentNotRunning) {
-		return cli.Exit(err.Error(), ExitAgentNotRunning)
+		return agentDown{err.Error()}
 	}
 	return cli.Exit(err.Error(), ExitFailure)
 }
+
+// agentDown is the error of a command that needs the agent when it is not
+// running: exit code ExitAgentNotRunning.
+type agentDown struct{ msg string }
+
+func (e agentDown) Error() string { return e.msg }
+func (e agentDown) ExitCode() int { return ExitAgentNotRunning }
 
 // globals are the global flags.
 type globals struct {
@@ -197,7 +218,7 @@ func (g globals) client() *control.Client { return control.NewClient(g.control) 
 // agentErr turns a control client error into the command's error.
 func agentErr(err error) error {
 	if errors.Is(err, control.ErrAgentNotRunning) {
-		return cli.Exit(fmt.Sprintf("%v: start mtwatchd (systemctl start mtwatchd)", err), ExitAgentNotRunning)
+		return agentDown{fmt.Sprintf("%v: start mtwatchd (systemctl start mtwatchd)", err)}
 	}
 	return failf("agent: %v", err)
 }

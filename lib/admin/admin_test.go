@@ -239,6 +239,11 @@ func TestUsageErrors(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"frob"}, `unknown command "frob"`},
+		{[]string{"help", "frob"}, `help: unknown command "frob"`},
+		{[]string{"xl", "frob"}, `xl: unknown subcommand "frob"`},
+		{[]string{"xl", "help", "frob"}, `xl: unknown subcommand "help"`},
+		{[]string{"xl", "create"}, "xl create: no config file given"},
+		{[]string{"xl", "destroy"}, "xl destroy: no <domain> given"},
 		{[]string{"list", "--bogus"}, "flag provided but not defined: -bogus"},
 		{[]string{"list", "5", "--json"}, "flag --json must come before the arguments"},
 		{[]string{"status", "x"}, "status takes no arguments"},
@@ -270,4 +275,10 @@ func TestHelpAndVersion(t *testing.T) {
 	run(t).expect(t, ExitOK)
 	run(t, "--version").expect(t, ExitOK)
 	run(t, "xl", "create", "--help").expect(t, ExitOK)
+	run(t, "xl").expect(t, ExitOK)
+	r = run(t, "help", "list")
+	r.expect(t, ExitOK)
+	if !strings.Contains(r.stdout, "mtwatch list") {
+		t.Errorf("help list: %q", r.stdout)
+	}
 }

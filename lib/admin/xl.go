@@ -45,6 +45,18 @@ func xlCommand() *cli.Command {
 		Flags: append(xlFlags,
 			&cli.BoolFlag{Name: "strict", Usage: "create: destroy the paused domain if its node cannot be written"}),
 		OnUsageError: onUsageError,
+		// No "help" subcommand (--help works): urfave/cli's shared help
+		// command then never becomes a child of itself, which made the
+		// fish completion recurse forever.
+		HideHelpCommand: true,
+		// Without a subcommand: help; with an unknown one: a usage error
+		// (urfave/cli's own answer would exit 3, "agent not running").
+		Action: func(c *cli.Context) error {
+			if c.NArg() == 0 {
+				return cli.ShowSubcommandHelp(c)
+			}
+			return usagef("xl: unknown subcommand %q (create, shutdown, destroy, reboot)", c.Args().First())
+		},
 		Subcommands: []*cli.Command{
 			xlSub("create", "<cfg> [xl create args]", runXLCreate),
 			xlSub("shutdown", "<domain> [xl shutdown args]", runXLStop),
@@ -122,9 +134,9 @@ type createArgs struct {
 // xl create's options that take a value (getopt "Fnqf:pcdeV", long forms).
 var xlCreateValueOpts = map[string]bool{"-f": true, "--defconfig": true}
 
-func parseCreateArgs(args []string) (createArgs, error) {
-	var a createArgs
-	var vars []string
+// scanCreateArgs finds the config file, a name= variable and -p in xl
+// create's argv, without touching the file system.
+func scanCreateArgs(args []string) (a createArgs, nameVar string, err error) {
 	for i := 0; i < len(args); i++ {
 		s := args[i]
 		switch {
@@ -132,7 +144,7 @@ func parseCreateArgs(args []string) (createArgs, error) {
 			a.paused = true
 		case xlCreateValueOpts[s]:
 			if i+1 >= len(args) {
-				return a, usagef("xl create: %s needs a value", s)
+				return a, "", usagef("xl create: %s needs a value", s)
 			}
 			i++
 			if s == "-f" {
@@ -149,25 +161,31 @@ func parseCreateArgs(args []string) (createArgs, error) {
 			}
 		case strings.HasPrefix(s, "-"):
 		case strings.Contains(s, "="):
-			vars = append(vars, s)
+			if n, ok := strings.CutPrefix(s, "name="); ok {
+				nameVar = strings.Trim(n, `"'`)
+			}
 		case a.cfg == "":
 			a.cfg = s
-		default:
-			vars = append(vars, s)
 		}
 	}
 	if a.cfg == "" {
-		return a, usagef("xl create: no config file given")
+		return a, "", usagef("xl create: no config file given")
+	}
+	return a, nameVar, nil
+}
+
+func parseCreateArgs(args []string) (createArgs, error) {
+	a, nameVar, err := scanCreateArgs(args)
+	if err != nil {
+		return a, err
 	}
 	if b, err := os.ReadFile(a.cfg); err == nil {
 		a.name = cfgName(string(b))
 	} else if errors.Is(err, fs.ErrNotExist) {
 		return a, usagef("xl create: config file %s: no such file", a.cfg)
 	}
-	for _, v := range vars {
-		if n, ok := strings.CutPrefix(v, "name="); ok {
-			a.name = strings.Trim(n, `"'`)
-		}
+	if nameVar != "" {
+		a.name = nameVar
 	}
 	return a, nil
 }

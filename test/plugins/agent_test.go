@@ -183,7 +183,8 @@ func (a *agent) exit() int {
 }
 
 // domain creates guest id with its mtwatch node, as the toolstack and its
-// hooks do, and waits for the agent to give it a worker.
+// hooks do, and waits for the agent to give it a worker (or, with a single
+// worker, to know its node).
 func (a *agent) domain(id domid.ID) {
 	a.t.Helper()
 	a.in.CreateDomain(id)
@@ -192,9 +193,10 @@ func (a *agent) domain(id domid.ID) {
 	if err := node.Create(ctx, a.c, id, ""); err != nil {
 		a.t.Fatal(err)
 	}
+	single := a.status().Mode == control.ModeSingleWorker
 	a.wait(20*time.Second, fmt.Sprintf("worker of domain %d", id), func() bool {
 		d, err := a.ctl.Domain(ctx, uint16(id))
-		return err == nil && d.Worker == control.WorkerLive
+		return err == nil && d.Node && (single || d.Worker == control.WorkerLive)
 	})
 }
 
