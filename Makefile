@@ -18,8 +18,9 @@ DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
 # (pyxs) to cross-check against, gcc for the xenemu preload library, curl
-# for the control API test over --unix-socket.
-DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl
+# for the control API test over --unix-socket, systemd for
+# systemd-analyze verify of the units.
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd
 XENSTORED    := /usr/lib/xen-4.17/bin/xenstored
 
 # Only binaries whose main package exists are built: nothing pretends to work.
@@ -107,16 +108,23 @@ install: build
 	fi
 	@if [ -d hooks ]; then $(MAKE) --no-print-directory install-hooks; fi
 
-# Hook scripts: hooks/<toolstack-hook-dir>/<script>, installed under
-# $(SYSCONFDIR) with the path of mtwatch-hook substituted.
+# Hook scripts, installed under $(SYSCONFDIR) with the path of mtwatch-hook
+# substituted: libvirt's libxl hook, and the one XAPI script, installed into
+# the directory of every XAPI hook that mtwatch-hook acts on (the script
+# names the hook by its directory).
+XAPI_HOOKS := vm-pre-resume vm-post-resume vm-pre-migrate vm-post-migrate \
+	vm-pre-shutdown vm-pre-reboot vm-pre-suspend vm-post-destroy
 .PHONY: install-hooks
 install-hooks:
-	@cd hooks && find . -type f ! -name '*.md' | sed 's,^\./,,' | while read -r f; do \
-		d=$(DESTDIR)$(SYSCONFDIR)/$$(dirname "$$f"); \
-		install -d "$$d"; \
-		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$f" > "$$d/$$(basename "$$f")"; \
-		chmod 0755 "$$d/$$(basename "$$f")"; \
-		echo "installed $$d/$$(basename "$$f")"; \
+	@script() { \
+		install -d "$$(dirname "$$2")"; \
+		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$1" > "$$2"; \
+		chmod 0755 "$$2"; \
+		echo "installed $$2"; \
+	}; \
+	script hooks/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch; \
+	for h in $(XAPI_HOOKS); do \
+		script hooks/xapi.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch; \
 	done
 
 clean:

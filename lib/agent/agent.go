@@ -97,16 +97,21 @@ type Agent struct {
 	reconnects     uint64
 	lastErr        string
 	pw             map[string]*pluginWatch // by token
+	closing        bool                    // shutting down: no new XenStore watches
 	tokenSeq       map[string]int          // per plugin
 
 	// mu guards the domain state.
 	mu      sync.Mutex
 	doms    map[domid.ID]*domState
 	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
+	nameq   chan domid.ID     // domains whose name to read
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
-	wg        sync.WaitGroup // the supervisor, watchdog and status goroutines
+	wg        sync.WaitGroup // the supervisor
+	bgCtx     context.Context
+	bgCancel  context.CancelFunc
+	bg        sync.WaitGroup // the watchdog and status goroutines
 	fwd       sync.WaitGroup // watch forwarders
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -120,6 +125,7 @@ type domState struct {
 	introduced bool
 	name       string
 	nameRead   bool
+	nameQueued bool
 	absent     time.Time // when a node was first seen without introduction
 	stale      bool
 	worker     bool // CreateDomain done and not undone
@@ -154,6 +160,7 @@ func New(opts Options) (*Agent, error) {
 		tokenSeq: map[string]int{},
 		doms:     map[domid.ID]*domState{},
 		ignored:  map[string]string{},
+		nameq:    make(chan domid.ID, domid.FirstReserved),
 	}
 	if a.notify == nil {
 		a.notify = func(string) {}
@@ -214,10 +221,17 @@ func (a *Agent) Start(ctx context.Context) error {
 
 func (a *Agent) start(ctx context.Context) error {
 	a.runCtx, a.runCancel = context.WithCancel(context.Background())
+	a.wg.Add(1)
+	go a.nameReader()
 	a.notify("STATUS=connecting to xenstored")
+	fail := func(err error) error {
+		a.runCancel()
+		a.wg.Wait()
+		return err
+	}
 	c, err := a.dialLoop(ctx)
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	removed, err := node.Repair(ctx, c)
 	for _, p := range removed {
@@ -225,12 +239,12 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	if err != nil {
 		c.Close()
-		return fmt.Errorf("agent: %w", err)
+		return fail(fmt.Errorf("agent: %w", err))
 	}
 	sess, err := a.connect(ctx, c, false)
 	if err != nil {
 		c.Close()
-		return err
+		return fail(err)
 	}
 	for i, p := range a.plugins {
 		if !p.enabled {
@@ -244,19 +258,20 @@ func (a *Agent) start(ctx context.Context) error {
 			}
 			sess.close()
 			c.Close()
-			return fmt.Errorf("agent: start plugin %s: %w", p.name, err)
+			return fail(fmt.Errorf("agent: start plugin %s: %w", p.name, err))
 		}
 		p.running.Store(true)
 	}
 	a.wg.Add(1)
 	go a.supervise(sess)
-	a.notify("READY=1\n" + a.statusLine())
+	a.notify("READY=1\nSTATUS=" + a.statusLine())
 	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode())
+	a.bgCtx, a.bgCancel = context.WithCancel(a.runCtx)
 	if a.opts.WatchdogInterval > 0 {
-		a.wg.Add(1)
+		a.bg.Add(1)
 		go a.watchdog(a.opts.WatchdogInterval)
 	}
-	a.wg.Add(1)
+	a.bg.Add(1)
 	go a.statusLoop()
 	return nil
 }
@@ -271,16 +286,37 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 }
 
 func (a *Agent) shutdown(ctx context.Context) error {
+	// No watchdog ping or status after STOPPING=1.
+	if a.bgCancel != nil {
+		a.bgCancel()
+	}
+	a.bg.Wait()
 	a.notify("STOPPING=1")
 	a.log.Info("mtwatchd stopping")
 	var errs []error
-	for i := len(a.plugins) - 1; i >= 0; i-- {
-		if p := a.plugins[i]; p.running.Load() {
-			if err := p.stop(ctx); err != nil {
-				errs = append(errs, err)
-			}
+
+	// No new events: the agent's own watches end with the session, the
+	// plugins' XenStore watches are removed. The connection stays for the
+	// plugins' Stop.
+	if a.runCancel != nil {
+		a.runCancel()
+	}
+	a.wg.Wait()
+	a.cmu.Lock()
+	a.closing = true
+	var xws []*xenstore.Watch
+	for _, w := range a.pw {
+		if w.xw != nil {
+			xws = append(xws, w.xw)
+			w.xw = nil
 		}
 	}
+	a.cmu.Unlock()
+	for _, xw := range xws {
+		xw.Unwatch(ctx)
+	}
+	a.fwd.Wait()
+
 	// Events already queued run to completion while time allows.
 	for ctx.Err() == nil {
 		st := a.d.Stats()
@@ -296,19 +332,22 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	for i := len(a.plugins) - 1; i >= 0; i-- {
+		if p := a.plugins[i]; p.running.Load() {
+			if err := p.stop(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// Cancels what still runs; with ctx over, discards what is queued.
 	if err := a.d.Stop(ctx); err != nil {
 		errs = append(errs, err)
-	}
-	if a.runCancel != nil {
-		a.runCancel()
 	}
 	a.cmu.Lock()
 	if a.cur != nil {
 		a.cur.Close()
 	}
 	a.cmu.Unlock()
-	a.wg.Wait()
-	a.fwd.Wait()
 	a.reg.Unregister(a.metrics)
 	return errors.Join(errs...)
 }

@@ -2,9 +2,11 @@ package agent_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +65,13 @@ stall_threshold = "50ms"
 			t.Fatalf("stalls %+v", st)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+	// The same through the control API's handler, as mtwatch stalls sees it.
+	rw := httptest.NewRecorder()
+	control.NewHandler(h.a, nil).ServeHTTP(rw, httptest.NewRequest("GET", "/v1/stalls", nil))
+	var stalls []control.Stall
+	if err := json.NewDecoder(rw.Body).Decode(&stalls); err != nil || rw.Code != 200 || len(stalls) != 1 || stalls[0].Domid != 5 {
+		t.Fatalf("GET /v1/stalls: %d %+v %v", rw.Code, stalls, err)
 	}
 	if d, _ := h.a.Domain(5); d.Current == nil || !d.Current.Stalled {
 		t.Fatalf("domain 5 %+v", d)

@@ -321,25 +321,65 @@ func (a *Agent) setIntroduced(ctx context.Context, c *xenstore.Client, ids map[d
 	return nil
 }
 
-// readNames caches /local/domain/<id>/name: the control API answers from
-// memory, never from XenStore.
-func (a *Agent) readNames(ctx context.Context, c *xenstore.Client, ids []domid.ID) {
-	names := make([]string, len(ids))
-	read := make([]bool, len(ids))
-	forEach(ctx, len(ids), func(i int) error {
-		v, err := c.Read(ctx, "/local/domain/"+ids[i].String()+"/name")
-		if err == nil || errors.Is(err, fs.ErrNotExist) {
-			names[i], read[i] = string(v), true
-		}
-		return nil
-	})
+// readNames queues ids for the name reader: the control API answers from
+// memory, never from XenStore, and names are not worth delaying a worker
+// for. Each id is queued at most once (nameQueued), and the queue holds
+// every possible domid, so it never blocks.
+func (a *Agent) readNames(_ context.Context, _ *xenstore.Client, ids []domid.ID) {
 	a.mu.Lock()
-	for i, id := range ids {
-		if st := a.doms[id]; st != nil && read[i] {
-			st.name, st.nameRead = names[i], true
+	defer a.mu.Unlock()
+	for _, id := range ids {
+		if st := a.doms[id]; st != nil && !st.nameRead && !st.nameQueued {
+			st.nameQueued = true
+			a.nameq <- id
 		}
 	}
-	a.mu.Unlock()
+}
+
+// nameReader caches /local/domain/<id>/name for the domains queued, many
+// reads in flight at once.
+func (a *Agent) nameReader() {
+	defer a.wg.Done()
+	batch := make([]domid.ID, 0, inflight*4)
+	for {
+		batch = batch[:0]
+		select {
+		case <-a.runCtx.Done():
+			return
+		case id := <-a.nameq:
+			batch = append(batch, id)
+		}
+	more:
+		for len(batch) < cap(batch) {
+			select {
+			case id := <-a.nameq:
+				batch = append(batch, id)
+			default:
+				break more
+			}
+		}
+		names := make([]string, len(batch))
+		read := make([]bool, len(batch))
+		if c := a.client(); c != nil {
+			forEach(a.runCtx, len(batch), func(i int) error {
+				v, err := c.Read(a.runCtx, "/local/domain/"+batch[i].String()+"/name")
+				if err == nil || errors.Is(err, fs.ErrNotExist) {
+					names[i], read[i] = string(v), true
+				}
+				return nil
+			})
+		}
+		a.mu.Lock()
+		for i, id := range batch {
+			if st := a.doms[id]; st != nil {
+				st.nameQueued = false // a failed read is retried at the next reconcile
+				if read[i] {
+					st.name, st.nameRead = names[i], true
+				}
+			}
+		}
+		a.mu.Unlock()
+	}
 }
 
 // staleTick is how often stale nodes are looked for.

@@ -125,6 +125,8 @@ type harness struct {
 	a    *agent.Agent
 	logs *syncBuffer
 	ctx  context.Context
+	// shutDown: the test called Shutdown itself and checked its result.
+	shutDown bool
 }
 
 // start runs an agent in-process against a private xenstored.
@@ -168,17 +170,18 @@ func start(t *testing.T, in *xenstoredtest.Instance, cfgText string, mutate func
 	if err := a.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
+	h := &harness{t: t, in: in, c: c, a: a, logs: logs, ctx: ctx}
 	t.Cleanup(func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := a.Shutdown(sctx); err != nil {
+		if err := a.Shutdown(sctx); err != nil && !h.shutDown {
 			t.Errorf("shutdown: %v", err)
 		}
 		if t.Failed() {
 			t.Logf("agent log:\n%s", logs.String())
 		}
 	})
-	return &harness{t: t, in: in, c: c, a: a, logs: logs, ctx: ctx}
+	return h
 }
 
 // waitDomain waits until domain id's entry satisfies ok.

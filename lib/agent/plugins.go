@@ -175,7 +175,7 @@ func (a *Agent) registerXS(ctx context.Context, c *xenstore.Client, w *pluginWat
 		return err
 	}
 	a.cmu.Lock()
-	if w.removed || a.cur != c {
+	if w.removed || a.closing || a.cur != c {
 		a.cmu.Unlock()
 		xw.Unwatch(context.Background())
 		return nil

@@ -56,6 +56,11 @@ type Config struct {
 
 // Dispatcher routes watch events to domain workers. Its methods are safe for
 // concurrent use.
+//
+// Locking: wmu guards watches; mu guards everything else that changes,
+// including the mutable state of domains, workers, items and Registrations.
+// Register holds mu, then wmu; nothing else holds both. Helpers whose name
+// ends in Locked must be called with mu held.
 type Dispatcher struct {
 	log      *slog.Logger
 	capacity int
@@ -82,7 +87,7 @@ type Dispatcher struct {
 	drained    chan struct{} // closed once stopping and nothing left
 	monitorEnd chan struct{} // closed by Stop to end the stall monitor
 	totals     Counters
-	workers    int // domain workers, live or draining
+	workers    int // domain worker generations, live or draining
 
 	itemPool sync.Pool
 }
@@ -138,76 +143,82 @@ func (d *Dispatcher) Dispatch(path, token string) error {
 	d.wmu.RLock()
 	w := d.watches[token]
 	d.wmu.RUnlock()
-	if w == nil {
-		d.mu.Lock()
-		d.totals.Unmatched++
-		d.mu.Unlock()
-		return fmt.Errorf("dispatch: event %q: %w %q", path, ErrUnknownWatch, token)
-	}
-	// Find the domain before taking the lock: DomainOf is caller code.
-	id := w.owner
-	if id == domid.Dom0 {
-		var ok bool
-		if id, ok = w.domainOf(path); !ok || !id.IsGuest() {
-			id = domid.Dom0
-		}
+	var id domid.ID
+	if w != nil {
+		id = w.domainFor(path) // caller code: before taking the lock
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.stopping {
-		return fmt.Errorf("dispatch: event %q: %w", path, ErrStopped)
+	if w != nil && d.stopping {
+		return fmt.Errorf("dispatch: event %q: %w", path, ErrStopped) // I8
 	}
-	if w.removed {
+	if w == nil || w.removed {
 		d.totals.Unmatched++
 		return fmt.Errorf("dispatch: event %q: %w %q", path, ErrUnknownWatch, token)
 	}
+	d.enqueueLocked(w, d.domainLocked(id), path)
+	return nil
+}
+
+// domainLocked returns the record of domain id, creating it if needed;
+// d.dom0 for dom0.
+func (d *Dispatcher) domainLocked(id domid.ID) *domain {
+	if id == domid.Dom0 {
+		return d.dom0
+	}
+	dom := d.doms[id]
+	if dom == nil {
+		dom = &domain{id: id}
+		d.doms[id] = dom
+	}
+	return dom
+}
+
+// enqueueLocked queues an event of w for dom unless the watch's filter
+// refuses it, a pending event absorbs it, or dom's queue is full (I5, I6).
+func (d *Dispatcher) enqueueLocked(w *Registration, dom *domain, path string) {
 	d.totals.Dispatched++
 	w.dispatched++
-	dom := d.dom0
-	if id != domid.Dom0 {
-		dom = d.doms[id]
-		if dom == nil {
-			dom = &domain{id: id}
-			d.doms[id] = dom
-		}
-	}
 	dom.dispatched++
-
-	if w.filter != nil && !w.filter(path, int(d.pend[pendKey{dom: dom, w: w, perWatch: true}])) {
+	if w.filter != nil && !w.filter(path, int(d.pend[w.watchKey(dom)])) {
 		d.totals.Filtered++
 		dom.filtered++
 		w.filtered++
-		d.maybeFree(dom)
-		return nil
+		d.maybeFreeLocked(dom)
+		return
 	}
 	key := w.key(dom, path)
 	if d.pend[key] > 0 {
 		d.totals.Coalesced++
 		dom.coalesced++
 		w.coalesced++
-		return nil
+		return
 	}
 	if dom.queued >= d.capacity {
-		d.overflow(dom, w)
-		return nil
+		d.overflowLocked(dom, w)
+		return
 	}
-	it := d.itemPool.Get().(*item)
-	*it = item{w: w, dom: dom, path: path, enq: d.now()}
 	d.pend[key]++
 	if w.countPerWatch && !key.perWatch {
-		d.pend[pendKey{dom: dom, w: w, perWatch: true}]++
+		d.pend[w.watchKey(dom)]++
 	}
 	d.pendPeak = max(d.pendPeak, len(d.pend))
 	dom.queued++
-	d.route(it)
-	return nil
+	d.routeLocked(d.newItem(item{w: w, dom: dom, path: path}))
 }
 
-// overflow drops an event of w for dom, counting it in the watch's pending
-// overflow notice for dom or queueing a new notice. Notices are bounded by
-// one per watch and domain, so they may exceed the capacity.
-func (d *Dispatcher) overflow(dom *domain, w *Registration) {
+func (d *Dispatcher) newItem(v item) *item {
+	it := d.itemPool.Get().(*item)
+	*it = v
+	it.enq = d.now()
+	return it
+}
+
+// overflowLocked drops an event of w for dom, counting it in the watch's
+// pending overflow notice for dom or queueing a new notice. Notices are
+// bounded by one per watch and domain, so they may exceed the capacity (I6).
+func (d *Dispatcher) overflowLocked(dom *domain, w *Registration) {
 	d.totals.Dropped++
 	dom.dropped++
 	w.dropped++
@@ -218,56 +229,56 @@ func (d *Dispatcher) overflow(dom *domain, w *Registration) {
 		}
 	}
 	d.totals.Overflows++
-	it := d.itemPool.Get().(*item)
-	*it = item{w: w, dom: dom, path: w.path, enq: d.now(), dropped: 1}
+	it := d.newItem(item{w: w, dom: dom, path: w.path, dropped: 1})
 	dom.notices = append(dom.notices, it)
-	d.route(it)
+	d.routeLocked(it)
 }
 
-// route appends a new item to the queue that must run it next in its
-// domain's order.
-func (d *Dispatcher) route(it *item) {
+// routeLocked appends a new item to the worker that must run it next in its
+// domain's order (I1, I3).
+func (d *Dispatcher) routeLocked(it *item) {
 	dom := it.dom
 	dom.items++
 	d.items++
 	switch {
 	case dom == d.dom0 || d.single:
-		d.toDefault(it)
+		d.toDefaultLocked(it)
 	case dom.live != nil:
 		dom.live.list.push(it)
-		d.kick(dom.live)
+		d.kickLocked(dom.live)
 	case dom.tail != nil:
 		// The domain went down but its last worker still drains: hold the
 		// event until then, so it cannot overtake the drained ones.
 		dom.tail.after.push(it)
 	default:
-		d.toDefault(it)
+		d.toDefaultLocked(it)
 	}
 }
 
-func (d *Dispatcher) toDefault(it *item) {
+func (d *Dispatcher) toDefaultLocked(it *item) {
 	if it.dom != d.dom0 {
 		it.dom.onDefault++
 		it.onDefault = true
 	}
 	d.def.list.push(it)
-	d.kick(d.def)
+	d.kickLocked(d.def)
 }
 
-// kick starts q's goroutine if q has runnable work and none is running.
-func (d *Dispatcher) kick(q *worker) {
-	if q.running || q.gated || q.list.head == nil {
+// kickLocked starts wk's goroutine if wk has runnable work and none is
+// running (I7).
+func (d *Dispatcher) kickLocked(wk *worker) {
+	if wk.running || wk.gated || wk.list.head == nil {
 		return
 	}
-	q.running = true
+	wk.running = true
 	d.goroutines++
-	d.active[q] = struct{}{}
-	go d.run(q)
+	d.active[wk] = struct{}{}
+	go d.run(wk)
 }
 
 // CreateDomain starts a worker for the guest id. Events of id already queued
 // on the default worker run before the new worker runs anything, as do the
-// events of an earlier, destroyed worker of id that is still draining.
+// events of an earlier, destroyed worker of id that is still draining (I1).
 func (d *Dispatcher) CreateDomain(id domid.ID) error {
 	if !id.IsGuest() {
 		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrInvalidDomain)
@@ -275,34 +286,31 @@ func (d *Dispatcher) CreateDomain(id domid.ID) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopping {
-		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrStopped)
+		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrStopped) // I8
 	}
 	if d.single {
 		return nil
 	}
-	dom := d.doms[id]
-	if dom == nil {
-		dom = &domain{id: id}
-		d.doms[id] = dom
-	} else if dom.live != nil {
+	dom := d.domainLocked(id)
+	if dom.live != nil {
 		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrDomainExists)
 	}
-	q := &worker{dom: dom}
+	wk := &worker{dom: dom}
 	switch {
 	case dom.tail != nil:
-		// Gated on the previous worker: when it finishes it releases its
-		// held events to the default worker and hands the gate on.
-		q.gated = true
-		dom.tail.next = q
+		// Gated on the previous generation: when it finishes it releases
+		// its held events to the default worker and hands the gate on.
+		wk.gated = true
+		dom.tail.next = wk
 	case dom.onDefault > 0:
-		q.gated = true
-		dom.waiting = q
+		wk.gated = true
+		dom.waiting = wk
 	}
 	if dom.first == nil {
-		dom.first = q
+		dom.first = wk
 	}
-	dom.tail = q
-	dom.live = q
+	dom.tail = wk
+	dom.live = wk
 	d.workers++
 	return nil
 }
@@ -310,7 +318,7 @@ func (d *Dispatcher) CreateDomain(id domid.ID) error {
 // DestroyDomain takes id's worker down. Events queued before run first (with
 // their context already cancelled, so handlers stop waiting for a domain that
 // is gone); then the worker exits and releases everything. Events of id that
-// arrive afterwards run on the default worker, after the drain.
+// arrive afterwards run on the default worker, after the drain (I1, I3).
 func (d *Dispatcher) DestroyDomain(id domid.ID) error {
 	if !id.IsGuest() {
 		return fmt.Errorf("dispatch: destroy domain %d: %w", id, ErrInvalidDomain)
@@ -318,7 +326,7 @@ func (d *Dispatcher) DestroyDomain(id domid.ID) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopping {
-		return fmt.Errorf("dispatch: destroy domain %d: %w", id, ErrStopped)
+		return fmt.Errorf("dispatch: destroy domain %d: %w", id, ErrStopped) // I8
 	}
 	if d.single {
 		return nil
@@ -327,60 +335,100 @@ func (d *Dispatcher) DestroyDomain(id domid.ID) error {
 	if dom == nil || dom.live == nil {
 		return fmt.Errorf("dispatch: destroy domain %d: %w", id, ErrNoDomain)
 	}
-	q := dom.live
+	wk := dom.live
 	dom.live = nil
-	q.down = true
-	if q.cancel != nil {
-		q.cancel()
+	wk.down = true
+	if wk.cancel != nil {
+		wk.cancel()
 	}
-	d.settle(dom)
+	d.compactLocked(dom)
+	d.settleLocked(dom)
 	return nil
 }
 
-// settle applies the consequences of a change of dom's state: a worker gated
-// on the default worker is released once dom has no events there; the oldest
-// worker generation finishes once it is down and drained; a domain with
-// nothing left is forgotten.
-func (d *Dispatcher) settle(dom *domain) {
+// compactLocked merges dom's destroyed generations that wait behind an
+// earlier one into it wherever no event lies between them, so that
+// create/destroy churn behind a busy default worker adds no generation
+// holding no event (I6). The previous generation p of a destroyed one q is
+// itself destroyed, so q's events get the same cancelled context on p; and
+// q, gated on p, has not run anything. Either q's events follow p's directly
+// (p holds no event for the default worker), or q has none of its own and
+// what it holds for the default worker follows p's.
+func (d *Dispatcher) compactLocked(dom *domain) {
+	for p := dom.first; p != nil && p.next != nil; {
+		q := p.next
+		switch {
+		case !q.down:
+			p = q
+			continue
+		case p.after.head == nil:
+			p.list.concat(&q.list)
+			p.after.concat(&q.after)
+			d.kickLocked(p)
+		case q.list.head == nil:
+			p.after.concat(&q.after)
+		default:
+			p = q
+			continue
+		}
+		p.next = q.next
+		if dom.tail == q {
+			dom.tail = p
+		}
+		d.workers--
+	}
+}
+
+// settleLocked applies the consequences of a change of dom's state: a worker
+// gated on the default worker is released once dom has no events there; the
+// oldest worker generation finishes once it is down and has nothing left to
+// run; a domain with nothing left is forgotten.
+func (d *Dispatcher) settleLocked(dom *domain) {
 	if dom == d.dom0 {
 		return
 	}
 	for {
-		if q := dom.waiting; q != nil && dom.onDefault == 0 {
+		if wk := dom.waiting; wk != nil && dom.onDefault == 0 {
 			dom.waiting = nil
-			q.gated = false
-			d.kick(q)
+			wk.gated = false
+			d.kickLocked(wk)
 			continue
 		}
-		if q := dom.first; q != nil && q.down && !q.gated && !q.running && q.list.head == nil {
-			d.finish(q)
+		// A generation still gated on the default worker may finish too
+		// when it has nothing to run: what it holds for the default worker
+		// goes behind what waits there already (I1).
+		if wk := dom.first; wk != nil && wk.down && !wk.running && wk.list.head == nil {
+			d.finishLocked(wk)
 			continue
 		}
 		break
 	}
-	d.maybeFree(dom)
+	d.maybeFreeLocked(dom)
 }
 
-// finish retires a drained, destroyed worker: its held events go to the
-// default worker and its successor, if any, waits for them.
-func (d *Dispatcher) finish(q *worker) {
-	dom := q.dom
-	for it := q.after.pop(); it != nil; it = q.after.pop() {
-		d.toDefault(it)
+// finishLocked retires the oldest generation, destroyed and drained: its held
+// events go to the default worker and its successor, if any, waits for them.
+func (d *Dispatcher) finishLocked(wk *worker) {
+	dom := wk.dom
+	for it := wk.after.pop(); it != nil; it = wk.after.pop() {
+		d.toDefaultLocked(it)
 	}
-	dom.first = q.next
-	if dom.tail == q {
+	if dom.waiting == wk {
+		dom.waiting = nil
+	}
+	dom.first = wk.next
+	if dom.tail == wk {
 		dom.tail = nil
 	}
-	if n := q.next; n != nil {
-		// n was gated on q; now it waits for the events just released.
-		q.next = nil
+	if n := wk.next; n != nil {
+		// n was gated on wk; now it waits for the events just released.
+		wk.next = nil
 		dom.waiting = n
 	}
 	d.workers--
 }
 
-func (d *Dispatcher) maybeFree(dom *domain) {
+func (d *Dispatcher) maybeFreeLocked(dom *domain) {
 	if dom != d.dom0 && dom.live == nil && dom.first == nil && dom.items == 0 {
 		delete(d.doms, dom.id)
 	}
@@ -399,7 +447,7 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 		d.stopping = true
 		d.cancel()
 		close(d.monitorEnd)
-		d.checkDrained()
+		d.checkDrainedLocked()
 	}
 	d.mu.Unlock()
 	select {
@@ -408,7 +456,7 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	case <-ctx.Done():
 	}
 	d.mu.Lock()
-	d.purge(nil, func(*item) bool { return true })
+	d.purgeLocked(nil, func(*item) bool { return true })
 	d.mu.Unlock()
 	select {
 	case <-d.drained:
@@ -418,8 +466,8 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	}
 }
 
-// checkDrained closes d.drained once stopping and nothing is left.
-func (d *Dispatcher) checkDrained() {
+// checkDrainedLocked closes d.drained once stopping and nothing is left.
+func (d *Dispatcher) checkDrainedLocked() {
 	if d.stopping && d.goroutines == 0 && d.items == 0 {
 		select {
 		case <-d.drained:
@@ -429,22 +477,22 @@ func (d *Dispatcher) checkDrained() {
 	}
 }
 
-// purge removes the pending (not running) items matching match from every
-// queue, or only from dom's and the default queue if dom is not nil.
-func (d *Dispatcher) purge(dom *domain, match func(*item) bool) int {
+// purgeLocked removes the pending (not running) items matching match from
+// every worker, or only from dom's and the default worker if dom is not nil.
+func (d *Dispatcher) purgeLocked(dom *domain, match func(*item) bool) int {
 	n := 0
 	touched := make(map[*domain]struct{})
 	drop := func(it *item) {
 		n++
 		d.totals.Purged++
 		touched[it.dom] = struct{}{}
-		d.unpend(it)
-		d.complete(it)
+		d.unpendLocked(it)
+		d.completeLocked(it)
 	}
 	scanDom := func(dom *domain) {
-		for q := dom.first; q != nil; q = q.next {
-			q.list.removeIf(match, drop)
-			q.after.removeIf(match, drop)
+		for wk := dom.first; wk != nil; wk = wk.next {
+			wk.list.removeIf(match, drop)
+			wk.after.removeIf(match, drop)
 		}
 	}
 	if dom != nil {
@@ -458,14 +506,15 @@ func (d *Dispatcher) purge(dom *domain, match func(*item) bool) int {
 	// settling happens only below.
 	d.def.list.removeIf(match, drop)
 	for dom := range touched {
-		d.settle(dom)
+		d.compactLocked(dom)
+		d.settleLocked(dom)
 	}
-	d.checkDrained()
+	d.checkDrainedLocked()
 	return n
 }
 
-// unpend does the bookkeeping of an item leaving the pending state.
-func (d *Dispatcher) unpend(it *item) {
+// unpendLocked does the bookkeeping of an item leaving the pending state.
+func (d *Dispatcher) unpendLocked(it *item) {
 	dom := it.dom
 	if it.dropped > 0 {
 		for i, n := range dom.notices {
@@ -486,7 +535,7 @@ func (d *Dispatcher) unpend(it *item) {
 		delete(d.pend, key)
 	}
 	if w.countPerWatch && !key.perWatch {
-		k := pendKey{dom: dom, w: w, perWatch: true}
+		k := w.watchKey(dom)
 		if d.pend[k]--; d.pend[k] <= 0 {
 			delete(d.pend, k)
 		}
@@ -498,9 +547,9 @@ func (d *Dispatcher) unpend(it *item) {
 	}
 }
 
-// complete does the bookkeeping of an item that has run or was discarded.
-// The caller settles it.dom.
-func (d *Dispatcher) complete(it *item) {
+// completeLocked does the bookkeeping of an item that has run or was
+// discarded. The caller settles it.dom.
+func (d *Dispatcher) completeLocked(it *item) {
 	dom := it.dom
 	dom.items--
 	d.items--

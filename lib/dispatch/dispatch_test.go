@@ -87,6 +87,8 @@ func TestDomainLifecycleErrors(t *testing.T) {
 	}
 }
 
+// TestRouting: each event runs on its domain's live worker, or on the
+// default worker (I3).
 func TestRouting(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	rec := newRecorder()
@@ -131,7 +133,7 @@ func TestRouting(t *testing.T) {
 }
 
 // TestOrderAcrossCreate: events of a domain waiting on the default worker
-// run before its new worker starts (invariant 1, creation).
+// run before its new worker starts (I1).
 func TestOrderAcrossCreate(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	rec := newRecorder()
@@ -177,7 +179,7 @@ func TestOrderAcrossCreate(t *testing.T) {
 
 // TestOrderAcrossDestroy: events queued before DestroyDomain run first, on the
 // domain's worker, with a cancelled context; later ones wait for the drain,
-// then run on the default worker, which is not blocked meanwhile.
+// then run on the default worker, which is not blocked meanwhile (I1, I3).
 func TestOrderAcrossDestroy(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	rec := newRecorder()
@@ -235,7 +237,7 @@ func TestOrderAcrossDestroy(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("domain 3 ran %+v, want %+v", got, want)
 	}
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if _, ok := d.DomainStats(3); ok {
 		t.Fatal("domain 3 still known after its worker drained and its events ran")
 	}
@@ -245,7 +247,7 @@ func TestOrderAcrossDestroy(t *testing.T) {
 }
 
 // TestRecreateWhileDraining chains worker generations: each must wait for
-// the previous one and for the events released in between.
+// the previous one and for the events released in between (I1, I3).
 func TestRecreateWhileDraining(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	rec := newRecorder()
@@ -291,14 +293,14 @@ func TestRecreateWhileDraining(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("ran %+v, want %+v", got, want)
 	}
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if s := d.Stats(); s.Workers != 1 {
 		t.Fatalf("Workers = %d after drain, want 1", s.Workers)
 	}
 }
 
 // TestDomainsDoNotWaitForEachOther: a stuck domain holds up neither other
-// domains nor the default worker (invariant 2); in single-worker mode it holds
+// domains nor the default worker (I2); in single-worker mode it holds
 // up everything, which is what mtwatch fixes.
 func TestDomainsDoNotWaitForEachOther(t *testing.T) {
 	for _, single := range []bool{false, true} {
@@ -340,6 +342,7 @@ func TestDomainsDoNotWaitForEachOther(t *testing.T) {
 	}
 }
 
+// TestCoalescing: coalescing policies and filters (I5).
 func TestCoalescing(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -399,7 +402,7 @@ func TestCoalescing(t *testing.T) {
 				dispatch(t, d, p, "be")
 			}
 			release()
-			quiesce(t, d)
+			waitAtMost(t, d, 0)
 			got := rec.paths()[1:]
 			if !slices.Equal(got, tc.want) {
 				t.Fatalf("ran %v, want %v", got, tc.want)
@@ -417,7 +420,7 @@ func TestCoalescing(t *testing.T) {
 }
 
 // TestCoalesceOnlyPending: an event identical to one already running is
-// queued, since the handler may have read XenStore before the change.
+// queued, since the handler may have read XenStore before the change (I5).
 func TestCoalesceOnlyPending(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	rec := newRecorder()
@@ -431,12 +434,14 @@ func TestCoalesceOnlyPending(t *testing.T) {
 	delete(rec.block, "backend/vif/0/a")
 	rec.mu.Unlock()
 	release()
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if got := rec.paths(); len(got) != 2 {
 		t.Fatalf("ran %v, want the running event and one coalesced follow-up", got)
 	}
 }
 
+// TestOverflowNotice: a full domain queue drops events into one overflow
+// notice per watch (I5, I6).
 func TestOverflowNotice(t *testing.T) {
 	const capacity = 4
 	d := newDispatcher(t, Config{Capacity: capacity})
@@ -463,7 +468,7 @@ func TestOverflowNotice(t *testing.T) {
 		t.Fatalf("domain 2 during flood: %+v", st)
 	}
 	release()
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	runs := rec.waitRuns(t, 7)
 	if len(runs) != 7 {
 		t.Fatalf("ran %d calls, want 1 + 4 events + 2 notices: %v", len(runs), rec.paths())
@@ -503,6 +508,8 @@ func TestOverflowNotice(t *testing.T) {
 	}
 }
 
+// TestUnregisterDropsPendingAndWaits: Unregister purges the watch's pending
+// events and waits for its running handlers (I4).
 func TestUnregisterDropsPendingAndWaits(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	rec := newRecorder()
@@ -545,7 +552,7 @@ func TestUnregisterDropsPendingAndWaits(t *testing.T) {
 		t.Fatal(err)
 	}
 	releaseDefault()
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if got := rec.paths(); !slices.Equal(got, []string{"/local/domain/0/block", "backend/vif/1/running"}) {
 		t.Fatalf("ran %v; unregistered watches' pending events must be dropped", got)
 	}
@@ -560,7 +567,7 @@ func TestUnregisterDropsPendingAndWaits(t *testing.T) {
 
 // TestUnregisterFromHandler: a handler unregistering its own watch does not
 // wait for itself, but does wait for the watch's handlers on other workers;
-// two such handlers unregistering at once do not deadlock.
+// two such handlers unregistering at once do not deadlock (I4).
 func TestUnregisterFromHandler(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	var w *Registration
@@ -585,12 +592,14 @@ func TestUnregisterFromHandler(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if st := w.Stats(); st.Running != 0 || st.Processed != 2 {
 		t.Fatalf("watch stats %+v", st)
 	}
 }
 
+// TestUnregisterOwnerWatch: unregistering a watch with an owner purges its
+// events from the owner's workers and the default worker (I4).
 func TestUnregisterOwnerWatch(t *testing.T) {
 	d := newDispatcher(t, Config{})
 	rec := newRecorder()
@@ -608,7 +617,7 @@ func TestUnregisterOwnerWatch(t *testing.T) {
 		t.Fatal(err)
 	}
 	release()
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if got := rec.paths(); len(got) != 1 {
 		t.Fatalf("ran %v", got)
 	}
@@ -648,7 +657,7 @@ func TestHandlerPanicRecovered(t *testing.T) {
 	}
 	// The recorder saw the event inside the handler; the counters follow
 	// when it returns.
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if tot := d.Stats().Totals; tot.Panics != 1 {
 		t.Fatalf("Panics = %d", tot.Panics)
 	}
@@ -668,7 +677,7 @@ func TestHandlerErrorCounted(t *testing.T) {
 	if a := attrs(r); a["err"].String() != "cannot read state" {
 		t.Fatalf("attrs %v", a)
 	}
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if ws := w.Stats(); ws.Errors != 1 {
 		t.Fatalf("watch stats %+v", ws)
 	}
@@ -704,7 +713,7 @@ func TestStallDetection(t *testing.T) {
 		t.Fatalf("watch stats %+v", ws)
 	}
 	// Reported once per callback, not once per monitor tick.
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	if tot := d.Stats().Totals; tot.Stalls != 1 {
 		t.Fatalf("Stalls = %d after the callback returned", tot.Stalls)
 	}
@@ -724,6 +733,8 @@ func TestWatchTimeout(t *testing.T) {
 	}
 }
 
+// TestStopDrainsAndCancels: Stop cancels and drains, then everything fails
+// (I7, I8).
 func TestStopDrainsAndCancels(t *testing.T) {
 	d, err := New(Config{Logger: slogNew(newLogCapture())})
 	if err != nil {
@@ -778,6 +789,8 @@ func TestStopDrainsAndCancels(t *testing.T) {
 	noLeak(t)
 }
 
+// TestStopDeadlineDiscardsPending: a Stop whose context ends purges what has
+// not started (I5).
 func TestStopDeadlineDiscardsPending(t *testing.T) {
 	d, err := New(Config{Logger: slogNew(newLogCapture())})
 	if err != nil {
@@ -817,7 +830,7 @@ func TestStopDeadlineDiscardsPending(t *testing.T) {
 }
 
 // TestIdleWorkersOwnNoGoroutine: domain workers cost no goroutine while idle,
-// and a worker's goroutine exits when its queue empties.
+// and a worker's goroutine exits when its queue empties (I7).
 func TestIdleWorkersOwnNoGoroutine(t *testing.T) {
 	d := newDispatcher(t, Config{StallThreshold: -1}) // no monitor either
 	rec := newRecorder()
@@ -837,6 +850,8 @@ func TestIdleWorkersOwnNoGoroutine(t *testing.T) {
 	}
 }
 
+// TestSingleWorkerMode: the baseline runs every event on the default worker,
+// still in order (I1).
 func TestSingleWorkerMode(t *testing.T) {
 	d := newDispatcher(t, Config{SingleWorker: true})
 	rec := newRecorder()
@@ -884,9 +899,128 @@ func TestStatsLatency(t *testing.T) {
 	}
 	time.Sleep(5 * time.Millisecond) // latency only needs to be at least this
 	release()
-	quiesce(t, d)
+	waitAtMost(t, d, 0)
 	st, _ := d.DomainStats(2)
 	if st.Processed != 2 || st.MaxLatency < 5*time.Millisecond || st.LastLatency <= 0 || st.Current != nil {
 		t.Fatalf("domain 2 after %+v", st)
+	}
+}
+
+// TestChurnBehindBusyDefaultIsBounded: create/destroy cycles of a domain
+// whose events wait behind a stuck default worker do not pile up worker
+// generations (I6), and every event still runs once, in order, on the worker
+// that was live when it was dispatched (I1, I3).
+func TestChurnBehindBusyDefaultIsBounded(t *testing.T) {
+	const cycles = 2000
+	tests := []struct {
+		name        string
+		live, after bool // dispatch an event while the worker is live / after its destruction
+		maxDraining int
+	}{
+		{"no events", false, false, 1},
+		{"events while live", true, false, 1},
+		{"events after destroy", false, true, 1},
+		// Generations that hold events are bounded by those events: one
+		// per live event at most, and each waits behind an event released
+		// to the default worker.
+		{"both", true, true, cycles},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			d := newDispatcher(t, Config{Capacity: 2*cycles + 2, StallThreshold: -1})
+			rec := newRecorder()
+			register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+			release := rec.blockOn("/local/domain/0/busy")
+			defer release()
+			dispatch(t, d, "/local/domain/0/busy", "be")
+			rec.waitRuns(t, 1)
+			// Domain 3 has an event behind the stuck one: each new worker
+			// of 3 must wait for it.
+			dispatch(t, d, "backend/vif/3/0", "be")
+			want := []run{{Path: "backend/vif/3/0", Worker: domid.Dom0}}
+			event := func(worker domid.ID) {
+				p := fmt.Sprintf("backend/vif/3/%d", len(want))
+				dispatch(t, d, p, "be")
+				want = append(want, run{Path: p, Worker: worker})
+			}
+			for range cycles {
+				if err := d.CreateDomain(3); err != nil {
+					t.Fatal(err)
+				}
+				if tc.live {
+					event(3)
+				}
+				if err := d.DestroyDomain(3); err != nil {
+					t.Fatal(err)
+				}
+				if tc.after {
+					event(domid.Dom0)
+				}
+			}
+			st, _ := d.DomainStats(3)
+			if st.Draining > tc.maxDraining || d.Stats().Workers > tc.maxDraining {
+				t.Fatalf("after %d create/destroy cycles: %d generations draining, %d workers; want at most %d",
+					cycles, st.Draining, d.Stats().Workers, tc.maxDraining)
+			}
+			release()
+			rec.waitRuns(t, 1+len(want))
+			waitAtMost(t, d, 0)
+			var got []run
+			for _, rn := range rec.waitRuns(t, 1+len(want))[1:] {
+				got = append(got, run{Path: rn.Path, Worker: rn.Worker})
+			}
+			if !slices.Equal(got, want) {
+				for i := range min(len(got), len(want)) {
+					if got[i] != want[i] {
+						t.Fatalf("run %d is %+v, want %+v", i, got[i], want[i])
+					}
+				}
+				t.Fatalf("ran %d events, want %d", len(got), len(want))
+			}
+			if s := d.Stats(); s.Workers != 0 {
+				t.Fatalf("Workers = %d after the drain, want 0", s.Workers)
+			}
+		})
+	}
+}
+
+// TestRegisterFailsOnceStopBegan: Stop's promise that Register fails from
+// then on holds for a Register already under way (I8). The test holds the
+// token table so that Register stalls just before adding the watch, and lets
+// Stop run meanwhile.
+func TestRegisterFailsOnceStopBegan(t *testing.T) {
+	d := newDispatcher(t, Config{StallThreshold: -1})
+	nop := func(context.Context, Event) error { return nil }
+	d.wmu.Lock()
+	registered := make(chan error, 1)
+	go func() {
+		_, err := d.Register(WatchConfig{Path: "backend", Token: "late", Handler: nop})
+		registered <- err
+	}()
+	time.Sleep(50 * time.Millisecond) // Register reaches the token table
+	stopped := make(chan error, 1)
+	go func() { stopped <- d.Stop(context.Background()) }()
+	time.Sleep(50 * time.Millisecond) // Stop gets as far as it can
+	stopReturned := false
+	select {
+	case err := <-stopped:
+		stopReturned = true
+		if err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+	default:
+	}
+	d.wmu.Unlock()
+	err := recv(t, registered, "Register")
+	if stopReturned && !errors.Is(err, ErrStopped) {
+		t.Fatalf("Register completing after Stop returned = %v, want ErrStopped", err)
+	}
+	if !stopReturned {
+		if err := recv(t, stopped, "Stop"); err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+	}
+	if _, err := d.Register(WatchConfig{Path: "backend", Token: "later", Handler: nop}); !errors.Is(err, ErrStopped) {
+		t.Fatalf("Register after Stop = %v, want ErrStopped", err)
 	}
 }

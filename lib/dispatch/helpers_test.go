@@ -167,21 +167,22 @@ func (r *recorder) waitRuns(t testing.TB, n int) []run {
 	}
 }
 
-// quiesce waits until the dispatcher has no event left to run.
-func quiesce(t testing.TB, d *Dispatcher) {
+// waitAtMost waits until at most n events and notices are left in d: 0 to
+// wait until d has run everything.
+func waitAtMost(t testing.TB, d *Dispatcher, n int) {
 	t.Helper()
 	deadline := time.Now().Add(waitLimit)
 	for {
 		d.mu.Lock()
-		n := d.items
+		left := d.items
 		d.mu.Unlock()
-		if n == 0 {
+		if left <= n {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("dispatcher still has %d events", n)
+			t.Fatalf("dispatcher still has %d events, want at most %d", left, n)
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(200 * time.Microsecond)
 	}
 }
 

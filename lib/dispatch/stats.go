@@ -87,13 +87,13 @@ func (d *Dispatcher) Stats() Stats {
 			Processed:   d.def.processed,
 			LastLatency: time.Duration(d.def.lastLat),
 			MaxLatency:  time.Duration(d.def.maxLat),
-			Current:     d.runningHandler(d.def, now),
+			Current:     d.runningHandlerLocked(d.def, now),
 		},
 		Domains: make([]DomainStats, 0, len(d.doms)+1),
 	}
-	s.Domains = append(s.Domains, d.domainStats(d.dom0, now))
+	s.Domains = append(s.Domains, d.domainStatsLocked(d.dom0, now))
 	for _, dom := range d.doms {
-		s.Domains = append(s.Domains, d.domainStats(dom, now))
+		s.Domains = append(s.Domains, d.domainStatsLocked(dom, now))
 	}
 	slices.SortFunc(s.Domains[1:], func(a, b DomainStats) int { return cmp.Compare(a.Domid, b.Domid) })
 	return s
@@ -110,10 +110,10 @@ func (d *Dispatcher) DomainStats(id domid.ID) (st DomainStats, ok bool) {
 			return DomainStats{}, false
 		}
 	}
-	return d.domainStats(dom, d.now()), true
+	return d.domainStatsLocked(dom, d.now()), true
 }
 
-func (d *Dispatcher) domainStats(dom *domain, now int64) DomainStats {
+func (d *Dispatcher) domainStatsLocked(dom *domain, now int64) DomainStats {
 	st := DomainStats{
 		Domid:       dom.id,
 		Worker:      dom.live != nil,
@@ -126,29 +126,29 @@ func (d *Dispatcher) domainStats(dom *domain, now int64) DomainStats {
 		LastLatency: time.Duration(dom.lastLat),
 		MaxLatency:  time.Duration(dom.maxLat),
 	}
-	for q := dom.first; q != nil; q = q.next {
-		if q.down {
+	for wk := dom.first; wk != nil; wk = wk.next {
+		if wk.down {
 			st.Draining++
 		}
 		if st.Current == nil {
-			st.Current = d.runningHandler(q, now)
+			st.Current = d.runningHandlerLocked(wk, now)
 		}
 	}
 	return st
 }
 
-func (d *Dispatcher) runningHandler(q *worker, now int64) *RunningHandler {
-	if q.cur == nil {
+func (d *Dispatcher) runningHandlerLocked(wk *worker, now int64) *RunningHandler {
+	if wk.cur == nil {
 		return nil
 	}
 	return &RunningHandler{
-		Domid:   q.curDom,
-		Watch:   q.curWatch.path,
-		Token:   q.curWatch.token,
-		Path:    q.curPath,
-		Started: d.epoch.Add(time.Duration(q.curStart)),
-		Age:     time.Duration(now - q.curStart),
-		Stalled: q.stalled,
+		Domid:   wk.curDom,
+		Watch:   wk.curWatch.path,
+		Token:   wk.curWatch.token,
+		Path:    wk.curPath,
+		Started: d.epoch.Add(time.Duration(wk.curStart)),
+		Age:     time.Duration(now - wk.curStart),
+		Stalled: wk.stalled,
 	}
 }
 

@@ -20,17 +20,17 @@ var (
 	stressOps  = flag.Int("dispatch.ops", 20000, "operations per TestStress run")
 )
 
-// checker verifies invariants 1-4 from handler calls as they happen:
+// checker verifies the invariants of the package doc from handler calls as
+// they happen:
 //
-//  1. a domain's events never run concurrently and run in dispatch order;
-//  2. (isolation is a timing property, tested in TestDomainsDoNotWaitForEachOther);
-//  3. an event runs on the worker that was live for its domain when it was
-//     dispatched, or on the default worker if there was none;
-//  4. no handler of a watch starts after its Unregister returned, and none is
-//     still running then (apart from the caller itself).
-//
-// At the end, every event of a watch that stayed registered must have run
-// exactly once: nothing may be lost.
+//   - I1: a domain's events never run concurrently and run in dispatch order;
+//   - I2 is a timing property, tested in TestDomainsDoNotWaitForEachOther;
+//   - I3: an event runs on the worker that was live for its domain when it
+//     was dispatched, or on the default worker if there was none;
+//   - I4: no handler of a watch starts after its Unregister returned, and
+//     none is still running then (apart from the caller itself);
+//   - I5, at the end: every event of a watch that stayed registered ran
+//     exactly once (capacity is large enough that nothing is dropped).
 type checker struct {
 	mu        sync.Mutex
 	lastSeq   map[domid.ID]int64
@@ -84,26 +84,26 @@ func (c *checker) start(seq int64, dom, worker domid.ID, token string) {
 	e, ok := c.expect[seq]
 	switch {
 	case !ok:
-		c.failf("event %d ran but was never dispatched", seq)
+		c.failf("I5: event %d ran but was never dispatched", seq)
 	case e.dom != dom || e.token != token:
-		c.failf("event %d ran as domain %d watch %s, dispatched as domain %d watch %s", seq, dom, token, e.dom, e.token)
+		c.failf("I3: event %d ran as domain %d watch %s, dispatched as domain %d watch %s", seq, dom, token, e.dom, e.token)
 	case e.worker != worker:
-		c.failf("event %d of domain %d ran on worker %d, want %d", seq, dom, worker, e.worker)
+		c.failf("I3: event %d of domain %d ran on worker %d, want %d", seq, dom, worker, e.worker)
 	}
 	if c.ran[seq] {
-		c.failf("event %d ran twice", seq)
+		c.failf("I5: event %d ran twice", seq)
 	}
 	c.ran[seq] = true
 	if n := c.inflight[dom]; n != 0 {
-		c.failf("event %d of domain %d runs while %d other events of the domain run", seq, dom, n)
+		c.failf("I1: event %d of domain %d runs while %d other events of the domain run", seq, dom, n)
 	}
 	c.inflight[dom]++
 	if last := c.lastSeq[dom]; seq <= last {
-		c.failf("domain %d ran event %d after event %d", dom, seq, last)
+		c.failf("I1: domain %d ran event %d after event %d", dom, seq, last)
 	}
 	c.lastSeq[dom] = seq
 	if c.gone[token] {
-		c.failf("event %d of watch %s ran after Unregister returned", seq, token)
+		c.failf("I4: event %d of watch %s ran after Unregister returned", seq, token)
 	}
 	c.running[token]++
 }
@@ -146,9 +146,27 @@ func (c *checker) unregistered(token string, self, waited bool) {
 		allowed = c.leaving[token]
 	}
 	if n := c.running[token]; n > allowed {
-		c.failf("Unregister of %s returned while %d handlers run", token, n-allowed)
+		c.failf("I4: Unregister of %s returned while %d handlers run", token, n-allowed)
 	}
 	c.gone[token] = true
+}
+
+// generations checks I6's bound on worker generations: a domain has at most
+// one more than it has events and notices not yet completed.
+func (c *checker) generations(d *Dispatcher) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, dom := range d.doms {
+		n := 0
+		for wk := dom.first; wk != nil; wk = wk.next {
+			n++
+		}
+		if n > dom.items+1 {
+			c.failf("I6: domain %d has %d worker generations for %d events", id, n, dom.items)
+		}
+	}
 }
 
 // mayBeGone reports whether token may have been unregistered.
@@ -164,7 +182,7 @@ func (c *checker) finish() {
 	defer c.mu.Unlock()
 	for seq, e := range c.expect {
 		if !c.ran[seq] && !c.purged[e.token] {
-			c.failf("event %d of domain %d (watch %s) never ran", seq, e.dom, e.token)
+			c.failf("I5: event %d of domain %d (watch %s) never ran", seq, e.dom, e.token)
 		}
 	}
 }
@@ -368,7 +386,10 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 		if op%2000 == 1999 {
 			// Let the workers catch up now and then, so that not
 			// everything is a backlog that Unregister purges.
-			waitBelow(t, d, 50)
+			waitAtMost(t, d, 50)
+		}
+		if op%500 == 0 {
+			c.generations(d)
 		}
 		switch r := rng.IntN(100); {
 		case r < 5:
@@ -463,22 +484,4 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 	}
 	t.Logf("%d ops: %+v", ops, s.Totals)
 	noLeak(t)
-}
-
-// waitBelow waits until fewer than n events are left in d.
-func waitBelow(t testing.TB, d *Dispatcher, n int) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for {
-		d.mu.Lock()
-		left := d.items
-		d.mu.Unlock()
-		if left < n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("dispatcher still has %d events", left)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
 }

@@ -88,7 +88,7 @@ type Registration struct {
 	filter        func(string, int) bool
 	timeout       time.Duration
 
-	// Under d.mu.
+	// Guarded by d.mu.
 	removed  bool
 	active   int           // handlers running
 	excluded int           // of which have called Unregister of w themselves
@@ -97,11 +97,30 @@ type Registration struct {
 	dispatched, coalesced, filtered, dropped, processed, panics, errors, stalls uint64
 }
 
+// key is the coalescing key of an event of w for dom.
 func (w *Registration) key(dom *domain, path string) pendKey {
 	if w.perWatch {
-		return pendKey{dom: dom, w: w, perWatch: true}
+		return w.watchKey(dom)
 	}
 	return pendKey{dom: dom, w: w, path: path}
+}
+
+// watchKey counts all the pending events of w for dom.
+func (w *Registration) watchKey(dom *domain) pendKey {
+	return pendKey{dom: dom, w: w, perWatch: true}
+}
+
+// domainFor returns the domain an event path of w belongs to: w's owner, or
+// what its DomainOf says, dom0 for anything that is not a guest. It runs
+// caller code: call it without locks.
+func (w *Registration) domainFor(path string) domid.ID {
+	if w.owner != domid.Dom0 {
+		return w.owner
+	}
+	if id, ok := w.domainOf(path); ok && id.IsGuest() {
+		return id
+	}
+	return domid.Dom0
 }
 
 // Path returns the path the watch was registered with.
@@ -139,10 +158,11 @@ func (d *Dispatcher) Register(cfg WatchConfig) (*Registration, error) {
 	if w.domainOf == nil {
 		w.domainOf = domid.FromPath
 	}
+	// Holding mu until the watch is in the table orders Register before or
+	// after Stop as a whole (I8).
 	d.mu.Lock()
-	stopping := d.stopping
-	d.mu.Unlock()
-	if stopping {
+	defer d.mu.Unlock()
+	if d.stopping {
 		return nil, fmt.Errorf("dispatch: register watch %q: %w", cfg.Path, ErrStopped)
 	}
 	d.wmu.Lock()
@@ -181,17 +201,17 @@ func (w *Registration) Unregister(ctx context.Context) error {
 				dom = &domain{}
 			}
 		}
-		d.purge(dom, func(it *item) bool { return it.w == w })
+		d.purgeLocked(dom, func(it *item) bool { return it.w == w })
 	}
 	// Called from one of the watch's own handlers: wait for the others, not
 	// for the caller, nor for other handlers of the watch doing the same.
 	self := false
-	if q, ok := ctx.Value(workerKey{}).(*worker); ok && q.curWatch == w {
+	if wk, ok := ctx.Value(workerKey{}).(*worker); ok && wk.curWatch == w {
 		self = true
-		if !q.curExcluded {
-			q.curExcluded = true
+		if !wk.curExcluded {
+			wk.curExcluded = true
 			w.excluded++
-			w.broadcast()
+			w.broadcastLocked()
 		}
 	}
 	for {
@@ -217,8 +237,8 @@ func (w *Registration) Unregister(ctx context.Context) error {
 	}
 }
 
-// broadcast wakes the Unregister calls waiting for w's handlers.
-func (w *Registration) broadcast() {
+// broadcastLocked wakes the Unregister calls waiting for w's handlers.
+func (w *Registration) broadcastLocked() {
 	if w.changed != nil {
 		close(w.changed)
 		w.changed = nil

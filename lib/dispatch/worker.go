@@ -50,6 +50,21 @@ func (l *list) pop() *item {
 	return it
 }
 
+// concat moves every item of o to the end of l.
+func (l *list) concat(o *list) {
+	if o.head == nil {
+		return
+	}
+	if l.tail == nil {
+		l.head = o.head
+	} else {
+		l.tail.next = o.head
+	}
+	l.tail = o.tail
+	l.n += o.n
+	*o = list{}
+}
+
 // removeIf unlinks every item matching match, in order, and hands it to drop.
 func (l *list) removeIf(match func(*item) bool, drop func(*item)) {
 	var prev *item
@@ -88,10 +103,14 @@ type pendKey struct {
 
 // domain is what the dispatcher knows of one guest: its worker generations
 // and its pending events wherever they wait. It exists while the guest has a
-// worker or events.
+// worker or events. Guarded by d.mu.
 type domain struct {
 	id domid.ID
 
+	// Generations form a chain from first to tail through next; only the
+	// tail may be live, and every generation but the first is gated on its
+	// predecessor (I1). compactLocked keeps the chain no longer than the
+	// events it holds (I6).
 	live  *worker // the worker new events go to; nil when down
 	first *worker // oldest worker generation not yet finished
 	tail  *worker // newest worker generation (live or draining)
@@ -108,20 +127,20 @@ type domain struct {
 	lastLat, maxLat                                     int64
 }
 
-// worker is the default worker or one generation of a domain's
-// worker. A goroutine runs only while the queue has work.
+// worker is the default worker or one generation of a domain's worker. A
+// goroutine runs only while the worker has work (I7). Guarded by d.mu.
 type worker struct {
 	dom   *domain // nil for the default worker
 	list  list
 	after list    // events arrived after DestroyDomain, held until drained
 	next  *worker // the generation gated on this one
 
-	running bool // a goroutine runs the queue
+	running bool // a goroutine runs the worker
 	gated   bool // must not start yet (ordering across creation)
 	down    bool // destroyed; finishes once drained
 	cancel  context.CancelFunc
 
-	// The running callback, for stall detection and stats.
+	// The running handler, for stall detection and stats.
 	cur         *item
 	curWatch    *Registration
 	curPath     string
@@ -139,103 +158,122 @@ type workerKey struct{}
 // WorkerOf reports which worker runs the handler that ctx was given to:
 // domid.Dom0 for the default worker. ok is false for any other context.
 func WorkerOf(ctx context.Context) (id domid.ID, ok bool) {
-	q, ok := ctx.Value(workerKey{}).(*worker)
+	wk, ok := ctx.Value(workerKey{}).(*worker)
 	if !ok {
 		return 0, false
 	}
-	if q.dom == nil {
+	if wk.dom == nil {
 		return domid.Dom0, true
 	}
-	return q.dom.id, true
+	return wk.dom.id, true
 }
 
-// run is the goroutine of q; it exits when q has no work left.
-func (d *Dispatcher) run(q *worker) {
-	ctx, cancel := context.WithCancel(d.ctx)
-	ctx = context.WithValue(ctx, workerKey{}, q)
+// run is the goroutine of wk; it exits when wk has no work left (I7).
+func (d *Dispatcher) run(wk *worker) {
+	ctx, cancel := context.WithCancel(context.WithValue(d.ctx, workerKey{}, wk))
 	var stallEnd *stallReport
-
 	d.mu.Lock()
-	if q.down {
-		cancel()
-	} else {
-		q.cancel = cancel
-	}
-	for {
-		it := q.list.pop()
-		if it == nil {
-			break
-		}
-		d.unpend(it)
-		w := it.w
-		if w.removed {
-			// Unregister purges eagerly; this is only a safety net.
-			dom := it.dom
-			d.complete(it)
-			d.settle(dom)
-			continue
-		}
-		w.active++
-		start := d.now()
-		q.cur, q.curWatch, q.curPath, q.curDom = it, w, it.path, it.dom.id
-		q.curStart, q.curExcluded, q.stalled = start, false, false
-		ev := Event{Path: it.path, Token: w.token, Domid: it.dom.id}
-		if it.dropped > 0 {
-			ev.Overflow, ev.Dropped = true, it.dropped
-		}
+	d.startLocked(wk, cancel)
+	for it := d.nextLocked(wk); it != nil; it = d.nextLocked(wk) {
+		ev := d.beginLocked(wk, it)
 		d.mu.Unlock()
-
-		if stallEnd != nil {
-			d.logStallEnd(stallEnd)
-			stallEnd = nil
-		}
-		err, panicked := d.call(ctx, w, ev)
-
+		d.logStallEnd(stallEnd)
+		err, panicked := d.call(ctx, it.w, ev)
 		d.mu.Lock()
-		end := d.now()
-		lat := end - it.enq
-		dom := it.dom
-		d.totals.Processed++
-		w.processed++
-		dom.processed++
-		dom.lastLat = lat
-		dom.maxLat = max(dom.maxLat, lat)
-		q.processed++
-		q.lastLat = lat
-		q.maxLat = max(q.maxLat, lat)
-		if err != nil {
-			d.totals.Errors++
-			w.errors++
-		}
-		if panicked {
-			d.totals.Panics++
-			w.panics++
-		}
-		if q.stalled {
-			stallEnd = &stallReport{dom: q.curDom, w: w, path: it.path, age: time.Duration(end - start)}
-		}
-		w.active--
-		if q.curExcluded {
-			w.excluded--
-		}
-		w.broadcast()
-		q.cur, q.curWatch, q.curPath = nil, nil, ""
-		d.complete(it)
-		d.settle(dom)
+		stallEnd = d.endLocked(wk, it, err, panicked)
 	}
-	q.running = false
-	q.cancel = nil
-	delete(d.active, q)
-	d.goroutines--
-	if q.dom != nil {
-		d.settle(q.dom)
-	}
-	d.checkDrained()
+	d.exitLocked(wk)
 	d.mu.Unlock()
 	cancel()
-	if stallEnd != nil {
-		d.logStallEnd(stallEnd)
+	d.logStallEnd(stallEnd)
+}
+
+// startLocked gives wk the cancel func of its handlers' context, which a
+// destroyed generation gets already cancelled.
+func (d *Dispatcher) startLocked(wk *worker, cancel context.CancelFunc) {
+	if wk.down {
+		cancel()
+	} else {
+		wk.cancel = cancel
 	}
+}
+
+// nextLocked takes wk's next item to run; nil when there is none.
+func (d *Dispatcher) nextLocked(wk *worker) *item {
+	for {
+		it := wk.list.pop()
+		if it == nil {
+			return nil
+		}
+		d.unpendLocked(it)
+		if !it.w.removed {
+			return it
+		}
+		// Unregister purges eagerly; this is only a safety net (I4).
+		dom := it.dom
+		d.completeLocked(it)
+		d.settleLocked(dom)
+	}
+}
+
+// beginLocked marks it as wk's running handler and returns its event.
+func (d *Dispatcher) beginLocked(wk *worker, it *item) Event {
+	w := it.w
+	w.active++
+	wk.cur, wk.curWatch, wk.curPath, wk.curDom = it, w, it.path, it.dom.id
+	wk.curStart, wk.curExcluded, wk.stalled = d.now(), false, false
+	ev := Event{Path: it.path, Token: w.token, Domid: it.dom.id}
+	if it.dropped > 0 {
+		ev.Overflow, ev.Dropped = true, it.dropped
+	}
+	return ev
+}
+
+// endLocked accounts for the return of wk's running handler and retires its
+// item. It returns the report to log if the handler had been reported stalled.
+func (d *Dispatcher) endLocked(wk *worker, it *item, err error, panicked bool) *stallReport {
+	end := d.now()
+	lat := end - it.enq
+	w, dom := it.w, it.dom
+	d.totals.Processed++
+	w.processed++
+	dom.processed++
+	dom.lastLat, dom.maxLat = lat, max(dom.maxLat, lat)
+	wk.processed++
+	wk.lastLat, wk.maxLat = lat, max(wk.maxLat, lat)
+	if err != nil {
+		d.totals.Errors++
+		w.errors++
+	}
+	if panicked {
+		d.totals.Panics++
+		w.panics++
+	}
+	var stallEnd *stallReport
+	if wk.stalled {
+		stallEnd = &stallReport{dom: wk.curDom, w: w, path: it.path, age: time.Duration(end - wk.curStart)}
+	}
+	w.active--
+	if wk.curExcluded {
+		w.excluded--
+	}
+	w.broadcastLocked() // I4: Unregister waits for active to drop
+	wk.cur, wk.curWatch, wk.curPath = nil, nil, ""
+	d.completeLocked(it)
+	d.settleLocked(dom)
+	return stallEnd
+}
+
+// exitLocked records that wk's goroutine is about to exit.
+func (d *Dispatcher) exitLocked(wk *worker) {
+	wk.running = false
+	wk.cancel = nil
+	delete(d.active, wk)
+	d.goroutines--
+	if wk.dom != nil {
+		d.settleLocked(wk.dom)
+	}
+	d.checkDrainedLocked()
 }
 
 // call runs the handler, recovering a panic.
@@ -268,14 +306,18 @@ type stallReport struct {
 	age  time.Duration
 }
 
+// logStallEnd logs that a handler reported stalled returned; r may be nil.
 func (d *Dispatcher) logStallEnd(r *stallReport) {
+	if r == nil {
+		return
+	}
 	d.log.Info("dispatch: stalled watch callback returned",
 		"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
 }
 
-// monitor reports callbacks running longer than the stall threshold. It
-// looks only at queues whose goroutine runs, so its cost does not grow with
-// idle workers.
+// monitor reports handlers running longer than the stall threshold. It looks
+// only at workers whose goroutine runs, so its cost does not grow with idle
+// workers.
 func (d *Dispatcher) monitor() {
 	interval := min(max(d.stallAt/4, time.Millisecond), time.Second)
 	t := time.NewTicker(interval)
@@ -286,29 +328,35 @@ func (d *Dispatcher) monitor() {
 		case <-d.monitorEnd:
 			d.mu.Lock()
 			d.goroutines--
-			d.checkDrained()
+			d.checkDrainedLocked()
 			d.mu.Unlock()
 			return
 		case <-t.C:
 		}
-		reports = reports[:0]
-		d.mu.Lock()
-		now := d.now()
-		for q := range d.active {
-			if q.cur == nil || q.stalled {
-				continue
-			}
-			if age := time.Duration(now - q.curStart); age >= d.stallAt {
-				q.stalled = true
-				d.totals.Stalls++
-				q.curWatch.stalls++
-				reports = append(reports, stallReport{dom: q.curDom, w: q.curWatch, path: q.curPath, age: age})
-			}
-		}
-		d.mu.Unlock()
+		reports = d.stalled(reports[:0])
 		for _, r := range reports {
 			d.log.Warn("dispatch: watch callback stalled",
 				"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
 		}
 	}
+}
+
+// stalled marks the running handlers that just passed the stall threshold
+// and appends their reports to reports.
+func (d *Dispatcher) stalled(reports []stallReport) []stallReport {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := d.now()
+	for wk := range d.active {
+		if wk.cur == nil || wk.stalled {
+			continue
+		}
+		if age := time.Duration(now - wk.curStart); age >= d.stallAt {
+			wk.stalled = true
+			d.totals.Stalls++
+			wk.curWatch.stalls++
+			reports = append(reports, stallReport{dom: wk.curDom, w: wk.curWatch, path: wk.curPath, age: age})
+		}
+	}
+	return reports
 }
