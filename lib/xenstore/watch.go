@@ -86,7 +86,7 @@ func (c *Client) Watch(ctx context.Context, path, token string) (*Watch, error) 
 // fn must return quickly and must not call the Client or the Watch (the
 // reply to such a call could only be read once fn has returned): while fn
 // runs, no reply and no other event is read. It may be called before
-// WatchFunc returns (the initial event). The Events channel of the watch
+// WatchFunc returns (the initial event), even if WatchFunc then fails. The Events channel of the watch
 // yields no events; it is closed when the watch ends, and Err says why.
 // Once the watch has ended (Unwatch, Close, connection loss) fn is not
 // running and is not called again.
