@@ -276,10 +276,11 @@ func (a *Agent) start(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown tells systemd STOPPING=1, stops the plugins, removes their
-// watches and lets the workers drain their queues; when ctx ends first,
-// running handlers are cancelled and what is still queued is discarded, and
-// Shutdown returns ctx's error once the handlers returned.
+// Shutdown tells systemd STOPPING=1, stops taking events, lets the workers
+// drain their queues, then stops the plugins and removes their watches.
+// When ctx ends first, running handlers are cancelled, what is still queued
+// is discarded, and Shutdown returns ctx's error without waiting for
+// handlers that ignore their cancellation.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	a.stopOnce.Do(func() { a.stopErr = a.shutdown(ctx) })
 	return a.stopErr
