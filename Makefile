@@ -7,6 +7,7 @@
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make deps      install the Debian packages the tests and the sandbox need
+#   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
 
 GO        ?= go
 PREFIX    ?= /usr/local
@@ -15,13 +16,16 @@ SBINDIR   ?= $(PREFIX)/sbin
 LIBEXECDIR ?= $(PREFIX)/lib/mtwatch
 SYSCONFDIR ?= /etc
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR    ?= $(PREFIX)/share/man
 DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
-# (pyxs) to cross-check against, gcc for the xenemu preload library. Where
+# (pyxs) to cross-check against, gcc for the xenemu preload library, curl
+# for the control API test over --unix-socket, systemd for systemd-analyze
+# verify of the units. Where
 # xenstored is, and how xenemu is built and preloaded, lib/xenstore/
 # xenstoredtest alone knows: the tests and the sandbox go through it.
-DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd
 
 # Only binaries whose main package exists are built: nothing pretends to work.
 BINARIES := $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go))))
@@ -30,7 +34,7 @@ SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
 LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
 
-.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench
+.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench man
 
 all: build
 
@@ -67,6 +71,11 @@ vet:
 test: deps fmt-check vet
 	$(GO) test -race -count=1 ./...
 
+# Man pages are generated from the urfave/cli definitions and committed;
+# lib/admin's TestManPageCurrent fails when they are stale.
+man:
+	$(GO) run ./lib/admin/genman docs/man
+
 # Short fuzzing runs of every fuzz target (not part of make test).
 FUZZTIME ?= 20s
 fuzz:
@@ -97,6 +106,9 @@ install: build
 	$(foreach b,$(BIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(BINDIR)/$(b);)
 	$(foreach b,$(SBIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(SBINDIR)/$(b);)
 	$(foreach b,$(LIBEXEC_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(LIBEXECDIR)/$(b);)
+	@if ls docs/man/*.1 >/dev/null 2>&1; then \
+		install -d $(DESTDIR)$(MANDIR)/man1 && install -m 0644 docs/man/*.1 $(DESTDIR)$(MANDIR)/man1/; \
+	fi
 	@if [ -d systemd ] && ls systemd/*.service >/dev/null 2>&1; then \
 		install -d $(DESTDIR)$(SYSTEMDUNITDIR); \
 		for u in systemd/*.service systemd/*.socket systemd/*.timer; do \

@@ -1,0 +1,262 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/agent"
+	"github.com/mtwatch/mtwatch/lib/config"
+	"github.com/mtwatch/mtwatch/lib/control"
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+	"github.com/mtwatch/mtwatch/plugin"
+)
+
+// The agent's figures (docs/performance.md, "Agent"):
+//
+//	go test -run '^$' -bench . -benchtime 1x ./lib/agent/      # RSS
+//	go test -run '^$' -bench 'Latency|Reconcile' ./lib/agent/
+
+// makeNodes creates n trusted nodes (1..n) the way the hooks do, many at
+// once.
+func makeNodes(tb testing.TB, ctx context.Context, c *xenstore.Client, n int) {
+	tb.Helper()
+	ids := make(chan domid.ID)
+	var wg sync.WaitGroup
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range ids {
+				if err := node.Create(ctx, c, id, ""); err != nil {
+					tb.Error(err)
+				}
+			}
+		}()
+	}
+	for i := 1; i <= n; i++ {
+		ids <- domid.ID(i)
+	}
+	close(ids)
+	wg.Wait()
+}
+
+// benchXenstored is a private xenstored without the trace file the tests'
+// instances write: the figures are the agent's, not the trace's.
+func benchXenstored(b *testing.B) *xenstoredtest.Server {
+	b.Helper()
+	srv, err := xenstoredtest.Launch(context.Background(), xenstoredtest.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { srv.Close() })
+	return srv
+}
+
+func quietAgent(tb testing.TB, socket string, cfgText string) *agent.Agent {
+	tb.Helper()
+	cfg, err := config.Parse("bench.toml", []byte(cfgText))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Agent.Xenstore = socket
+	lr := logrus.New()
+	lr.SetOutput(io.Discard)
+	a, err := agent.New(agent.Options{
+		Config:  cfg,
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logrus:  lr,
+		Plugins: []plugin.Registration{},
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return a
+}
+
+// BenchmarkReconcile is the start-up of an agent on a host with 10,000
+// nodes: Start returns (READY=1) once each has its worker; against the
+// floor of reading those nodes alone, in the same run.
+func BenchmarkReconcile(b *testing.B) {
+	const n = 10000
+	in := benchXenstored(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	makeNodes(b, ctx, c, n)
+	b.Run("how=agent.Start", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			a := quietAgent(b, in.Socket(), "[agent]\nauto_detect = false\n")
+			if err := a.Start(ctx); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			if w := a.Dispatcher().Stats().Workers; w != n {
+				b.Fatalf("%d workers after start, want %d", w, n)
+			}
+			a.Shutdown(ctx)
+			b.StartTimer()
+		}
+	})
+	// The floor: reading the nodes alone, with their perms, as Start does.
+	b.Run("how=node.Scan", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			l, err := node.Scan(ctx, c)
+			if err != nil || len(l.Nodes) != n {
+				b.Fatalf("%d nodes, %v", len(l.Nodes), err)
+			}
+		}
+	})
+}
+
+// BenchmarkNodeToWorkerLatency: from the write of a node (the hook's
+// create) to the domain's worker being live, one domain at a time, with
+// 1,000 other domains live. Reported as p50 and p99 over b.N nodes.
+func BenchmarkNodeToWorkerLatency(b *testing.B) {
+	const others = 1000
+	in := benchXenstored(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	makeNodes(b, ctx, c, others)
+	a := quietAgent(b, in.Socket(), "[agent]\nauto_detect = false\n")
+	if err := a.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer a.Shutdown(ctx)
+	d := a.Dispatcher()
+	lat := make([]time.Duration, 0, b.N)
+	wlat := make([]time.Duration, 0, b.N) // the write's own round trip
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		id := domid.ID(others + 1 + i%(int(domid.FirstReserved)-others-2))
+		t0 := time.Now()
+		if err := c.Write(ctx, node.Path(id), nil); err != nil {
+			b.Fatal(err)
+		}
+		wlat = append(wlat, time.Since(t0))
+		for {
+			if st, ok := d.DomainStats(id); ok && st.Worker {
+				break
+			}
+			if ctx.Err() != nil {
+				b.Fatal("worker never appeared")
+			}
+			// Polling, not spinning: on 2 vCPUs a spinning poller takes a
+			// CPU from xenstored and the agent and makes the tail its own.
+			// The sleep adds up to its granularity (~60 us) to each figure.
+			time.Sleep(20 * time.Microsecond)
+		}
+		lat = append(lat, time.Since(t0))
+		b.StopTimer()
+		if err := c.Rm(ctx, node.Path(id)); err != nil {
+			b.Fatal(err)
+		}
+		for {
+			if st, ok := d.DomainStats(id); !ok || !st.Worker {
+				break
+			}
+			time.Sleep(10 * time.Microsecond)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
+	slices.Sort(wlat)
+	b.ReportMetric(float64(wlat[len(wlat)*99/100].Microseconds()), "write-p99-us")
+}
+
+// BenchmarkRSS runs the real mtwatchd binary and reads its resident set
+// from /proc once it is ready: idle, and with 10,000 live domains.
+func BenchmarkRSS(b *testing.B) {
+	dir := b.TempDir()
+	bin := filepath.Join(dir, "mtwatchd")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/mtwatchd").CombinedOutput(); err != nil {
+		b.Fatalf("build mtwatchd: %v\n%s", err, out)
+	}
+	for _, n := range []int{0, 10000} {
+		b.Run(fmt.Sprintf("domains=%d", n), func(b *testing.B) {
+			in := benchXenstored(b)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+			defer cancel()
+			c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			makeNodes(b, ctx, c, n)
+			var rss float64
+			for i := 0; i < b.N; i++ {
+				rss = rssOf(b, ctx, bin, in, n)
+			}
+			b.ReportMetric(rss, "RSS-MiB")
+		})
+	}
+}
+
+func rssOf(b *testing.B, ctx context.Context, bin string, in *xenstoredtest.Server, n int) float64 {
+	sockDir, err := os.MkdirTemp("", "mtwb")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "control.sock")
+	empty := filepath.Join(sockDir, "empty.toml")
+	os.WriteFile(empty, nil, 0o644)
+	cmd := exec.Command(bin, "--config", empty, "--control", sock, "--xenstore", in.Socket(), "--auto-detect=false", "--log-level", "warning")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	for {
+		st, err := cl.Status(ctx)
+		if err == nil && st.Workers == n && st.Xenstore.State == "connected" {
+			break
+		}
+		if ctx.Err() != nil {
+			b.Fatalf("mtwatchd never got %d workers: %v", n, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // settle: the start-up's garbage is collected
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.Atoi(f[1])
+			return float64(kb) / 1024
+		}
+	}
+	b.Fatal("no VmRSS")
+	return 0
+}
