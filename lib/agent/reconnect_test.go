@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +61,11 @@ func TestReconnectKeepsWorkers(t *testing.T) {
 	if st := h.a.Status(); st.Xenstore.State != "disconnected" {
 		t.Fatalf("status while xenstored is gone: %+v", st.Xenstore)
 	}
+	// The plugin's handle fails meanwhile with ErrClosed, and works again
+	// once the agent reconnected.
+	if _, err := rec.ic.Store.Read(h.ctx, "/local/domain/5/name"); !errors.Is(err, xenstore.ErrClosed) {
+		t.Fatalf("plugin store read while disconnected: %v", err)
+	}
 	if err := in.Server.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -83,6 +89,9 @@ func TestReconnectKeepsWorkers(t *testing.T) {
 	case err := <-rec.stuck:
 		t.Fatalf("running handler ended across the reconnection: %v", err)
 	default:
+	}
+	if v, err := rec.ic.Store.Read(h.ctx, "/local/domain/5/name"); err != nil || string(v) != "guest5" {
+		t.Fatalf("plugin store read after reconnecting: %q %v", v, err)
 	}
 	st := h.a.Status()
 	if st.Xenstore.Reconnects != 1 || st.Xenstore.State != "connected" || st.Plugins[0].Watches != 1 {
