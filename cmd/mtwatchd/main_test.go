@@ -481,6 +481,15 @@ func TestDaemonReload(t *testing.T) {
 	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
 		t.Fatalf("invalid file changed the running config: %+v", st)
 	}
+	// A section of an unknown plugin: nothing changes, the level included.
+	os.WriteFile(cfgPath, []byte("[log]\nlevel = \"info\"\n[agent]\nstall_threshold = \"1s\"\n[plugins.nope]\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "reload error", func() bool { return strings.Contains(d.stderr.String(), "mtwatchd.toml:5: plugins.nope") })
+	in.Run("xenstore-write", "backend/vif/5/1/state", "1")
+	waitFor(t, "debug entry after a refused reload", func() bool { return strings.Contains(d.stderr.String(), "path=backend/vif/5/1/state") })
+	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
+		t.Fatalf("refused reload changed the running config: %+v", st)
+	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if code := d.exitCode(15 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
