@@ -344,3 +344,42 @@ func TestRemovalOfAncestor(t *testing.T) {
 		t.Errorf("%d runs, want 2", n)
 	}
 }
+
+// TestOverflow: events beyond the domain's queue capacity turn into one
+// run with MTWATCH_OVERFLOW and the rule's node, so the command can resync.
+func TestOverflow(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{Capacity: 4})
+	out := t.TempDir()
+	gate := filepath.Join(out, "gate")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := h.Start(exec.Name, rules(t, out, [3]string{"data", "/local/domain/{domid}/data",
+		fmt.Sprintf("env = { OUT = %q, ACTION = \"gate\" }", out)}))
+	h.AddDomain(5)
+	h.Write("/local/domain/5/data/first", "1")
+	waitFile(h, filepath.Join(out, "started.5.0"))
+	for i := range 20 {
+		h.Write(fmt.Sprintf("/local/domain/5/data/k%d", i), "1")
+	}
+	h.Wait(10*time.Second, "dropped events", func() bool { return statusOf(t, p, "data").Events.Dropped > 0 })
+	os.Remove(gate)
+	var rec string
+	h.Wait(20*time.Second, "run with MTWATCH_OVERFLOW", func() bool {
+		m, _ := filepath.Glob(filepath.Join(out, "data.5.*"))
+		for _, f := range m {
+			if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), "env MTWATCH_OVERFLOW=") {
+				rec = string(b)
+				return true
+			}
+		}
+		return false
+	})
+	if !strings.Contains(rec, "env XS_PATH=/local/domain/5/data\n") {
+		t.Errorf("overflow run:\n%s", rec)
+	}
+	if st := statusOf(t, p, "data"); st.Overflows != 1 {
+		t.Errorf("status %+v", st)
+	}
+}
