@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -203,11 +204,16 @@ func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
 		log.WithError(err).Error("reload: keeping the running configuration")
 		return
 	}
-	if err := logging.SetLevel(log, cfg.Log.Level); err != nil {
+	if _, _, err := logging.New(io.Discard, cfg.Log.Level, cfg.Log.Format); err != nil {
 		log.WithError(err).Error("reload: keeping the running configuration")
 		return
 	}
 	if err := a.Reload(context.Background(), cfg); err != nil {
+		if errors.Is(err, agent.ErrConfig) {
+			log.WithError(err).Error("reload: keeping the running configuration")
+			return
+		}
 		log.WithError(err).Error("reload")
 	}
+	logging.SetLevel(log, cfg.Log.Level)
 }

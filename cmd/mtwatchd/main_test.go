@@ -481,6 +481,15 @@ func TestDaemonReload(t *testing.T) {
 	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
 		t.Fatalf("invalid file changed the running config: %+v", st)
 	}
+	// A section of an unknown plugin: nothing changes, the level included.
+	os.WriteFile(cfgPath, []byte("[log]\nlevel = \"info\"\n[agent]\nstall_threshold = \"1s\"\n[plugins.nope]\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "reload error", func() bool { return strings.Contains(d.stderr.String(), "mtwatchd.toml:5: plugins.nope") })
+	in.Run("xenstore-write", "backend/vif/5/1/state", "1")
+	waitFor(t, "debug entry after a refused reload", func() bool { return strings.Contains(d.stderr.String(), "path=backend/vif/5/1/state") })
+	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
+		t.Fatalf("refused reload changed the running config: %+v", st)
+	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if code := d.exitCode(15 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
@@ -573,3 +582,69 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 }
 
 var _ = domid.Dom0
+
+// TestDaemonSocketActivation: started as mtwatchd.socket starts it, with the
+// listening socket as fd 3 (LISTEN_FDS, LISTEN_PID), mtwatchd serves on it
+// instead of making its own, and leaves it in place when it stops: the
+// socket belongs to systemd.
+func TestDaemonSocketActivation(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	sock := socketPath(t)
+	os.MkdirAll(filepath.Dir(sock), 0o755)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	f, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.Close()
+	defer f.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(t.TempDir(), "empty.toml")
+	os.WriteFile(empty, nil, 0o644)
+	notify := newNotifySocket(t)
+	// LISTEN_PID must be mtwatchd's own pid: sh execs it and keeps its pid.
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, self,
+		"--config", empty, "--xenstore", in.Socket(), "--control", filepath.Join(t.TempDir(), "unused.sock"))
+	cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1", "LISTEN_FDS=1", "NOTIFY_SOCKET="+notify.path)
+	cmd.ExtraFiles = []*os.File{f}
+	stderr := &lockedBuffer{}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		if t.Failed() {
+			t.Logf("mtwatchd stderr:\n%s", stderr.String())
+		}
+	}()
+	notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	st, err := cl.Status(context.Background())
+	if err != nil || st.PID != cmd.Process.Pid {
+		t.Fatalf("status over the passed socket: %+v %v", st, err)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("mtwatchd did not stop")
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatalf("systemd's socket was removed: %v", err)
+	}
+}

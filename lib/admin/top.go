@@ -217,6 +217,12 @@ func topBatch(ctx context.Context, w io.Writer, src topSource, delay time.Durati
 // topInteractive runs the full-screen view on screen until q, ctx's end or
 // n updates.
 func topInteractive(ctx context.Context, screen tcell.Screen, src topSource, delay time.Duration, n int) error {
+	// An agent that is not there is an error before the screen is taken
+	// over; once running, a failed update is shown and retried.
+	st, doms, err := src(ctx)
+	if err != nil {
+		return err
+	}
 	if err := screen.Init(); err != nil {
 		return failf("top: terminal: %v", err)
 	}
@@ -247,11 +253,7 @@ func topInteractive(ctx context.Context, screen tcell.Screen, src topSource, del
 	}()
 
 	m := newTopModel()
-	var (
-		st   control.Status
-		doms []control.Domain
-		msg  string
-	)
+	var msg string
 	refresh := func() {
 		var err error
 		st, doms, err = src(ctx)
@@ -260,7 +262,6 @@ func topInteractive(ctx context.Context, screen tcell.Screen, src topSource, del
 			msg = err.Error()
 		}
 	}
-	refresh()
 	rows := m.rows(doms, time.Now())
 	draw := func() { drawTop(screen, st, rows, m, msg) }
 	draw()

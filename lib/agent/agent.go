@@ -276,10 +276,11 @@ func (a *Agent) start(ctx context.Context) error {
 	return nil
 }
 
-// Shutdown tells systemd STOPPING=1, stops the plugins, removes their
-// watches and lets the workers drain their queues; when ctx ends first,
-// running handlers are cancelled and what is still queued is discarded, and
-// Shutdown returns ctx's error once the handlers returned.
+// Shutdown tells systemd STOPPING=1, stops taking events, lets the workers
+// drain their queues, then stops the plugins and removes their watches.
+// When ctx ends first, running handlers are cancelled, what is still queued
+// is discarded, and Shutdown returns ctx's error without waiting for
+// handlers that ignore their cancellation.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	a.stopOnce.Do(func() { a.stopErr = a.shutdown(ctx) })
 	return a.stopErr
@@ -354,24 +355,29 @@ func (a *Agent) shutdown(ctx context.Context) error {
 
 // Reload applies cfg where it can change live (stall threshold, stale
 // grace, reap_stale, plugin sections of plugins that support it) and logs
-// the changes that need a restart. The log level is the caller's (mtwatchd
+// the changes that need a restart. An error wrapping ErrConfig means nothing
+// changed; other errors are those of plugins refusing their new section
+// (they keep their running one). The log level is the caller's (mtwatchd
 // owns the logger).
 func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 	a.mu.Lock()
 	old := a.cfg
 	a.mu.Unlock()
+	// Checked before anything changes: on such an error nothing does.
 	for _, name := range cfg.Plugins() {
 		if !a.knownPlugin(name) {
-			return cfg.Errorf("plugins."+name, "unknown plugin %q", name)
+			return fmt.Errorf("agent: reload: %w: %w", ErrConfig, cfg.Errorf("plugins."+name, "unknown plugin %q", name))
+		}
+	}
+	for _, p := range a.plugins {
+		if _, err := cfg.Plugin(p.name).Enabled(p.reg.EnabledByDefault); err != nil {
+			return fmt.Errorf("agent: reload: %w: %w", ErrConfig, err)
 		}
 	}
 	var errs []error
 	for _, p := range a.plugins {
 		sec := cfg.Plugin(p.name)
-		on, err := sec.Enabled(p.reg.EnabledByDefault)
-		if err != nil {
-			return err
-		}
+		on, _ := sec.Enabled(p.reg.EnabledByDefault)
 		if on != p.enabled {
 			a.log.Warn("enabling or disabling a plugin needs a restart", "plugin", p.name)
 			continue

@@ -163,6 +163,7 @@ func TestAutoDetect(t *testing.T) {
 	if d.Node || !d.Introduced {
 		t.Fatalf("domain 9 %+v", d)
 	}
+	h.waitDomain(9, "name", func(d control.Domain, _ bool) bool { return d.Name == "guest9" })
 	if err := node.Create(h.ctx, h.c, 9, ""); err != nil {
 		t.Fatal(err)
 	}

@@ -33,10 +33,9 @@ func (a *Agent) nodeEvent(ctx context.Context, c *xenstore.Client, path string) 
 		// The directory itself (removed, or its perms changed): rescan.
 		return a.reconcile(ctx, c)
 	}
-	name, sub, _ := strings.Cut(rest, "/")
+	name, _, _ := strings.Cut(rest, "/")
 	if _, err := domid.ParseGuest(name); err == nil {
 		a.ignore(rest, "below a node (nodes have no children)")
-		_ = sub
 		return nil
 	}
 	a.ignore(name, "not a guest domid")

@@ -2,7 +2,9 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,6 +62,11 @@ func TestReconnectKeepsWorkers(t *testing.T) {
 	if st := h.a.Status(); st.Xenstore.State != "disconnected" {
 		t.Fatalf("status while xenstored is gone: %+v", st.Xenstore)
 	}
+	// The plugin's handle fails meanwhile with ErrClosed, and works again
+	// once the agent reconnected.
+	if _, err := rec.ic.Store.Read(h.ctx, "/local/domain/5/name"); !errors.Is(err, xenstore.ErrClosed) {
+		t.Fatalf("plugin store read while disconnected: %v", err)
+	}
 	if err := in.Server.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -84,6 +91,9 @@ func TestReconnectKeepsWorkers(t *testing.T) {
 		t.Fatalf("running handler ended across the reconnection: %v", err)
 	default:
 	}
+	if v, err := rec.ic.Store.Read(h.ctx, "/local/domain/5/name"); err != nil || string(v) != "guest5" {
+		t.Fatalf("plugin store read after reconnecting: %q %v", v, err)
+	}
 	st := h.a.Status()
 	if st.Xenstore.Reconnects != 1 || st.Xenstore.State != "connected" || st.Plugins[0].Watches != 1 {
 		t.Fatalf("status %+v", st)
@@ -106,5 +116,35 @@ func TestReconnectKeepsWorkers(t *testing.T) {
 	h.waitWorker(5, control.WorkerNone)
 	if !strings.Contains(h.logs.String(), "reconnect") {
 		t.Fatal("no reconnection logged")
+	}
+}
+
+// TestStartWaitsForXenstored: Start retries a failing dial with backoff and
+// says so to systemd, then starts normally.
+func TestStartWaitsForXenstored(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	var mu sync.Mutex
+	var notes []string
+	fails := 0
+	h := start(t, in, "", func(o *agent.Options) {
+		o.Notify = func(s string) { mu.Lock(); notes = append(notes, s); mu.Unlock() }
+		o.Dial = func(ctx context.Context) (*xenstore.Client, error) {
+			if fails < 3 {
+				fails++
+				return nil, errors.New("xenstored is not there yet")
+			}
+			return xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+		}
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	all := strings.Join(notes, "|")
+	unreachable := strings.Index(all, "STATUS=xenstored unreachable: xenstored is not there yet")
+	if fails != 3 || unreachable < 0 || strings.Index(all, "READY=1") < unreachable {
+		t.Fatalf("fails %d, notes %q", fails, notes)
+	}
+	if st := h.a.Status(); st.Xenstore.State != "connected" || st.Xenstore.Reconnects != 0 {
+		t.Fatalf("status %+v", st.Xenstore)
 	}
 }

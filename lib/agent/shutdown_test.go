@@ -80,12 +80,14 @@ func TestShutdownCancelsHungHandler(t *testing.T) {
 	if took := time.Since(begin); took > 5*time.Second {
 		t.Fatalf("shutdown took %v", took)
 	}
+	// Cancelled by then; Shutdown does not wait for a handler that
+	// ignores its context, so the return itself may come just after.
 	select {
 	case err := <-rec.stuck:
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("hung handler ended with %v", err)
 		}
-	default:
-		t.Fatal("hung handler still running after Shutdown returned")
+	case <-time.After(5 * time.Second):
+		t.Fatal("hung handler not cancelled by Shutdown")
 	}
 }

@@ -131,7 +131,7 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 // have been missed).
 type Client struct {
 	// Lock order: mu, dlMu and wmu are never held together, and each
-	// Watch's mu is taken with none of them held; nobody blocks on sem or
+	// Watch's mu and fnMu are taken with none of them held (fnMu before mu); nobody blocks on sem or
 	// on a call's done channel while holding any of them. The fields under
 	// a lock are listed after it.
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -384,6 +385,107 @@ func TestCloseEndsEverything(t *testing.T) {
 	}
 	if _, err := c.Read(context.Background(), "/x"); !errors.Is(err, ErrClosed) {
 		t.Errorf("read after close: %v", err)
+	}
+}
+
+// TestWatchFuncEndWaits: ending a WatchFunc watch waits for a call of its
+// function in progress, and no call follows.
+func TestWatchFuncEndWaits(t *testing.T) {
+	c, f := newFake(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	ch := make(chan *Watch, 1)
+	go func() {
+		w, err := c.WatchFunc(context.Background(), "/f", "t", func(Event) {
+			if calls.Add(1) == 1 {
+				close(entered)
+				<-release
+			}
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- w
+	}()
+	h, _ := f.next()
+	f.send(frame(typeWatch, h.reqID, 0, []byte("OK\x00")))
+	w := <-ch
+	ev := func(path string) []byte {
+		return frame(typeWatchEvent, 0, 0, []byte(path+"\x00"+w.wire+"\x00"))
+	}
+	f.send(ev("/f/a"))
+	<-entered
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while the watch's function ran")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-closed
+	for range w.Events() {
+	}
+	if !errors.Is(w.Err(), ErrClosed) {
+		t.Errorf("watch: %v", w.Err())
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("function called %d times, want 1", n)
+	}
+}
+
+// TestWatchFuncUnwatchUnderFlood: events keep arriving while Unwatch runs;
+// once it returns the function is never called again, and events of the
+// removed watch that were already on the wire are dropped.
+func TestWatchFuncUnwatchUnderFlood(t *testing.T) {
+	c, f := newFake(t)
+	var calls atomic.Int32
+	ch := make(chan *Watch, 1)
+	go func() {
+		w, err := c.WatchFunc(context.Background(), "/f", "t", func(Event) { calls.Add(1) })
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- w
+	}()
+	h, _ := f.next()
+	f.send(frame(typeWatch, h.reqID, 0, []byte("OK\x00")))
+	w := <-ch
+	ev := frame(typeWatchEvent, 0, 0, []byte("/f/x\x00"+w.wire+"\x00"))
+	for i := 0; i < 100; i++ {
+		f.send(ev)
+	}
+	done := make(chan error, 1)
+	go func() { done <- w.Unwatch(context.Background()) }()
+	h, _ = f.next()
+	if h.typ != typeUnwatch {
+		t.Fatalf("got %s, want UNWATCH", h.typ)
+	}
+	// Crossing the UNWATCH: xenstored had already queued these.
+	for i := 0; i < 100; i++ {
+		f.send(ev)
+	}
+	f.send(frame(typeUnwatch, h.reqID, 0, []byte("OK\x00")))
+	if err := wait(t, done); err != nil {
+		t.Fatal(err)
+	}
+	// Events not yet handled when Unwatch began are dropped, as a channel
+	// watch drops what its consumer has not received.
+	n := calls.Load()
+	// A late event, read by the next caller: nobody reads without a call
+	// pending or a watch.
+	r := asyncRead(c, "/r")
+	hr, _ := f.next()
+	f.send(ev)
+	f.send(frame(typeRead, hr.reqID, 0, []byte("v")))
+	if err := wait(t, r); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls.Load(); got != n {
+		t.Errorf("%d calls after Unwatch returned", got-n)
+	}
+	if !errors.Is(w.Err(), ErrUnwatched) {
+		t.Errorf("Err = %v", w.Err())
 	}
 }
 

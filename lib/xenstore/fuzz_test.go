@@ -17,6 +17,7 @@ func FuzzFrameDecoder(f *testing.F) {
 	f.Add(frame(typeRead, 1, 0, []byte("value")))
 	f.Add(append(frame(typeWatchEvent, 0, 0, []byte("/w/x\x001:t\x00")), frame(typeError, 2, 0, []byte("ENOENT\x00"))...))
 	f.Add(frame(typeDirectory, 3, 0, []byte("a\x00b\x00")))
+	f.Add(append(frame(typeWatchEvent, 0, 0, []byte("/f/y\x002:f\x00")), frame(typeWatchEvent, 0, 0, []byte("/w/x\x001:t\x00"))...))
 	f.Add(frame(typeRead, 9, 0, nil))
 	f.Add(frame(typeRead, 1, 0, make([]byte, PayloadMax)))
 	f.Add(frame(typeRead, 1, 0, []byte("trunc"))[:headerSize+2])
@@ -35,6 +36,15 @@ func FuzzFrameDecoder(f *testing.F) {
 		w := &Watch{c: c, path: "/w", token: "t", wire: "1:t", ch: make(chan Event, watchChanCap), stop: make(chan struct{})}
 		c.watches[w.wire] = w
 		c.byPath[watchKey{w.path, w.token}] = w
+		// A WatchFunc watch: its events reach the function intact.
+		wf := &Watch{c: c, path: "/f", token: "f", wire: "2:f", ch: make(chan Event), stop: make(chan struct{})}
+		wf.fn = func(ev Event) {
+			if ev.Token != "f" || strings.IndexByte(ev.Path, 0) >= 0 {
+				t.Fatalf("bad event %+v", ev)
+			}
+		}
+		c.watches[wf.wire] = wf
+		c.byPath[watchKey{wf.path, wf.token}] = wf
 		defer c.Close()
 
 		br := bufio.NewReaderSize(bytes.NewReader(data), readBufSize)

@@ -562,7 +562,11 @@ func (p *Plugin) run(k devKey, d *device, add bool) {
 	case res.TimedOut:
 		fail(resultTimeout, fmt.Sprintf("%s %s timed out after %v: killed", prog, action, p.cfg.Timeout))
 	case res.Cancelled:
-		fail(resultError, fmt.Sprintf("%s %s killed: mtwatchd stopping", prog, action))
+		// Not the device's failure: nothing is written, so that the next
+		// start's scan runs the add again for a device still at InitWait.
+		p.scripts.WithLabelValues(k.typ, action, resultError).Inc()
+		p.failed.Add(1)
+		log.Warn("hotplug script killed: mtwatchd stopping")
 	case res.ExitCode < 0 && res.Signal == 0:
 		fail(resultError, fmt.Sprintf("cannot execute %s: %v", prog, res.Err))
 	case res.Signal != 0:

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -480,4 +481,41 @@ func TestResolve(t *testing.T) {
 			t.Errorf("resolve(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
 		}
 	}
+}
+
+// TestStopDuringAdd: a script killed because the plugin stops leaves no
+// hotplug-status, and the next start's scan runs the add again.
+func TestStopDuringAdd(t *testing.T) {
+	t.Parallel()
+	f := build(t, plugintest.Options{}, "grace = \"100ms\"")
+	f.start()
+	f.h.AddDomain(13)
+	dev := f.device("vbd", 13, 768, "hang")
+	f.h.Write(dev+"/state", "2")
+	f.record(dev, "add", 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := f.p.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range f.h.Watches() {
+		w.Unwatch(ctx) // as the agent does after Stop
+	}
+	if v, ok := f.h.Read(dev + "/hotplug-status"); ok {
+		t.Fatalf("hotplug-status %q after a stop", v)
+	}
+	// A new process: a new registry.
+	ic := f.h.InitContext(Name, f.h.Section(Name, fmt.Sprintf("scripts_dir = %q\nxl_conf = \"\"\n", f.scripts)))
+	ic.Metrics = prometheus.NewRegistry()
+	pl, err := New(ic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p2 := pl.(*Plugin)
+	p2.env = f.p.env
+	if err := p2.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer p2.Stop(context.Background())
+	f.record(dev, "add", 1)
 }

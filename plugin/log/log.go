@@ -90,7 +90,9 @@ func (p *Plugin) Start(ctx context.Context) error {
 // watch registers paths; p.mu held.
 func (p *Plugin) watch(ctx context.Context, paths []string) error {
 	for _, path := range paths {
-		w, err := p.ic.Watches.Watch(ctx, dispatch.WatchConfig{Path: path, Handler: p.handle})
+		w, err := p.ic.Watches.Watch(ctx, dispatch.WatchConfig{Path: path, Handler: func(ctx context.Context, ev dispatch.Event) error {
+			return p.handle(ctx, path, ev)
+		}})
 		if err != nil {
 			return err
 		}
@@ -99,12 +101,12 @@ func (p *Plugin) watch(ctx context.Context, paths []string) error {
 	return nil
 }
 
-func (p *Plugin) handle(ctx context.Context, ev dispatch.Event) error {
+func (p *Plugin) handle(ctx context.Context, watch string, ev dispatch.Event) error {
 	worker, _ := dispatch.WorkerOf(ctx)
 	p.mu.Lock()
 	level := p.level
 	p.mu.Unlock()
-	e := p.ic.Log.WithFields(logrus.Fields{"domid": ev.Domid, "worker": worker, "path": ev.Path, "watch": ev.Token})
+	e := p.ic.Log.WithFields(logrus.Fields{"domid": ev.Domid, "worker": worker, "path": ev.Path, "watch": watch, "token": ev.Token})
 	if ev.Overflow {
 		e.WithField("dropped", ev.Dropped).Warn("events dropped: the domain's queue was full")
 		return nil

@@ -57,12 +57,31 @@ func TestLogsEventsWithDomainAndWorker(t *testing.T) {
 	}
 	c.Write(ctx, "backend/vbd/5/0/state", []byte("1")) // not watched
 	c.Write(ctx, "backend/vif/5/0/state", []byte("1"))
+	waitEntry(t, ctx, hook, "backend/vif/5/0/state", "backend/vbd/5/0/state")
+
+	// SIGHUP's path: the new paths are watched, the old ones no longer.
+	cfg2, err := config.Parse("t.toml", []byte("[plugins.log]\nlevel = \"info\"\npaths = [\"backend/vbd\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Reload(ctx, cfg2); err != nil {
+		t.Fatal(err)
+	}
+	hook.Reset()
+	c.Write(ctx, "backend/vif/5/1/state", []byte("1"))
+	c.Write(ctx, "backend/vbd/5/1/state", []byte("1"))
+	waitEntry(t, ctx, hook, "backend/vbd/5/1/state", "backend/vif/5/1/state")
+}
+
+// waitEntry waits for the entry of path, failing on one of never.
+func waitEntry(t *testing.T, ctx context.Context, hook *test.Hook, path, never string) {
+	t.Helper()
 	for {
 		for _, e := range hook.AllEntries() {
-			if e.Data["path"] == "backend/vbd/5/0/state" {
+			if e.Data["path"] == never {
 				t.Fatalf("unwatched path logged: %v", e.Data)
 			}
-			if e.Data["path"] == "backend/vif/5/0/state" {
+			if e.Data["path"] == path {
 				if e.Level != logrus.InfoLevel || e.Data["plugin"] != "log" || e.Data["domid"] != domid.ID(5) || e.Data["worker"] != domid.ID(5) {
 					t.Fatalf("entry %v %v", e.Level, e.Data)
 				}
@@ -70,7 +89,7 @@ func TestLogsEventsWithDomainAndWorker(t *testing.T) {
 			}
 		}
 		if ctx.Err() != nil {
-			t.Fatal("event not logged")
+			t.Fatalf("%s not logged", path)
 		}
 		time.Sleep(time.Millisecond)
 	}

@@ -159,3 +159,41 @@ func TestDisabled(t *testing.T) {
 		t.Errorf("a disabled rule ran: %v", m)
 	}
 }
+
+// TestExecReloadKeepsQueuedEvents: through SIGHUP, an unchanged rule keeps
+// the events queued while its command was busy; a removed rule is gone.
+func TestExecReloadKeepsQueuedEvents(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	out := t.TempDir()
+	gate := filepath.Join(out, "gate")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	keep := `keep|/local/domain/{domid}/data|env = { OUT = "$OUT", ACTION = "gate" }`
+	a := newAgent(t, in, execRules(out, keep, `old|/local/domain/{domid}/old|env = { OUT = "$OUT" }`))
+	a.run()
+	a.domain(4)
+	a.write("/local/domain/4/data/a", "1")
+	waitFile(a, filepath.Join(out, "started.4.0"))
+	a.write("/local/domain/4/data/b", "1", "/local/domain/4/data/c", "1")
+	a.wait(10*time.Second, "queued events", func() bool {
+		d, err := a.ctl.Domain(t.Context(), 4)
+		return err == nil && d.Queued == 2
+	})
+	if err := os.WriteFile(a.config, []byte(execRules(out, keep)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.wait(10*time.Second, "one watch after SIGHUP", func() bool { return pluginStatus(t, a, exec.Name).Watches == 1 })
+	os.Remove(gate)
+	a.wait(20*time.Second, "queued events run", func() bool {
+		m, _ := filepath.Glob(filepath.Join(out, "keep.4.[0-9]"))
+		return len(m) == 3
+	})
+	a.write("/local/domain/4/old", "1")
+	time.Sleep(200 * time.Millisecond)
+	if m, _ := filepath.Glob(filepath.Join(out, "old.*")); len(m) != 0 {
+		t.Errorf("removed rule ran: %v", m)
+	}
+}

@@ -1,0 +1,45 @@
+package plugintest
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestSectionLines(t *testing.T) {
+	s := &Section{file: "f.toml", name: "p", text: `grace = "1s"
+types = ["a", "b"]
+
+[[rule]]
+name = "a"
+path = "/x"
+
+[[rule]]
+name = "b"
+path = "/y"
+bogus = 1
+`}
+	for _, tc := range []struct{ key, want string }{
+		{"grace", "f.toml:1: grace: m"},
+		{"types[1]", "f.toml:2: types[1]: m"},
+		{"rule[0]", "f.toml:4: rule[0]: m"},
+		{"rule[1].path", "f.toml:10: rule[1].path: m"},
+		{"rule[0].path", "f.toml:6: rule[0].path: m"},
+		{"timeout", "f.toml: [plugins.p] timeout: m"},
+	} {
+		if got := s.Errorf(tc.key, "m").Error(); got != tc.want {
+			t.Errorf("Errorf(%q) = %q, want %q", tc.key, got, tc.want)
+		}
+	}
+	var v struct {
+		Grace string
+		Types []string
+		Rule  []struct{ Name, Path string }
+	}
+	if err := s.Decode(&v); err == nil || !strings.HasPrefix(err.Error(), "f.toml:11: rule.bogus: unknown key") {
+		t.Errorf("Decode: %v", err)
+	}
+	bad := &Section{file: "f.toml", name: "p", text: "a = 1\nb = = 2\n"}
+	if err := bad.Decode(&v); err == nil || !strings.HasPrefix(err.Error(), "f.toml:2: ") {
+		t.Errorf("Decode of a syntax error: %v", err)
+	}
+}
