@@ -97,19 +97,19 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	)
 	switch cmd {
 	case "create":
-		a, err = direct(hook.Create, args)
+		a, err = direct(hook.KindCreate, args)
 	case "destroy":
-		a, err = direct(hook.Destroy, args)
+		a, err = direct(hook.KindDestroy, args)
 	case "libvirt":
 		mode = hook.ModeLibvirt
-		a, err = hook.Libvirt(args, stdin)
+		a, err = hook.ParseLibvirt(args, stdin)
 	case "xapi":
 		mode = hook.ModeXAPI
 		if len(args) == 0 {
 			err = fmt.Errorf("%w: xapi: hook name missing", hook.ErrUsage)
 			break
 		}
-		a, err = hook.XAPI(args[0], args[1:])
+		a, err = hook.ParseXAPI(args[0], args[1:])
 	default:
 		err = fmt.Errorf("%w: unknown command %q (see mtwatch-hook --help)", hook.ErrUsage, cmd)
 	}
@@ -136,8 +136,8 @@ func direct(kind hook.Kind, args []string) (hook.Action, error) {
 		return a, fmt.Errorf("%w: %w: %q", hook.ErrInput, node.ErrBadUUID, *uuid)
 	}
 	switch {
-	case fs.NArg() == 0 && kind == hook.Destroy && a.UUID != "":
-		a.Kind = hook.DestroyUUID
+	case fs.NArg() == 0 && kind == hook.KindDestroy && a.UUID != "":
+		a.Kind = hook.KindDestroyUUID
 		return a, nil
 	case fs.NArg() != 1:
 		return a, fmt.Errorf("%w: %s takes exactly one <domid>, got %d argument(s)", hook.ErrUsage, name, fs.NArg())
@@ -152,7 +152,7 @@ func direct(kind hook.Kind, args []string) (hook.Action, error) {
 
 // apply connects to XenStore and runs a, all within the timeout.
 func apply(o options, a hook.Action) error {
-	if a.Kind == hook.None {
+	if a.Kind == hook.KindNone {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)

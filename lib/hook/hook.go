@@ -5,11 +5,13 @@
 package hook
 
 import (
+	"bytes"
 	"context"
 	"encoding/xml"
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -17,9 +19,11 @@ import (
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
 
-// Exit codes of mtwatch-hook. A toolstack that treats any non-zero exit as
-// "abort" (libvirt) only sees them in strict mode; XAPI reads 1 as "log and
-// continue" and anything else as "abort".
+// Exit codes of mtwatch-hook; ExitCode decides which one a failure gets.
+// libvirt aborts the operation on any non-zero exit, so under libvirt a
+// failure or bad input exits 0 unless strict, and only a wrong argument
+// shape (which libvirt itself never produces) exits 2. XAPI reads 1 as "log
+// and continue" and anything else as "abort".
 const (
 	ExitOK      = 0 // done, nothing to do, or a failure tolerated by policy
 	ExitFailure = 1 // XenStore unreachable, timed out or refused the change
@@ -39,10 +43,10 @@ var (
 type Kind int
 
 const (
-	None        Kind = iota // leave XenStore alone
-	Create                  // create (or ensure) the node of Domid
-	Destroy                 // remove the node of Domid
-	DestroyUUID             // remove the nodes whose value is UUID
+	KindNone        Kind = iota // leave XenStore alone
+	KindCreate                  // create (or ensure) the node of Domid
+	KindDestroy                 // remove the node of Domid (only if it is UUID's, when given)
+	KindDestroyUUID             // remove the nodes whose value is UUID
 )
 
 func (k Kind) String() string {
@@ -61,11 +65,15 @@ type Action struct {
 // Run carries out a.
 func Run(ctx context.Context, c *xenstore.Client, a Action) error {
 	switch a.Kind {
-	case Create:
+	case KindCreate:
 		return node.Create(ctx, c, a.Domid, a.UUID)
-	case Destroy:
+	case KindDestroy:
+		if a.UUID != "" {
+			_, err := node.DestroyIf(ctx, c, a.Domid, a.UUID)
+			return err
+		}
 		return node.Destroy(ctx, c, a.Domid)
-	case DestroyUUID:
+	case KindDestroyUUID:
 		_, err := node.DestroyByUUID(ctx, c, a.UUID)
 		return err
 	}
@@ -84,29 +92,29 @@ type libvirtDomain struct {
 	UUID    string   `xml:"uuid"`
 }
 
-// Libvirt decides the action for libvirt's libxl hook, invoked as
+// ParseLibvirt decides the action for libvirt's libxl hook, invoked as
 // "<domain-name> <op> <subop> <extra>" with the domain XML on stdin. Only
-// the operations below touch XenStore; every other one returns None without
+// the operations below touch XenStore; every other one returns KindNone without
 // reading stdin, so unknown or future operations cost nothing.
 //
 //	started begin   create: the domain exists and has its domid (XML id)
 //	reconnect begin create: libvirtd restarted; make sure the node is there
 //	stopped end     destroy: the domain is gone (XML still has its id)
 //	release end     destroy if still there, by id or else by uuid
-func Libvirt(args []string, stdin io.Reader) (Action, error) {
+func ParseLibvirt(args []string, stdin io.Reader) (Action, error) {
 	if len(args) != 4 {
 		return Action{}, fmt.Errorf("%w: libvirt hook takes <domain-name> <op> <subop> <extra>, got %d argument(s)", ErrUsage, len(args))
 	}
 	op, subop := args[1], args[2]
-	why := "libvirt " + op + " " + subop
+	why := "libvirt " + quote(op) + " " + quote(subop)
 	var kind Kind
 	switch op + " " + subop {
 	case "started begin", "reconnect begin":
-		kind = Create
+		kind = KindCreate
 	case "stopped end", "release end":
-		kind = Destroy
+		kind = KindDestroy
 	default:
-		return Action{Kind: None, Why: why}, nil
+		return Action{Kind: KindNone, Why: why}, nil
 	}
 	dom, err := parseDomainXML(stdin)
 	if err != nil {
@@ -121,8 +129,8 @@ func Libvirt(args []string, stdin io.Reader) (Action, error) {
 	}
 	// libvirt writes id='-1' (or nothing) for a domain that is not running.
 	if dom.ID == nil || *dom.ID == "-1" {
-		if kind == Destroy && a.UUID != "" {
-			a.Kind = DestroyUUID
+		if kind == KindDestroy && a.UUID != "" {
+			a.Kind = KindDestroyUUID
 			return a, nil
 		}
 		return Action{}, fmt.Errorf("%w: %s of domain %q: domain XML has no id", ErrInput, why, args[0])
@@ -143,11 +151,68 @@ func parseDomainXML(r io.Reader) (*libvirtDomain, error) {
 	if len(data) > maxXML {
 		return nil, fmt.Errorf("domain xml larger than %d bytes", maxXML)
 	}
+	if err := checkWellFormed(data); err != nil {
+		return nil, fmt.Errorf("parse domain xml: %w", err)
+	}
 	var dom libvirtDomain
 	if err := xml.Unmarshal(data, &dom); err != nil {
 		return nil, fmt.Errorf("parse domain xml: %w", err)
 	}
 	return &dom, nil
+}
+
+// checkWellFormed refuses what encoding/xml would let through but a domain
+// XML never holds and a reader could take two ways: a repeated attribute
+// (<domain id='7' id='8'>, whose last value xml.Unmarshal keeps), a repeated
+// <name> or <uuid>, and anything but white space, comments and processing
+// instructions after the root element.
+func checkWellFormed(data []byte) error {
+	d := xml.NewDecoder(bytes.NewReader(data))
+	var (
+		depth, roots int
+		seen         = map[string]bool{}
+	)
+	for {
+		tok, err := d.Token()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth == 0 {
+				if roots++; roots > 1 {
+					return fmt.Errorf("second root element <%s>", t.Name.Local)
+				}
+			}
+			if depth == 1 && (t.Name.Local == "name" || t.Name.Local == "uuid") {
+				if seen[t.Name.Local] {
+					return fmt.Errorf("repeated element <%s>", t.Name.Local)
+				}
+				seen[t.Name.Local] = true
+			}
+			attrs := make(map[xml.Name]bool, len(t.Attr))
+			for _, a := range t.Attr {
+				if attrs[a.Name] {
+					return fmt.Errorf("element <%s> repeats attribute %s", t.Name.Local, a.Name.Local)
+				}
+				attrs[a.Name] = true
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		case xml.CharData:
+			if depth == 0 && len(bytes.TrimSpace(t)) > 0 {
+				return fmt.Errorf("text outside the root element")
+			}
+		}
+	}
+	if roots == 0 {
+		return fmt.Errorf("no root element")
+	}
+	return nil
 }
 
 // xapiCreate lists the XAPI hooks that run while the domain exists and name
@@ -165,35 +230,36 @@ var xapiCreate = map[string]bool{
 	"vm-pre-suspend":  true,
 }
 
-// XAPI decides the action for a script in /etc/xapi.d/<hook>/, invoked with
+// ParseXAPI decides the action for a script in /etc/xapi.d/<hook>/, invoked with
 // "-vmuuid <uuid> -reason <reason> [-vmdomid <domid>]". vm-post-destroy
 // carries no domid: the node is found by the VM uuid it holds. Hooks without
 // a domid (vm-pre-start) and unknown hooks do nothing.
-func XAPI(hook string, args []string) (Action, error) {
-	var uuid, reason, dom string
-	var haveDom bool
+func ParseXAPI(hook string, args []string) (Action, error) {
+	values := map[string]string{}
 	for i := 0; i < len(args); i += 2 {
+		name := args[i]
 		if i+1 >= len(args) {
-			return Action{}, fmt.Errorf("%w: xapi hook %s: %s without a value", ErrUsage, hook, args[i])
+			return Action{}, fmt.Errorf("%w: xapi hook %s: %s without a value", ErrUsage, quote(hook), quote(name))
 		}
-		v := args[i+1]
-		switch args[i] {
-		case "-vmuuid":
-			uuid = v
-		case "-reason":
-			reason = v
-		case "-vmdomid":
-			dom, haveDom = v, true
+		switch name {
+		case "-vmuuid", "-reason", "-vmdomid":
 		default:
-			return Action{}, fmt.Errorf("%w: xapi hook %s: unknown argument %q", ErrUsage, hook, args[i])
+			return Action{}, fmt.Errorf("%w: xapi hook %s: unknown argument %q", ErrUsage, quote(hook), name)
 		}
+		// XAPI passes each once; a second value would silently win.
+		if _, dup := values[name]; dup {
+			return Action{}, fmt.Errorf("%w: xapi hook %s: %s given twice", ErrUsage, quote(hook), name)
+		}
+		values[name] = args[i+1]
 	}
+	uuid, reason := values["-vmuuid"], values["-reason"]
+	dom, haveDom := values["-vmdomid"]
 	if uuid == "" {
-		return Action{}, fmt.Errorf("%w: xapi hook %s: -vmuuid is missing", ErrUsage, hook)
+		return Action{}, fmt.Errorf("%w: xapi hook %s: -vmuuid is missing", ErrUsage, quote(hook))
 	}
-	why := "xapi " + hook
+	why := "xapi " + quote(hook)
 	if reason != "" {
-		why += " (" + reason + ")"
+		why += " (" + quote(reason) + ")"
 	}
 	if !node.ValidUUID(uuid) {
 		return Action{}, fmt.Errorf("%w: %s: %w: %q", ErrInput, why, node.ErrBadUUID, uuid)
@@ -201,15 +267,30 @@ func XAPI(hook string, args []string) (Action, error) {
 	uuid = strings.ToLower(uuid)
 	switch {
 	case hook == "vm-post-destroy":
-		return Action{Kind: DestroyUUID, UUID: uuid, Why: why}, nil
+		return Action{Kind: KindDestroyUUID, UUID: uuid, Why: why}, nil
 	case xapiCreate[hook] && haveDom:
 		id, err := domid.ParseGuest(dom)
 		if err != nil {
 			return Action{}, fmt.Errorf("%w: %s of vm %s: %w", ErrInput, why, uuid, err)
 		}
-		return Action{Kind: Create, Domid: id, UUID: uuid, Why: why}, nil
+		return Action{Kind: KindCreate, Domid: id, UUID: uuid, Why: why}, nil
 	}
-	return Action{Kind: None, Why: why}, nil
+	return Action{Kind: KindNone, Why: why}, nil
+}
+
+// quote returns s as it is if it is a plain word, else Go-quoted: values
+// from argv go into stderr and syslog, where a newline would forge a line.
+func quote(s string) string {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return strconv.Quote(s)
+		}
+	}
+	if s == "" {
+		return `""`
+	}
+	return s
 }
 
 // Mode is how the hook was invoked; it decides how failures map to exit

@@ -18,24 +18,25 @@ func TestLibvirt(t *testing.T) {
 		want           Action
 		wantErr        error
 	}{
-		{"started", "begin", "running.xml", Action{Kind: Create, Domid: 7, UUID: vmUUID}, nil},
-		{"started", "begin", "hvm-running.xml", Action{Kind: Create, Domid: 32751, UUID: "c9a1d3f0-5e2b-4b7a-9d3c-0123456789ab"}, nil},
-		{"reconnect", "begin", "running.xml", Action{Kind: Create, Domid: 7, UUID: vmUUID}, nil},
-		{"stopped", "end", "running.xml", Action{Kind: Destroy, Domid: 7, UUID: vmUUID}, nil},
-		{"release", "end", "running.xml", Action{Kind: Destroy, Domid: 7, UUID: vmUUID}, nil},
-		{"release", "end", "inactive.xml", Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
-		{"release", "end", "defined.xml", Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
-		{"stopped", "end", "defined.xml", Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
+		{"started", "begin", "running.xml", Action{Kind: KindCreate, Domid: 7, UUID: vmUUID}, nil},
+		{"started", "begin", "hvm-running.xml", Action{Kind: KindCreate, Domid: 32751, UUID: "c9a1d3f0-5e2b-4b7a-9d3c-0123456789ab"}, nil},
+		{"reconnect", "begin", "running.xml", Action{Kind: KindCreate, Domid: 7, UUID: vmUUID}, nil},
+		{"stopped", "end", "running.xml", Action{Kind: KindDestroy, Domid: 7, UUID: vmUUID}, nil},
+		{"release", "end", "running.xml", Action{Kind: KindDestroy, Domid: 7, UUID: vmUUID}, nil},
+		{"release", "end", "inactive.xml", Action{Kind: KindDestroyUUID, UUID: vmUUID}, nil},
+		{"release", "end", "defined.xml", Action{Kind: KindDestroyUUID, UUID: vmUUID}, nil},
+		{"stopped", "end", "defined.xml", Action{Kind: KindDestroyUUID, UUID: vmUUID}, nil},
+		{"started", "begin", "prolog.xml", Action{Kind: KindCreate, Domid: 7, UUID: vmUUID}, nil},
 		// Operations that never touch XenStore, whatever stdin holds.
-		{"prepare", "begin", "garbage.txt", Action{Kind: None}, nil},
-		{"start", "begin", "defined.xml", Action{Kind: None}, nil},
-		{"started", "end", "garbage.txt", Action{Kind: None}, nil},
-		{"stopped", "begin", "garbage.txt", Action{Kind: None}, nil},
-		{"release", "begin", "garbage.txt", Action{Kind: None}, nil},
-		{"migrate", "begin", "garbage.txt", Action{Kind: None}, nil},
-		{"restore", "begin", "garbage.txt", Action{Kind: None}, nil},
-		{"attach", "begin", "garbage.txt", Action{Kind: None}, nil},
-		{"some-future-op", "begin", "garbage.txt", Action{Kind: None}, nil},
+		{"prepare", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
+		{"start", "begin", "defined.xml", Action{Kind: KindNone}, nil},
+		{"started", "end", "garbage.txt", Action{Kind: KindNone}, nil},
+		{"stopped", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
+		{"release", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
+		{"migrate", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
+		{"restore", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
+		{"attach", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
+		{"some-future-op", "begin", "garbage.txt", Action{Kind: KindNone}, nil},
 		// Bad input where a domid is needed.
 		{"started", "begin", "defined.xml", Action{}, ErrInput},
 		{"started", "begin", "inactive.xml", Action{}, ErrInput},
@@ -47,6 +48,12 @@ func TestLibvirt(t *testing.T) {
 		{"started", "begin", "truncated.xml", Action{}, ErrInput},
 		{"started", "begin", "garbage.txt", Action{}, ErrInput},
 		{"stopped", "end", "garbage.txt", Action{}, ErrInput},
+		// Not well formed, or ambiguous: which id or uuid would count?
+		{"started", "begin", "duplicate-id.xml", Action{}, ErrInput},
+		{"stopped", "end", "duplicate-id.xml", Action{}, ErrInput},
+		{"started", "begin", "duplicate-uuid.xml", Action{}, ErrInput},
+		{"started", "begin", "second-root.xml", Action{}, ErrInput},
+		{"started", "begin", "trailing-text.xml", Action{}, ErrInput},
 	}
 	for _, tt := range tests {
 		name := tt.op + "/" + tt.subop + "/" + tt.xml
@@ -56,7 +63,7 @@ func TestLibvirt(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			got, err := Libvirt([]string{"web01", tt.op, tt.subop, "-"}, f)
+			got, err := ParseLibvirt([]string{"web01", tt.op, tt.subop, "-"}, f)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("error = %v, want %v", err, tt.wantErr)
@@ -79,8 +86,8 @@ func TestLibvirt(t *testing.T) {
 
 func TestLibvirtArgs(t *testing.T) {
 	for _, args := range [][]string{nil, {"web01"}, {"web01", "started", "begin"}, {"web01", "started", "begin", "-", "extra"}} {
-		if _, err := Libvirt(args, strings.NewReader("")); !errors.Is(err, ErrUsage) {
-			t.Errorf("Libvirt(%q) error = %v, want ErrUsage", args, err)
+		if _, err := ParseLibvirt(args, strings.NewReader("")); !errors.Is(err, ErrUsage) {
+			t.Errorf("ParseLibvirt(%q) error = %v, want ErrUsage", args, err)
 		}
 	}
 }
@@ -88,7 +95,7 @@ func TestLibvirtArgs(t *testing.T) {
 // TestLibvirtXMLBound checks that stdin is not read without limit.
 func TestLibvirtXMLBound(t *testing.T) {
 	big := "<domain type='xen' id='7'><name>" + strings.Repeat("x", maxXML) + "</name></domain>"
-	_, err := Libvirt([]string{"d", "started", "begin", "-"}, strings.NewReader(big))
+	_, err := ParseLibvirt([]string{"d", "started", "begin", "-"}, strings.NewReader(big))
 	if !errors.Is(err, ErrInput) || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("error = %v", err)
 	}
@@ -101,18 +108,18 @@ func TestXAPI(t *testing.T) {
 		want    Action
 		wantErr error
 	}{
-		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
-		{"vm-post-resume", []string{"-vmdomid", "12", "-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
-		{"vm-post-migrate", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "3"}, Action{Kind: Create, Domid: 3, UUID: vmUUID}, nil},
-		{"vm-post-migrate", []string{"-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: None}, nil},
-		{"vm-post-destroy", []string{"-vmuuid", strings.ToUpper(vmUUID), "-reason", "clean-shutdown"}, Action{Kind: DestroyUUID, UUID: vmUUID}, nil},
-		{"vm-pre-start", []string{"-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: None}, nil},
-		{"vm-pre-shutdown", []string{"-vmuuid", vmUUID, "-reason", "clean-shutdown", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
-		{"vm-pre-reboot", []string{"-vmuuid", vmUUID, "-reason", "clean-reboot", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
-		{"vm-pre-suspend", []string{"-vmuuid", vmUUID, "-reason", "suspend", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
-		{"vm-pre-migrate", []string{"-vmuuid", vmUUID, "-reason", "migrate", "-vmdomid", "12"}, Action{Kind: Create, Domid: 12, UUID: vmUUID}, nil},
-		{"vm-pre-shutdown", []string{"-vmuuid", vmUUID, "-reason", "clean-shutdown"}, Action{Kind: None}, nil},
-		{"vm-some-future-hook", []string{"-vmuuid", vmUUID, "-reason", "x", "-vmdomid", "12"}, Action{Kind: None}, nil},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "12"}, Action{Kind: KindCreate, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-post-resume", []string{"-vmdomid", "12", "-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: KindCreate, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-post-migrate", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "3"}, Action{Kind: KindCreate, Domid: 3, UUID: vmUUID}, nil},
+		{"vm-post-migrate", []string{"-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: KindNone}, nil},
+		{"vm-post-destroy", []string{"-vmuuid", strings.ToUpper(vmUUID), "-reason", "clean-shutdown"}, Action{Kind: KindDestroyUUID, UUID: vmUUID}, nil},
+		{"vm-pre-start", []string{"-vmuuid", vmUUID, "-reason", "none"}, Action{Kind: KindNone}, nil},
+		{"vm-pre-shutdown", []string{"-vmuuid", vmUUID, "-reason", "clean-shutdown", "-vmdomid", "12"}, Action{Kind: KindCreate, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-reboot", []string{"-vmuuid", vmUUID, "-reason", "clean-reboot", "-vmdomid", "12"}, Action{Kind: KindCreate, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-suspend", []string{"-vmuuid", vmUUID, "-reason", "suspend", "-vmdomid", "12"}, Action{Kind: KindCreate, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-migrate", []string{"-vmuuid", vmUUID, "-reason", "migrate", "-vmdomid", "12"}, Action{Kind: KindCreate, Domid: 12, UUID: vmUUID}, nil},
+		{"vm-pre-shutdown", []string{"-vmuuid", vmUUID, "-reason", "clean-shutdown"}, Action{Kind: KindNone}, nil},
+		{"vm-some-future-hook", []string{"-vmuuid", vmUUID, "-reason", "x", "-vmdomid", "12"}, Action{Kind: KindNone}, nil},
 		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "0"}, Action{}, domid.ErrNotGuest},
 		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "32767"}, Action{}, domid.ErrReserved},
 		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "12abc"}, Action{}, domid.ErrSyntax},
@@ -121,10 +128,13 @@ func TestXAPI(t *testing.T) {
 		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason"}, Action{}, ErrUsage},
 		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "--bogus", "1"}, Action{}, ErrUsage},
 		{"vm-pre-resume", nil, Action{}, ErrUsage},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "7", "-vmdomid", "8"}, Action{}, ErrUsage},
+		{"vm-pre-resume", []string{"-vmuuid", vmUUID, "-vmuuid", vmUUID, "-vmdomid", "7"}, Action{}, ErrUsage},
+		{"vm-post-destroy", []string{"-vmuuid", vmUUID, "-reason", "a", "-reason", "b"}, Action{}, ErrUsage},
 	}
 	for _, tt := range tests {
 		t.Run(tt.hook+"/"+strings.Join(tt.args, "_"), func(t *testing.T) {
-			got, err := XAPI(tt.hook, tt.args)
+			got, err := ParseXAPI(tt.hook, tt.args)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("error = %v, want %v", err, tt.wantErr)
@@ -172,5 +182,25 @@ func TestExitCode(t *testing.T) {
 		if got := ExitCode(tt.mode, tt.strict, tt.err); got != tt.want {
 			t.Errorf("ExitCode(%v, %v, %v) = %d, want %d", tt.mode, tt.strict, tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestArgvQuoted: values from argv reach messages quoted, so that a newline
+// in one cannot forge a line of stderr or syslog.
+func TestArgvQuoted(t *testing.T) {
+	forged := "x\nmtwatch-hook: forged line"
+	a, err := ParseXAPI("vm-post-destroy", []string{"-vmuuid", vmUUID, "-reason", forged})
+	if err != nil || strings.Contains(a.Why, "\n") || !strings.Contains(a.Why, `"x\nmtwatch-hook: forged line"`) {
+		t.Errorf("Why = %q, %v", a.Why, err)
+	}
+	for _, args := range [][]string{{"-vmuuid", vmUUID, forged}, {"-vmuuid", vmUUID, "-reason", "r", forged, "1"}, {"-reason", "r"}} {
+		_, err := ParseXAPI("vm-pre-resume\n"+forged, args)
+		if err == nil || strings.Contains(err.Error(), "\n") {
+			t.Errorf("ParseXAPI(%q) error = %q", args, err)
+		}
+	}
+	a, _ = ParseLibvirt([]string{"d", "op\nx", "begin", "-"}, strings.NewReader(""))
+	if strings.Contains(a.Why, "\n") {
+		t.Errorf("Why = %q", a.Why)
 	}
 }

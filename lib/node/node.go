@@ -1,42 +1,74 @@
-// Package node creates and removes the mtwatch node of a domain,
+// Package node creates, removes and reads the mtwatch node of a domain,
 // /local/domain/0/mtwatch/<domid>, whose existence tells mtwatchd to run a
-// domain worker for it. The toolstack hooks, the mtwatch CLI and the agent
-// all go through this package so the node has one set of semantics: private
+// domain worker for it. The toolstack hooks use it today, and the agent and
+// the CLI are to use it too, so the node has one set of semantics: private
 // to dom0 (perms n0), valued with the domain's VM uuid, and idempotent.
+//
+// # Trust
+//
+// A node counts only if it is owned by dom0 with no access for anyone else
+// (perms exactly n0): Get fails with ErrUntrusted otherwise, and List and
+// Scan leave such a node out. A guest can create nodes only under a directory
+// whose perms were loosened; Repair, which Create runs whenever it finds the
+// directory not n0 and the agent runs at start-up, puts the directory back to
+// n0 and then, for every entry:
+//
+//   - the node of a canonical guest domid keeps its value; its perms, if not
+//     n0, are set back to n0 (removing it instead would race with a Create
+//     that has just written it under the loosened directory), and anything
+//     below it (mtwatch/7/child) is removed;
+//   - every other entry (junk names, "007", "0", reserved domids) is
+//     removed with everything below it.
+//
+// # Concurrency
+//
+// Nothing here takes a transaction on the directory: every node is a child
+// of it, so sibling transactions conflict, and a burst of hooks (hundreds of
+// domains started at boot) would exhaust their retries. Create writes its
+// node, which inherits the directory's perms in xenstored, and then checks
+// and repairs what it wrote.
 package node
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
-	"slices"
+	"math/rand/v2"
 	"strings"
-	"sync"
+	"syscall"
+	"time"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
-
-// Dir is the absolute path of the directory holding the nodes.
-const Dir = domid.MtwatchDirAbs
 
 // dom0Only is the permission of the directory and every node: owned by dom0,
 // no access for anyone else. A guest able to create or delete a node could
 // spawn or kill workers at will.
 var dom0Only = xenstore.Perms{{Domid: domid.Dom0, Access: xenstore.AccessNone}}
 
-// ErrBadUUID is returned for a malformed VM uuid.
-var ErrBadUUID = errors.New("malformed vm uuid")
+func trusted(p xenstore.Perms) bool { return len(p) == 1 && p[0] == dom0Only[0] }
 
-// Path returns the node path of domain id.
-func Path(id domid.ID) string { return domid.NodePath(id) }
+var (
+	// ErrBadUUID is returned for a malformed VM uuid.
+	ErrBadUUID = errors.New("malformed vm uuid")
+	// ErrUntrusted is returned for a node whose perms are not exactly n0:
+	// a guest may have made or changed it.
+	ErrUntrusted = errors.New("mtwatch node not private to dom0")
+)
 
-// Create makes sure the node of guest id exists with perms n0, in one
-// transaction. Its value is uuid if given, else the uuid the toolstack wrote
-// at /local/domain/<id>/vm, else empty. Creating an existing node succeeds;
-// a stale value (a previous domain with the same domid) is replaced.
+// Node is one domain's node.
+type Node struct {
+	Domid domid.ID
+	UUID  string
+}
+
+// Create makes sure the node of guest id exists with perms n0. Its value is
+// uuid if given, else the uuid the toolstack wrote at /local/domain/<id>/vm,
+// else the value the node already has (empty for a new node). Creating an
+// existing node succeeds; a different known uuid (a previous domain with the
+// same domid) replaces the recorded one.
 func Create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) error {
 	if !id.IsGuest() {
 		return fmt.Errorf("create mtwatch node for domain %d: %w", id, domid.ErrNotGuest)
@@ -44,88 +76,82 @@ func Create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 	if uuid != "" && !ValidUUID(uuid) {
 		return fmt.Errorf("create mtwatch node for domain %d: %w: %q", id, ErrBadUUID, uuid)
 	}
-	path := Path(id)
-	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
-		// Requests on one connection are pipelined: issue the independent
-		// reads together, then the two independent fixes, so a create costs
-		// four round trips whatever the starting state.
-		var (
-			value              = uuid
-			dirPerms, nodePerm xenstore.Perms
-			old                []byte
-			dirErr, nodeErr    error
-		)
-		err := parallel(
-			func() (err error) {
-				if value == "" {
-					value, err = vmUUID(ctx, tx, id)
-				}
-				return err
-			},
-			func() error { dirPerms, dirErr = tx.GetPerms(ctx, Dir); return ignoreNotExist(dirErr) },
-			func() error { old, nodeErr = tx.Read(ctx, path); return ignoreNotExist(nodeErr) },
-			func() error { nodePerm, _ = tx.GetPerms(ctx, path); return nil },
-		)
-		if err != nil {
-			return err
+	if uuid == "" {
+		var err error
+		if uuid, err = vmUUID(ctx, c, id); err != nil {
+			return fmt.Errorf("create mtwatch node for domain %d: %w", id, err)
 		}
-		return parallel(
-			func() error {
-				if dirErr == nil && dirPerms.String() == dom0Only.String() {
-					return nil
-				}
-				if dirErr != nil {
-					if err := tx.Mkdir(ctx, Dir); err != nil {
-						return err
-					}
-				}
-				return tx.SetPerms(ctx, Dir, dom0Only)
-			},
-			func() error {
-				if nodeErr != nil || string(old) != value {
-					// A stale value is an earlier domain with this domid.
-					if err := tx.Write(ctx, path, []byte(value)); err != nil {
-						return err
-					}
-				} else if nodePerm.String() == dom0Only.String() {
-					return nil
-				}
-				return tx.SetPerms(ctx, path, dom0Only)
-			},
-		)
-	})
+	}
+	err := retry(ctx, func() error { return create(ctx, c, id, strings.ToLower(uuid)) })
 	if err != nil {
 		return fmt.Errorf("create mtwatch node for domain %d: %w", id, err)
 	}
 	return nil
 }
 
-// parallel runs fns concurrently and returns their errors, joined.
-func parallel(fns ...func() error) error {
-	errs := make([]error, len(fns))
-	var wg sync.WaitGroup
-	for i, fn := range fns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = fn()
-		}()
+// create is one attempt: write, then check the directory and the node in
+// one round trip and repair what is not as it should be.
+func create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) error {
+	path := Path(id)
+	var err error
+	if uuid != "" {
+		err = c.Write(ctx, path, []byte(uuid))
+	} else {
+		err = c.Mkdir(ctx, path) // keeps a recorded value
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	if err != nil {
+		return err
+	}
+	var (
+		dirPerms, perms xenstore.Perms
+		children        []string
+	)
+	err = parallel(
+		func() (err error) { dirPerms, err = c.GetPerms(ctx, Dir); return err },
+		func() (err error) { perms, err = c.GetPerms(ctx, path); return err },
+		func() (err error) { children, err = c.Directory(ctx, path); return err },
+	)
+	switch {
+	case err != nil:
+		return err
+	case !trusted(dirPerms):
+		// Guests may have written here: the whole directory needs repair,
+		// this node included.
+		_, err := Repair(ctx, c)
+		return err
+	case !trusted(perms) || len(children) > 0:
+		return repairNode(ctx, c, path, perms, children, nil)
+	}
+	return nil
 }
 
-func ignoreNotExist(err error) error {
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+// retry runs fn until it succeeds, fails for good, or ctx ends. Without a
+// transaction the failures worth another try are few: EAGAIN (xenstored
+// busy) and ENOENT (the node went away between the write and the check,
+// removed by a racing destroy or repair).
+func retry(ctx context.Context, fn func() error) error {
+	delay := time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || attempt == 8 || !(errors.Is(err, syscall.EAGAIN) || errors.Is(err, fs.ErrNotExist)) {
+			return err
+		}
+		// Jittered, so that a burst of hooks that collided spreads out.
+		t := time.NewTimer(delay/2 + rand.N(delay))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return errors.Join(err, ctx.Err())
+		case <-t.C:
+		}
+		delay = min(2*delay, 50*time.Millisecond)
 	}
-	return err
 }
 
 // vmUUID reads the uuid of guest id from /local/domain/<id>/vm, which
 // toolstacks set to /vm/<uuid>. A missing or odd value yields "".
-func vmUUID(ctx context.Context, tx *xenstore.Tx, id domid.ID) (string, error) {
-	v, err := tx.Read(ctx, "/local/domain/"+id.String()+"/vm")
+func vmUUID(ctx context.Context, c *xenstore.Client, id domid.ID) (string, error) {
+	v, err := c.Read(ctx, "/local/domain/"+id.String()+"/vm")
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -153,80 +179,78 @@ func Destroy(ctx context.Context, c *xenstore.Client, id domid.ID) error {
 	return nil
 }
 
+// DestroyIf removes the node of guest id if it belongs to VM uuid: its
+// value is uuid, or empty (a node created when the uuid was unknown). A node
+// of another VM, the domid's next domain, is left alone and removed reports
+// false, as does a missing node.
+func DestroyIf(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) (removed bool, err error) {
+	if !id.IsGuest() {
+		return false, fmt.Errorf("destroy mtwatch node for domain %d: %w", id, domid.ErrNotGuest)
+	}
+	if !ValidUUID(uuid) {
+		return false, fmt.Errorf("destroy mtwatch node for domain %d: %w: %q", id, ErrBadUUID, uuid)
+	}
+	v, err := c.Read(ctx, Path(id))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return false, nil
+	case err != nil:
+		return false, fmt.Errorf("destroy mtwatch node for domain %d of vm %s: %w", id, uuid, err)
+	case len(v) != 0 && !strings.EqualFold(string(v), uuid):
+		return false, nil
+	}
+	if err := c.Rm(ctx, Path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("destroy mtwatch node for domain %d of vm %s: %w", id, uuid, err)
+	}
+	return true, nil
+}
+
 // DestroyByUUID removes every node whose value is uuid, for hooks that know
-// only the VM (XAPI's vm-post-destroy), and returns the domids removed.
+// only the VM (XAPI's vm-post-destroy), and returns the domids removed. The
+// values are read concurrently, outside any transaction (see the package
+// doc); a node that a new domain reusing the domid rewrites between the read
+// and the removal would be removed with the old one, but Xen hands out
+// domids in turn, so a domid comes back only after thousands of others.
 func DestroyByUUID(ctx context.Context, c *xenstore.Client, uuid string) ([]domid.ID, error) {
 	if !ValidUUID(uuid) {
 		return nil, fmt.Errorf("destroy mtwatch node of vm %q: %w", uuid, ErrBadUUID)
 	}
-	uuid = strings.ToLower(uuid)
-	var removed []domid.ID
-	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
-		removed = removed[:0]
-		nodes, err := list(ctx, tx.Directory, tx.Read)
+	names, err := c.Directory(ctx, Dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("destroy mtwatch node of vm %s: %w", uuid, err)
+	}
+	ids := guestIDs(names)
+	match := make([]bool, len(ids))
+	err = forEach(ctx, len(ids), func(i int) error {
+		v, err := c.Read(ctx, Path(ids[i]))
 		if err != nil {
-			return err
+			return ignoreNotExist(err)
 		}
-		for _, n := range nodes {
-			if strings.ToLower(n.UUID) != uuid {
-				continue
-			}
-			if err := tx.Rm(ctx, Path(n.Domid)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-			removed = append(removed, n.Domid)
+		if match[i] = strings.EqualFold(string(v), uuid); match[i] {
+			return ignoreNotExist(c.Rm(ctx, Path(ids[i])))
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("destroy mtwatch node of vm %s: %w", uuid, err)
 	}
+	var removed []domid.ID
+	for i, id := range ids {
+		if match[i] {
+			removed = append(removed, id)
+		}
+	}
 	return removed, nil
 }
 
-// Node is one entry of the mtwatch directory.
-type Node struct {
-	Domid domid.ID
-	UUID  string
-}
-
-// List returns the nodes in domid order. Entries that are not a guest domid
-// are skipped: nothing but this package should write there.
-func List(ctx context.Context, c *xenstore.Client) ([]Node, error) {
-	nodes, err := list(ctx, c.Directory, c.Read)
-	if err != nil {
-		return nil, fmt.Errorf("list %s: %w", Dir, err)
-	}
-	return nodes, nil
-}
-
-func list(ctx context.Context,
-	dir func(context.Context, string) ([]string, error),
-	read func(context.Context, string) ([]byte, error)) ([]Node, error) {
-	names, err := dir(ctx, Dir)
+func ignoreNotExist(err error) error {
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil
 	}
-	if err != nil {
-		return nil, err
-	}
-	var nodes []Node
-	for _, name := range names {
-		id, err := domid.ParseGuest(name)
-		if err != nil {
-			continue
-		}
-		v, err := read(ctx, Path(id))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed meanwhile
-		}
-		if err != nil {
-			return nil, err
-		}
-		nodes = append(nodes, Node{Domid: id, UUID: string(v)})
-	}
-	slices.SortFunc(nodes, func(a, b Node) int { return cmp.Compare(a.Domid, b.Domid) })
-	return nodes, nil
+	return err
 }
 
 // ValidUUID reports whether s is a VM uuid in its canonical 8-4-4-4-12 hex

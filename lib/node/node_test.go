@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -141,5 +144,120 @@ func TestValidUUID(t *testing.T) {
 		if node.ValidUUID(s) != want {
 			t.Errorf("ValidUUID(%q) = %v", s, !want)
 		}
+	}
+}
+
+// TestCreateKeepsRecordedUUID: a create that knows no uuid keeps the one a
+// hook recorded earlier; a different known uuid replaces it.
+func TestCreateKeepsRecordedUUID(t *testing.T) {
+	t.Parallel()
+	_, c, ctx := setup(t)
+	for _, step := range []struct {
+		uuid, want string
+	}{
+		{"", ""},
+		{uuidOf(1), uuidOf(1)},
+		{"", uuidOf(1)},
+		{uuidOf(2), uuidOf(2)},
+		{"", uuidOf(2)},
+	} {
+		if err := node.Create(ctx, c, 5, step.uuid); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := node.Get(ctx, c, 5); err != nil || n.UUID != step.want {
+			t.Fatalf("after Create(5, %q): %+v, %v; want uuid %q", step.uuid, n, err, step.want)
+		}
+	}
+}
+
+// TestDestroyIf: destroy of a domid for a given VM removes the node only if
+// it is that VM's (or of no known VM).
+func TestDestroyIf(t *testing.T) {
+	t.Parallel()
+	_, c, ctx := setup(t)
+	for _, tt := range []struct {
+		recorded, uuid string
+		removed        bool
+	}{
+		{uuidOf(1), uuidOf(1), true},
+		{uuidOf(1), strings.ToUpper("abcdefab-0000-0000-0000-000000000001"), false},
+		{"abcdefab-0000-0000-0000-000000000001", strings.ToUpper("abcdefab-0000-0000-0000-000000000001"), true},
+		{uuidOf(1), uuidOf(2), false},
+		{"", uuidOf(2), true},
+	} {
+		if err := node.Create(ctx, c, 7, tt.recorded); err != nil {
+			t.Fatal(err)
+		}
+		removed, err := node.DestroyIf(ctx, c, 7, tt.uuid)
+		if err != nil || removed != tt.removed {
+			t.Errorf("DestroyIf(7, %s) of a node of %q = %v, %v; want %v", tt.uuid, tt.recorded, removed, err, tt.removed)
+		}
+		_, err = node.Get(ctx, c, 7)
+		if gone := errors.Is(err, fs.ErrNotExist); gone != tt.removed {
+			t.Errorf("after DestroyIf(7, %s) of a node of %q: Get = %v", tt.uuid, tt.recorded, err)
+		}
+		node.Destroy(ctx, c, 7)
+	}
+	if removed, err := node.DestroyIf(ctx, c, 7, uuidOf(1)); err != nil || removed {
+		t.Errorf("DestroyIf of a missing node = %v, %v", removed, err)
+	}
+	if _, err := node.DestroyIf(ctx, c, 7, "x"); !errors.Is(err, node.ErrBadUUID) {
+		t.Errorf("DestroyIf with a bad uuid = %v", err)
+	}
+}
+
+// TestMixedBurst: creates, destroys and destroys by uuid of distinct
+// domains, each on its own connection as separate hooks are, all succeed
+// and leave exactly the nodes that were not destroyed.
+func TestMixedBurst(t *testing.T) {
+	t.Parallel()
+	in, c, ctx := setup(t)
+	const n = 120 // domids 1..n; a third of each kind
+	for i := 1; i <= n; i++ {
+		if i%3 != 0 {
+			if err := node.Create(ctx, c, domid.ID(i), uuidOf(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var wg sync.WaitGroup
+	for i := 1; i <= n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ci, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer ci.Close()
+			switch i % 3 {
+			case 0:
+				err = node.Create(ctx, ci, domid.ID(i), uuidOf(i))
+			case 1:
+				err = node.Destroy(ctx, ci, domid.ID(i))
+			case 2:
+				var removed []domid.ID
+				removed, err = node.DestroyByUUID(ctx, ci, uuidOf(i))
+				if err == nil && (len(removed) != 1 || removed[0] != domid.ID(i)) {
+					err = fmt.Errorf("removed %v", removed)
+				}
+			}
+			if err != nil {
+				t.Errorf("domain %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	nodes, err := node.List(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []node.Node
+	for i := 3; i <= n; i += 3 {
+		want = append(want, node.Node{Domid: domid.ID(i), UUID: uuidOf(i)})
+	}
+	if !slices.Equal(nodes, want) {
+		t.Errorf("List = %v, want %v", nodes, want)
 	}
 }

@@ -1,0 +1,212 @@
+// Command mtwatchd is the mtwatch dom0 agent: per-domain XenStore watch
+// workers for handler plugins. This file is only flags, signals, systemd and
+// exit codes; the agent is lib/agent.
+//
+// Exit codes: 0 stopped on request (SIGTERM, SIGINT); 1 runtime failure; 2
+// usage or configuration error.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/sirupsen/logrus"
+	"github.com/urfave/cli/v2"
+
+	"github.com/mtwatch/mtwatch/lib/agent"
+	"github.com/mtwatch/mtwatch/lib/config"
+	"github.com/mtwatch/mtwatch/lib/control"
+	"github.com/mtwatch/mtwatch/lib/logging"
+	_ "github.com/mtwatch/mtwatch/plugin/builtins"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+func main() {
+	app := &cli.App{
+		Name:    "mtwatchd",
+		Usage:   "per-domain XenStore watch workers for Xen dom0",
+		Version: version,
+		Description: "Exit status: 0 stopped on request, 1 runtime failure, 2 usage or configuration error.\n" +
+			"Flags and their environment variables override the configuration file.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Value: config.DefaultFile, EnvVars: []string{"MTWATCH_CONFIG"}, Usage: "configuration `FILE` (a missing default file means defaults)"},
+			&cli.StringFlag{Name: "xenstore", EnvVars: []string{"MTWATCH_XENSTORE"}, Usage: "xenstored socket or device `PATH` (default: $XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus)"},
+			&cli.StringFlag{Name: "control", EnvVars: []string{"MTWATCH_CONTROL"}, Usage: "control API unix socket `PATH` (default " + control.DefaultSocket + ")"},
+			&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"MTWATCH_METRICS_LISTEN"}, Usage: "also serve /metrics over TCP on `HOST:PORT`"},
+			&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"MTWATCH_AUTO_DETECT"}, Value: true, Usage: "give introduced domains a worker even without a node; --auto-detect=false: the node alone decides"},
+			&cli.BoolFlag{Name: "single-worker", EnvVars: []string{"MTWATCH_SINGLE_WORKER"}, Usage: "run every event on the default worker, like xenwatch and xl devd"},
+			&cli.StringFlag{Name: "log-level", EnvVars: []string{"MTWATCH_LOG_LEVEL"}, Usage: "trace, debug, info, warning or error (default info)"},
+			&cli.StringFlag{Name: "log-format", EnvVars: []string{"MTWATCH_LOG_FORMAT"}, Usage: "auto (journal when stderr is it, else text), text or json"},
+		},
+		Action: run,
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
+		},
+	}
+	if err := app.Run(os.Args); err != nil {
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			cli.HandleExitCoder(err)
+			os.Exit(ec.ExitCode())
+		}
+		fmt.Fprintln(os.Stderr, "mtwatchd:", err)
+		os.Exit(exitUsage)
+	}
+}
+
+// load reads the configuration file and applies the flags over it.
+func load(c *cli.Context) (*config.Config, error) {
+	cfg, err := config.Load(c.String("config"), c.IsSet("config"))
+	if err != nil {
+		return nil, err
+	}
+	if c.IsSet("xenstore") {
+		cfg.Agent.Xenstore = c.String("xenstore")
+	}
+	if c.IsSet("control") {
+		cfg.Control.Socket = c.String("control")
+	}
+	if c.IsSet("metrics-listen") {
+		cfg.Control.MetricsListen = c.String("metrics-listen")
+	}
+	if c.IsSet("auto-detect") {
+		cfg.Agent.AutoDetect = c.Bool("auto-detect")
+	}
+	if c.IsSet("single-worker") {
+		cfg.Agent.SingleWorker = c.Bool("single-worker")
+	}
+	if c.IsSet("log-level") {
+		cfg.Log.Level = c.String("log-level")
+	}
+	if c.IsSet("log-format") {
+		cfg.Log.Format = c.String("log-format")
+	}
+	return cfg, nil
+}
+
+func run(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return cli.Exit(fmt.Sprintf("mtwatchd: unexpected argument %q", c.Args().First()), exitUsage)
+	}
+	cfg, err := load(c)
+	if err != nil {
+		return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
+	}
+	log, _, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
+	if err != nil {
+		return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
+	}
+	slog.SetDefault(slog.New(logging.Slog(log)))
+	notify := func(state string) { daemon.SdNotify(false, state) }
+	var watchdog time.Duration
+	if d, err := daemon.SdWatchdogEnabled(false); err == nil && d > 0 {
+		watchdog = d / 2
+	}
+
+	a, err := agent.New(agent.Options{
+		Config: cfg, Logger: slog.Default(), Logrus: log, Notify: notify,
+		WatchdogInterval: watchdog, Version: version,
+	})
+	if err != nil {
+		code := exitFailure
+		if errors.Is(err, agent.ErrConfig) {
+			code = exitUsage
+		}
+		return cli.Exit("mtwatchd: "+err.Error(), code)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ln, activated, err := control.Activated()
+	if err == nil && !activated {
+		ln, err = control.Listen(cfg.Control.Socket)
+	}
+	if err != nil {
+		a.Shutdown(context.Background())
+		return cli.Exit("mtwatchd: "+err.Error(), exitFailure)
+	}
+	srvCtx, srvStop := context.WithCancel(context.Background())
+	defer srvStop()
+	served := make(chan error, 2)
+	go func() { served <- control.Serve(srvCtx, ln, control.NewHandler(a, a.MetricsHandler())) }()
+	if addr := cfg.Control.MetricsListen; addr != "" {
+		mln, err := net.Listen("tcp", addr)
+		if err != nil {
+			srvStop()
+			a.Shutdown(context.Background())
+			return cli.Exit(fmt.Sprintf("mtwatchd: metrics: %v", err), exitFailure)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.MetricsHandler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(mln)
+		go func() { <-srvCtx.Done(); srv.Close() }()
+	}
+
+	if err := a.Start(ctx); err != nil {
+		srvStop()
+		a.Shutdown(context.Background())
+		if ctx.Err() != nil {
+			return nil // stopped while connecting
+		}
+		return cli.Exit("mtwatchd: "+err.Error(), exitFailure)
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-hup:
+			reload(c, a, log)
+			continue
+		case err := <-served:
+			log.WithError(err).Error("control server failed")
+			a.Shutdown(context.Background())
+			return cli.Exit("mtwatchd: "+err.Error(), exitFailure)
+		case <-ctx.Done():
+		}
+		break
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), a.Config().Agent.ShutdownTimeout.Duration)
+	defer cancel()
+	if err := a.Shutdown(sctx); err != nil {
+		log.WithError(err).Warn("shutdown did not drain in time; running handlers were cancelled")
+	}
+	srvStop()
+	<-served
+	log.Info("mtwatchd stopped")
+	return nil
+}
+
+// reload re-reads the configuration on SIGHUP; an invalid file keeps the
+// running configuration.
+func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
+	cfg, err := load(c)
+	if err != nil {
+		log.WithError(err).Error("reload: keeping the running configuration")
+		return
+	}
+	if err := logging.SetLevel(log, cfg.Log.Level); err != nil {
+		log.WithError(err).Error("reload: keeping the running configuration")
+		return
+	}
+	if err := a.Reload(context.Background(), cfg); err != nil {
+		log.WithError(err).Error("reload")
+	}
+}

@@ -1,0 +1,416 @@
+// Package agent is mtwatchd's core: it watches /local/domain/0/mtwatch and
+// the domains introduced to xenstored, keeps one lib/dispatch domain worker
+// per domain, hosts the handler plugins and their watches, and survives
+// xenstored restarts by redialling, re-registering every watch and
+// reconciling. cmd/mtwatchd wraps it in flags, signals and systemd; tests and
+// benchmarks run it in-process.
+//
+// The rule: a domain has a worker while it has a trusted node, or while
+// (with auto-detection) it is introduced to xenstored.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/config"
+	"github.com/mtwatch/mtwatch/lib/control"
+	"github.com/mtwatch/mtwatch/lib/dispatch"
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/plugin"
+)
+
+// ErrConfig is wrapped by errors of New that come from the configuration (a
+// plugin refusing its section, an unknown plugin): mtwatchd exits 2 on them.
+var ErrConfig = errors.New("configuration error")
+
+// Reconnection backoff bounds.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// Options configure an Agent.
+type Options struct {
+	// Config is the configuration; nil means config.Default().
+	Config *config.Config
+	// Logger is where the agent and lib/dispatch log; nil means
+	// slog.Default(). Logrus is the logger plugins get entries of; nil means
+	// logrus.StandardLogger().
+	Logger *slog.Logger
+	Logrus *logrus.Logger
+	// Notify sends an sd_notify state ("READY=1", "STATUS=..."); nil sends
+	// none. WatchdogInterval, if positive, is how often WATCHDOG=1 is sent
+	// (half of WatchdogSec), each time after a successful XenStore round trip.
+	Notify           func(state string)
+	WatchdogInterval time.Duration
+	// Registry is where the agent's and the plugins' metrics go; nil means a
+	// new registry (Agent.Registry returns it).
+	Registry *prometheus.Registry
+	// Version is reported by the control API.
+	Version string
+	// Plugins are the plugins the agent knows; nil means plugin.All().
+	Plugins []plugin.Registration
+	// Dial connects to xenstored; nil means xenstore.Dial with the
+	// configured path. Tests use it to hold a reconnection.
+	Dial func(ctx context.Context) (*xenstore.Client, error)
+}
+
+// Agent is a running mtwatchd. Its methods are safe for concurrent use.
+type Agent struct {
+	opts    Options
+	cfg     *config.Config
+	log     *slog.Logger
+	d       *dispatch.Dispatcher
+	reg     *prometheus.Registry
+	metrics *metrics
+	started time.Time
+	notify  func(string)
+
+	// Fixed for the agent's life (a reload that changes them is logged as
+	// needing a restart).
+	single, auto bool
+	xsPath       string
+
+	stallAt    atomic.Int64 // nanoseconds
+	staleGrace atomic.Int64 // nanoseconds; 0 disables
+	reapStale  atomic.Bool
+
+	plugins []*hostedPlugin
+
+	// cmu guards the connection and the plugin watches, so that a watch
+	// added while the agent reconnects is registered exactly once.
+	cmu            sync.Mutex
+	cur            *xenstore.Client
+	connectedSince time.Time
+	reconnects     uint64
+	lastErr        string
+	pw             map[string]*pluginWatch // by token
+	tokenSeq       map[string]int          // per plugin
+
+	// mu guards the domain state.
+	mu      sync.Mutex
+	doms    map[domid.ID]*domState
+	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
+
+	runCtx    context.Context
+	runCancel context.CancelFunc
+	wg        sync.WaitGroup // the supervisor, watchdog and status goroutines
+	fwd       sync.WaitGroup // watch forwarders
+	startOnce sync.Once
+	stopOnce  sync.Once
+	stopErr   error
+}
+
+// domState is what the agent knows of one guest domain.
+type domState struct {
+	node       bool
+	uuid       string
+	introduced bool
+	name       string
+	nameRead   bool
+	absent     time.Time // when a node was first seen without introduction
+	stale      bool
+	worker     bool // CreateDomain done and not undone
+}
+
+// New builds an agent and its enabled plugins; nothing runs until Start.
+func New(opts Options) (*Agent, error) {
+	cfg := opts.Config
+	if cfg == nil {
+		cfg = config.Default()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Logrus == nil {
+		opts.Logrus = logrus.StandardLogger()
+	}
+	if opts.Registry == nil {
+		opts.Registry = prometheus.NewRegistry()
+	}
+	if opts.Plugins == nil {
+		opts.Plugins = plugin.All()
+	}
+	a := &Agent{
+		opts:     opts,
+		cfg:      cfg,
+		log:      opts.Logger,
+		reg:      opts.Registry,
+		started:  time.Now(),
+		notify:   opts.Notify,
+		pw:       map[string]*pluginWatch{},
+		tokenSeq: map[string]int{},
+		doms:     map[domid.ID]*domState{},
+		ignored:  map[string]string{},
+	}
+	if a.notify == nil {
+		a.notify = func(string) {}
+	}
+	a.single, a.auto, a.xsPath = cfg.Agent.SingleWorker, cfg.Agent.AutoDetect, cfg.Agent.Xenstore
+	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
+	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
+	a.reapStale.Store(cfg.Agent.ReapStale)
+	stall := cfg.Agent.StallThreshold.Duration
+	if stall == 0 {
+		stall = -1 // zero in the file means off; zero to dispatch means default
+	}
+	d, err := dispatch.New(dispatch.Config{
+		Logger:         a.log,
+		Capacity:       cfg.Agent.QueueCapacity,
+		StallThreshold: stall,
+		SingleWorker:   cfg.Agent.SingleWorker,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w: %w", ErrConfig, err)
+	}
+	a.d = d
+	a.metrics = newMetrics(a)
+	if err := a.reg.Register(a.metrics); err != nil {
+		d.Stop(context.Background())
+		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
+	if err := a.buildPlugins(); err != nil {
+		d.Stop(context.Background())
+		return nil, err
+	}
+	return a, nil
+}
+
+// Dispatcher returns the agent's dispatcher (for benchmarks and tests).
+func (a *Agent) Dispatcher() *dispatch.Dispatcher { return a.d }
+
+// Registry returns the Prometheus registry the agent's metrics are in.
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Config returns the configuration in force.
+func (a *Agent) Config() *config.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// Start connects to xenstored (retrying with backoff until ctx ends),
+// repairs the mtwatch directory, registers the watches, reconciles the
+// workers with the nodes and introduced domains, starts the plugins and
+// tells systemd READY=1. It returns once all that is done; the agent then
+// runs until Shutdown.
+func (a *Agent) Start(ctx context.Context) error {
+	err := errors.New("agent: started twice")
+	a.startOnce.Do(func() { err = a.start(ctx) })
+	return err
+}
+
+func (a *Agent) start(ctx context.Context) error {
+	a.runCtx, a.runCancel = context.WithCancel(context.Background())
+	a.notify("STATUS=connecting to xenstored")
+	c, err := a.dialLoop(ctx)
+	if err != nil {
+		return err
+	}
+	removed, err := node.Repair(ctx, c)
+	for _, p := range removed {
+		a.log.Warn("removed an entry that is not a trusted mtwatch node", "path", p)
+	}
+	if err != nil {
+		c.Close()
+		return fmt.Errorf("agent: %w", err)
+	}
+	sess, err := a.connect(ctx, c, false)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	for i, p := range a.plugins {
+		if !p.enabled {
+			continue
+		}
+		if err := p.p.Start(ctx); err != nil {
+			for _, q := range a.plugins[:i] {
+				if q.enabled {
+					q.stop(ctx)
+				}
+			}
+			sess.close()
+			c.Close()
+			return fmt.Errorf("agent: start plugin %s: %w", p.name, err)
+		}
+		p.running.Store(true)
+	}
+	a.wg.Add(1)
+	go a.supervise(sess)
+	a.notify("READY=1\n" + a.statusLine())
+	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode())
+	if a.opts.WatchdogInterval > 0 {
+		a.wg.Add(1)
+		go a.watchdog(a.opts.WatchdogInterval)
+	}
+	a.wg.Add(1)
+	go a.statusLoop()
+	return nil
+}
+
+// Shutdown tells systemd STOPPING=1, stops the plugins, removes their
+// watches and lets the workers drain their queues; when ctx ends first,
+// running handlers are cancelled and what is still queued is discarded, and
+// Shutdown returns ctx's error once the handlers returned.
+func (a *Agent) Shutdown(ctx context.Context) error {
+	a.stopOnce.Do(func() { a.stopErr = a.shutdown(ctx) })
+	return a.stopErr
+}
+
+func (a *Agent) shutdown(ctx context.Context) error {
+	a.notify("STOPPING=1")
+	a.log.Info("mtwatchd stopping")
+	var errs []error
+	for i := len(a.plugins) - 1; i >= 0; i-- {
+		if p := a.plugins[i]; p.running.Load() {
+			if err := p.stop(ctx); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	// Events already queued run to completion while time allows.
+	for ctx.Err() == nil {
+		st := a.d.Stats()
+		busy := st.Default.Queued > 0 || st.Default.Current != nil
+		for _, ds := range st.Domains {
+			busy = busy || ds.Queued > 0 || ds.Current != nil
+		}
+		if !busy {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	if err := a.d.Stop(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if a.runCancel != nil {
+		a.runCancel()
+	}
+	a.cmu.Lock()
+	if a.cur != nil {
+		a.cur.Close()
+	}
+	a.cmu.Unlock()
+	a.wg.Wait()
+	a.fwd.Wait()
+	a.reg.Unregister(a.metrics)
+	return errors.Join(errs...)
+}
+
+// Reload applies cfg where it can change live (stall threshold, stale
+// grace, reap_stale, plugin sections of plugins that support it) and logs
+// the changes that need a restart. The log level is the caller's (mtwatchd
+// owns the logger).
+func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
+	a.mu.Lock()
+	old := a.cfg
+	a.mu.Unlock()
+	for _, name := range cfg.Plugins() {
+		if !a.knownPlugin(name) {
+			return cfg.Errorf("plugins."+name, "unknown plugin %q", name)
+		}
+	}
+	var errs []error
+	for _, p := range a.plugins {
+		sec := cfg.Plugin(p.name)
+		on, err := sec.Enabled(p.reg.EnabledByDefault)
+		if err != nil {
+			return err
+		}
+		if on != p.enabled {
+			a.log.Warn("enabling or disabling a plugin needs a restart", "plugin", p.name)
+			continue
+		}
+		if !p.enabled {
+			continue
+		}
+		if r, ok := p.p.(plugin.Reloader); ok {
+			if err := r.Reload(ctx, sec); err != nil {
+				errs = append(errs, fmt.Errorf("reload plugin %s: %w", p.name, err))
+			}
+		} else if sec.Present() {
+			a.log.Info("plugin cannot reload; its section applies at the next restart", "plugin", p.name)
+		}
+	}
+	if old.Agent.Xenstore != cfg.Agent.Xenstore || old.Agent.AutoDetect != cfg.Agent.AutoDetect ||
+		old.Agent.SingleWorker != cfg.Agent.SingleWorker || old.Agent.QueueCapacity != cfg.Agent.QueueCapacity ||
+		old.Control != cfg.Control {
+		a.log.Warn("changes to agent.xenstore, auto_detect, single_worker, queue_capacity or [control] need a restart")
+	}
+	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
+	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
+	a.reapStale.Store(cfg.Agent.ReapStale)
+	// What needs a restart keeps its running value.
+	keep := *cfg
+	keep.Agent.Xenstore, keep.Agent.AutoDetect = old.Agent.Xenstore, old.Agent.AutoDetect
+	keep.Agent.SingleWorker, keep.Agent.QueueCapacity = old.Agent.SingleWorker, old.Agent.QueueCapacity
+	keep.Control = old.Control
+	a.mu.Lock()
+	a.cfg = &keep
+	a.mu.Unlock()
+	a.log.Info("configuration reloaded", "file", cfg.File)
+	return errors.Join(errs...)
+}
+
+func (a *Agent) mode() string {
+	if a.single {
+		return control.ModeSingleWorker
+	}
+	return control.ModeMultiWorker
+}
+
+// dial connects once.
+func (a *Agent) dial(ctx context.Context) (*xenstore.Client, error) {
+	if a.opts.Dial != nil {
+		return a.opts.Dial(ctx)
+	}
+	var opts []xenstore.Option
+	if p := a.xsPath; p != "" {
+		opts = append(opts, xenstore.WithPath(p))
+	}
+	return xenstore.Dial(ctx, opts...)
+}
+
+// dialLoop dials with capped exponential backoff until it succeeds or ctx
+// ends.
+func (a *Agent) dialLoop(ctx context.Context) (*xenstore.Client, error) {
+	wait := minBackoff
+	for attempt := 0; ; attempt++ {
+		c, err := a.dial(ctx)
+		if err == nil {
+			return c, nil
+		}
+		a.cmu.Lock()
+		a.lastErr = err.Error()
+		a.cmu.Unlock()
+		if attempt == 0 {
+			a.log.Warn("cannot connect to xenstored; retrying", "err", err)
+			a.notify("STATUS=xenstored unreachable: " + err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("agent: connect to xenstored: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, maxBackoff)
+	}
+}
+
+// pid is the agent's process id, for the control API.
+var pid = os.Getpid()

@@ -1,0 +1,226 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/agent"
+	"github.com/mtwatch/mtwatch/lib/config"
+	"github.com/mtwatch/mtwatch/lib/control"
+	"github.com/mtwatch/mtwatch/lib/dispatch"
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+	"github.com/mtwatch/mtwatch/plugin"
+)
+
+// run is one handler call seen by the recording plugin.
+type run struct {
+	path   string
+	worker domid.ID
+}
+
+// recorder is a test plugin: it watches "backend" and records every event
+// with the worker it ran on; hang decides which events block until their
+// context ends (a backend waiting on a guest that never answers).
+type recorder struct {
+	ic      *plugin.InitContext
+	runs    chan run
+	hang    func(ev dispatch.Event, worker domid.ID) bool
+	stuck   chan error
+	w       plugin.Watch
+	stopped bool
+}
+
+func (r *recorder) Start(ctx context.Context) error {
+	w, err := r.ic.Watches.Watch(ctx, dispatch.WatchConfig{
+		Path: "backend",
+		Handler: func(ctx context.Context, ev dispatch.Event) error {
+			wk, _ := dispatch.WorkerOf(ctx)
+			if ev.Overflow {
+				r.runs <- run{"overflow of " + ev.Path, wk}
+				return nil
+			}
+			if r.hang != nil && r.hang(ev, wk) {
+				<-ctx.Done()
+				r.stuck <- ctx.Err()
+				return ctx.Err()
+			}
+			select {
+			case r.runs <- run{ev.Path, wk}:
+			default: // the test stopped reading
+			}
+			return nil
+		},
+	})
+	r.w = w
+	return err
+}
+
+func (r *recorder) Stop(ctx context.Context) error { r.stopped = true; return nil }
+
+func newRecorder(hang func(dispatch.Event, domid.ID) bool) (*recorder, plugin.Registration) {
+	r := &recorder{runs: make(chan run, 4096), stuck: make(chan error, 16), hang: hang}
+	return r, plugin.Registration{
+		Name:             "rec",
+		EnabledByDefault: true,
+		New: func(ic *plugin.InitContext) (plugin.Plugin, error) {
+			r.ic = ic
+			return r, nil
+		},
+	}
+}
+
+// expectRun waits for path to run, skipping other runs, and checks its
+// worker.
+func (r *recorder) expectRun(t *testing.T, path string, worker domid.ID) {
+	t.Helper()
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case got := <-r.runs:
+			if got.path != path {
+				continue
+			}
+			if got.worker != worker {
+				t.Fatalf("%s ran on worker %d, want %d", path, got.worker, worker)
+			}
+			return
+		case <-deadline:
+			t.Fatalf("%s never ran", path)
+		}
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type harness struct {
+	t    *testing.T
+	in   *xenstoredtest.Instance
+	c    *xenstore.Client
+	a    *agent.Agent
+	logs *syncBuffer
+	ctx  context.Context
+}
+
+// start runs an agent in-process against a private xenstored.
+func start(t *testing.T, in *xenstoredtest.Instance, cfgText string, mutate func(*agent.Options), regs ...plugin.Registration) *harness {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	t.Cleanup(cancel)
+	if in == nil {
+		in = xenstoredtest.Start(t)
+	}
+	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	cfg, err := config.Parse("test.toml", []byte(cfgText))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Agent.Xenstore = in.Socket()
+	logs := &syncBuffer{}
+	lr := logrus.New()
+	lr.SetOutput(io.Discard)
+	opts := agent.Options{
+		Config:  cfg,
+		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Logrus:  lr,
+		Plugins: regs,
+		Version: "test",
+	}
+	if regs == nil {
+		opts.Plugins = []plugin.Registration{}
+	}
+	if mutate != nil {
+		mutate(&opts)
+	}
+	a, err := agent.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := a.Shutdown(sctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if t.Failed() {
+			t.Logf("agent log:\n%s", logs.String())
+		}
+	})
+	return &harness{t: t, in: in, c: c, a: a, logs: logs, ctx: ctx}
+}
+
+// waitDomain waits until domain id's entry satisfies ok.
+func (h *harness) waitDomain(id domid.ID, what string, ok func(d control.Domain, found bool) bool) control.Domain {
+	h.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		d, found := h.a.Domain(uint16(id))
+		if ok(d, found) {
+			return d
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("domain %d: %s: last %+v (found %v)", id, what, d, found)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func (h *harness) waitWorker(id domid.ID, worker string) control.Domain {
+	h.t.Helper()
+	return h.waitDomain(id, "worker "+worker, func(d control.Domain, found bool) bool {
+		if worker == control.WorkerNone && !found {
+			return true
+		}
+		return found && d.Worker == worker
+	})
+}
+
+func (h *harness) write(path, value string) {
+	h.t.Helper()
+	if err := h.c.Write(h.ctx, path, []byte(value)); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) waitLog(substr string) {
+	h.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(h.logs.String(), substr) {
+		if time.Now().After(deadline) {
+			h.t.Fatalf("log never said %q", substr)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}

@@ -1,0 +1,237 @@
+// Package config loads mtwatchd's TOML configuration: the [agent], [log] and
+// [control] sections and one [plugins.<name>] section per plugin. Decoding is
+// strict: a key nothing reads is an error naming the file, the line and the
+// key, so a typo never silently leaves a default in force.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultFile is where mtwatchd looks for its configuration.
+const DefaultFile = "/etc/mtwatch/mtwatchd.toml"
+
+// ErrInvalid is wrapped by every error about the configuration's content.
+var ErrInvalid = errors.New("invalid configuration")
+
+// Duration is a time.Duration written as a string: "60s", "1m30s", "0".
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return err
+	}
+	if v < 0 {
+		return fmt.Errorf("negative duration %q", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.Duration.String()), nil }
+
+// Config is the whole configuration.
+type Config struct {
+	// File is the file the configuration came from, "" for the defaults.
+	File    string  `toml:"-"`
+	Agent   Agent   `toml:"agent"`
+	Log     Log     `toml:"log"`
+	Control Control `toml:"control"`
+
+	plugins map[string]*Section
+	index   *lineIndex
+}
+
+// Agent is the [agent] section.
+type Agent struct {
+	// Xenstore is the xenstored socket or device; "" means the defaults
+	// (XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus).
+	Xenstore        string   `toml:"xenstore"`
+	AutoDetect      bool     `toml:"auto_detect"`
+	StaleGrace      Duration `toml:"stale_grace"`
+	ReapStale       bool     `toml:"reap_stale"`
+	SingleWorker    bool     `toml:"single_worker"`
+	QueueCapacity   int      `toml:"queue_capacity"`
+	StallThreshold  Duration `toml:"stall_threshold"`
+	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// Log is the [log] section.
+type Log struct {
+	// Level is a logrus level: trace, debug, info, warning, error.
+	Level string `toml:"level"`
+	// Format is "text", "json", or "auto": the journal when stderr is
+	// connected to it, else text.
+	Format string `toml:"format"`
+}
+
+// Control is the [control] section.
+type Control struct {
+	Socket        string `toml:"socket"`
+	MetricsListen string `toml:"metrics_listen"`
+}
+
+// Default returns the configuration used when no file exists.
+func Default() *Config {
+	return &Config{
+		Agent: Agent{
+			AutoDetect:      true,
+			StaleGrace:      Duration{60 * time.Second},
+			QueueCapacity:   1024,
+			StallThreshold:  Duration{10 * time.Second},
+			ShutdownTimeout: Duration{10 * time.Second},
+		},
+		Log:     Log{Level: "info", Format: "auto"},
+		Control: Control{Socket: "/run/mtwatch/control.sock"},
+		plugins: map[string]*Section{},
+		index:   &lineIndex{},
+	}
+}
+
+// Load reads path. A missing file is an error only if explicit (given on the
+// command line); otherwise the defaults apply.
+func Load(path string, explicit bool) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return Default(), nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes data, read from file (used in messages), over the defaults.
+func Parse(file string, data []byte) (*Config, error) {
+	c := Default()
+	c.File = file
+	c.index = indexLines(data)
+	var raw struct {
+		Agent   *Agent                    `toml:"agent"`
+		Log     *Log                      `toml:"log"`
+		Control *Control                  `toml:"control"`
+		Plugins map[string]toml.Primitive `toml:"plugins"`
+	}
+	raw.Agent, raw.Log, raw.Control = &c.Agent, &c.Log, &c.Control
+	md, err := toml.Decode(string(data), &raw)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &Error{File: file, Line: pe.Position.Line, Msg: pe.Message}
+		}
+		// Type mismatches name the key; find its line.
+		return nil, c.errorForDecode(err)
+	}
+	for _, k := range md.Undecoded() {
+		if len(k) >= 2 && k[0] == "plugins" {
+			continue // the plugin's own section decides
+		}
+		return nil, c.errorAt(k.String(), "unknown key %q", k.String())
+	}
+	for name, prim := range raw.Plugins {
+		c.plugins[name] = &Section{cfg: c, name: name, prim: prim, md: md, present: true}
+	}
+	switch c.Log.Format {
+	case "auto", "text", "json":
+	default:
+		return nil, c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
+	}
+	if c.Agent.QueueCapacity <= 0 {
+		return nil, c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)
+	}
+	return c, nil
+}
+
+// errorForDecode turns a decode error into an Error with the line of the key
+// it names, when it names one.
+func (c *Config) errorForDecode(err error) error {
+	msg := err.Error()
+	// BurntSushi/toml: `toml: line N (last key "a.b"): ...`
+	var line int
+	if _, e := fmt.Sscanf(msg, "toml: line %d", &line); e == nil && line > 0 {
+		if i := strings.Index(msg, "): "); i >= 0 {
+			msg = msg[i+3:]
+		}
+		return &Error{File: c.File, Line: line, Msg: msg}
+	}
+	return &Error{File: c.File, Msg: strings.TrimPrefix(msg, "toml: ")}
+}
+
+// Plugins returns the names of the [plugins.<name>] sections in the file.
+func (c *Config) Plugins() []string {
+	names := make([]string, 0, len(c.plugins))
+	for n := range c.plugins {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Plugin returns the section of plugin name; an empty one if the file has
+// none, so the plugin runs on its defaults.
+func (c *Config) Plugin(name string) *Section {
+	if s, ok := c.plugins[name]; ok {
+		return s
+	}
+	return &Section{cfg: c, name: name}
+}
+
+// Errorf returns an error naming the file and the line of key (dotted, from
+// the top: "agent.stale_grace", "plugins.exec.rule[2].path").
+func (c *Config) Errorf(key, format string, args ...any) error {
+	return c.errorAt(key, format, args...)
+}
+
+func (c *Config) errorAt(key, format string, args ...any) error {
+	line := c.index.find(key)
+	if line == 0 {
+		// Not in the file: a default; name the section instead.
+		sec := key
+		if i := strings.LastIndexByte(sec, '.'); i >= 0 {
+			sec = sec[:i]
+		}
+		return &Error{File: c.File, Line: c.index.find(sec), Key: key, Msg: fmt.Sprintf(format, args...)}
+	}
+	return &Error{File: c.File, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Error is a configuration error: "file:line: key: message".
+type Error struct {
+	File string
+	Line int // 0 when unknown
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("config ")
+	if e.File == "" {
+		b.WriteString("(defaults)")
+	} else {
+		b.WriteString(e.File)
+	}
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	b.WriteString(": ")
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// Unwrap makes every Error satisfy errors.Is(err, ErrInvalid).
+func (e *Error) Unwrap() error { return ErrInvalid }

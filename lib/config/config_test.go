@@ -1,0 +1,125 @@
+package config
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name, data, want string
+	}{
+		{"unknown top key", "[agent]\nauto_detect = false\nstale_gracee = \"1s\"\n", "f.toml:3: agent.stale_gracee: unknown key"},
+		{"unknown section", "[agent]\n\n[logg]\nlevel = \"x\"\n", "f.toml:3: logg"},
+		{"bad duration", "[agent]\nstale_grace = \"soon\"\n", "f.toml:2"},
+		{"wrong type", "[agent]\n\nauto_detect = 3\n", "f.toml:3"},
+		{"syntax", "[agent]\nx = = 1\n", "f.toml:2"},
+		{"bad format", "[log]\nformat = \"xml\"\n", "f.toml:2: log.format"},
+		{"bad capacity", "[agent]\nqueue_capacity = 0\n", "f.toml:2: agent.queue_capacity"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("f.toml", []byte(tt.data))
+			if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrInvalid) {
+				t.Fatalf("err = %v, want containing %q and ErrInvalid", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestParseDefaultsAndOverrides(t *testing.T) {
+	c, err := Parse("f.toml", []byte("[agent]\nstale_grace = \"0s\"\nreap_stale = true\n[control]\nsocket = \"/tmp/s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if c.Agent.StaleGrace.Duration != 0 || !c.Agent.ReapStale || c.Control.Socket != "/tmp/s" ||
+		c.Agent.AutoDetect != d.Agent.AutoDetect || c.Agent.ShutdownTimeout.Duration != 10*time.Second {
+		t.Fatalf("config %+v", c)
+	}
+}
+
+func TestLoadMissing(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "none.toml")
+	if _, err := Load(p, false); err != nil {
+		t.Fatalf("missing default file: %v", err)
+	}
+	if _, err := Load(p, true); err == nil {
+		t.Fatal("missing explicit file accepted")
+	}
+}
+
+func TestPluginSection(t *testing.T) {
+	data := `# plugins
+[plugins.exec]
+enabled = true
+timeout = "3s"
+
+[[plugins.exec.rule]]
+path = "backend/vif"
+
+[[plugins.exec.rule]]
+path = "backend/vbd"
+scrpit = "/bin/true"
+
+[plugins.other]
+enabled = false
+`
+	c, err := Parse("f.toml", []byte(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.Plugins(), ","); got != "exec,other" {
+		t.Fatalf("plugins %s", got)
+	}
+	s := c.Plugin("exec")
+	if on, err := s.Enabled(false); err != nil || !on {
+		t.Fatalf("enabled %v %v", on, err)
+	}
+	if on, _ := c.Plugin("other").Enabled(true); on {
+		t.Fatal("other enabled")
+	}
+	if on, _ := c.Plugin("absent").Enabled(true); !on {
+		t.Fatal("absent plugin takes its default")
+	}
+	var v struct {
+		Timeout Duration `toml:"timeout"`
+		Rule    []struct {
+			Path   string `toml:"path"`
+			Script string `toml:"script"`
+		} `toml:"rule"`
+	}
+	err = s.Decode(&v)
+	if err == nil || !strings.Contains(err.Error(), "f.toml:11: plugins.exec.rule.scrpit") {
+		t.Fatalf("decode err = %v", err)
+	}
+	if e := s.Errorf("rule[1].path", "bad"); !strings.Contains(e.Error(), "f.toml:10: plugins.exec.rule[1].path: bad") {
+		t.Fatalf("Errorf = %v", e)
+	}
+	if e := s.Errorf("rule[0].path", "bad"); !strings.Contains(e.Error(), "f.toml:7:") {
+		t.Fatalf("Errorf = %v", e)
+	}
+	if e := s.Errorf("env", "bad"); !strings.Contains(e.Error(), "f.toml:2:") {
+		t.Fatalf("Errorf of a default = %v", e)
+	}
+}
+
+// The example shipped in docs/ must load and equal the defaults.
+func TestDocExampleIsDefaults(t *testing.T) {
+	data, err := os.ReadFile("../../docs/mtwatchd.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse("mtwatchd.toml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := Default()
+	if c.Agent != d.Agent || c.Log != d.Log || c.Control != d.Control {
+		t.Fatalf("docs/mtwatchd.toml differs from the defaults:\n%+v\n%+v", c, d)
+	}
+}
