@@ -4,5 +4,7 @@
 package builtins
 
 import (
+	_ "github.com/mtwatch/mtwatch/plugin/exec"
+	_ "github.com/mtwatch/mtwatch/plugin/hotplug"
 	_ "github.com/mtwatch/mtwatch/plugin/log"
 )

@@ -1,0 +1,338 @@
+// Package exec is mtwatchd's exec plugin: each rule watches a XenStore path
+// pattern and runs a command when a node matching it changes, on the worker
+// of the domain whose {domid} the path holds, so a slow command for one
+// domain never delays another's. See README.md.
+package exec
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/dispatch"
+	"github.com/mtwatch/mtwatch/plugin"
+	"github.com/mtwatch/mtwatch/plugin/internal/proc"
+)
+
+// Name is the plugin's name and configuration section.
+const Name = "exec"
+
+func init() {
+	plugin.Register(plugin.Registration{Name: Name, New: New})
+}
+
+// Plugin runs the rules' commands.
+type Plugin struct {
+	log     *logrus.Entry
+	store   plugin.Store
+	watches plugin.Watcher
+	env     []string // the base environment of commands
+
+	life   context.Context // ends at Stop: commands are killed
+	cancel context.CancelFunc
+
+	runs     *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+
+	mu      sync.Mutex // serialises Start and Reload
+	rules   []*rule
+	running map[string]*active // by rule name, once started
+	// snap is what Status reports, replaced after each change: Status must
+	// not wait for a Reload that waits for a rule's running command.
+	snap atomic.Pointer[[]*active]
+}
+
+// active is a started rule.
+type active struct {
+	r     *rule
+	watch plugin.Watch
+	c     counters
+}
+
+type counters struct {
+	runs, ok, failed, timedOut, startErrors, overflows atomic.Uint64
+	lastNanos                                          atomic.Int64
+}
+
+// Results counted in mtwatch_exec_runs_total.
+const (
+	resultOK      = "ok"
+	resultFailed  = "failed"
+	resultTimeout = "timeout"
+	resultError   = "error" // did not start, or cancelled by Stop
+)
+
+// New validates the section and registers the plugin's metrics.
+func New(ic *plugin.InitContext) (plugin.Plugin, error) {
+	rules, err := parse(ic.Config)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plugin{
+		log:     ic.Log,
+		store:   ic.Store,
+		watches: ic.Watches,
+		env:     proc.Env(),
+		rules:   rules,
+		running: map[string]*active{},
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mtwatch", Subsystem: "exec", Name: "runs_total",
+			Help: "Commands run by exec rules, by rule and result (ok, failed, timeout, error).",
+		}, []string{"rule", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: "mtwatch", Subsystem: "exec", Name: "duration_seconds",
+			Help:    "Run time of the commands of exec rules.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 4, 9),
+		}, []string{"rule"}),
+	}
+	p.life, p.cancel = context.WithCancel(context.Background())
+	if ic.Metrics != nil {
+		for _, c := range []prometheus.Collector{p.runs, p.duration} {
+			if err := ic.Metrics.Register(c); err != nil {
+				return nil, fmt.Errorf("exec: register metrics: %w", err)
+			}
+		}
+	}
+	return p, nil
+}
+
+// Start registers one watch per rule.
+func (p *Plugin) Start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	defer p.publish()
+	for _, r := range p.rules {
+		if err := p.startRule(ctx, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// publish refreshes the status snapshot; p.mu is held.
+func (p *Plugin) publish() {
+	var s []*active
+	for _, r := range p.rules {
+		if a := p.running[r.name]; a != nil {
+			s = append(s, a)
+		}
+	}
+	p.snap.Store(&s)
+}
+
+func (p *Plugin) startRule(ctx context.Context, r *rule) error {
+	a := &active{r: r}
+	w, err := p.watches.Watch(ctx, dispatch.WatchConfig{
+		Path:     r.watch,
+		Handler:  func(ctx context.Context, ev dispatch.Event) error { return p.handle(ctx, a, ev) },
+		DomainOf: r.domainOf,
+		Coalesce: r.coalesce,
+		Filter: func(path string, _ int) bool {
+			_, _, _, ok := r.match(path)
+			return ok
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("exec: rule %s: watch %s: %w", r.name, r.watch, err)
+	}
+	a.watch = w
+	p.running[r.name] = a
+	return nil
+}
+
+// Stop kills the commands still running; the agent then removes the
+// watches.
+func (p *Plugin) Stop(ctx context.Context) error {
+	p.cancel()
+	return nil
+}
+
+// Reload applies a new section. Rules whose configuration did not change
+// keep their watch, so their queued events stay queued; changed and removed
+// rules lose theirs (and their queued events) before the new rules'
+// watches are registered.
+func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
+	rules, err := parse(sec)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	defer p.publish()
+	keep := map[string]bool{}
+	for _, r := range rules {
+		if a := p.running[r.name]; a != nil && a.r.equal(r) {
+			keep[r.name] = true
+		}
+	}
+	var errs []error
+	for name, a := range p.running {
+		if keep[name] {
+			continue
+		}
+		if err := a.watch.Unwatch(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("exec: rule %s: %w", name, err))
+		}
+		delete(p.running, name)
+		p.runs.DeletePartialMatch(prometheus.Labels{"rule": name})
+		p.duration.DeletePartialMatch(prometheus.Labels{"rule": name})
+	}
+	for _, r := range rules {
+		if keep[r.name] {
+			continue
+		}
+		if err := p.startRule(ctx, r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.rules = rules
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	p.log.WithField("rules", len(rules)).Info("exec rules reloaded")
+	return nil
+}
+
+// handle runs the rule's command for one event. The command's context is
+// the plugin's, not the event's: the domain worker's destruction cancels the
+// event context, and a rule reacting to a domain going away must still
+// run to its end.
+func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
+	r := a.r
+	id, xsPath := ev.Domid, ev.Path
+	var extra []string
+	if ev.Overflow {
+		xsPath = r.pathOf(id)
+		extra = []string{"MTWATCH_OVERFLOW=" + strconv.Itoa(ev.Dropped)}
+		a.c.overflows.Add(1)
+	} else {
+		var ancestor, ok bool
+		id, xsPath, ancestor, ok = r.match(ev.Path)
+		if !ok {
+			return nil
+		}
+		if ancestor {
+			// Only the removal of the subtree holding the node concerns
+			// the rule (xenstored fires a watch on the node itself then);
+			// the ancestor's creation or change does not.
+			_, err := p.store.Read(p.life, ev.Path)
+			if err == nil {
+				return nil
+			}
+			if !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("exec: rule %s: read %s: %w", r.name, ev.Path, err)
+			}
+		}
+	}
+	d := ""
+	if r.dom >= 0 {
+		d = id.String()
+	}
+	env := slices.Clone(p.env)
+	for k, v := range r.env {
+		env = proc.SetEnv(env, k, v)
+	}
+	env = proc.SetEnv(env, "DOMID", d)
+	env = proc.SetEnv(env, "XS_PATH", xsPath)
+	env = proc.SetEnv(env, "XS_TOKEN", ev.Token)
+	env = proc.SetEnv(env, "MTWATCH_RULE", r.name)
+	env = append(env, extra...)
+
+	log := p.log.WithFields(logrus.Fields{"rule": r.name, "domid": d})
+	argv := r.argv(id, xsPath)
+	res := proc.Run(p.life, proc.Spec{
+		Path:    argv[0],
+		Args:    argv,
+		Env:     env,
+		Timeout: r.timeout,
+		Grace:   r.grace,
+		Line: func(stream, line string) {
+			log.WithField("stream", stream).Info(line)
+		},
+	})
+	a.c.runs.Add(1)
+	a.c.lastNanos.Store(int64(res.Duration))
+	p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds())
+	result := resultOK
+	switch {
+	case res.OK():
+		a.c.ok.Add(1)
+	case res.TimedOut:
+		a.c.timedOut.Add(1)
+		result = resultTimeout
+	case res.ExitCode >= 0 || res.Signal != 0:
+		a.c.failed.Add(1)
+		result = resultFailed
+	default:
+		a.c.startErrors.Add(1)
+		result = resultError
+	}
+	p.runs.WithLabelValues(r.name, result).Inc()
+	fields := logrus.Fields{"path": xsPath, "exit": res.ExitCode, "duration": res.Duration.Round(time.Millisecond)}
+	if res.Signal != 0 {
+		fields["signal"] = res.Signal.String()
+	}
+	if res.OK() {
+		log.WithFields(fields).Debug("command done")
+		return nil
+	}
+	log.WithFields(fields).WithError(res.Err).Warn("command failed")
+	return fmt.Errorf("exec: rule %s domid %s: %w", r.name, d, res.Err)
+}
+
+// RuleStatus is one rule in Status.
+type RuleStatus struct {
+	Name        string              `json:"name"`
+	Path        string              `json:"path"`
+	Watch       string              `json:"watch"`
+	Runs        uint64              `json:"runs"`
+	OK          uint64              `json:"ok"`
+	Failed      uint64              `json:"failed"`
+	TimedOut    uint64              `json:"timed_out"`
+	StartErrors uint64              `json:"start_errors"`
+	Overflows   uint64              `json:"overflows"`
+	LastRun     string              `json:"last_duration,omitempty"`
+	Events      dispatch.WatchStats `json:"events"`
+}
+
+// Status is what the plugin reports in the control API.
+type Status struct {
+	Rules []RuleStatus `json:"rules"`
+}
+
+// Status reports each rule's counters.
+func (p *Plugin) Status() any {
+	out := Status{Rules: []RuleStatus{}}
+	snap := p.snap.Load()
+	if snap == nil {
+		return out
+	}
+	for _, a := range *snap {
+		r := a.r
+		s := RuleStatus{
+			Name: r.name, Path: r.path, Watch: r.watch,
+			Runs: a.c.runs.Load(), OK: a.c.ok.Load(), Failed: a.c.failed.Load(),
+			TimedOut: a.c.timedOut.Load(), StartErrors: a.c.startErrors.Load(), Overflows: a.c.overflows.Load(),
+			Events: a.watch.Stats(),
+		}
+		if n := a.c.lastNanos.Load(); n > 0 {
+			s.LastRun = time.Duration(n).String()
+		}
+		out.Rules = append(out.Rules, s)
+	}
+	return out
+}
+
+var (
+	_ plugin.Reloader = (*Plugin)(nil)
+	_ plugin.Reporter = (*Plugin)(nil)
+)

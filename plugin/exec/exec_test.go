@@ -1,0 +1,346 @@
+package exec_test
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/mtwatch/mtwatch/plugin"
+	"github.com/mtwatch/mtwatch/plugin/exec"
+	"github.com/mtwatch/mtwatch/plugin/plugintest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+func script(t *testing.T) string {
+	t.Helper()
+	p, err := filepath.Abs("testdata/record.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// rules returns a section with one rule per spec (name, path, extra lines).
+func rules(t *testing.T, out string, specs ...[3]string) string {
+	var b strings.Builder
+	b.WriteString("grace = \"200ms\"\n")
+	for _, s := range specs {
+		fmt.Fprintf(&b, "\n[[rule]]\nname = %q\npath = %q\ncommand = [%q, \"--domain\", \"{domid}\", \"{path}\"]\n%s\n", s[0], s[1], script(t), s[2])
+		if !strings.Contains(s[2], "env") {
+			fmt.Fprintf(&b, "env = { OUT = %q }\n", out)
+		}
+	}
+	return b.String()
+}
+
+func waitFile(h *plugintest.Host, file string) string {
+	var b []byte
+	h.Wait(20*time.Second, "file "+filepath.Base(file), func() bool {
+		var err error
+		b, err = os.ReadFile(file)
+		return err == nil
+	})
+	return string(b)
+}
+
+func count(t *testing.T, dir, prefix string) int {
+	t.Helper()
+	m, err := filepath.Glob(filepath.Join(dir, prefix+"*"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, f := range m {
+		if !strings.HasSuffix(f, ".tmp") {
+			n++
+		}
+	}
+	return n
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	file := filepath.Join("testdata", "golden", name)
+	if *update {
+		os.MkdirAll(filepath.Dir(file), 0o755)
+		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", file, got, want)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	for _, tc := range []struct {
+		name, text, want string
+	}{
+		{"domid inside a segment", "[[rule]]\nname = \"a\"\npath = \"/local/domain/dom{domid}/x\"\ncommand = [\"/bin/true\"]\n",
+			":3: rule[0].path: {domid} in \"/local/domain/dom{domid}/x\" is not a path segment of its own"},
+		{"two domids", "[[rule]]\nname = \"a\"\npath = \"/local/domain/{domid}/{domid}\"\ncommand = [\"/bin/true\"]\n", ":3: rule[0].path: "},
+		{"domid first", "[[rule]]\nname = \"a\"\npath = \"{domid}/x\"\ncommand = [\"/bin/true\"]\n", ":3: rule[0].path: "},
+		{"unknown placeholder", "[[rule]]\nname = \"a\"\npath = \"/local/domain/{uuid}\"\ncommand = [\"/bin/true\"]\n", ":3: rule[0].path: unknown placeholder"},
+		{"empty command", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\n[[rule]]\nname = \"b\"\npath = \"/y\"\ncommand = []\n",
+			":8: rule[1].command: empty command"},
+		{"no command", "[[rule]]\nname = \"a\"\npath = \"/x\"\n", ": [plugins.exec] rule[0].command: empty command"},
+		{"relative command", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"true\"]\n", ":4: rule[0].command: command \"true\" is not an absolute path"},
+		{"domid in command without one in path", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/echo\", \"{domid}\"]\n", ":4: rule[0].command: "},
+		{"unknown key", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\ntimeot = \"1s\"\n", ":5: rule.timeot: unknown key"},
+		{"bad pending", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\npending = \"always\"\n", ":5: rule[0].pending: unknown pending policy \"always\""},
+		{"duplicate name", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\n[[rule]]\nname = \"a\"\npath = \"/y\"\ncommand = [\"/bin/true\"]\n", ":6: rule[1].name: rule name \"a\" already used"},
+		{"reserved env", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\nenv = { DOMID = \"1\" }\n", ":5: rule[0].env: DOMID is set by mtwatchd"},
+		{"bad timeout", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\ntimeout = \"soon\"\n", ":5: "},
+		{"negative grace", "grace = \"-1s\"\n", ":1: grace: negative duration"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sec := h.Section(exec.Name, tc.text)
+			_, err := h.BuildSection(exec.Name, sec)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if !strings.HasPrefix(err.Error(), sec.File()) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q, want %s...%s", err, sec.File(), tc.want)
+			}
+		})
+	}
+}
+
+// TestRun: a rule runs its command with the documented argv and
+// environment (golden file), stdin on /dev/null, output logged with rule and
+// domid, and the result counted without per-domain labels.
+func TestRun(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	p := h.Start(exec.Name, rules(t, out, [3]string{"memory-target", "/local/domain/{domid}/memory/target",
+		fmt.Sprintf("env = { OUT = %q, MODE = \"strict\" }\ntimeout = \"30s\"", out)}))
+	h.AddDomain(5)
+	h.Write("/local/domain/5/memory/target", "1024")
+	got := waitFile(h, filepath.Join(out, "memory-target.5.0"))
+	golden(t, "memory-target.txt", strings.ReplaceAll(got, script(t), "record.sh"))
+
+	h.Wait(10*time.Second, "counted run", func() bool {
+		return statusOf(t, p, "memory-target").OK == 1
+	})
+	var sawOut, sawErr bool
+	for _, e := range h.LogHook.AllEntries() {
+		if e.Data["rule"] != "memory-target" || e.Data["domid"] != "5" {
+			continue
+		}
+		sawOut = sawOut || (e.Data["stream"] == "stdout" && strings.HasPrefix(e.Message, "recorded "))
+		sawErr = sawErr || (e.Data["stream"] == "stderr" && e.Message == "a line on stderr")
+	}
+	if !sawOut || !sawErr {
+		t.Errorf("command output not logged with rule and domid (stdout %v, stderr %v)", sawOut, sawErr)
+	}
+	mf := metric(t, h, "mtwatch_exec_runs_total")
+	if mf == nil || len(mf.Metric) != 1 {
+		t.Fatalf("runs metric %v", mf)
+	}
+	for _, l := range mf.Metric[0].Label {
+		if l.GetName() == "domid" {
+			t.Error("per-domain label on mtwatch_exec_runs_total")
+		}
+	}
+	if lbl := labels(mf.Metric[0]); lbl != "result=ok,rule=memory-target" || mf.Metric[0].Counter.GetValue() != 1 {
+		t.Errorf("runs metric %s = %v", lbl, mf.Metric[0].Counter.GetValue())
+	}
+	// Dom0's and other domains' nodes, and other nodes of the domain, do
+	// not match.
+	h.Write("/local/domain/0/memory/target", "1", "/local/domain/5/memory/static-max", "2")
+	h.Write("/local/domain/5/memory/target", "2048")
+	waitFile(h, filepath.Join(out, "memory-target.5.1"))
+	if n := count(t, out, "memory-target."); n != 2 {
+		t.Errorf("%d runs, want 2", n)
+	}
+}
+
+func statusOf(t *testing.T, p plugin.Plugin, rule string) exec.RuleStatus {
+	t.Helper()
+	st := p.(plugin.Reporter).Status().(exec.Status)
+	v := fmt.Sprintf("%+v", st)
+	for _, r := range st.Rules {
+		if r.Name == rule {
+			return r
+		}
+	}
+	t.Fatalf("no rule %s in %s", rule, v)
+	return exec.RuleStatus{}
+}
+
+func metric(t *testing.T, h *plugintest.Host, name string) *dto.MetricFamily {
+	t.Helper()
+	mfs, err := h.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf
+		}
+	}
+	return nil
+}
+
+func labels(m *dto.Metric) string {
+	var s []string
+	for _, l := range m.Label {
+		s = append(s, l.GetName()+"="+l.GetValue())
+	}
+	return strings.Join(s, ",")
+}
+
+// TestTimeoutKillsGroup: a command that hangs is ended with its whole
+// process group, counted as a timeout.
+func TestTimeoutKillsGroup(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	p := h.Start(exec.Name, rules(t, out, [3]string{"hang", "/local/domain/{domid}/data/x",
+		fmt.Sprintf("env = { OUT = %q, ACTION = \"hang\" }\ntimeout = \"300ms\"", out)}))
+	h.AddDomain(3)
+	h.Write("/local/domain/3/data/x", "1")
+	pid, err := strconv.Atoi(strings.TrimSpace(waitFile(h, filepath.Join(out, "grandchild.3.0"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Wait(10*time.Second, "timeout counted", func() bool { return statusOf(t, p, "hang").TimedOut == 1 })
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("grandchild %d survived the timeout", pid)
+	}
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return f[0] != "Z" && f[0] != "X"
+}
+
+// TestIsolationAndCoalescing: a command blocked for domain 5 delays no
+// other domain; the events queued for 5 meanwhile coalesce per path or per
+// watch as the rule says.
+func TestIsolationAndCoalescing(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		pending string
+		runs    int // after the blocked one
+	}{{"per-path", 10}, {"per-watch", 1}} {
+		t.Run(tc.pending, func(t *testing.T) {
+			t.Parallel()
+			h := plugintest.New(t, plugintest.Options{})
+			out := t.TempDir()
+			gate := filepath.Join(out, "gate")
+			if err := os.WriteFile(gate, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			h.Start(exec.Name, rules(t, out, [3]string{"data", "/local/domain/{domid}/data",
+				fmt.Sprintf("env = { OUT = %q, ACTION = \"gate\", ACTION_DOMID = \"5\" }\npending = %q", out, tc.pending)}))
+			h.AddDomain(5)
+			h.AddDomain(7)
+			h.Write("/local/domain/5/data/first", "1")
+			waitFile(h, filepath.Join(out, "started.5.0"))
+			for i := range 10 {
+				h.Write(fmt.Sprintf("/local/domain/5/data/k%d", i), "1", fmt.Sprintf("/local/domain/5/data/k%d", i), "2")
+			}
+			h.Write("/local/domain/7/data/k", "1")
+			waitFile(h, filepath.Join(out, "data.7.0")) // 7 runs while 5 is blocked
+			if n := count(t, out, "data.5."); n != 1 {
+				t.Fatalf("domain 5 ran %d commands while blocked", n)
+			}
+			os.Remove(gate)
+			h.Wait(20*time.Second, "queued runs of domain 5", func() bool { return count(t, out, "data.5.") >= 1+tc.runs })
+			time.Sleep(200 * time.Millisecond) // nothing beyond the coalesced events
+			if n := count(t, out, "data.5."); n != 1+tc.runs {
+				t.Fatalf("domain 5 ran %d commands, want %d", n, 1+tc.runs)
+			}
+		})
+	}
+}
+
+// TestReload: a reload keeps the queued events of an unchanged rule, drops
+// a removed rule's watch, starts a new rule, and a bad section changes
+// nothing.
+func TestReload(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	gate := filepath.Join(out, "gate")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	keep := [3]string{"keep", "/local/domain/{domid}/data", fmt.Sprintf("env = { OUT = %q, ACTION = \"gate\" }", out)}
+	p := h.Start(exec.Name, rules(t, out, keep, [3]string{"old", "/local/domain/{domid}/old", ""}))
+	h.AddDomain(4)
+	h.Write("/local/domain/4/data/a", "1")
+	waitFile(h, filepath.Join(out, "started.4.0"))
+	h.Write("/local/domain/4/data/b", "1", "/local/domain/4/data/c", "1")
+	h.Wait(10*time.Second, "queued events", func() bool { return statusOf(t, p, "keep").Events.Dispatched >= 3 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	bad := h.Section(exec.Name, "[[rule]]\nname = \"x\"\npath = \"/a/b{domid}\"\ncommand = [\"/bin/true\"]\n")
+	if err := p.(plugin.Reloader).Reload(ctx, bad); err == nil || !strings.Contains(err.Error(), "rule[0].path") {
+		t.Fatalf("bad reload: %v", err)
+	}
+	if n := len(h.Watches()); n != 2 {
+		t.Fatalf("%d watches after a failed reload, want 2", n)
+	}
+	if err := p.(plugin.Reloader).Reload(ctx, h.Section(exec.Name, rules(t, out, keep, [3]string{"new", "/local/domain/{domid}/new", ""}))); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(h.Watches()); n != 2 {
+		t.Errorf("%d watches after reload, want 2", n)
+	}
+	os.Remove(gate)
+	h.Wait(20*time.Second, "queued events of the kept rule", func() bool { return count(t, out, "keep.4.") == 3 })
+	h.Write("/local/domain/4/new", "1", "/local/domain/4/old", "1")
+	waitFile(h, filepath.Join(out, "new.4.0"))
+	time.Sleep(100 * time.Millisecond)
+	if n := count(t, out, "old.4."); n != 0 {
+		t.Errorf("removed rule ran %d times", n)
+	}
+}
+
+// TestRemovalOfAncestor: removing a domain's subtree runs the rule of a
+// node inside it, as xenstored fires a watch on the node itself.
+func TestRemovalOfAncestor(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	h.Start(exec.Name, rules(t, out, [3]string{"x", "/local/domain/{domid}/data/x", ""}))
+	h.AddDomain(6)
+	h.Write("/local/domain/6/data/x", "1")
+	waitFile(h, filepath.Join(out, "x.6.0"))
+	h.Write("/local/domain/6/data/y", "1") // a sibling: no run
+	h.Rm("/local/domain/6/data")
+	got := waitFile(h, filepath.Join(out, "x.6.1"))
+	if !strings.Contains(got, "env XS_PATH=/local/domain/6/data/x\n") {
+		t.Errorf("removal run:\n%s", got)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := count(t, out, "x.6."); n != 2 {
+		t.Errorf("%d runs, want 2", n)
+	}
+}

@@ -1,0 +1,30 @@
+#!/bin/sh
+# Records its argv and the variables mtwatchd sets into $OUT/<rule>.<domid>.<n>,
+# then does what $ACTION says (for domain $ACTION_DOMID only, if set).
+set -e
+n=0
+while [ -e "$OUT/$MTWATCH_RULE.$DOMID.$n" ]; do n=$((n + 1)); done
+f="$OUT/$MTWATCH_RULE.$DOMID.$n"
+{
+	for a in "$0" "$@"; do printf 'argv %s\n' "$a"; done
+	env | grep -E '^(DOMID|XS_PATH|XS_TOKEN|MTWATCH_[A-Z_]*|MODE|NOTIFY_SOCKET)=' | sort | sed 's/^/env /'
+	[ -t 0 ] && echo "stdin is a terminal" || true
+} >"$f.tmp"
+mv "$f.tmp" "$f"
+echo "recorded $f"
+echo "a line on stderr" >&2
+[ -z "$ACTION_DOMID" ] || [ "$ACTION_DOMID" = "$DOMID" ] || exit 0
+case "$ACTION" in
+gate)
+	# Block until $OUT/gate is removed.
+	touch "$OUT/started.$DOMID.$n"
+	while [ -e "$OUT/gate" ]; do sleep 0.02; done ;;
+hang)
+	# Leave a grandchild and hang; the timeout must end both.
+	sleep 600 &
+	echo $! >"$OUT/grandchild.$DOMID.$n.tmp"
+	mv "$OUT/grandchild.$DOMID.$n.tmp" "$OUT/grandchild.$DOMID.$n"
+	wait ;;
+fail)
+	exit 3 ;;
+esac

@@ -1,0 +1,483 @@
+package hotplug
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/plugin/plugintest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+type fixture struct {
+	t       testing.TB
+	h       *plugintest.Host
+	p       *Plugin
+	out     string
+	scripts string
+}
+
+func scriptsDir(t testing.TB) string {
+	d, err := filepath.Abs("testdata/scripts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// build builds the plugin on a new host with scripts from testdata and the
+// section's extra lines; start starts it.
+func build(t testing.TB, opts plugintest.Options, extra string) *fixture {
+	t.Helper()
+	h := plugintest.New(t, opts)
+	f := &fixture{t: t, h: h, out: t.TempDir(), scripts: scriptsDir(t)}
+	text := fmt.Sprintf("scripts_dir = %q\nxl_conf = \"\"\n%s\n", f.scripts, extra)
+	pl, err := h.Build(Name, text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.p = pl.(*Plugin)
+	// The scripts' xenstore-write must reach the test's xenstored, as
+	// mtwatchd's environment reaches the real one.
+	f.p.env = append(f.p.env, h.XS.Env()...)
+	f.p.env = append(f.p.env, "OUT="+f.out)
+	return f
+}
+
+func (f *fixture) start() {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := f.p.Start(ctx); err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := f.p.Stop(ctx); err != nil {
+			f.t.Error(err)
+		}
+	})
+}
+
+func start(t testing.TB, opts plugintest.Options, extra string) *fixture {
+	f := build(t, opts, extra)
+	f.start()
+	return f
+}
+
+// device creates a backend directory as libxl does (one transaction, state
+// Initialising), with extra node/value pairs.
+func (f *fixture) device(typ string, dom domid.ID, devid int, script string, extra ...string) string {
+	f.t.Helper()
+	base := fmt.Sprintf("backend/%s/%d/%d", typ, dom, devid)
+	kv := append([]string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}, extra...)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err := f.h.Client.Transaction(ctx, func(tx *xenstore.Tx) error {
+		for i := 0; i+1 < len(kv); i += 2 {
+			if err := tx.Write(ctx, base+"/"+kv[i], []byte(kv[i+1])); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return base
+}
+
+func (f *fixture) status(base string, timeout time.Duration) string {
+	f.t.Helper()
+	var v string
+	f.h.Wait(timeout, base+"/hotplug-status", func() bool {
+		var ok bool
+		v, ok = f.h.Read(base + "/hotplug-status")
+		return ok
+	})
+	return v
+}
+
+func (f *fixture) record(base, action string, n int) string {
+	f.t.Helper()
+	file := filepath.Join(f.out, fmt.Sprintf("%s.%s.%d", strings.ReplaceAll(base, "/", "_"), action, n))
+	var b []byte
+	f.h.Wait(20*time.Second, "record "+filepath.Base(file), func() bool {
+		var err error
+		b, err = os.ReadFile(file)
+		return err == nil
+	})
+	return strings.ReplaceAll(string(b), f.scripts, "SCRIPTS")
+}
+
+func (f *fixture) records(base, action string) int {
+	m, _ := filepath.Glob(filepath.Join(f.out, strings.ReplaceAll(base, "/", "_")+"."+action+".[0-9]*"))
+	n := 0
+	for _, x := range m {
+		if !strings.HasSuffix(x, ".tmp") {
+			n++
+		}
+	}
+	return n
+}
+
+func (f *fixture) log() string {
+	b, _ := os.ReadFile(filepath.Join(f.out, "log"))
+	return string(b)
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	file := filepath.Join("testdata", "golden", name)
+	if *update {
+		os.MkdirAll(filepath.Dir(file), 0o755)
+		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", file, got, want)
+	}
+}
+
+// TestLibxlConventions: argv and environment exactly as libxl passes them
+// (golden files), for a vif's online/offline and a vbd's add/remove, with
+// stdin on /dev/null and no sd_notify socket.
+func TestLibxlConventions(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "")
+	f.h.AddDomain(5)
+	vif := f.device("vif", 5, 0, f.scripts+"/connect", "gatewaydev", "eth0", "mac", "00:16:3e:00:00:01")
+	vbd := f.device("vbd", 5, 51712, "connect", "params", "/dev/vg/guest")
+	f.h.Write(vif+"/state", "2", vbd+"/state", "2")
+	if s := f.status(vif, 20*time.Second); s != "connected" {
+		t.Fatalf("vif hotplug-status %q", s)
+	}
+	if s := f.status(vbd, 20*time.Second); s != "connected" {
+		t.Fatalf("vbd hotplug-status %q", s)
+	}
+	golden(t, "vif-online.txt", f.record(vif, "online", 0))
+	golden(t, "vbd-add.txt", f.record(vbd, "add", 0))
+
+	// Connected, then closed by the toolstack: online 0, state Closed.
+	f.h.Write(vif+"/state", "4", vbd+"/state", "4")
+	f.h.Write(vif+"/online", "0", vif+"/state", "6", vbd+"/online", "0", vbd+"/state", "6")
+	golden(t, "vif-offline.txt", f.record(vif, "offline", 0))
+	golden(t, "vbd-remove.txt", f.record(vbd, "remove", 0))
+
+	// Closed again, or InitWait again without a new device: nothing more.
+	f.h.Write(vif+"/state", "2", vbd+"/state", "6")
+	time.Sleep(200 * time.Millisecond)
+	if f.records(vif, "online") != 1 || f.records(vif, "offline") != 1 || f.records(vbd, "add") != 1 || f.records(vbd, "remove") != 1 {
+		t.Errorf("scripts ran again:\n%s", f.log())
+	}
+	st := f.p.Status().(Status)
+	if st.Runs != 4 || st.OK != 4 {
+		t.Errorf("status %+v", st)
+	}
+}
+
+// TestFailures: a failed or timed-out add leaves hotplug-status=error and a
+// hotplug-error, keeping the script's own message; a timeout ends the
+// script's whole process group.
+func TestFailures(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "timeout = \"500ms\"\ngrace = \"200ms\"")
+	for _, id := range []domid.ID{2, 3, 4, 6} {
+		f.h.AddDomain(id)
+	}
+	fail := f.device("vbd", 2, 768, "fail")
+	fatal := f.device("vbd", 3, 768, "fatal")
+	hang := f.device("vif", 4, 0, "hang")
+	outside := f.device("vbd", 6, 768, "/bin/true")
+	dotdot := f.device("vbd", 6, 832, "../../../bin/true")
+	for _, b := range []string{fail, fatal, hang, outside, dotdot} {
+		f.h.Write(b+"/state", "2")
+	}
+	for _, tc := range []struct{ base, err string }{
+		{fail, f.scripts + "/fail add failed: exit status 1"},
+		{fatal, "script says no"},
+		{hang, f.scripts + "/hang online timed out after 500ms: killed"},
+		{outside, `script "/bin/true" is outside ` + f.scripts + " and the allowed directories"},
+		{dotdot, `script "../../../bin/true": a relative name must not name a directory`},
+	} {
+		if s := f.status(tc.base, 20*time.Second); s != "error" {
+			t.Errorf("%s: hotplug-status %q", tc.base, s)
+		}
+		if e, _ := f.h.Read(tc.base + "/hotplug-error"); !strings.Contains(e, tc.err) {
+			t.Errorf("%s: hotplug-error %q, want %q", tc.base, e, tc.err)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(f.out, "backend_vif_4_0.grandchild"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("grandchild %d of the timed-out script survived", pid)
+	}
+	f.h.Wait(5*time.Second, "counters", func() bool {
+		st := f.p.Status().(Status)
+		return st.TimedOut == 1 && st.Failed == 4
+	})
+	mfs, err := f.h.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.Metric {
+			for _, l := range m.Label {
+				if l.GetName() == "domid" {
+					t.Errorf("%s has a per-domain label", mf.GetName())
+				}
+			}
+		}
+	}
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	fl := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	return fl[0] != "Z" && fl[0] != "X"
+}
+
+// TestOrder: a device closed while its add script still runs gets its
+// remove once the add has ended; a removed directory runs remove too.
+func TestOrder(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "")
+	f.h.AddDomain(8)
+	a := f.device("vbd", 8, 768, "slow")
+	f.h.Write(a+"/state", "2")
+	f.record(a, "add", 0) // started
+	f.h.Write(a+"/online", "0", a+"/state", "6")
+	f.record(a, "remove", 0)
+	f.h.Wait(10*time.Second, "remove ends", func() bool { return strings.Count(f.log(), a) == 4 })
+	want := a + " add start\n" + a + " add end\n" + a + " remove start\n" + a + " remove end\n"
+	if got := f.log(); got != want {
+		t.Errorf("log:\n%s\nwant:\n%s", got, want)
+	}
+
+	b := f.device("vif", 8, 1, "connect")
+	f.h.Write(b+"/state", "2")
+	f.status(b, 20*time.Second)
+	f.h.Rm(b)
+	f.record(b, "offline", 0)
+
+	// A device closed before reaching InitWait never ran add: no remove.
+	c := f.device("vif", 8, 2, "connect")
+	f.h.Write(c+"/online", "0", c+"/state", "6")
+	f.h.Rm(c)
+	time.Sleep(200 * time.Millisecond)
+	if f.records(c, "offline") != 0 {
+		t.Error("offline ran for a device that was never online")
+	}
+}
+
+// TestStartupScan: at start, devices waiting for their script get it,
+// connected devices are left alone, and closed devices whose add ran get
+// their remove; the scan's watches are gone afterwards.
+func TestStartupScan(t *testing.T) {
+	t.Parallel()
+	f := build(t, plugintest.Options{}, "")
+	f.h.AddDomain(9)
+	f.h.AddDomain(10)
+	waiting := f.device("vbd", 9, 768, "connect", "state", "2")
+	connected := f.device("vif", 9, 0, "connect", "state", "4", "hotplug-status", "connected")
+	closing := f.device("vif", 10, 0, "connect", "state", "6", "online", "0", "hotplug-status", "connected")
+	early := f.device("vbd", 10, 768, "connect") // not at InitWait yet
+	f.start()
+	if s := f.status(waiting, 20*time.Second); s != "connected" {
+		t.Fatalf("hotplug-status %q", s)
+	}
+	f.record(closing, "offline", 0)
+	f.h.Wait(10*time.Second, "scan watches removed", func() bool { return len(f.h.Watches()) == 1 })
+	if f.records(connected, "online") != 0 || f.records(early, "add") != 0 {
+		t.Errorf("scan ran scripts it should not have:\n%s", f.log())
+	}
+	// The scan remembered the connected device: its close runs offline.
+	f.h.Write(connected+"/online", "0", connected+"/state", "6")
+	f.record(connected, "offline", 0)
+	f.h.Write(early+"/state", "2")
+	f.status(early, 20*time.Second)
+}
+
+// TestTypes: qdisk backends get no script by default; a type is opt-in.
+func TestTypes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		extra string
+		runs  bool
+	}{{"", false}, {`types = ["vbd", "vif", "qdisk"]`, true}} {
+		f := start(t, plugintest.Options{}, tc.extra)
+		f.h.AddDomain(11)
+		q := f.device("qdisk", 11, 51712, "connect")
+		v := f.device("vbd", 11, 51728, "connect")
+		f.h.Write(q+"/state", "2", v+"/state", "2")
+		f.status(v, 20*time.Second)
+		time.Sleep(100 * time.Millisecond)
+		if got := f.records(q, "add") == 1; got != tc.runs {
+			t.Errorf("%q: qdisk script ran: %v", tc.extra, got)
+		}
+	}
+}
+
+// TestFlood: a guest making its backend change without end cannot queue
+// more than one event per device while its worker is busy.
+func TestFlood(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "timeout = \"60s\"")
+	f.h.AddDomain(12)
+	busy := f.device("vif", 12, 0, "hang")
+	f.h.Write(busy+"/state", "2")
+	f.record(busy, "online", 0)
+	flood := f.device("vif", 12, 1, "connect")
+	for i := range 300 {
+		f.h.Write(flood+"/state", strconv.Itoa(1+i%2), flood+"/online", "1", flood+"/feature-x", "1")
+	}
+	other := f.device("vbd", 12, 768, "connect")
+	f.h.Write(other+"/state", "2")
+	f.h.Wait(10*time.Second, "flood dispatched", func() bool {
+		w := mainWatch(f)
+		return w != nil && w.Stats().Dispatched >= 900
+	})
+	st, ok := f.h.Dispatcher.DomainStats(12)
+	if !ok || st.Queued > 3 {
+		t.Fatalf("domain 12 has %d events queued (stats %+v), want at most one per device", st.Queued, st)
+	}
+}
+
+func mainWatch(f *fixture) *plugintest.Watch {
+	for _, w := range f.h.Watches() {
+		if w.Path() == Backend {
+			return w
+		}
+	}
+	return nil
+}
+
+// TestHungDomain is the reason for the plugin: a script hung for domain A
+// does not delay domain B's vif and vbd with a worker per domain, and does
+// with a single worker, as under xl devd. The same test runs in both modes.
+func TestHungDomain(t *testing.T) {
+	t.Parallel()
+	for _, single := range []bool{false, true} {
+		t.Run(map[bool]string{false: "multi-worker", true: "single-worker"}[single], func(t *testing.T) {
+			t.Parallel()
+			f := start(t, plugintest.Options{SingleWorker: single}, "timeout = \"4s\"\ngrace = \"100ms\"")
+			f.h.AddDomain(20)
+			f.h.AddDomain(21)
+			a := f.device("vbd", 20, 768, "hang")
+			f.h.Write(a+"/state", "2")
+			f.record(a, "add", 0) // A's script hangs from now on
+			bVif := f.device("vif", 21, 0, "connect")
+			bVbd := f.device("vbd", 21, 768, "connect")
+			f.h.Write(bVif+"/state", "2", bVbd+"/state", "2")
+			f.status(bVif, 20*time.Second)
+			f.status(bVbd, 20*time.Second)
+			// When B's devices are connected, has A's script been killed?
+			aStatus, aDone := f.h.Read(a + "/hotplug-status")
+			if single {
+				if !aDone || aStatus != "error" {
+					t.Fatalf("single worker: B connected before A's hung script ended (A status %q)", aStatus)
+				}
+			} else if aDone {
+				t.Fatalf("multi-worker: B waited for A's hung script (A status %q)", aStatus)
+			}
+		})
+	}
+}
+
+// TestXLConf: the plugin warns when libxl runs the scripts itself.
+func TestXLConf(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		content string
+		warn    bool
+	}{
+		{"run_hotplug_scripts=0\n", false},
+		{"# run_hotplug_scripts=0\nrun_hotplug_scripts=1\n", true},
+		{"autoballoon=\"off\"\n", true},
+		{"", true}, // missing file
+	} {
+		file := filepath.Join(dir, fmt.Sprintf("xl%d.conf", len(tc.content)))
+		if tc.content != "" {
+			os.WriteFile(file, []byte(tc.content), 0o644)
+		}
+		h := plugintest.New(t, plugintest.Options{})
+		p := h.Start(Name, fmt.Sprintf("xl_conf = %q\ntypes = []\n", file))
+		_ = p
+		warned := false
+		for _, e := range h.LogHook.AllEntries() {
+			if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "run twice") {
+				warned = true
+			}
+		}
+		if warned != tc.warn {
+			t.Errorf("xl.conf %q: warned %v", tc.content, warned)
+		}
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	for _, tc := range []struct{ text, want string }{
+		{"types = [\"vbd\", \"VIF\"]\n", ":1: types[1]: malformed backend type \"VIF\""},
+		{"types = [\"vbd\", \"vbd\"]\n", ":1: types[1]: backend type \"vbd\" listed twice"},
+		{"\nscripts_dir = \"scripts\"\n", ":2: scripts_dir: \"scripts\" is not an absolute path"},
+		{"allowed_dirs = [\"/opt/x/../y\"]\n", ":1: allowed_dirs[0]: "},
+		{"timeout = \"-1s\"\n", ":1: timeout: timeout must be positive"},
+		{"scripts = \"/x\"\n", ":1: scripts: unknown key"},
+	} {
+		sec := h.Section(Name, tc.text)
+		_, err := h.BuildSection(Name, sec)
+		if err == nil || !strings.HasPrefix(err.Error(), sec.File()) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want %s%s", tc.text, err, sec.File(), tc.want)
+		}
+	}
+}
+
+func TestResolve(t *testing.T) {
+	t.Parallel()
+	c := Config{ScriptsDir: "/etc/xen/scripts", AllowedDirs: []string{"/usr/lib/xen/scripts"}}
+	for _, tc := range []struct{ in, want string }{
+		{"block", "/etc/xen/scripts/block"},
+		{"/etc/xen/scripts/vif-bridge", "/etc/xen/scripts/vif-bridge"},
+		{"/usr/lib/xen/scripts/block-drbd", "/usr/lib/xen/scripts/block-drbd"},
+		{"/etc/xen/scripts/../../bin/sh", ""},
+		{"/etc/xen/scriptsX/a", ""},
+		{"/bin/sh", ""},
+		{"sub/block", ""},
+		{"..", ""},
+		{"", ""},
+	} {
+		got, err := c.resolve(tc.in)
+		if got != tc.want || (err == nil) != (tc.want != "") {
+			t.Errorf("resolve(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}

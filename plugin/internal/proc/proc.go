@@ -1,0 +1,300 @@
+// Package proc runs the commands of mtwatchd's plugins: each in a process
+// group of its own with stdin on /dev/null, its output logged line by line,
+// and a deadline that ends the whole group (SIGTERM, then SIGKILL after a
+// grace period) so that nothing a hung script started outlives it.
+package proc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// DefaultGrace is the time a process group gets between SIGTERM and SIGKILL.
+const DefaultGrace = 5 * time.Second
+
+// MaxLine bounds one logged line; longer lines are cut.
+const MaxLine = 4096
+
+// ErrTimeout is wrapped by Result.Err when the command ran past its timeout.
+var ErrTimeout = errors.New("timed out")
+
+// Spec describes one run.
+type Spec struct {
+	// Path is the program to execute; Args is its full argv, Args[0]
+	// included. Env is its whole environment.
+	Path string
+	Args []string
+	Env  []string
+	// Timeout, if positive, bounds the run; ctx's end bounds it too. Either
+	// ends the process group: SIGTERM, then SIGKILL after Grace (zero means
+	// DefaultGrace).
+	Timeout time.Duration
+	Grace   time.Duration
+	// Line receives each line the command writes, with the stream's name
+	// ("stdout" or "stderr"). It is called from two goroutines at once and
+	// must be safe for that. Nil discards the output.
+	Line func(stream, line string)
+}
+
+// Result is the outcome of a run.
+type Result struct {
+	// ExitCode is the exit status, -1 when the process was killed by a
+	// signal (Signal) or did not start.
+	ExitCode int
+	Signal   syscall.Signal
+	Duration time.Duration
+	// TimedOut: the timeout ended the run; Cancelled: ctx did.
+	TimedOut  bool
+	Cancelled bool
+	// Killed: SIGKILL had to be sent after the grace period.
+	Killed bool
+	// Err is nil for exit status 0, otherwise a lower-case description
+	// wrapping ErrTimeout, ctx's error, *exec.ExitError or the start error.
+	Err error
+}
+
+// OK reports a zero exit status within the deadline.
+func (r Result) OK() bool { return r.Err == nil }
+
+// Run runs spec and returns once the command's process group is gone or, for
+// a group that leaves a member behind the leader, once it was killed.
+func Run(ctx context.Context, spec Spec) Result {
+	grace := spec.Grace
+	if grace <= 0 {
+		grace = DefaultGrace
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return Result{ExitCode: -1, Err: fmt.Errorf("run %s: %w", spec.Path, err)}
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return Result{ExitCode: -1, Err: fmt.Errorf("run %s: %w", spec.Path, err)}
+	}
+	cmd := &exec.Cmd{
+		Path:        spec.Path,
+		Args:        spec.Args,
+		Env:         spec.Env,
+		Stdout:      outW,
+		Stderr:      errW,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	if cmd.Env == nil {
+		cmd.Env = []string{}
+	}
+	start := time.Now()
+	err = cmd.Start()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return Result{ExitCode: -1, Duration: time.Since(start), Err: fmt.Errorf("start %s: %w", spec.Path, err)}
+	}
+	pgid := cmd.Process.Pid
+
+	var readers sync.WaitGroup
+	for _, s := range []struct {
+		name string
+		r    *os.File
+	}{{"stdout", outR}, {"stderr", errR}} {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			readLines(s.r, s.name, spec.Line)
+		}()
+	}
+
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	var deadline <-chan time.Time
+	if spec.Timeout > 0 {
+		t := time.NewTimer(spec.Timeout)
+		defer t.Stop()
+		deadline = t.C
+	}
+	var res Result
+	var werr error
+	select {
+	case werr = <-exited:
+	case <-deadline:
+		res.TimedOut = true
+	case <-ctx.Done():
+		res.Cancelled = true
+	}
+	if res.TimedOut || res.Cancelled {
+		werr, res.Killed = endGroup(pgid, exited, grace)
+	}
+	// A command that exits on its own may leave a daemon behind, as libxl
+	// allows; only a run that is ended takes its whole group down.
+	res.Duration = time.Since(start)
+
+	// A daemon left behind, or a member that escaped the group (setsid),
+	// may still hold the pipes: give the readers a moment, then stop
+	// reading.
+	done := make(chan struct{})
+	go func() { readers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		outR.SetReadDeadline(time.Now())
+		errR.SetReadDeadline(time.Now())
+		<-done
+	}
+	outR.Close()
+	errR.Close()
+
+	res.ExitCode = -1
+	if ps := cmd.ProcessState; ps != nil {
+		res.ExitCode = ps.ExitCode()
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			res.Signal = ws.Signal()
+		}
+	}
+	switch {
+	case res.TimedOut:
+		res.Err = fmt.Errorf("%s %w after %v", spec.Path, ErrTimeout, spec.Timeout)
+	case res.Cancelled:
+		res.Err = fmt.Errorf("%s: %w", spec.Path, ctx.Err())
+	case werr != nil:
+		res.Err = fmt.Errorf("%s: %w", spec.Path, werr)
+	}
+	return res
+}
+
+// endGroup sends SIGTERM to the group, waits for the leader and the rest of
+// the group up to grace, then SIGKILLs whatever is left. It returns the
+// leader's wait error and whether SIGKILL was needed.
+func endGroup(pgid int, exited <-chan error, grace time.Duration) (error, bool) {
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	// A stopped member would never see SIGTERM.
+	syscall.Kill(-pgid, syscall.SIGCONT)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	var werr error
+	leaderDone := false
+	select {
+	case werr = <-exited:
+		leaderDone = true
+	case <-t.C:
+	}
+	if leaderDone {
+		// The leader went; the group's other members get the rest of the
+		// grace period.
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for groupAlive(pgid) {
+			select {
+			case <-tick.C:
+				continue
+			case <-t.C:
+			}
+			break
+		}
+		if !groupAlive(pgid) {
+			return werr, false
+		}
+	}
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	if !leaderDone {
+		werr = <-exited
+	}
+	return werr, true
+}
+
+// groupAlive reports whether process group pgid has a member that is not a
+// zombie. kill(-pgid, 0) alone would count zombies: orphans are reaped by
+// init, which in a container may never happen.
+func groupAlive(pgid int) bool {
+	if err := syscall.Kill(-pgid, 0); err != nil {
+		return false
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return true
+	}
+	want := fmt.Sprint(pgid)
+	for _, e := range entries {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid pgrp ...; comm may hold spaces and ')'.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(s[i+1:])
+		if len(f) >= 3 && f[2] == want && f[0] != "Z" && f[0] != "X" {
+			return true
+		}
+	}
+	return false
+}
+
+func readLines(r io.Reader, stream string, line func(stream, line string)) {
+	br := bufio.NewReaderSize(r, MaxLine)
+	for {
+		b, err := br.ReadSlice('\n')
+		if len(b) > 0 && line != nil {
+			s := strings.TrimRight(string(b), "\n")
+			if err == bufio.ErrBufferFull {
+				s += " [cut]"
+				// Skip the rest of the overlong line.
+				for err == bufio.ErrBufferFull {
+					_, err = br.ReadSlice('\n')
+				}
+			}
+			line(stream, s)
+		}
+		if err != nil && err != bufio.ErrBufferFull {
+			return
+		}
+	}
+}
+
+// Env returns the agent's environment as a base for commands, without the
+// variables systemd hands to the service itself: a command must not send
+// sd_notify messages as mtwatchd nor take its sockets.
+func Env() []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch k {
+		case "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+			"WATCHDOG_USEC", "WATCHDOG_PID", "INVOCATION_ID", "JOURNAL_STREAM":
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// SetEnv returns env with key set to value, replacing an earlier setting as
+// setenv(3) would.
+func SetEnv(env []string, key, value string) []string {
+	prefix := key + "="
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, prefix) {
+			out = append(out, kv)
+		}
+	}
+	return append(out, prefix+value)
+}
