@@ -17,6 +17,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,9 +25,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/dispatch"
+	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
@@ -42,7 +47,38 @@ const (
 	// benchWriters concurrent writes keep xenstored busy producing events.
 	benchWriters = 32
 	envWriter    = "MTWATCH_BENCH_WRITER"
+	envLayout    = "MTWATCH_BENCH_LAYOUT"
+	// benchDomains guests own the nodes of the "domains" layout, which is
+	// the agent's: backend nodes of 1,000 domains under one watched
+	// directory, so that a dispatcher routes every event to a domain worker.
+	benchDomains   = 1000
+	benchDomainDir = "/local/domain/0/backend/vbd"
 )
+
+// eventLayout is where a watch benchmark's writer writes: the watched
+// directory, the benchEventPaths nodes written round-robin and the
+// sentinel, which ends a run.
+type eventLayout struct {
+	name, dir, sentinel string
+	paths               []string
+}
+
+func layoutOf(name string) eventLayout {
+	l := eventLayout{name: name, dir: benchEventDir, sentinel: benchSentinel}
+	if name == "domains" {
+		l.dir, l.sentinel = benchDomainDir, benchDomainDir+"/end"
+	}
+	l.paths = make([]string, benchEventPaths)
+	for i := range l.paths {
+		if name == "domains" {
+			// Domain 1+i%1000, one device of it per round.
+			l.paths[i] = fmt.Sprintf("%s/%d/%d/state", l.dir, 1+i%benchDomains, 51712+i/benchDomains)
+		} else {
+			l.paths[i] = fmt.Sprintf("%s/%d", l.dir, i)
+		}
+	}
+	return l
+}
 
 func TestMain(m *testing.M) {
 	if sock := os.Getenv(envWriter); sock != "" {
@@ -51,9 +87,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// eventWriter is the writer process of BenchmarkWatchEvents: for each line
-// "N" on stdin it writes N nodes under benchEventDir (pipelined), then the
-// sentinel, then prints "done".
+// eventWriter is the writer process of the watch benchmarks: for each line
+// "N" on stdin it writes N nodes of the layout named by $MTWATCH_BENCH_LAYOUT
+// (pipelined), then the sentinel, then prints "done".
 func eventWriter(sock string) int {
 	ctx := context.Background()
 	c, err := xenstore.Dial(ctx, xenstore.WithPath(sock))
@@ -61,10 +97,8 @@ func eventWriter(sock string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	paths := make([]string, benchEventPaths)
-	for i := range paths {
-		paths[i] = fmt.Sprintf("%s/%d", benchEventDir, i)
-	}
+	l := layoutOf(os.Getenv(envLayout))
+	paths := l.paths
 	val := []byte("x")
 	in := bufio.NewScanner(os.Stdin)
 	fmt.Println("ready")
@@ -89,7 +123,7 @@ func eventWriter(sock string) int {
 		}
 		wg.Wait()
 		if failed == nil {
-			failed = c.Write(ctx, benchSentinel, val)
+			failed = c.Write(ctx, l.sentinel, val)
 		}
 		if failed != nil {
 			fmt.Fprintln(os.Stderr, failed)
@@ -114,9 +148,11 @@ func benchServer(b *testing.B) (*xenstoredtest.Server, *xenstore.Client) {
 	if err := c.Write(ctx, benchValuePath, []byte(strings.Repeat("v", 64))); err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; i < benchEventPaths; i++ {
-		if err := c.Write(ctx, fmt.Sprintf("%s/%d", benchEventDir, i), nil); err != nil {
-			b.Fatal(err)
+	for _, name := range []string{"", "domains"} {
+		for _, p := range layoutOf(name).paths {
+			if err := c.Write(ctx, p, nil); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 	return srv, c
@@ -297,74 +333,217 @@ func runCRead(b *testing.B, srv *xenstoredtest.Server, threads int) {
 
 // BenchmarkWatchEvents: events received by one watch while another process
 // writes b.N nodes under it (pipelined, as fast as xenstored accepts them).
-// ns/op is per write; events/s counts what the watcher received.
+// ns/op is per write; events/s counts what the watcher received;
+// cpu-ns/event and ctxsw/event are the watcher process's own CPU time (all
+// threads, user and system) and context switches per event received, which
+// other load on the host disturbs far less than the rate.
+//
+//	go           Watch: the reader goroutine hands events to Events()
+//	go-func      WatchFunc: events are handled on the reading goroutine
+//	libxenstore  xs_watch + xs_read_watch (bench/cbench.c)
 func BenchmarkWatchEvents(b *testing.B) {
 	srv, _ := benchServer(b)
+	l := layoutOf("")
+	b.Run("go", func(b *testing.B) { runGoWatch(b, srv, l, watchChan, nil) })
+	b.Run("go-func", func(b *testing.B) { runGoWatch(b, srv, l, watchFunc, nil) })
+	b.Run("libxenstore", func(b *testing.B) { runCWatch(b, srv, l) })
+}
+
+// BenchmarkWatchDispatch: the agent's receive path. Events of 1,000
+// domains' backend nodes (layout "domains") go from the client to a
+// lib/dispatch Dispatcher with a worker per domain and a no-op handler;
+// a run ends when every dispatched event has been handled (or coalesced by
+// the dispatcher). Baselines in the same run: the client alone on the same
+// stream, and libxenstore's watcher.
+//
+//	go                 Watch + Events(), no dispatch
+//	go-dispatch        Events() -> Dispatch from a consumer goroutine
+//	go-func-dispatch   WatchFunc calling Dispatch on the reading goroutine
+//	libxenstore        xs_watch + xs_read_watch, no dispatch
+func BenchmarkWatchDispatch(b *testing.B) {
+	srv, _ := benchServer(b)
+	l := layoutOf("domains")
+	b.Run("go", func(b *testing.B) { runGoWatch(b, srv, l, watchChan, nil) })
+	b.Run("go-dispatch", func(b *testing.B) { runGoWatch(b, srv, l, watchChan, benchDispatcher(b, l)) })
+	b.Run("go-func-dispatch", func(b *testing.B) { runGoWatch(b, srv, l, watchFunc, benchDispatcher(b, l)) })
+	b.Run("libxenstore", func(b *testing.B) { runCWatch(b, srv, l) })
+}
+
+type watchMode int
+
+const (
+	watchChan watchMode = iota
+	watchFunc
+)
+
+// benchDispatcher returns a dispatcher with a no-op handler for l's watch
+// and a worker for each of its domains.
+func benchDispatcher(b *testing.B, l eventLayout) *dispatch.Dispatcher {
+	b.Helper()
+	d, err := dispatch.New(dispatch.Config{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { d.Stop(context.Background()) })
+	noop := func(context.Context, dispatch.Event) error { return nil }
+	if _, err := d.Register(dispatch.WatchConfig{Path: l.dir, Token: "bench", Handler: noop}); err != nil {
+		b.Fatal(err)
+	}
+	for id := 1; id <= benchDomains; id++ {
+		if err := d.CreateDomain(domid.ID(id)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return d
+}
+
+// waitHandled waits until every event d accepted was handled, coalesced,
+// filtered or dropped.
+func waitHandled(d *dispatch.Dispatcher) dispatch.Counters {
+	for {
+		t := d.Stats().Totals
+		if t.Processed-t.Overflows+t.Coalesced+t.Filtered+t.Dropped >= t.Dispatched {
+			return t
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// usage is the process's CPU time and context switches so far.
+func usage() (cpu time.Duration, ctxsw int64) {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return cpu, ru.Nvcsw + ru.Nivcsw
+}
+
+func startWriter(b *testing.B, srv *xenstoredtest.Server, l eventLayout) *proc {
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
 	}
-	writer := func(b *testing.B) *proc {
-		cmd := exec.Command(exe)
-		cmd.Env = append(os.Environ(), envWriter+"="+srv.Socket())
-		return startProc(b, cmd)
-	}
-	report := func(b *testing.B, events int, d time.Duration) {
-		b.ReportMetric(float64(events)/d.Seconds(), "events/s")
-		b.ReportMetric(float64(events)/float64(b.N+1), "events/write")
-	}
-	b.Run("go", func(b *testing.B) {
-		b.StopTimer()
-		c := benchDial(b, srv)
-		ctx := context.Background()
-		w, err := c.Watch(ctx, benchEventDir, "bench")
-		if err != nil {
-			b.Fatal(err)
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), envWriter+"="+srv.Socket(), envLayout+"="+l.name)
+	return startProc(b, cmd)
+}
+
+func reportWatch(b *testing.B, events int, d, cpu time.Duration, ctxsw int64) {
+	b.ReportMetric(float64(events)/d.Seconds(), "events/s")
+	b.ReportMetric(float64(events)/float64(b.N+1), "events/write")
+	b.ReportMetric(float64(cpu.Nanoseconds())/float64(events), "cpu-ns/event")
+	b.ReportMetric(float64(ctxsw)/float64(events), "ctxsw/event")
+}
+
+// runGoWatch receives the events of b.N writes (plus the sentinel) through
+// a Go watch of mode m, dispatching them to d if it is not nil.
+func runGoWatch(b *testing.B, srv *xenstoredtest.Server, l eventLayout, m watchMode, d *dispatch.Dispatcher) {
+	b.StopTimer()
+	c := benchDial(b, srv)
+	ctx := context.Background()
+	var (
+		w      *xenstore.Watch
+		err    error
+		events int // written by fn, read after end is closed
+		armed  atomic.Bool
+		end    = make(chan struct{})
+	)
+	handle := func(ev xenstore.Event) {
+		if d != nil {
+			if err := d.Dispatch(ev.Path, ev.Token); err != nil {
+				b.Error(err)
+			}
 		}
+	}
+	switch m {
+	case watchChan:
+		w, err = c.Watch(ctx, l.dir, "bench")
+	case watchFunc:
+		initial := make(chan struct{})
+		w, err = c.WatchFunc(ctx, l.dir, "bench", func(ev xenstore.Event) {
+			if !armed.Load() {
+				close(initial)
+				return
+			}
+			events++
+			handle(ev)
+			if ev.Path == l.sentinel {
+				armed.Store(false)
+				close(end)
+			}
+		})
+		if err == nil {
+			<-initial
+		}
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	if m == watchChan {
 		<-w.Events() // initial event
-		wp := writer(b)
-		b.ReportAllocs()
-		b.StartTimer()
-		start := time.Now()
-		wp.send(b, strconv.Itoa(b.N))
-		events := 0
+	}
+	wp := startWriter(b, srv, l)
+	b.ReportAllocs()
+	cpu0, sw0 := usage()
+	armed.Store(true)
+	b.StartTimer()
+	start := time.Now()
+	wp.send(b, strconv.Itoa(b.N))
+	if m == watchChan {
 		for ev := range w.Events() {
 			events++
-			if ev.Path == benchSentinel {
+			handle(ev)
+			if ev.Path == l.sentinel {
 				break
 			}
 		}
-		d := time.Since(start)
-		b.StopTimer()
-		if got := wp.line(b); got != "done" {
-			b.Fatalf("writer: %q", got)
+	} else {
+		select {
+		case <-end:
+		case <-w.Events(): // ended: Err says why
 		}
-		if err := w.Err(); err != nil {
-			b.Fatal(err)
-		}
-		report(b, events, d)
-		w.Unwatch(ctx)
-	})
-	b.Run("libxenstore", func(b *testing.B) {
-		b.StopTimer()
-		cmd := exec.Command(cbench(b), "watch", benchEventDir)
-		cmd.Env = append(os.Environ(), srv.Env()...)
-		cw := startProc(b, cmd)
-		wp := writer(b)
-		b.StartTimer()
-		start := time.Now()
-		cw.send(b, benchSentinel)
-		wp.send(b, strconv.Itoa(b.N))
-		got := cw.line(b)
-		d := time.Since(start)
-		b.StopTimer()
-		if l := wp.line(b); l != "done" {
-			b.Fatalf("writer: %q", l)
-		}
-		events, err := strconv.Atoi(strings.TrimPrefix(got, "done "))
-		if err != nil {
-			b.Fatalf("cbench: %q", got)
-		}
-		report(b, events, d)
-	})
+	}
+	if d != nil {
+		waitHandled(d)
+	}
+	dur := time.Since(start)
+	b.StopTimer()
+	cpu1, sw1 := usage()
+	if got := wp.line(b); got != "done" {
+		b.Fatalf("writer: %q", got)
+	}
+	if err := w.Err(); err != nil {
+		b.Fatal(err)
+	}
+	reportWatch(b, events, dur, cpu1-cpu0, sw1-sw0)
+	if d != nil {
+		t := d.Stats().Totals
+		b.ReportMetric(float64(t.Coalesced)/float64(events), "coalesced/event")
+	}
+	w.Unwatch(ctx)
+}
+
+// runCWatch is runGoWatch's baseline: cbench.c's libxenstore watcher on the
+// same stream.
+func runCWatch(b *testing.B, srv *xenstoredtest.Server, l eventLayout) {
+	b.StopTimer()
+	cmd := exec.Command(cbench(b), "watch", l.dir)
+	cmd.Env = append(os.Environ(), srv.Env()...)
+	cw := startProc(b, cmd)
+	wp := startWriter(b, srv, l)
+	b.StartTimer()
+	start := time.Now()
+	cw.send(b, l.sentinel)
+	wp.send(b, strconv.Itoa(b.N))
+	got := cw.line(b)
+	dur := time.Since(start)
+	b.StopTimer()
+	if line := wp.line(b); line != "done" {
+		b.Fatalf("writer: %q", line)
+	}
+	var events int
+	var cpu, ctxsw int64
+	if _, err := fmt.Sscanf(got, "done %d %d %d", &events, &cpu, &ctxsw); err != nil {
+		b.Fatalf("cbench: %q: %v", got, err)
+	}
+	reportWatch(b, events, dur, time.Duration(cpu), ctxsw)
 }

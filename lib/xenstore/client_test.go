@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -311,6 +312,69 @@ func TestWatch(t *testing.T) {
 	// The pair may be registered again after unwatch.
 	w3 := mustWatch(t, c, "/w/a/b", "tok")
 	expectEvent(t, w3, "/w/a/b")
+}
+
+// TestWatchFunc: a WatchFunc watch gets its events, in order, on the
+// reading goroutine, next to a channel watch and calls on the same
+// connection; after Unwatch its function is never called again.
+func TestWatchFunc(t *testing.T) {
+	t.Parallel()
+	in, c := start(t)
+	ctx := testCtx(t)
+	if _, err := c.WatchFunc(ctx, "/wf", "tok", nil); !errors.Is(err, syscall.EINVAL) {
+		t.Errorf("nil function: %v", err)
+	}
+	got := make(chan xenstore.Event, 64) // fn must not block: room for all
+	var calls atomic.Int32
+	w, err := c.WatchFunc(ctx, "/wf", "tok", func(ev xenstore.Event) {
+		calls.Add(1)
+		got <- ev
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := mustWatch(t, c, "/wf", "other")
+	expectEvent(t, other, "/wf")
+	recv := func(path string) {
+		t.Helper()
+		select {
+		case ev := <-got:
+			if ev != (xenstore.Event{Path: path, Token: "tok"}) {
+				t.Fatalf("event %v, want %s", ev, path)
+			}
+		case <-time.After(testTimeout):
+			t.Fatalf("no event for %s", path)
+		}
+	}
+	recv("/wf")
+	for i := 0; i < 20; i++ {
+		mustWrite(t, c, fmt.Sprintf("/wf/%d", i), "v")
+	}
+	for i := 0; i < 20; i++ {
+		recv(fmt.Sprintf("/wf/%d", i))
+		expectEvent(t, other, fmt.Sprintf("/wf/%d", i))
+	}
+	in.Run("xenstore-write", "/wf/cli", "x")
+	recv("/wf/cli")
+	expectEvent(t, other, "/wf/cli")
+	select {
+	case ev, ok := <-w.Events():
+		t.Fatalf("Events of a WatchFunc watch yielded %v, %v", ev, ok)
+	default:
+	}
+
+	if err := w.Unwatch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitEnd(t, w); !errors.Is(err, xenstore.ErrUnwatched) {
+		t.Errorf("Err after unwatch: %v", err)
+	}
+	n := calls.Load()
+	mustWrite(t, c, "/wf/after", "v")
+	expectEvent(t, other, "/wf/after") // read after any event for w would be
+	if calls.Load() != n {
+		t.Errorf("function called after Unwatch returned")
+	}
 }
 
 func TestSpecialWatchesAndDomains(t *testing.T) {

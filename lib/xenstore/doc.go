@@ -24,6 +24,12 @@
 // background reader goroutine takes over and runs until nothing is left to
 // read for. The reader never blocks on a caller or a watch consumer.
 //
+// A watch delivers its events over a channel (Watch), or, for a consumer
+// that queues them itself without blocking (an event dispatcher), by a
+// function the reader calls for each event (WatchFunc): no goroutine
+// hand-off per event, which on a multi-CPU host is most of the cost of
+// receiving one.
+//
 // Every blocking call takes a context. Cancelling it abandons the call: the
 // late reply is recognised and dropped, and a transaction or watch that the
 // server set up for an abandoned call is undone.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log"
+	"sync"
 
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
@@ -51,5 +52,30 @@ func Example() {
 	}
 	// ErrWatchOverflow: resynchronise and watch again; ErrConnectionLost:
 	// dial again.
+	log.Print(w.Err())
+}
+
+// A consumer that queues events itself without blocking (here a set of
+// changed paths, as an event dispatcher keeps per-domain queues) takes them
+// straight from the connection's reader.
+func ExampleClient_WatchFunc() {
+	ctx := context.Background()
+	c, err := xenstore.Dial(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	var mu sync.Mutex
+	changed := make(map[string]bool) // bounded by the nodes watched
+	w, err := c.WatchFunc(ctx, "backend", "be", func(ev xenstore.Event) {
+		mu.Lock()
+		changed[ev.Path] = true // must not block, nor call c
+		mu.Unlock()
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	<-w.Events() // yields nothing; closed when the watch ends
 	log.Print(w.Err())
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"slices"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -384,6 +385,52 @@ func TestCloseEndsEverything(t *testing.T) {
 	}
 	if _, err := c.Read(context.Background(), "/x"); !errors.Is(err, ErrClosed) {
 		t.Errorf("read after close: %v", err)
+	}
+}
+
+// TestWatchFuncEndWaits: ending a WatchFunc watch waits for a call of its
+// function in progress, and no call follows.
+func TestWatchFuncEndWaits(t *testing.T) {
+	c, f := newFake(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var calls atomic.Int32
+	ch := make(chan *Watch, 1)
+	go func() {
+		w, err := c.WatchFunc(context.Background(), "/f", "t", func(Event) {
+			if calls.Add(1) == 1 {
+				close(entered)
+				<-release
+			}
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		ch <- w
+	}()
+	h, _ := f.next()
+	f.send(frame(typeWatch, h.reqID, 0, []byte("OK\x00")))
+	w := <-ch
+	ev := func(path string) []byte {
+		return frame(typeWatchEvent, 0, 0, []byte(path+"\x00"+w.wire+"\x00"))
+	}
+	f.send(ev("/f/a"))
+	<-entered
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	select {
+	case <-closed:
+		t.Fatal("Close returned while the watch's function ran")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-closed
+	for range w.Events() {
+	}
+	if !errors.Is(w.Err(), ErrClosed) {
+		t.Errorf("watch: %v", w.Err())
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("function called %d times, want 1", n)
 	}
 }
 

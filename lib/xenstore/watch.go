@@ -4,6 +4,7 @@ import (
 	"context"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -30,11 +31,21 @@ type Event struct {
 // Err returning ErrWatchOverflow; the consumer must resynchronise (re-read
 // what it watches) and register again. One slow watch therefore costs
 // bounded memory and never delays replies or other watches.
+//
+// A watch registered with WatchFunc has no queue: its function is called by
+// the reader itself, and Events only reports the watch's end.
 type Watch struct {
 	c     *Client
 	path  string
 	token string
 	wire  string // the token on the wire: unique per client
+
+	// fn, if set, receives the events on the reading goroutine (WatchFunc).
+	// fnMu is held while it runs, so that ending the watch waits for a
+	// call in progress; fnOff, set under fnMu, stops further calls.
+	fn    func(Event)
+	fnMu  sync.Mutex
+	fnOff atomic.Bool
 
 	ch   chan Event
 	stop chan struct{} // closed to make the drainer give up
@@ -62,13 +73,43 @@ type Watch struct {
 // never share events even if their user tokens are equal; registering the
 // same (path, token) twice fails with EEXIST as it does in xenstored.
 func (c *Client) Watch(ctx context.Context, path, token string) (*Watch, error) {
+	return c.watch(ctx, path, token, nil)
+}
+
+// WatchFunc registers a watch like Watch, but delivers its events by calling
+// fn on the goroutine that reads the connection, one event at a time and in
+// order, as soon as each is read: no queue, no goroutine hand-off, no
+// coalescing and no overflow (WithWatchQueue does not apply). It is meant
+// for a single consumer that queues events itself without blocking, such as
+// an event dispatcher with bounded per-domain queues.
+//
+// fn must return quickly and must not call the Client or the Watch (the
+// reply to such a call could only be read once fn has returned): while fn
+// runs, no reply and no other event is read. It may be called before
+// WatchFunc returns (the initial event). The Events channel of the watch
+// yields no events; it is closed when the watch ends, and Err says why.
+// Once the watch has ended (Unwatch, Close, connection loss) fn is not
+// running and is not called again.
+func (c *Client) WatchFunc(ctx context.Context, path, token string, fn func(Event)) (*Watch, error) {
+	if fn == nil {
+		return nil, opErr("watch", path, invalidf("nil event function"))
+	}
+	return c.watch(ctx, path, token, fn)
+}
+
+func (c *Client) watch(ctx context.Context, path, token string, fn func(Event)) (*Watch, error) {
 	if err := validateWatchPath(path); err != nil {
 		return nil, opErr("watch", path, err)
 	}
 	if err := validateToken(token); err != nil {
 		return nil, opErr("watch", path, err)
 	}
-	w := &Watch{c: c, path: path, token: token, ch: make(chan Event, watchChanCap), stop: make(chan struct{})}
+	w := &Watch{c: c, path: path, token: token, fn: fn, stop: make(chan struct{})}
+	if fn == nil {
+		w.ch = make(chan Event, watchChanCap)
+	} else {
+		w.ch = make(chan Event) // never sent to: closed at the end
+	}
 
 	// Registered locally before the request is sent: the initial event
 	// may be read before the caller sees the reply.
@@ -173,6 +214,10 @@ func (c *Client) dispatchEvent(p []byte) error {
 		// A watch just removed (its UNWATCH crossed this event).
 		return nil
 	}
+	if w.fn != nil {
+		w.call(string(path))
+		return nil
+	}
 	if w.deliver(string(path)) {
 		return nil
 	}
@@ -181,6 +226,17 @@ func (c *Client) dispatchEvent(p []byte) error {
 		c.send(w.unwatchReq())
 	}
 	return nil
+}
+
+// call hands one event to a WatchFunc watch's function, unless the watch
+// has ended.
+func (w *Watch) call(path string) {
+	w.fnMu.Lock()
+	defer w.fnMu.Unlock()
+	if w.fnOff.Load() {
+		return
+	}
+	w.fn(Event{Path: path, Token: w.token})
 }
 
 // deliver queues one event without blocking; false means the watch
@@ -280,6 +336,13 @@ func (w *Watch) endLocked(err error) {
 // delivered before the channel closes; without, they are dropped, the
 // drainer is stopped and the channel closed before end returns.
 func (w *Watch) end(err error, flush bool) {
+	if w.fn != nil && !w.fnOff.Load() {
+		// Wait for a call in progress, and make it the last. Taken
+		// before mu: call never holds mu.
+		w.fnMu.Lock()
+		w.fnOff.Store(true)
+		w.fnMu.Unlock()
+	}
 	w.mu.Lock()
 	w.endLocked(err)
 	if flush {

@@ -9,7 +9,9 @@
  *                                  total, then "done" on stdout
  *   cbench watch <path>            xs_watch(path); per "<sentinel>" line,
  *                                  receive events until one for <sentinel>,
- *                                  then "done <events>"
+ *                                  then "done <events> <cpu-ns> <ctxsw>":
+ *                                  the process's CPU time (all threads) and
+ *                                  context switches over that loop
  *
  * Prototypes are declared here (not from xenstore.h) so that only the
  * runtime library is needed: gcc -O2 -o cbench cbench.c -l:libxenstore.so.4 -lpthread
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 struct xs_handle;
 typedef uint32_t xs_transaction_t;
@@ -87,6 +90,16 @@ static int run_read(int threads)
 	return 0;
 }
 
+/* usage: CPU time in ns and context switches of the whole process. */
+static void usage(long long *cpu_ns, long *ctxsw)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	*cpu_ns = (ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000LL +
+		  (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000LL;
+	*ctxsw = ru.ru_nvcsw + ru.ru_nivcsw;
+}
+
 static int run_watch(void)
 {
 	char line[4096];
@@ -103,7 +116,9 @@ static int run_watch(void)
 	fflush(stdout);
 	while (fgets(line, sizeof(line), stdin)) {
 		line[strcspn(line, "\n")] = 0;
-		long events = 0;
+		long events = 0, sw0, sw1;
+		long long cpu0, cpu1;
+		usage(&cpu0, &sw0);
 		for (;;) {
 			ev = xs_read_watch(xsh, &num);
 			if (!ev) {
@@ -116,7 +131,8 @@ static int run_watch(void)
 			if (end)
 				break;
 		}
-		printf("done %ld\n", events);
+		usage(&cpu1, &sw1);
+		printf("done %ld %lld %ld\n", events, cpu1 - cpu0, sw1 - sw0);
 		fflush(stdout);
 	}
 	return 0;
