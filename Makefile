@@ -7,6 +7,7 @@
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make deps      install the Debian packages the tests and the sandbox need
+#   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
 
 GO        ?= go
 PREFIX    ?= /usr/local
@@ -19,10 +20,17 @@ DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
 # (pyxs) to cross-check against, gcc for the xenemu preload library, curl
+<<<<<<< HEAD
 # for the control API test over --unix-socket. Where xenstored is, and how
 # xenemu is built and preloaded, lib/xenstore/xenstoredtest alone knows: the
 # tests and the sandbox go through it.
 DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl
+=======
+# for the control API test over --unix-socket, systemd for
+# systemd-analyze verify of the units.
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd
+XENSTORED    := /usr/lib/xen-4.17/bin/xenstored
+>>>>>>> h-cli
 
 # Only binaries whose main package exists are built: nothing pretends to work.
 BINARIES := $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go))))
@@ -31,7 +39,13 @@ SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
 LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
 
+<<<<<<< HEAD
 .PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench
+=======
+XENEMU := build/libxenemu.so
+
+.PHONY: all build test vet fmt-check deps sandbox sandbox-stop install clean fuzz bench man
+>>>>>>> h-cli
 
 all: build
 
@@ -67,6 +81,11 @@ vet:
 # need it); -race because concurrency is the point.
 test: deps fmt-check vet
 	$(GO) test -race -count=1 ./...
+
+# Man pages are generated from the urfave/cli definitions and committed;
+# lib/admin's TestManPageCurrent fails when they are stale.
+man:
+	$(GO) run ./lib/admin/genman docs/man
 
 # Short fuzzing runs of every fuzz target (not part of make test).
 FUZZTIME ?= 20s
@@ -108,16 +127,23 @@ install: build
 	fi
 	@if [ -d hooks ]; then $(MAKE) --no-print-directory install-hooks; fi
 
-# Hook scripts: hooks/<toolstack-hook-dir>/<script>, installed under
-# $(SYSCONFDIR) with the path of mtwatch-hook substituted.
+# Hook scripts, installed under $(SYSCONFDIR) with the path of mtwatch-hook
+# substituted: libvirt's libxl hook, and the one XAPI script, installed into
+# the directory of every XAPI hook that mtwatch-hook acts on (the script
+# names the hook by its directory).
+XAPI_HOOKS := vm-pre-resume vm-post-resume vm-pre-migrate vm-post-migrate \
+	vm-pre-shutdown vm-pre-reboot vm-pre-suspend vm-post-destroy
 .PHONY: install-hooks
 install-hooks:
-	@cd hooks && find . -type f ! -name '*.md' | sed 's,^\./,,' | while read -r f; do \
-		d=$(DESTDIR)$(SYSCONFDIR)/$$(dirname "$$f"); \
-		install -d "$$d"; \
-		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$f" > "$$d/$$(basename "$$f")"; \
-		chmod 0755 "$$d/$$(basename "$$f")"; \
-		echo "installed $$d/$$(basename "$$f")"; \
+	@script() { \
+		install -d "$$(dirname "$$2")"; \
+		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$1" > "$$2"; \
+		chmod 0755 "$$2"; \
+		echo "installed $$2"; \
+	}; \
+	script hooks/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch; \
+	for h in $(XAPI_HOOKS); do \
+		script hooks/xapi.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch; \
 	done
 
 clean:

@@ -31,7 +31,8 @@ domain its own watch worker in mtwatchd.
 
 Commands:
   create [--uuid <uuid>] <domid>    create the node of a guest (idempotent)
-  destroy <domid>                   remove the node of a guest (idempotent)
+  destroy [--uuid <uuid>] <domid>   remove the node of a guest (idempotent);
+                                    with --uuid only if it is that VM's
   destroy --uuid <uuid>             remove the node(s) of a VM
   libvirt <name> <op> <subop> <extra>
                                     libvirt libxl hook, domain XML on stdin
@@ -39,7 +40,8 @@ Commands:
                                     XAPI hook (/etc/xapi.d/<hook>/)
 
 Options:
-  --timeout <duration>  give up on XenStore after this long (default 3s)
+  --timeout <duration>  give up after this long, reading libvirt's XML and
+                        talking to XenStore included (default 3s)
   --strict              make a failure abort the toolstack's operation
                         (or MTWATCH_HOOK_STRICT=1)
   --xenstore <path>     XenStore socket or device (or MTWATCH_XENSTORE;
@@ -79,6 +81,12 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return fail(stderr, hook.ModeDirect, o, fmt.Errorf("%w: %v", hook.ErrUsage, err))
 	}
+	if o.timeout <= 0 {
+		return fail(stderr, hook.ModeDirect, o, fmt.Errorf("%w: --timeout %v: must be positive", hook.ErrUsage, o.timeout))
+	}
+	// One deadline for the whole hook: reading libvirt's XML, connecting,
+	// every request. A hook that hangs hangs the toolstack's operation.
+	deadline := time.Now().Add(o.timeout)
 	args = fs.Args()
 	switch {
 	case len(args) == 0:
@@ -102,7 +110,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		a, err = direct(hook.KindDestroy, args)
 	case "libvirt":
 		mode = hook.ModeLibvirt
-		a, err = hook.ParseLibvirt(args, stdin)
+		in, done := readableUntil(stdin, deadline, o.timeout)
+		a, err = hook.ParseLibvirt(args, in)
+		done()
 	case "xapi":
 		mode = hook.ModeXAPI
 		if len(args) == 0 {
@@ -114,7 +124,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		err = fmt.Errorf("%w: unknown command %q (see mtwatch-hook --help)", hook.ErrUsage, cmd)
 	}
 	if err == nil {
-		err = apply(o, a)
+		err = apply(o, a, deadline)
 	}
 	if err != nil {
 		return fail(stderr, mode, o, err)
@@ -151,11 +161,11 @@ func direct(kind hook.Kind, args []string) (hook.Action, error) {
 }
 
 // apply connects to XenStore and runs a, all within the timeout.
-func apply(o options, a hook.Action) error {
+func apply(o options, a hook.Action, deadline time.Time) error {
 	if a.Kind == hook.KindNone {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
 	var opts []xenstore.Option
 	if o.xenstore != "" {
@@ -180,7 +190,7 @@ func apply(o options, a hook.Action) error {
 // well; it returns the exit code the mode and policy give err.
 func fail(stderr io.Writer, m hook.Mode, o options, err error) int {
 	code := hook.ExitCode(m, o.strict, err)
-	msg := err.Error()
+	msg := escapeControls(err.Error())
 	if code == hook.ExitOK {
 		msg += " (ignored: not strict)"
 	}
@@ -189,4 +199,29 @@ func fail(stderr io.Writer, m hook.Mode, o options, err error) int {
 		syslogWarning("mtwatch-hook", msg)
 	}
 	return code
+}
+
+// escapeControls escapes control characters, so that nothing from argv or
+// stdin that reached a message can start a line of its own in stderr or
+// syslog (the hook quotes what it knows to come from there; this is the
+// backstop).
+func escapeControls(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c == 0x7f {
+			if b.Len() == 0 {
+				b.WriteString(s[:i])
+			}
+			fmt.Fprintf(&b, "\\x%02x", c)
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte(c)
+		}
+	}
+	if b.Len() == 0 {
+		return s
+	}
+	return b.String()
 }

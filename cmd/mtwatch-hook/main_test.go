@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/hook"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
@@ -42,23 +43,11 @@ func newEnv(t *testing.T) *env {
 	if err := os.Symlink(self, filepath.Join(e.libexec, "mtwatch-hook")); err != nil {
 		t.Fatal(err)
 	}
-	// Install the hook scripts as make install does.
-	root := filepath.Join("..", "..", "hooks")
-	err = filepath.Walk(root, func(p string, fi os.FileInfo, err error) error {
-		if err != nil || fi.IsDir() {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		data, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		dst := filepath.Join(e.etc, rel)
-		os.MkdirAll(filepath.Dir(dst), 0o755)
-		return os.WriteFile(dst, bytes.ReplaceAll(data, []byte("@LIBEXECDIR@"), []byte(e.libexec)), 0o755)
-	})
-	if err != nil {
-		t.Fatal(err)
+	// Install the hook scripts with make install's own rule.
+	install := exec.Command("make", "--no-print-directory", "-C", filepath.Join("..", ".."), "install-hooks",
+		"DESTDIR=", "SYSCONFDIR="+e.etc, "LIBEXECDIR="+e.libexec)
+	if out, err := install.CombinedOutput(); err != nil {
+		t.Fatalf("make install-hooks: %v\n%s", err, out)
 	}
 	return e
 }
@@ -243,6 +232,35 @@ func TestCreateTightensPerms(t *testing.T) {
 	e.wantNode("9", "")
 }
 
+// TestXAPIHooksInstalled: make install puts the XAPI script into the
+// directory of exactly the hooks mtwatch-hook acts on.
+func TestXAPIHooksInstalled(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// XAPI's VM lifecycle hooks (ocaml/xapi/xapi_hooks.ml).
+	for _, name := range []string{"vm-pre-destroy", "vm-pre-migrate", "vm-post-migrate", "vm-pre-reboot",
+		"vm-pre-resume", "vm-post-resume", "vm-pre-shutdown", "vm-pre-start", "vm-pre-suspend", "vm-post-destroy"} {
+		a, err := hook.ParseXAPI(name, []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "5"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = os.Stat(filepath.Join(e.etc, "xapi.d", name, "50-mtwatch"))
+		if installed := err == nil; installed != (a.Kind != hook.KindNone) {
+			t.Errorf("hook %s: installed %v, acts %v", name, installed, a.Kind)
+		}
+	}
+	dirs, err := os.ReadDir(filepath.Join(e.etc, "xapi.d"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs {
+		a, err := hook.ParseXAPI(d.Name(), []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "5"})
+		if err != nil || a.Kind == hook.KindNone {
+			t.Errorf("%s installed, but mtwatch-hook does nothing there (%v)", d.Name(), err)
+		}
+	}
+}
+
 func TestXAPI(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -283,6 +301,17 @@ func TestBadInput(t *testing.T) {
 		{"create garbage", func() result { return e.hook("", "create", "12abc") }, 2, "invalid domid syntax"},
 		{"create leading zero", func() result { return e.hook("", "create", "007") }, 2, "invalid domid syntax"},
 		{"create negative", func() result { return e.hook("", "create", "--", "-1") }, 2, "invalid domid syntax"},
+		{"timeout zero", func() result { return e.hook("", "--timeout", "0", "create", "5") }, 2, "must be positive"},
+		{"timeout negative", func() result { return e.hook("", "--timeout", "-1s", "create", "5") }, 2, "must be positive"},
+		{"libvirt timeout zero", func() result {
+			return e.hook(string(mustRead(t, "running.xml")), "--timeout", "0s", "libvirt", "web01", "started", "begin", "-")
+		}, 2, "must be positive"},
+		{"libvirt duplicate id", func() result {
+			return e.hook(string(mustRead(t, "duplicate-id.xml")), "--strict", "libvirt", "web01", "started", "begin", "-")
+		}, 2, "repeats attribute id"},
+		{"xapi repeated domid", func() result {
+			return e.xapi("vm-pre-resume", "-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "7", "-vmdomid", "8")
+		}, 1, "-vmdomid given twice"},
 		{"create bad uuid", func() result { return e.hook("", "create", "--uuid", "xyz", "5") }, 2, "malformed vm uuid"},
 		{"destroy garbage", func() result { return e.hook("", "destroy", "5x") }, 2, "invalid domid syntax"},
 		{"destroy bad uuid", func() result { return e.hook("", "destroy", "--uuid", "../x") }, 2, "malformed vm uuid"},
@@ -369,4 +398,97 @@ func TestXenstoredHung(t *testing.T) {
 	}
 	syscall.Kill(pid, syscall.SIGCONT)
 	e.wantNoNode("5")
+}
+
+// TestDestroyDomidOfVM: "destroy --uuid U N" removes node N only if it is
+// VM U's (or of no known VM); the next domain given domid N keeps its node.
+func TestDestroyDomidOfVM(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	other := "11111111-2222-3333-4444-555555555555"
+	wantCode(t, e.hook("", "create", "--uuid", vmUUID, "7"), 0)
+	wantCode(t, e.hook("", "destroy", "--uuid", other, "7"), 0)
+	e.wantNode("7", vmUUID)
+	wantCode(t, e.hook("", "destroy", "--uuid", strings.ToUpper(vmUUID), "7"), 0)
+	e.wantNoNode("7")
+	wantCode(t, e.hook("", "create", "8"), 0)
+	wantCode(t, e.hook("", "destroy", "--uuid", other, "8"), 0)
+	e.wantNoNode("8")
+}
+
+// TestCreateKeepsRecordedUUID: a create that knows no uuid (no --uuid, no
+// /local/domain/<id>/vm) keeps the one recorded by an earlier hook.
+func TestCreateKeepsRecordedUUID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	wantCode(t, e.xapi("vm-pre-resume", "-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "12"), 0)
+	wantCode(t, e.hook("", "create", "12"), 0)
+	e.wantNode("12", vmUUID)
+}
+
+// TestLibvirtStdinBounded: a libvirt hook whose stdin stays open gives up
+// within --timeout, as it does on a hung xenstored.
+func TestLibvirtStdinBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pw.Close() // the writer never closes it while the hook runs
+	for _, strict := range []bool{false, true} {
+		args := []string{"--timeout", "300ms", "libvirt", "web01", "started", "begin", "-"}
+		want := 0
+		if strict {
+			args, want = append([]string{"--strict"}, args...), 1
+		}
+		cmd := exec.Command(filepath.Join(e.libexec, "mtwatch-hook"), args...)
+		cmd.Env = append(append(os.Environ(), "MTWATCH_HOOK_AS_MAIN=1"), e.xs.Env()...)
+		cmd.Stdin = pr
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		start := time.Now()
+		done := make(chan error, 1)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err = <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Fatalf("hook with --timeout 300ms still reading stdin after 10s")
+		}
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		}
+		if code != want || !strings.Contains(stderr.String(), "stdin not closed within 300ms") {
+			t.Errorf("strict=%v: exit %d after %v, stderr %q; want exit %d", strict, code, time.Since(start), stderr.String(), want)
+		}
+	}
+	e.wantNoNode("7")
+}
+
+// TestMessagesOneLine: whatever argv holds, a failure is one line of
+// stderr (and of syslog, which gets the same text).
+func TestMessagesOneLine(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.xs.Stop()
+	forged := "x\nmtwatch-hook: forged line\r"
+	for _, args := range [][]string{
+		{"xapi", "vm-pre-resume", "-vmuuid", vmUUID, "-reason", forged, "-vmdomid", "5"},
+		{"xapi", "vm-pre-resume\n" + forged, "-reason", "r", "-vmdomid", "5"},
+		{"xapi", "vm-pre-resume", "-vmuuid", vmUUID, forged, "1"},
+		{"create", forged},
+		{"create", "--uuid", forged, "5"},
+	} {
+		r := e.hook("", args...)
+		if r.code == 0 || strings.Count(r.stderr, "\n") != 1 || strings.ContainsRune(r.stderr, '\r') {
+			t.Errorf("%q: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
 }

@@ -159,6 +159,10 @@ func run(c *cli.Context) error {
 		go func() { <-srvCtx.Done(); srv.Close() }()
 	}
 
+	// SIGHUP is caught from here on: systemd may send it as soon as READY=1.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if err := a.Start(ctx); err != nil {
 		srvStop()
 		a.Shutdown(context.Background())
@@ -167,9 +171,6 @@ func run(c *cli.Context) error {
 		}
 		return cli.Exit("mtwatchd: "+err.Error(), exitFailure)
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-hup:

@@ -106,7 +106,10 @@ type Agent struct {
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
-	wg        sync.WaitGroup // the supervisor, watchdog and status goroutines
+	wg        sync.WaitGroup // the supervisor
+	bgCtx     context.Context
+	bgCancel  context.CancelFunc
+	bg        sync.WaitGroup // the watchdog and status goroutines
 	fwd       sync.WaitGroup // watch forwarders
 	startOnce sync.Once
 	stopOnce  sync.Once
@@ -250,13 +253,14 @@ func (a *Agent) start(ctx context.Context) error {
 	}
 	a.wg.Add(1)
 	go a.supervise(sess)
-	a.notify("READY=1\n" + a.statusLine())
+	a.notify("READY=1\nSTATUS=" + a.statusLine())
 	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode())
+	a.bgCtx, a.bgCancel = context.WithCancel(a.runCtx)
 	if a.opts.WatchdogInterval > 0 {
-		a.wg.Add(1)
+		a.bg.Add(1)
 		go a.watchdog(a.opts.WatchdogInterval)
 	}
-	a.wg.Add(1)
+	a.bg.Add(1)
 	go a.statusLoop()
 	return nil
 }
@@ -271,6 +275,11 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 }
 
 func (a *Agent) shutdown(ctx context.Context) error {
+	// No watchdog ping or status after STOPPING=1.
+	if a.bgCancel != nil {
+		a.bgCancel()
+	}
+	a.bg.Wait()
 	a.notify("STOPPING=1")
 	a.log.Info("mtwatchd stopping")
 	var errs []error

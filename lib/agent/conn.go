@@ -222,12 +222,12 @@ func (a *Agent) client() *xenstore.Client {
 // round trip succeeded: a hung reader or a vanished xenstored stops the
 // pings and systemd restarts the agent.
 func (a *Agent) watchdog(interval time.Duration) {
-	defer a.wg.Done()
+	defer a.bg.Done()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
-		case <-a.runCtx.Done():
+		case <-a.bgCtx.Done():
 			return
 		case <-t.C:
 		}
@@ -235,12 +235,12 @@ func (a *Agent) watchdog(interval time.Duration) {
 		if c == nil {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(a.runCtx, interval)
+		ctx, cancel := context.WithTimeout(a.bgCtx, interval)
 		_, err := c.GetPerms(ctx, node.Dir)
 		cancel()
 		if err == nil {
 			a.notify("WATCHDOG=1")
-		} else if a.runCtx.Err() == nil {
+		} else if a.bgCtx.Err() == nil {
 			a.log.Warn("watchdog round trip to xenstored failed", "err", err)
 		}
 	}
@@ -248,13 +248,13 @@ func (a *Agent) watchdog(interval time.Duration) {
 
 // statusLoop keeps systemd's STATUS= current.
 func (a *Agent) statusLoop() {
-	defer a.wg.Done()
+	defer a.bg.Done()
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	last := ""
 	for {
 		select {
-		case <-a.runCtx.Done():
+		case <-a.bgCtx.Done():
 			return
 		case <-t.C:
 		}

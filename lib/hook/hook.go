@@ -116,7 +116,12 @@ func ParseLibvirt(args []string, stdin io.Reader) (Action, error) {
 	default:
 		return Action{Kind: KindNone, Why: why}, nil
 	}
-	dom, err := parseDomainXML(stdin)
+	data, err := io.ReadAll(io.LimitReader(stdin, maxXML+1))
+	if err != nil {
+		// Not bad input: stdin failed or timed out.
+		return Action{}, fmt.Errorf("%s of domain %q: read domain xml: %w", why, args[0], err)
+	}
+	dom, err := parseDomainXML(data)
 	if err != nil {
 		return Action{}, fmt.Errorf("%w: %s of domain %q: %v", ErrInput, why, args[0], err)
 	}
@@ -143,11 +148,7 @@ func ParseLibvirt(args []string, stdin io.Reader) (Action, error) {
 	return a, nil
 }
 
-func parseDomainXML(r io.Reader) (*libvirtDomain, error) {
-	data, err := io.ReadAll(io.LimitReader(r, maxXML+1))
-	if err != nil {
-		return nil, fmt.Errorf("read domain xml: %w", err)
-	}
+func parseDomainXML(data []byte) (*libvirtDomain, error) {
 	if len(data) > maxXML {
 		return nil, fmt.Errorf("domain xml larger than %d bytes", maxXML)
 	}

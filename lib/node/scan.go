@@ -26,15 +26,14 @@ func Get(ctx context.Context, c *xenstore.Client, id domid.ID) (Node, error) {
 	return n, nil
 }
 
+// get reads the node of id, its perms first: a node that changes hands
+// between the two reads is refused or read after its perms were fixed.
 func get(ctx context.Context, c *xenstore.Client, id domid.ID) (Node, error) {
-	var (
-		value []byte
-		perms xenstore.Perms
-	)
-	err := parallel(
-		func() (err error) { value, err = c.Read(ctx, Path(id)); return err },
-		func() (err error) { perms, err = c.GetPerms(ctx, Path(id)); return err },
-	)
+	perms, err := c.GetPerms(ctx, Path(id))
+	if err != nil {
+		return Node{}, err
+	}
+	value, err := c.Read(ctx, Path(id))
 	if err != nil {
 		return Node{}, err
 	}

@@ -1,0 +1,364 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/control"
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// bin holds the binaries under test, built once: the real mtwatch and the
+// real mtwatchd, run as separate processes.
+var bin string
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	dir, err := os.MkdirTemp("", "mtwatch-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bin = dir
+	out, err := exec.Command("go", "build", "-o", dir+"/", ".", "../mtwatchd").CombinedOutput()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "build mtwatch and mtwatchd: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// host is a private xenstored with a control socket path; the binaries find
+// both through the environment, as an administrator's shell would set them.
+type host struct {
+	t    *testing.T
+	in   *xenstoredtest.Instance
+	sock string
+	env  []string
+}
+
+func newHost(t *testing.T) *host {
+	in := xenstoredtest.Start(t)
+	sock := filepath.Join(t.TempDir(), "run", "control.sock")
+	empty := filepath.Join(t.TempDir(), "mtwatchd.toml")
+	if err := os.WriteFile(empty, []byte("[agent]\nstale_grace = \"0s\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), in.Env()...)
+	env = append(env, "MTWATCH_XENSTORE="+in.Socket(), "MTWATCH_CONTROL="+sock, "MTWATCH_CONFIG="+empty)
+	return &host{t: t, in: in, sock: sock, env: env}
+}
+
+func (h *host) mtwatch(args ...string) result {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "mtwatch"), args...)
+	cmd.Env = h.env
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		h.t.Fatal(err)
+	}
+	return result{code, out.String(), errb.String()}
+}
+
+func (r result) expect(t *testing.T, code int) {
+	t.Helper()
+	if r.code != code {
+		t.Fatalf("exit %d, want %d\nstdout:\n%s\nstderr:\n%s", r.code, code, r.stdout, r.stderr)
+	}
+}
+
+// startAgent runs the real mtwatchd until the test ends, and waits until
+// its control API answers.
+func (h *host) startAgent() *exec.Cmd {
+	h.t.Helper()
+	cmd := exec.Command(filepath.Join(bin, "mtwatchd"))
+	cmd.Env = h.env
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		h.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	h.t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if h.t.Failed() {
+			h.t.Logf("mtwatchd log:\n%s", logs.String())
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := control.NewClient(h.sock).Status(ctx)
+		cancel()
+		if err == nil {
+			return cmd
+		}
+		select {
+		case <-done:
+			h.t.Fatalf("mtwatchd exited: %v\n%s", cmd.ProcessState, logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	h.t.Fatal("mtwatchd's control API did not answer within 30s")
+	return nil
+}
+
+// waitDomains waits until the agent lists exactly the guests want with
+// their worker states.
+func (h *host) waitDomains(want map[uint16]string) {
+	h.t.Helper()
+	var got map[uint16]string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		doms, err := control.NewClient(h.sock).Domains(context.Background())
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		got = map[uint16]string{}
+		for _, d := range doms {
+			if d.Domid != 0 {
+				got[d.Domid] = d.Worker
+			}
+		}
+		if fmt.Sprint(got) == fmt.Sprint(want) {
+			return
+		}
+	}
+	h.t.Fatalf("agent's domains %v, want %v", got, want)
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		os.MkdirAll("testdata", 0o755)
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test -update creates it)", err)
+	}
+	if got != string(want) {
+		t.Errorf("%s differs (go test -update rewrites it)\ngot:\n%s\nwant:\n%s", path, got, want)
+	}
+}
+
+// The values that differ from run to run: counters of the agent's own
+// watch events, latencies, pids, times and temporary paths.
+var volatile = []struct {
+	re   *regexp.Regexp
+	repl string
+}{
+	{regexp.MustCompile(`(?m)^(pid|uptime|version|events|default worker):( +).*$`), "$1:${2}X"},
+	{regexp.MustCompile(`(connected|disconnected) /\S+,`), "$1 SOCKET,"},
+}
+
+func normalize(s string) string {
+	for _, v := range volatile {
+		s = v.re.ReplaceAllString(s, v.repl)
+	}
+	return s
+}
+
+// normalizeDomains zeroes the counters that depend on how many watch events
+// the agent saw while starting.
+func normalizeDomains(t *testing.T, s string) string {
+	var doms []control.Domain
+	if err := json.Unmarshal([]byte(s), &doms); err != nil {
+		t.Fatalf("%v: %s", err, s)
+	}
+	for i := range doms {
+		d := &doms[i]
+		d.Dispatched, d.Processed, d.LastLatencyUS, d.MaxLatencyUS = 0, 0, 0, 0
+	}
+	b, _ := json.MarshalIndent(doms, "", "  ")
+	return string(b) + "\n"
+}
+
+func TestWithRealAgent(t *testing.T) {
+	h := newHost(t)
+	for _, id := range []uint16{3, 5, 7} {
+		h.in.CreateDomain(domidOf(id))
+	}
+	h.mtwatch("create", "--uuid", "55555555-5555-4555-8555-555555555555", "5").expect(t, 0)
+	h.mtwatch("create", "12").expect(t, 0) // a node whose domain is not there
+	h.startAgent()
+	h.waitDomains(map[uint16]string{3: "live", 5: "live", 7: "live", 12: "live"})
+
+	r := h.mtwatch("list")
+	r.expect(t, 0)
+	// The agent's own watch events land on dom0 and on the default worker:
+	// mask the processed column.
+	golden(t, "list.golden", regexp.MustCompile(`(?m)^(Domain-0 +0 default +\d+) +\d+`).ReplaceAllString(r.stdout, "$1 N"))
+	r = h.mtwatch("list", "--json")
+	r.expect(t, 0)
+	golden(t, "list-json.golden", normalizeDomains(t, r.stdout))
+	r = h.mtwatch("list", "guest5", "7")
+	r.expect(t, 0)
+	golden(t, "list-select.golden", r.stdout)
+	r = h.mtwatch("status")
+	r.expect(t, 0)
+	golden(t, "status.golden", normalize(r.stdout))
+	r = h.mtwatch("stalls")
+	r.expect(t, 0)
+	golden(t, "stalls.golden", r.stdout)
+	r = h.mtwatch("stalls", "--json")
+	r.expect(t, 0)
+	golden(t, "stalls-json.golden", r.stdout)
+	r = h.mtwatch("top", "--batch", "--iterations", "2", "--delay", "200ms")
+	r.expect(t, 0)
+	frames := strings.Split(r.stdout, "\n\n")
+	if len(frames) != 2 {
+		t.Fatalf("top: %d frames:\n%s", len(frames), r.stdout)
+	}
+	for _, f := range frames {
+		f = regexp.MustCompile(`\d+\.\d events/s`).ReplaceAllString(f, "X events/s")
+		f = regexp.MustCompile(`(?m)^(Domain-0 +0 default +)\d+\.\d( +\d+) +\d+`).ReplaceAllString(f, "${1}X$2 N")
+		golden(t, "top-frame.golden", strings.TrimSuffix(f, "\n")+"\n")
+	}
+
+	// The domain goes: its worker follows once its node is removed too.
+	h.in.KillDomain(7)
+	h.mtwatch("destroy", "12").expect(t, 0)
+	h.waitDomains(map[uint16]string{3: "live", 5: "live"})
+	h.mtwatch("list", "7").expect(t, 2)
+}
+
+func TestWithoutAgent(t *testing.T) {
+	h := newHost(t)
+	h.in.CreateDomain(3)
+	h.mtwatch("create", "3").expect(t, 0)
+	r := h.mtwatch("list")
+	r.expect(t, 0)
+	if r.stderr != "mtwatch: agent not running (control socket "+h.sock+"); listing the nodes and domains in XenStore\n" {
+		t.Errorf("stderr %q", r.stderr)
+	}
+	golden(t, "list-noagent.golden", r.stdout)
+	for _, args := range [][]string{{"status"}, {"stalls"}, {"top", "-b", "-n", "1"}} {
+		r := h.mtwatch(args...)
+		r.expect(t, 3)
+		if !strings.HasPrefix(r.stderr, "mtwatch: agent not running") || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: stderr %q", args, r.stderr)
+		}
+	}
+}
+
+// TestBadInput runs the binary: every rejected argument exits 2 with one
+// line and the store is unchanged.
+func TestBadInput(t *testing.T) {
+	h := newHost(t)
+	h.in.CreateDomain(5)
+	h.mtwatch("create", "5").expect(t, 0)
+	before := h.in.Run("xenstore-ls", "-f", "-p", "/")
+	for _, arg := range []string{"abc", "0", "32752", "70000", "-1", "007", "nosuchvm"} {
+		for _, cmd := range []string{"create", "destroy"} {
+			r := h.mtwatch(cmd, arg)
+			r.expect(t, 2)
+			if !strings.HasPrefix(r.stderr, "mtwatch: domain "+arg+": ") || strings.Count(r.stderr, "\n") != 1 {
+				t.Errorf("%s %s: stderr %q", cmd, arg, r.stderr)
+			}
+		}
+		r := h.mtwatch("xl", "--xl", "/bin/false", "destroy", arg)
+		r.expect(t, 2)
+	}
+	if after := h.in.Run("xenstore-ls", "-f", "-p", "/"); after != before {
+		t.Errorf("store changed:\n%s\nwant:\n%s", after, before)
+	}
+	if _, err := h.in.Command("xenstore-read", node.Path(5)).Output(); err != nil {
+		t.Errorf("node of 5 gone: %v", err)
+	}
+}
+
+// TestXLWithEnv: MTWATCH_XL picks the xl binary (here the fake one that
+// writes XenStore the way xl does).
+func TestXLWithEnv(t *testing.T) {
+	h := newHost(t)
+	xl, err := filepath.Abs("../../lib/admin/testdata/xl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	logf := filepath.Join(state, "log")
+	h.env = append(h.env, "MTWATCH_XL="+xl, "FAKE_XL_LOG="+logf, "FAKE_XL_STATE="+state)
+	cfg := filepath.Join(t.TempDir(), "web.cfg")
+	os.WriteFile(cfg, []byte(`name = "web"`+"\n"), 0o644)
+	h.mtwatch("xl", "create", cfg).expect(t, 0)
+	if v := h.in.Run("xenstore-read", node.Path(1)); v != "00000000-0000-4000-8000-000000000001" {
+		t.Errorf("node of 1: %q", v)
+	}
+	h.mtwatch("xl", "destroy", "web").expect(t, 0)
+	if _, err := h.in.Command("xenstore-read", node.Path(1)).Output(); err == nil {
+		t.Error("node of 1 still there")
+	}
+	b, _ := os.ReadFile(logf)
+	if got, want := string(b), "create -p "+cfg+"\nunpause 1\ndestroy web\n"; got != want {
+		t.Errorf("xl calls %q, want %q", got, want)
+	}
+}
+
+// TestCompletionCandidates: the completion scripts ask the binary.
+func TestCompletionCandidates(t *testing.T) {
+	h := &host{t: t, env: os.Environ()}
+	r := h.mtwatch("--generate-bash-completion")
+	r.expect(t, 0)
+	for _, c := range []string{"list", "status", "top", "stalls", "create", "destroy", "xl", "watch", "completion"} {
+		if !strings.Contains(r.stdout, c+"\n") {
+			t.Errorf("candidates lack %s: %q", c, r.stdout)
+		}
+	}
+	r = h.mtwatch("xl", "--generate-bash-completion")
+	if !strings.Contains(r.stdout, "reboot\n") {
+		t.Errorf("xl candidates: %q", r.stdout)
+	}
+	// bash loads the script and completes through the binary.
+	script := h.mtwatch("completion", "bash")
+	script.expect(t, 0)
+	f := filepath.Join(t.TempDir(), "c.bash")
+	os.WriteFile(f, []byte(script.stdout), 0o644)
+	cmd := exec.Command("bash", "-c", `source "$1"; PATH="$2:$PATH"; COMP_WORDS=(mtwatch st); COMP_CWORD=1; _mtwatch_complete; echo "${COMPREPLY[@]}"`, "bash", f, bin)
+	out, err := cmd.CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "status stalls" {
+		t.Errorf("bash completion of 'mtwatch st': %q %v", out, err)
+	}
+}
+
+func domidOf(id uint16) domid.ID { return domid.ID(id) }

@@ -1,0 +1,462 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/control"
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+)
+
+// The test binary doubles as mtwatchd, so the tests run the real main
+// (under -race in make test) as a separate process, as systemd does.
+func TestMain(m *testing.M) {
+	if os.Getenv("MTWATCHD_AS_MAIN") == "1" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// notifySocket is a real NOTIFY_SOCKET: a unixgram socket the test reads, as
+// systemd (and go-systemd's own tests) do.
+type notifySocket struct {
+	path string
+	conn *net.UnixConn
+	mu   sync.Mutex
+	msgs []string // one element per line of every datagram, in order
+	got  chan struct{}
+}
+
+func newNotifySocket(t *testing.T) *notifySocket {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &notifySocket{path: path, conn: conn, got: make(chan struct{}, 1)}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, strings.Split(strings.TrimSpace(string(buf[:k])), "\n")...)
+			n.mu.Unlock()
+			select {
+			case n.got <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) lines() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.msgs...)
+}
+
+// wait waits for a line starting with prefix.
+func (n *notifySocket) wait(t *testing.T, prefix string) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		for _, l := range n.lines() {
+			if strings.HasPrefix(l, prefix) {
+				return
+			}
+		}
+		select {
+		case <-n.got:
+		case <-deadline:
+			t.Fatalf("no %q from mtwatchd; got %q", prefix, n.lines())
+		}
+	}
+}
+
+type agentProc struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stderr *lockedBuffer
+	sock   string
+	notify *notifySocket
+	done   chan struct{}
+	err    error
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// spawn runs mtwatchd against in with args; env adds variables.
+func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, args ...string) *agentProc {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &agentProc{t: t, stderr: &lockedBuffer{}, sock: sock, notify: newNotifySocket(t), done: make(chan struct{})}
+	// An empty file: the defaults, whatever /etc holds on this machine.
+	empty := filepath.Join(t.TempDir(), "empty.toml")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd = exec.Command(self, args...)
+	d.cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1", "NOTIFY_SOCKET="+d.notify.path,
+		"MTWATCH_CONTROL="+sock, "MTWATCH_CONFIG="+empty, "MTWATCH_LOG_FORMAT=text")
+	if in != nil {
+		d.cmd.Env = append(d.cmd.Env, "MTWATCH_XENSTORE="+in.Socket())
+	}
+	d.cmd.Env = append(d.cmd.Env, env...)
+	d.cmd.Stderr = d.stderr
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.err = d.cmd.Wait(); close(d.done) }()
+	t.Cleanup(func() {
+		d.cmd.Process.Kill()
+		<-d.done
+		if t.Failed() {
+			t.Logf("mtwatchd stderr:\n%s", d.stderr.String())
+		}
+	})
+	return d
+}
+
+// exitCode waits for the process to end.
+func (d *agentProc) exitCode(within time.Duration) int {
+	d.t.Helper()
+	select {
+	case <-d.done:
+	case <-time.After(within):
+		d.t.Fatalf("mtwatchd still running after %v", within)
+	}
+	var ee *exec.ExitError
+	if errors.As(d.err, &ee) {
+		return ee.ExitCode()
+	}
+	if d.err != nil {
+		d.t.Fatal(d.err)
+	}
+	return 0
+}
+
+func socketPath(t *testing.T) string {
+	// Unix socket paths are short (108 bytes): t.TempDir can be too long.
+	dir, err := os.MkdirTemp("", "mtwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, "run", "control.sock")
+}
+
+// waitWorkers waits until the guests with a live worker are exactly want.
+func waitWorkers(t *testing.T, cl *control.Client, want ...uint16) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	var got []uint16
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		doms, err := cl.Domains(ctx)
+		cancel()
+		got = got[:0]
+		if err == nil {
+			for _, d := range doms {
+				if d.Worker == control.WorkerLive {
+					got = append(got, d.Domid)
+				}
+			}
+			if fmt.Sprint(got) == fmt.Sprint(want) {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("live workers %v, want %v", got, want)
+}
+
+func hook(t *testing.T, in *xenstoredtest.Instance, args ...string) {
+	t.Helper()
+	bin := hookBinary(t)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), "MTWATCH_XENSTORE="+in.Socket())
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("mtwatch-hook %v: %v\n%s", args, err, out)
+	}
+}
+
+var (
+	hookOnce sync.Once
+	hookBin  string
+	hookErr  error
+)
+
+// hookBinary builds the real mtwatch-hook once.
+func hookBinary(t *testing.T) string {
+	hookOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "mtwatch-hook-bin")
+		if err != nil {
+			hookErr = err
+			return
+		}
+		hookBin = filepath.Join(dir, "mtwatch-hook")
+		out, err := exec.Command("go", "build", "-o", hookBin, "../mtwatch-hook").CombinedOutput()
+		if err != nil {
+			hookErr = fmt.Errorf("build mtwatch-hook: %v\n%s", err, out)
+		}
+	})
+	if hookErr != nil {
+		t.Fatal(hookErr)
+	}
+	return hookBin
+}
+
+// TestDaemon runs the real mtwatchd against a real xenstored: nodes written
+// by mtwatch-hook and by xenstore-write make workers visible in the control
+// API, removal retires them, systemd hears READY, STATUS, WATCHDOG and
+// STOPPING in that order, and SIGTERM exits 0 within shutdown_timeout.
+func TestDaemon(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	sock := socketPath(t)
+	in.Run("xenstore-write", node.Dir+"/3", "") // present before start
+	in.Run("xenstore-chmod", node.Dir+"/3", "n0")
+	d := spawn(t, in, sock, []string{"WATCHDOG_USEC=200000"}, "--auto-detect=false", "--log-level=debug")
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	waitWorkers(t, cl, 3)
+
+	hook(t, in, "create", "5")
+	in.Run("xenstore-write", node.Dir+"/7", "")
+	waitWorkers(t, cl, 3, 5, 7)
+	hook(t, in, "destroy", "5")
+	in.Run("xenstore-rm", node.Dir+"/7")
+	waitWorkers(t, cl, 3)
+
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("control socket %v %v", fi.Mode(), err)
+	}
+	if di, err := os.Stat(filepath.Dir(sock)); err != nil || di.Mode().Perm() != 0o755 {
+		t.Fatalf("control socket dir %v %v", di.Mode(), err)
+	}
+	st, err := cl.Status(context.Background())
+	if err != nil || st.Mode != control.ModeMultiWorker || st.Xenstore.State != "connected" || st.PID != d.cmd.Process.Pid {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	d.notify.wait(t, "WATCHDOG=1")
+
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d after SIGTERM", code)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Fatalf("SIGTERM took %v, over shutdown_timeout", took)
+	}
+	// Order: READY, then STATUS, WATCHDOG, and STOPPING last of these.
+	lines := d.notify.lines()
+	idx := func(prefix string) int {
+		for i, l := range lines {
+			if strings.HasPrefix(l, prefix) {
+				return i
+			}
+		}
+		return -1
+	}
+	ready, status, wd, stopping := idx("READY=1"), idx("STATUS="), idx("WATCHDOG=1"), idx("STOPPING=1")
+	lastStatus := -1
+	for i, l := range lines {
+		if strings.HasPrefix(l, "STATUS=") && i > ready {
+			lastStatus = i
+		}
+	}
+	if ready < 0 || status < 0 || wd < ready || lastStatus <= ready || stopping < wd || stopping != len(lines)-1 {
+		t.Fatalf("notify order: %q", lines)
+	}
+	for _, l := range lines[:ready] {
+		if strings.HasPrefix(l, "WATCHDOG") {
+			t.Fatalf("WATCHDOG before READY: %q", lines)
+		}
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("control socket left behind: %v", err)
+	}
+}
+
+// TestDaemonKillRestartReconciles: after SIGKILL a new mtwatchd reconciles to
+// the same worker set (and takes over the dead agent's socket); with
+// auto-detection an introduced domain without a node counts too.
+func TestDaemonKillRestartReconciles(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	sock := socketPath(t)
+	d := spawn(t, in, sock, nil)
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	hook(t, in, "create", "4")
+	in.CreateDomain(6) // introduced, no node
+	waitWorkers(t, cl, 4, 6)
+	d.cmd.Process.Kill()
+	d.exitCode(10 * time.Second)
+
+	d2 := spawn(t, in, sock, nil)
+	d2.notify.wait(t, "READY=1")
+	waitWorkers(t, cl, 4, 6)
+	in.KillDomain(6)
+	waitWorkers(t, cl, 4)
+	d2.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d2.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+// TestDaemonXenstoredRestart: xenstored killed and restarted; the agent
+// reconnects (same process), re-registers its watches and reconciles.
+func TestDaemonXenstoredRestart(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	sock := socketPath(t)
+	d := spawn(t, in, sock, nil, "--auto-detect=false")
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	hook(t, in, "create", "4")
+	waitWorkers(t, cl, 4)
+
+	in.Restart() // a fresh xenstored: no nodes
+	waitWorkers(t, cl)
+	hook(t, in, "create", "8")
+	waitWorkers(t, cl, 8)
+	st, err := cl.Status(context.Background())
+	if err != nil || st.Xenstore.Reconnects < 1 || st.Xenstore.State != "connected" || st.PID != d.cmd.Process.Pid {
+		t.Fatalf("status %+v %v", st, err)
+	}
+	d.notify.wait(t, "STATUS=xenstored lost")
+	if !strings.Contains(d.stderr.String(), "reconnected to xenstored") {
+		t.Fatalf("no reconnection in the log")
+	}
+}
+
+// TestDaemonConfigErrors: configuration and usage errors exit 2, naming
+// file:line:key for the file's.
+func TestDaemonConfigErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown key", []string{"--config", write("a.toml", "[agent]\n\nauto_detekt = true\n")}, "a.toml:3: agent.auto_detekt"},
+		{"unknown plugin", []string{"--config", write("b.toml", "[plugins.nope]\nenabled = true\n")}, "b.toml:1: plugins.nope"},
+		{"plugin key", []string{"--config", write("c.toml", "# c\n[plugins.log]\nlevel = \"loud\"\n")}, "c.toml:3: plugins.log.level"},
+		{"plugin unknown key", []string{"--config", write("d.toml", "[plugins.log]\npaths = [\"backend\"]\npath = \"x\"\n")}, "d.toml:3: plugins.log.path"},
+		{"missing explicit file", []string{"--config", filepath.Join(dir, "none.toml")}, "none.toml"},
+		{"bad flag", []string{"--no-such-flag"}, "no-such-flag"},
+		{"bad log level", []string{"--log-level", "loud"}, "loud"},
+		{"argument", []string{"extra"}, "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d := spawn(t, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
+			if code := d.exitCode(10 * time.Second); code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %s", code, d.stderr.String())
+			}
+			if !strings.Contains(d.stderr.String(), tt.want) {
+				t.Fatalf("stderr %q does not name %q", d.stderr.String(), tt.want)
+			}
+		})
+	}
+}
+
+// TestDaemonReload: SIGHUP applies the log level; an invalid file keeps the
+// running configuration and logs file:line.
+func TestDaemonReload(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	sock := socketPath(t)
+	cfgPath := filepath.Join(t.TempDir(), "mtwatchd.toml")
+	os.WriteFile(cfgPath, []byte("[log]\nlevel = \"info\"\n[agent]\nstall_threshold = \"10s\"\n"), 0o644)
+	d := spawn(t, in, sock, nil, "--config", cfgPath)
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+
+	os.WriteFile(cfgPath, []byte("[log]\nlevel = \"debug\"\n[agent]\nstall_threshold = \"3s\"\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "stall threshold 3s", func() bool {
+		st, err := cl.Status(context.Background())
+		return err == nil && st.StallThresholdMS == 3000
+	})
+	hook(t, in, "create", "5")
+	hook(t, in, "create", "5") // debug entries of the log plugin now show
+	in.Run("xenstore-write", "backend/vif/5/0/state", "1")
+	waitFor(t, "log plugin entry", func() bool { return strings.Contains(d.stderr.String(), "path=backend/vif/5/0/state") })
+
+	os.WriteFile(cfgPath, []byte("[agent]\nstall_threshold = \"1s\"\nbogus = 1\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "reload error", func() bool { return strings.Contains(d.stderr.String(), "mtwatchd.toml:3: agent.bogus") })
+	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
+		t.Fatalf("invalid file changed the running config: %+v", st)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var _ = domid.Dom0

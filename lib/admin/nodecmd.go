@@ -1,0 +1,134 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/hook"
+	"github.com/mtwatch/mtwatch/lib/node"
+)
+
+func createCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "create",
+		Usage:     "create the mtwatch node of a guest domain",
+		ArgsUsage: "<domid>",
+		Description: `Creates /local/domain/0/mtwatch/<domid> (private to dom0), valued with the VM uuid:
+--uuid, else the one the toolstack wrote at /local/domain/<domid>/vm. Idempotent. Same semantics
+and exit codes as mtwatch-hook create; the agent is not needed.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "uuid", Usage: "VM uuid to store in the node"},
+		},
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			if err := rejectFlagsAfterArgs(c); err != nil {
+				return err
+			}
+			uuid, err := uuidFlag(c)
+			if err != nil {
+				return err
+			}
+			if c.NArg() != 1 {
+				return usagef("create takes exactly one <domid>, got %d argument(s)", c.NArg())
+			}
+			id, err := parseGuest(c.Args().First())
+			if err != nil {
+				return err
+			}
+			return withXenstore(c, func(ctx context.Context, g globals) error {
+				xs, err := g.dial(ctx)
+				if err != nil {
+					return err
+				}
+				defer xs.Close()
+				return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindCreate, Domid: id, UUID: uuid}))
+			})
+		},
+	}
+}
+
+func destroyCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "destroy",
+		Usage:     "remove the mtwatch node of a guest domain",
+		ArgsUsage: "<domid> | --uuid <uuid>",
+		Description: `Removes /local/domain/0/mtwatch/<domid>; with --uuid too, only if the node is that
+VM's (or has no uuid), so the node of a later domain reusing the domid stays. With --uuid and no
+domid, removes every node valued with that VM uuid. A missing node is success. Same semantics and exit codes as
+mtwatch-hook destroy; the agent is not needed.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "uuid", Usage: "remove the node(s) of this VM"},
+		},
+		OnUsageError: onUsageError,
+		Action: func(c *cli.Context) error {
+			if err := rejectFlagsAfterArgs(c); err != nil {
+				return err
+			}
+			uuid, err := uuidFlag(c)
+			if err != nil {
+				return err
+			}
+			switch {
+			case c.NArg() == 0 && uuid != "":
+				return withXenstore(c, func(ctx context.Context, g globals) error {
+					xs, err := g.dial(ctx)
+					if err != nil {
+						return err
+					}
+					defer xs.Close()
+					return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindDestroyUUID, UUID: uuid}))
+				})
+			case c.NArg() != 1:
+				return usagef("destroy takes exactly one <domid> or --uuid, got %d argument(s)", c.NArg())
+			}
+			id, err := parseGuest(c.Args().First())
+			if err != nil {
+				return err
+			}
+			return withXenstore(c, func(ctx context.Context, g globals) error {
+				xs, err := g.dial(ctx)
+				if err != nil {
+					return err
+				}
+				defer xs.Close()
+				return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindDestroy, Domid: id, UUID: uuid}))
+			})
+		},
+	}
+}
+
+func uuidFlag(c *cli.Context) (string, error) {
+	u := c.String("uuid")
+	if u != "" && !node.ValidUUID(u) {
+		return "", usagef("%v: %q", node.ErrBadUUID, u)
+	}
+	return strings.ToLower(u), nil
+}
+
+// The node commands run hook.Run, as mtwatch-hook does, so that both have
+// one set of semantics.
+
+// withXenstore runs fn with the global timeout.
+func withXenstore(c *cli.Context, fn func(ctx context.Context, g globals) error) error {
+	g := globalsOf(c)
+	ctx, cancel := context.WithTimeout(c.Context, g.timeout)
+	defer cancel()
+	return fn(ctx, g)
+}
+
+func nodeErr(g globals, err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, domid.ErrNotGuest), errors.Is(err, node.ErrBadUUID):
+		return usagef("%v", err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return failf("%v (xenstore did not answer within %v)", err, g.timeout)
+	}
+	return failf("%v", fmt.Errorf("%w", err))
+}

@@ -1,0 +1,475 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+)
+
+func xlCommand() *cli.Command {
+	xlFlags := []cli.Flag{
+		&cli.StringFlag{Name: "xl", Value: "xl", EnvVars: []string{"MTWATCH_XL"}, Usage: "the xl binary"},
+		&cli.DurationFlag{Name: "wait", Value: 5 * time.Minute, Usage: "how long to wait for a domain to go (or, for reboot, to come back)"},
+	}
+	return &cli.Command{
+		Name:  "xl",
+		Usage: "run xl with the domain's mtwatch node written first and removed last",
+		Description: `xl has no lifecycle hooks. These wrappers run xl and manage the node around it:
+
+  create <cfg> [xl args]     xl create -p (paused), write the node, xl unpause: the node exists
+                             before the guest runs its first instruction and before its frontends
+                             connect. If writing the node fails the guest is still unpaused (with
+                             a warning) unless --strict, which destroys it and exits 1. A -p of
+                             your own leaves the guest paused after the node is written.
+  shutdown <domain> [args]   xl shutdown, wait until the domain is gone, remove the node last.
+  destroy <domain> [args]    xl destroy, wait until the domain is gone, remove the node last.
+  reboot <domain> [args]     xl reboot, wait for the new domain of the same name, give it a node
+                             with the same uuid, remove the old domain's node.
+
+<domain> is a domid or a name. Options of mtwatch go before the xl subcommand
+(mtwatch xl --strict create ...); everything after it is passed to xl unchanged.`,
+		Flags: append(xlFlags,
+			&cli.BoolFlag{Name: "strict", Usage: "create: destroy the paused domain if its node cannot be written"}),
+		OnUsageError: onUsageError,
+		Subcommands: []*cli.Command{
+			xlSub("create", "<cfg> [xl create args]", runXLCreate),
+			xlSub("shutdown", "<domain> [xl shutdown args]", runXLStop),
+			xlSub("destroy", "<domain> [xl destroy args]", runXLStop),
+			xlSub("reboot", "<domain> [xl reboot args]", runXLReboot),
+		},
+	}
+}
+
+func xlSub(name, args string, fn func(c *cli.Context, x *xlRun) error) *cli.Command {
+	return &cli.Command{
+		Name:            name,
+		Usage:           "xl " + name + " with the mtwatch node managed around it",
+		ArgsUsage:       args,
+		SkipFlagParsing: true, // xl's own options pass through
+		OnUsageError:    onUsageError,
+		Action: func(c *cli.Context) error {
+			if a := c.Args().First(); a == "-h" || a == "--help" {
+				return cli.ShowSubcommandHelp(c)
+			}
+			x := &xlRun{
+				bin:    c.String("xl"),
+				strict: c.Bool("strict"),
+				wait:   c.Duration("wait"),
+				g:      globalsOf(c),
+				stdin:  c.App.Reader,
+				stdout: c.App.Writer,
+				stderr: stderrOf(c),
+			}
+			if x.wait <= 0 {
+				return usagef("xl: --wait must be positive")
+			}
+			return fn(c, x)
+		},
+	}
+}
+
+// xlRun is one xl wrapper invocation.
+type xlRun struct {
+	bin    string
+	strict bool
+	wait   time.Duration
+	g      globals
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+}
+
+// run runs xl with args, its output passed through.
+func (x *xlRun) run(ctx context.Context, args ...string) error {
+	cmd := exec.CommandContext(ctx, x.bin, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = x.stdin, x.stdout, x.stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("xl %s: %w", strings.Join(args, " "), err)
+	}
+	return nil
+}
+
+func (x *xlRun) warnf(format string, args ...any) {
+	fmt.Fprintf(x.stderr, "mtwatch: warning: "+format+"\n", args...)
+}
+
+// op bounds one XenStore operation by the global timeout.
+func (x *xlRun) op(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, x.g.timeout)
+}
+
+// createArgs is what matters of "xl create [options] [<cfg>] [vars]".
+type createArgs struct {
+	cfg    string // the config file, "" if none
+	name   string // the domain name from the config or a name= var
+	paused bool   // -p given by the user
+}
+
+// xl create's options that take a value (getopt "Fnqf:pcdeV", long forms).
+var xlCreateValueOpts = map[string]bool{"-f": true, "--defconfig": true}
+
+func parseCreateArgs(args []string) (createArgs, error) {
+	var a createArgs
+	var vars []string
+	for i := 0; i < len(args); i++ {
+		s := args[i]
+		switch {
+		case s == "-p" || s == "--paused":
+			a.paused = true
+		case xlCreateValueOpts[s]:
+			if i+1 >= len(args) {
+				return a, usagef("xl create: %s needs a value", s)
+			}
+			i++
+			if s == "-f" {
+				a.cfg = args[i]
+			}
+		case strings.HasPrefix(s, "--defconfig="):
+			a.cfg = strings.TrimPrefix(s, "--defconfig=")
+		case strings.HasPrefix(s, "-f") && !strings.HasPrefix(s, "--"):
+			a.cfg = strings.TrimPrefix(strings.TrimPrefix(s, "-f"), "=")
+		case strings.HasPrefix(s, "-") && !strings.HasPrefix(s, "--") && len(s) > 1:
+			// Clustered short options: "-pc".
+			if strings.ContainsRune(s[1:], 'p') {
+				a.paused = true
+			}
+		case strings.HasPrefix(s, "-"):
+		case strings.Contains(s, "="):
+			vars = append(vars, s)
+		case a.cfg == "":
+			a.cfg = s
+		default:
+			vars = append(vars, s)
+		}
+	}
+	if a.cfg == "" {
+		return a, usagef("xl create: no config file given")
+	}
+	if b, err := os.ReadFile(a.cfg); err == nil {
+		a.name = cfgName(string(b))
+	} else if errors.Is(err, fs.ErrNotExist) {
+		return a, usagef("xl create: config file %s: no such file", a.cfg)
+	}
+	for _, v := range vars {
+		if n, ok := strings.CutPrefix(v, "name="); ok {
+			a.name = strings.Trim(n, `"'`)
+		}
+	}
+	return a, nil
+}
+
+var nameRe = regexp.MustCompile(`(?m)^\s*name\s*=\s*["']([^"'\n]+)["']\s*(?:#.*)?$`)
+
+// cfgName finds the domain name in an xl config (or a name="x" variable).
+func cfgName(s string) string {
+	m := nameRe.FindAllStringSubmatch(s, -1)
+	if len(m) == 0 {
+		return ""
+	}
+	return m[len(m)-1][1]
+}
+
+func runXLCreate(c *cli.Context, x *xlRun) error {
+	args := c.Args().Slice()
+	a, err := parseCreateArgs(args)
+	if err != nil {
+		return err
+	}
+	ctx := c.Context
+	xs, err := x.g.dial(ctx)
+	if err != nil {
+		if x.strict {
+			return failf("%v: nothing created", err)
+		}
+		x.warnf("%v: running xl create without the node", err)
+		if err := x.run(ctx, append([]string{"create"}, args...)...); err != nil {
+			return failf("%v", err)
+		}
+		return nil
+	}
+	defer xs.Close()
+	octx, cancel := x.op(ctx)
+	before, err := domainNames(octx, xs)
+	cancel()
+	if err != nil {
+		return failf("%v", err)
+	}
+	xlArgs := append([]string{"create"}, args...)
+	if !a.paused {
+		xlArgs = append([]string{"create", "-p"}, args...)
+	}
+	if err := x.run(ctx, xlArgs...); err != nil {
+		return failf("%v", err)
+	}
+	octx, cancel = x.op(ctx)
+	id, err := newDomain(octx, xs, before, a.name)
+	cancel()
+	target := a.name
+	if err == nil {
+		target = id.String()
+		octx, cancel = x.op(ctx)
+		err = node.Create(octx, xs, id, "")
+		cancel()
+	}
+	if err != nil {
+		if x.strict {
+			if target != "" {
+				if derr := x.run(ctx, "destroy", target); derr != nil {
+					return failf("write the node: %v; and destroying the paused domain failed: %v", err, derr)
+				}
+			}
+			return failf("write the node: %v (--strict: domain destroyed)", err)
+		}
+		x.warnf("write the node: %v; the domain runs without a worker of its own", err)
+		if target == "" || a.paused {
+			return nil
+		}
+	}
+	if a.paused {
+		return nil
+	}
+	if err := x.run(ctx, "unpause", target); err != nil {
+		return failf("%v (the domain stays paused)", err)
+	}
+	return nil
+}
+
+// newDomain finds the domain xl create just made: a domain that was not
+// there before, with the config's name if known.
+func newDomain(ctx context.Context, xs *xenstore.Client, before map[domid.ID]string, name string) (domid.ID, error) {
+	after, err := domainNames(ctx, xs)
+	if err != nil {
+		return 0, err
+	}
+	var found []domid.ID
+	for id, n := range after {
+		if _, old := before[id]; old || !id.IsGuest() {
+			continue
+		}
+		if name == "" || n == name {
+			found = append(found, id)
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		return 0, fmt.Errorf("no new domain %q in /local/domain after xl create", name)
+	}
+	slices.Sort(found)
+	return 0, fmt.Errorf("several new domains %v match %q: cannot tell which one xl created", found, name)
+}
+
+// stopArgs finds the domain argument of xl shutdown/destroy/reboot: the
+// first argument that is not an option.
+func stopArgs(args []string) (int, error) {
+	for i, s := range args {
+		if s == "--" {
+			if i+1 < len(args) {
+				return i + 1, nil
+			}
+			break
+		}
+		if strings.HasPrefix(s, "-") && !looksNumeric(s) {
+			continue
+		}
+		return i, nil
+	}
+	return -1, usagef("no <domain> given")
+}
+
+// gone reports whether domain id has left xenstored: not introduced and
+// its /local/domain tree removed.
+func gone(ctx context.Context, xs *xenstore.Client, id domid.ID) (bool, error) {
+	in, err := xs.IsDomainIntroduced(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	if in {
+		return false, nil
+	}
+	_, err = xs.Read(ctx, "/local/domain/"+id.String()+"/name")
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	return false, err
+}
+
+// waitFor waits, for at most x.wait, until check is true, re-checking on
+// every @releaseDomain and @introduceDomain event (and every second, in case
+// an event was merged away).
+func (x *xlRun) waitFor(ctx context.Context, xs *xenstore.Client, what string, check func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, x.wait)
+	defer cancel()
+	var chans []<-chan xenstore.Event
+	for i, p := range []string{"@releaseDomain", "@introduceDomain"} {
+		w, err := xs.Watch(ctx, p, fmt.Sprintf("mtwatch-xl-%d", i))
+		if err != nil {
+			return fmt.Errorf("watch %s: %w", p, err)
+		}
+		defer w.Unwatch(context.WithoutCancel(ctx))
+		chans = append(chans, w.Events())
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		octx, ocancel := x.op(ctx)
+		ok, err := check(octx)
+		ocancel()
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if c := context.Cause(ctx); errors.Is(c, context.DeadlineExceeded) {
+				return fmt.Errorf("%s: still waiting after %v", what, x.wait)
+			}
+			return ctx.Err()
+		case <-chans[0]:
+		case <-chans[1]:
+		case <-tick.C:
+		}
+	}
+}
+
+func runXLStop(c *cli.Context, x *xlRun) error {
+	sub := c.Command.Name
+	args := c.Args().Slice()
+	i, err := stopArgs(args)
+	if err != nil {
+		return usagef("xl %s: %v", sub, err)
+	}
+	ctx := c.Context
+	xs, err := x.g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer xs.Close()
+	octx, cancel := x.op(ctx)
+	id, err := resolveDomain(octx, xs, args[i])
+	cancel()
+	if err != nil {
+		return err
+	}
+	if err := x.run(ctx, append([]string{sub}, args...)...); err != nil {
+		return failf("%v (node of domain %d kept)", err, id)
+	}
+	if err := x.waitFor(ctx, xs, fmt.Sprintf("domain %d to go", id), func(ctx context.Context) (bool, error) {
+		return gone(ctx, xs, id)
+	}); err != nil {
+		return failf("domain %d: %v (node kept)", id, err)
+	}
+	octx, cancel = x.op(ctx)
+	defer cancel()
+	if err := node.Destroy(octx, xs, id); err != nil {
+		return failf("%v", err)
+	}
+	return nil
+}
+
+func runXLReboot(c *cli.Context, x *xlRun) error {
+	args := c.Args().Slice()
+	i, err := stopArgs(args)
+	if err != nil {
+		return usagef("xl reboot: %v", err)
+	}
+	ctx := c.Context
+	xs, err := x.g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer xs.Close()
+	octx, cancel := x.op(ctx)
+	id, err := resolveDomain(octx, xs, args[i])
+	if err != nil {
+		cancel()
+		return err
+	}
+	name, uuid, err := identity(octx, xs, id)
+	cancel()
+	if err != nil {
+		return failf("domain %d: %v", id, err)
+	}
+	if err := x.run(ctx, append([]string{"reboot"}, args...)...); err != nil {
+		return failf("%v (node of domain %d kept)", err, id)
+	}
+	// xl's monitor destroys the domain and builds it again under a new
+	// domid with the same name and uuid.
+	var newID domid.ID
+	err = x.waitFor(ctx, xs, fmt.Sprintf("domain %d (%s) to come back", id, name), func(ctx context.Context) (bool, error) {
+		names, err := domainNames(ctx, xs)
+		if err != nil {
+			return false, err
+		}
+		for d, n := range names {
+			if d != id && d.IsGuest() && n == name {
+				newID = d
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return failf("%v (node of domain %d kept)", err, id)
+	}
+	octx, cancel = x.op(ctx)
+	err = node.Create(octx, xs, newID, uuid)
+	cancel()
+	if err != nil {
+		x.warnf("domain %d: %v", newID, err)
+	}
+	if err := x.waitFor(ctx, xs, fmt.Sprintf("domain %d to go", id), func(ctx context.Context) (bool, error) {
+		return gone(ctx, xs, id)
+	}); err != nil {
+		return failf("domain %d: %v (node kept)", id, err)
+	}
+	octx, cancel = x.op(ctx)
+	defer cancel()
+	if derr := node.Destroy(octx, xs, id); derr != nil {
+		return failf("%v", derr)
+	}
+	if err != nil {
+		return failf("domain %d rebooted as %d without a node", id, newID)
+	}
+	return nil
+}
+
+// identity reads the name of domain id and the uuid of its node (else its
+// /vm path), which a reboot carries over to the new domid.
+func identity(ctx context.Context, xs *xenstore.Client, id domid.ID) (name, uuid string, err error) {
+	v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/name")
+	if err != nil {
+		return "", "", fmt.Errorf("read name: %w", err)
+	}
+	name = string(v)
+	if v, err := xs.Read(ctx, node.Path(id)); err == nil && node.ValidUUID(string(v)) {
+		return name, string(v), nil
+	}
+	if v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/vm"); err == nil {
+		u := string(v)
+		if i := strings.LastIndexByte(u, '/'); i >= 0 {
+			u = u[i+1:]
+		}
+		if node.ValidUUID(u) {
+			return name, u, nil
+		}
+	}
+	return name, "", nil
+}
