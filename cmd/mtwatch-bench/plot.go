@@ -23,8 +23,12 @@ func plotCDF(r *isolationResult, file, conditions string) error {
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
 	p.Y.Min, p.Y.Max = 0, 1
 	p.Add(plotter.NewGrid())
+	// Between the healthy curves, which rise within the first decades,
+	// and the single worker's, a few decades to the right.
 	p.Legend.Top = false
-	p.Legend.Left = false
+	p.Legend.Left = true
+	p.Legend.XOffs = vg.Points(150)
+	p.Legend.YOffs = vg.Points(40)
 	colors := []color.Color{
 		color.RGBA{R: 0x1f, G: 0x77, B: 0xb4, A: 0xff},
 		color.RGBA{R: 0xd6, G: 0x27, B: 0x28, A: 0xff},

@@ -152,7 +152,12 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 		if err != nil {
 			return 0, 0, err
 		}
-		n, err := strconv.ParseInt(strings.TrimPrefix(l, "done "), 10, 64)
+		// "done <events> <cpu-ns> <context switches>"
+		f := strings.Fields(l)
+		if len(f) < 2 || f[0] != "done" {
+			return 0, 0, fmt.Errorf("cbench: %q", l)
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
 		if err != nil {
 			return 0, 0, fmt.Errorf("cbench: %q", l)
 		}
