@@ -129,7 +129,7 @@ func TestBurst(t *testing.T) {
 		}
 	}
 	if f := runAll(t, bin, env, mixed); len(f) > 0 {
-		t.Errorf("%d of %d hooks of the mixed burst failed; first: %s", len(f), len(mixed), f[0])
+		t.Errorf("%d of %d hooks of the mixed burst failed:\n%s", len(f), len(mixed), strings.Join(f, "\n"))
 	}
 	checkNodes(t, xs, want)
 }

@@ -13,10 +13,13 @@
 // directory not n0 and the agent runs at start-up, puts the directory back to
 // n0 and then, for every entry:
 //
-//   - the node of a canonical guest domid keeps its value; its perms, if not
-//     n0, are set back to n0 (removing it instead would race with a Create
-//     that has just written it under the loosened directory), and anything
-//     below it (mtwatch/7/child) is removed;
+//   - the node of a canonical guest domid with perms n0 stays; anything below
+//     it (mtwatch/7/child) is removed;
+//   - one with other perms stays too, with perms n0, if its domain exists
+//     (/local/domain/<domid>): it is the node a hook makes for that domain,
+//     perhaps written by a Create under the loosened directory a moment
+//     ago, and removing it would race with that Create. Its value stays.
+//     Without the domain it is a forgery and is removed;
 //   - every other entry (junk names, "007", "0", reserved domids) is
 //     removed with everything below it.
 //
@@ -26,7 +29,8 @@
 // of it, so sibling transactions conflict, and a burst of hooks (hundreds of
 // domains started at boot) would exhaust their retries. Create writes its
 // node, which inherits the directory's perms in xenstored, and then checks
-// and repairs what it wrote.
+// and repairs what it wrote. It also keeps an index of the nodes by VM uuid (indexDir),
+// so that DestroyByUUID need not read every node.
 package node
 
 import (
@@ -95,7 +99,10 @@ func create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 	path := Path(id)
 	var err error
 	if uuid != "" {
-		err = c.Write(ctx, path, []byte(uuid))
+		err = parallel(
+			func() error { return c.Write(ctx, path, []byte(uuid)) },
+			func() error { return c.Write(ctx, indexPath(uuid, id), nil) },
+		)
 	} else {
 		err = c.Mkdir(ctx, path) // keeps a recorded value
 	}
@@ -116,8 +123,13 @@ func create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 		return err
 	case !trusted(dirPerms):
 		// Guests may have written here: the whole directory needs repair,
-		// this node included.
-		_, err := Repair(ctx, c)
+		// this node included. Repair removes a loosened node of a domain
+		// that does not exist, ours too: then it is written again (retry
+		// on ENOENT), under the directory now private.
+		if _, err := Repair(ctx, c); err != nil {
+			return err
+		}
+		_, err := c.GetPerms(ctx, path)
 		return err
 	case !trusted(perms) || len(children) > 0:
 		return repairNode(ctx, c, path, perms, children, nil)
@@ -173,10 +185,27 @@ func Destroy(ctx context.Context, c *xenstore.Client, id domid.ID) error {
 	if !id.IsGuest() {
 		return fmt.Errorf("destroy mtwatch node for domain %d: %w", id, domid.ErrNotGuest)
 	}
-	if err := c.Rm(ctx, Path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// The value names the index entry to remove with the node.
+	v, err := c.Read(ctx, Path(id))
+	if err == nil {
+		err = remove(ctx, c, id, string(v))
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("destroy mtwatch node for domain %d: %w", id, err)
 	}
 	return nil
+}
+
+// remove removes the node of id and its index entry under uuid, if uuid is
+// one.
+func remove(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) error {
+	if !ValidUUID(uuid) {
+		return ignoreNotExist(c.Rm(ctx, Path(id)))
+	}
+	return parallel(
+		func() error { return ignoreNotExist(c.Rm(ctx, Path(id))) },
+		func() error { return ignoreNotExist(c.Rm(ctx, indexPath(uuid, id))) },
+	)
 }
 
 // DestroyIf removes the node of guest id if it belongs to VM uuid: its
@@ -199,28 +228,48 @@ func DestroyIf(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string
 	case len(v) != 0 && !strings.EqualFold(string(v), uuid):
 		return false, nil
 	}
-	if err := c.Rm(ctx, Path(id)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := remove(ctx, c, id, uuid); err != nil {
 		return false, fmt.Errorf("destroy mtwatch node for domain %d of vm %s: %w", id, uuid, err)
 	}
 	return true, nil
 }
 
 // DestroyByUUID removes every node whose value is uuid, for hooks that know
-// only the VM (XAPI's vm-post-destroy), and returns the domids removed. The
-// values are read concurrently, outside any transaction (see the package
-// doc); a node that a new domain reusing the domid rewrites between the read
-// and the removal would be removed with the old one, but Xen hands out
-// domids in turn, so a domid comes back only after thousands of others.
+// only the VM (XAPI's vm-post-destroy), and returns the domids removed. It
+// looks the domids up in the index that Create keeps (see indexDir), and
+// reads every node only when the index names none of the VM's nodes (a node
+// written before the index existed, by hand, or an index entry a guest
+// removed). Values are read outside any transaction (see the package doc):
+// a node that a new domain reusing the domid rewrites between the read and
+// the removal would be removed with the old one, but Xen hands out domids in
+// turn, so a domid comes back only after thousands of others.
 func DestroyByUUID(ctx context.Context, c *xenstore.Client, uuid string) ([]domid.ID, error) {
 	if !ValidUUID(uuid) {
 		return nil, fmt.Errorf("destroy mtwatch node of vm %q: %w", uuid, ErrBadUUID)
 	}
-	names, err := c.Directory(ctx, Dir)
+	uuid = strings.ToLower(uuid)
+	removed, err := destroyListed(ctx, c, indexDir+"/"+uuid, uuid)
+	if err == nil && len(removed) == 0 {
+		removed, err = destroyListed(ctx, c, Dir, uuid)
+	}
+	if err == nil {
+		err = ignoreNotExist(c.Rm(ctx, indexDir+"/"+uuid))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("destroy mtwatch node of vm %s: %w", uuid, err)
+	}
+	return removed, nil
+}
+
+// destroyListed removes the nodes whose value is uuid among those of the
+// domids that dir lists, reading them concurrently.
+func destroyListed(ctx context.Context, c *xenstore.Client, dir, uuid string) ([]domid.ID, error) {
+	names, err := c.Directory(ctx, dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("destroy mtwatch node of vm %s: %w", uuid, err)
+		return nil, err
 	}
 	ids := guestIDs(names)
 	match := make([]bool, len(ids))
@@ -230,12 +279,12 @@ func DestroyByUUID(ctx context.Context, c *xenstore.Client, uuid string) ([]domi
 			return ignoreNotExist(err)
 		}
 		if match[i] = strings.EqualFold(string(v), uuid); match[i] {
-			return ignoreNotExist(c.Rm(ctx, Path(ids[i])))
+			return remove(ctx, c, ids[i], uuid)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("destroy mtwatch node of vm %s: %w", uuid, err)
+		return nil, err
 	}
 	var removed []domid.ID
 	for i, id := range ids {

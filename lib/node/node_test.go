@@ -261,3 +261,56 @@ func TestMixedBurst(t *testing.T) {
 		t.Errorf("List = %v, want %v", nodes, want)
 	}
 }
+
+// TestUUIDIndex: destroy by uuid finds nodes through the index create keeps,
+// and without it; no entry outlives its node; a stale or forged entry
+// removes nothing that is not the VM's.
+func TestUUIDIndex(t *testing.T) {
+	t.Parallel()
+	in, c, ctx := setup(t)
+	const index = "/local/domain/0/mtwatch-vm"
+	indexEntries := func() string {
+		out, err := in.Command("xenstore-ls", index).Output()
+		if err != nil {
+			return "" // no index directory at all
+		}
+		return strings.TrimSpace(string(out))
+	}
+	u, v := uuidOf(1), uuidOf(2)
+	for _, id := range []domid.ID{5, 6, 7} {
+		if err := node.Create(ctx, c, id, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := node.Destroy(ctx, c, 5); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err := node.DestroyIf(ctx, c, 6, u); err != nil || !removed {
+		t.Fatalf("DestroyIf = %v, %v", removed, err)
+	}
+	if removed, err := node.DestroyByUUID(ctx, c, u); err != nil || !slices.Equal(removed, []domid.ID{7}) {
+		t.Fatalf("DestroyByUUID = %v, %v", removed, err)
+	}
+	if e := indexEntries(); e != "" {
+		t.Errorf("index entries left after every node went:\n%s", e)
+	}
+
+	// A node without an entry (written by an earlier version, or by hand).
+	in.Run("xenstore-write", node.Path(8), u)
+	in.Run("xenstore-chmod", node.Path(8), "n0")
+	if removed, err := node.DestroyByUUID(ctx, c, u); err != nil || !slices.Equal(removed, []domid.ID{8}) {
+		t.Fatalf("DestroyByUUID without an index entry = %v, %v", removed, err)
+	}
+
+	// An entry naming a node of another VM: that node stays.
+	if err := node.Create(ctx, c, 9, v); err != nil {
+		t.Fatal(err)
+	}
+	in.Run("xenstore-write", index+"/"+u+"/9", "")
+	if removed, err := node.DestroyByUUID(ctx, c, u); err != nil || len(removed) != 0 {
+		t.Fatalf("DestroyByUUID with a stale entry = %v, %v", removed, err)
+	}
+	if n, err := node.Get(ctx, c, 9); err != nil || n.UUID != v {
+		t.Errorf("node of the other vm: %+v, %v", n, err)
+	}
+}

@@ -174,6 +174,22 @@ func repair(ctx context.Context, c *xenstore.Client) ([]string, error) {
 		if err != nil {
 			return ignoreNotExist(err)
 		}
+		if !trusted(perms) {
+			// Kept only if its domain exists: then it is the node a
+			// hook makes anyway (perhaps one that a create has just
+			// written under the loosened directory), else a forgery.
+			_, err := c.GetPerms(ctx, "/local/domain/"+names[i])
+			if errors.Is(err, fs.ErrNotExist) {
+				if err := ignoreNotExist(c.Rm(ctx, path)); err != nil {
+					return err
+				}
+				note(path)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
 		return repairNode(ctx, c, path, perms, children, note)
 	})
 	slices.Sort(removed)
