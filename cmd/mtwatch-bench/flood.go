@@ -16,6 +16,8 @@ import (
 type floodResult struct {
 	Domains  int    `json:"domains"`
 	Duration string `json:"duration"`
+	Interval string `json:"round_interval"`
+	Rounds   []int  `json:"rounds"`
 	// Writes per second the flooding domain achieved.
 	FloodWritesPerSec spread `json:"flood_writes_per_sec"`
 	// Per variant ("flood", "no flood"): peak RSS of the bench process (the
@@ -38,7 +40,7 @@ const (
 
 // benchFlood: one domain's watched path is rewritten as fast as xenstored
 // allows, by another process, for o.floodFor; meanwhile the other domains
-// get an event each every o.interval, whose latency is measured.
+// get an event each every o.floodInterval, whose latency is measured.
 func benchFlood(ctx context.Context, o *options, srv *xenstoredtest.Server) (*floodResult, error) {
 	const first = 1
 	n := o.isoDomains
@@ -59,15 +61,14 @@ func benchFlood(ctx context.Context, o *options, srv *xenstoredtest.Server) (*fl
 	defer wp.close()
 	floodPath := dom0Home + benchWatch + "/vif/" + strconv.Itoa(flooder) + "/0/state"
 
-	r := &floodResult{Domains: n, Duration: o.floodFor.String(), PeakRSSMiB: map[string]spread{},
+	r := &floodResult{Domains: n, Duration: o.floodFor.String(), Interval: o.floodInterval.String(), PeakRSSMiB: map[string]spread{},
 		HeapMiB: map[string]spread{}, P50: map[string]spread{}, P99: map[string]spread{}}
 	rss, heap, p50, p99 := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	var rates, processed, coalesced, dropped []float64
 	variants := []string{floodOn, floodOff}
 	for run := range o.runs {
 		for _, v := range rotate(variants, run) {
-			rounds := int(o.floodFor / o.interval)
-			p := newProbe((n-1)*rounds, func(id domid.ID) bool { return int(id) != flooder })
+			p := newProbe(func(id domid.ID) bool { return int(id) != flooder })
 			peak := rssPeak()
 			a, stop, err := runAgent(ctx, srv.Socket(), modeMtwatch, func(_ context.Context, ev dispatch.Event) error {
 				p.seen(ev.Path)
@@ -87,8 +88,12 @@ func benchFlood(ctx context.Context, o *options, srv *xenstoredtest.Server) (*fl
 					return nil, err
 				}
 			}
-			tick := time.NewTicker(o.interval)
-			for rd := range rounds {
+			// Rounds until the flood ends: under the flood a round's writes
+			// take longer, and the rounds must not outlast it.
+			tick := time.NewTicker(o.floodInterval)
+			rounds := 0
+			for end := time.Now().Add(o.floodFor); time.Now().Before(end); rounds++ {
+				rd := rounds
 				for d := first; d < first+n; d++ {
 					if d == flooder {
 						continue
@@ -111,7 +116,8 @@ func benchFlood(ctx context.Context, o *options, srv *xenstoredtest.Server) (*fl
 				w, _ := strconv.ParseFloat(strings.TrimPrefix(l, "done "), 64)
 				rates = append(rates, w/o.floodFor.Seconds())
 			}
-			lat, err := p.wait(time.Minute)
+			r.Rounds = append(r.Rounds, rounds)
+			lat, err := p.wait((n-1)*rounds, time.Minute)
 			if err != nil {
 				stop()
 				return nil, fmt.Errorf("flood %s: %w", v, err)

@@ -70,19 +70,18 @@ func parallelNodes(ctx context.Context, srv *xenstoredtest.Server, first, n int,
 // latencyProbe measures the latency of healthy domains' events through the
 // agent: from just before the write that fires the event to the start of
 // its handler. Paths are backend/vbd/<domid>/<round>/state, distinct per
-// round so that no two events merge.
+// round so that no two events merge. Only writes still in flight are
+// remembered, so the probe's own memory stays small during a long run.
 type latencyProbe struct {
 	sent    sync.Map // path -> time.Time
 	mu      sync.Mutex
 	lat     []time.Duration
-	want    int
 	got     atomic.Int64
-	done    chan struct{}
 	healthy func(domid.ID) bool
 }
 
-func newProbe(want int, healthy func(domid.ID) bool) *latencyProbe {
-	return &latencyProbe{want: want, done: make(chan struct{}), healthy: healthy, lat: make([]time.Duration, 0, want)}
+func newProbe(healthy func(domid.ID) bool) *latencyProbe {
+	return &latencyProbe{healthy: healthy}
 }
 
 func probePath(d, round int) string {
@@ -93,7 +92,7 @@ func probePath(d, round int) string {
 func (p *latencyProbe) seen(path string) {
 	now := time.Now()
 	path = absPath(path)
-	v, ok := p.sent.Load(path)
+	v, ok := p.sent.LoadAndDelete(path)
 	if !ok {
 		return // the initial event, a stalled domain's event
 	}
@@ -104,9 +103,7 @@ func (p *latencyProbe) seen(path string) {
 	p.mu.Lock()
 	p.lat = append(p.lat, now.Sub(v.(time.Time)))
 	p.mu.Unlock()
-	if p.got.Add(1) == int64(p.want) {
-		close(p.done)
-	}
+	p.got.Add(1)
 }
 
 func (p *latencyProbe) write(ctx context.Context, c *xenstore.Client, path string) error {
@@ -114,11 +111,15 @@ func (p *latencyProbe) write(ctx context.Context, c *xenstore.Client, path strin
 	return c.Write(ctx, path, []byte("4"))
 }
 
-func (p *latencyProbe) wait(timeout time.Duration) ([]time.Duration, error) {
-	select {
-	case <-p.done:
-	case <-time.After(timeout):
-		return nil, fmt.Errorf("%d of %d healthy events ran within %v", p.got.Load(), p.want, timeout)
+// wait waits for want healthy events to have run and returns their
+// latencies, sorted.
+func (p *latencyProbe) wait(want int, timeout time.Duration) ([]time.Duration, error) {
+	deadline := time.Now().Add(timeout)
+	for p.got.Load() < int64(want) {
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%d of %d healthy events ran within %v", p.got.Load(), want, timeout)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -174,7 +175,7 @@ func benchIsolation(ctx context.Context, o *options, srv *xenstoredtest.Server) 
 		case isoNone:
 			stall = false
 		}
-		p := newProbe((n-stalled)*o.rounds, func(id domid.ID) bool { return !isStalled(id) })
+		p := newProbe(func(id domid.ID) bool { return !isStalled(id) })
 		a, stop, err := runAgent(ctx, srv.Socket(), m, func(_ context.Context, ev dispatch.Event) error {
 			p.seen(ev.Path)
 			if id, ok := domid.FromPath(strings.TrimPrefix(absPath(ev.Path), dom0Home)); ok && stall && isStalled(id) {
@@ -209,7 +210,7 @@ func benchIsolation(ctx context.Context, o *options, srv *xenstoredtest.Server) 
 			}
 			<-tick.C
 		}
-		lat, err := p.wait(time.Duration(stalled+2)*o.stall + time.Minute)
+		lat, err := p.wait((n-stalled)*o.rounds, time.Duration(stalled+2)*o.stall+time.Minute)
 		if err != nil {
 			return nil, err
 		}

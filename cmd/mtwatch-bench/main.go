@@ -27,19 +27,20 @@ import (
 )
 
 type options struct {
-	runs         int
-	domains      int
-	writes       int
-	isoDomains   int
-	rounds       int
-	interval     time.Duration
-	stall        time.Duration
-	floodFor     time.Duration
-	scaleDomains int
-	only         string
-	jsonOut      string
-	svgOut       string
-	cbenchSrc    string
+	runs          int
+	domains       int
+	writes        int
+	isoDomains    int
+	rounds        int
+	interval      time.Duration
+	stall         time.Duration
+	floodFor      time.Duration
+	floodInterval time.Duration
+	scaleDomains  int
+	only          string
+	jsonOut       string
+	svgOut        string
+	cbenchSrc     string
 }
 
 // results is the JSON file.
@@ -68,9 +69,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.writes, "writes", 100000, "throughput: writes per run")
 	fs.IntVar(&o.isoDomains, "iso-domains", 100, "isolation and flood: domains (a tenth of them stalled in isolation; one floods)")
 	fs.IntVar(&o.rounds, "rounds", 20, "isolation: rounds of one event per healthy domain")
-	fs.DurationVar(&o.interval, "interval", 10*time.Millisecond, "isolation and flood: time between rounds")
+	fs.DurationVar(&o.interval, "interval", 10*time.Millisecond, "isolation: time between rounds")
 	fs.DurationVar(&o.stall, "stall", 500*time.Millisecond, "isolation: how long a stalled domain's handler blocks")
 	fs.DurationVar(&o.floodFor, "flood", 30*time.Second, "flood: how long the guest floods its path")
+	fs.DurationVar(&o.floodInterval, "flood-interval", 100*time.Millisecond, "flood: time between rounds of the other domains' events")
 	fs.IntVar(&o.scaleDomains, "scale", 10000, "scale: domains created and destroyed through the node protocol")
 	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale", "scenarios to run, comma-separated")
 	fs.StringVar(&o.jsonOut, "json", "docs/performance-agent.json", "write the results here (empty: none)")
@@ -83,7 +85,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if fs.NArg() > 0 || o.runs < 1 || o.domains < 1 || o.writes < 1 || o.isoDomains < 10 || o.rounds < 1 ||
-		o.interval <= 0 || o.stall <= 0 || o.floodFor < o.interval || o.scaleDomains < 1 || o.scaleDomains > 32000 {
+		o.interval <= 0 || o.stall <= 0 || o.floodInterval <= 0 || o.floodFor < o.floodInterval || o.scaleDomains < 1 || o.scaleDomains > 32000 {
 		fmt.Fprintln(stderr, "mtwatch-bench: bad arguments (see -h)")
 		return 2
 	}
@@ -234,7 +236,8 @@ func writeMarkdown(w io.Writer, r *results) {
 		}
 	}
 	if f := r.Flood; f != nil {
-		p("\n### 3. Flood: one of %d domains rewrites its watched path for %s (%s writes/s)\n", f.Domains, f.Duration, f.FloodWritesPerSec.format(fmtRate))
+		p("\n### 3. Flood: one of %d domains rewrites its watched path for %s (%s writes/s); the others get an event each every %s\n",
+			f.Domains, f.Duration, f.FloodWritesPerSec.format(fmtRate), f.Interval)
 		p("| variant | peak RSS (MiB) | Go heap after (MiB) | others' p50 | others' p99 | goal |")
 		p("|---|---|---|---|---|---|")
 		for _, v := range []string{floodOn, floodOff} {

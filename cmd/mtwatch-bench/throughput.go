@@ -123,12 +123,8 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 		}
 		// Events of other domains may still be on their workers: the run
 		// ends with the last handler call.
-		for {
-			t := a.Dispatcher().Stats().Totals
-			if t.Processed >= t.Dispatched {
-				break
-			}
-			time.Sleep(time.Millisecond)
+		if err := waitIdle(a.Dispatcher(), time.Minute); err != nil {
+			return 0, 0, err
 		}
 		return n.Load(), time.Unix(0, last.Load()).Sub(start), nil
 	}
@@ -201,4 +197,25 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 func rotate(vs []string, run int) []string {
 	k := run % len(vs)
 	return append(append([]string{}, vs[k:]...), vs[:k]...)
+}
+
+// waitIdle waits until no event is queued or running on any worker.
+// (Counting handler calls up to Dispatched would not do: events merged into
+// a pending one are dispatched but never run on their own.)
+func waitIdle(d *dispatch.Dispatcher, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		st := d.Stats()
+		busy := st.Default.Queued > 0 || st.Default.Current != nil
+		for _, ds := range st.Domains {
+			busy = busy || ds.Queued > 0 || ds.Current != nil
+		}
+		if !busy {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("events still queued or running after %v", timeout)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
