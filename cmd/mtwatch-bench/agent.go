@@ -28,6 +28,9 @@ const (
 	modeSingle  mode = "single-worker" // every event on the default worker
 )
 
+// agentLog receives the agent's log (--agent-log); discarded by default.
+var agentLog io.Writer = io.Discard
+
 // runAgent starts mtwatchd's core in this process, on the xenstored at
 // socket, with one plugin: a watch of benchWatch whose events go to handler.
 // Auto-detection is off, so workers follow the node protocol alone. The
@@ -50,7 +53,7 @@ func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handl
 	}
 	a, err := agent.New(agent.Options{
 		Config:  cfg,
-		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:  slog.New(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Logrus:  lr,
 		Plugins: []plugin.Registration{reg},
 		Version: "bench",

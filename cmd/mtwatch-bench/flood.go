@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
@@ -201,6 +202,7 @@ func benchScale(ctx context.Context, o *options, srv *xenstoredtest.Server) (*sc
 				err = waitWorkers(ctx, a, n, 20*time.Millisecond)
 			}
 			if err != nil {
+				err = fmt.Errorf("scale run %d: %w; %s", run+1, err, missingWorkers(a, first, n))
 				stop()
 				return nil, err
 			}
@@ -226,4 +228,22 @@ func benchScale(ctx context.Context, o *options, srv *xenstoredtest.Server) (*sc
 	}
 	r.RSSMiB, r.HeapMiB, r.BaseRSSMiB = newSpread(rss), newSpread(heap), newSpread(base)
 	return r, nil
+}
+
+// missingWorkers says which of the domains whose node exists have no worker,
+// and what the agent believes of them.
+func missingWorkers(a *agent.Agent, first, n int) string {
+	var missing []string
+	count := 0
+	for id := first; id < first+n; id++ {
+		if st, ok := a.Dispatcher().DomainStats(domid.ID(id)); ok && st.Worker {
+			continue
+		}
+		count++
+		if len(missing) < 5 {
+			d, found := a.Domain(uint16(id))
+			missing = append(missing, fmt.Sprintf("%d (agent knows it %v, node %v, worker %q)", id, found, d.Node, d.Worker))
+		}
+	}
+	return fmt.Sprintf("%d domains with a node have no worker, e.g. %s", count, strings.Join(missing, ", "))
 }

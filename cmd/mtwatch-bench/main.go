@@ -51,6 +51,7 @@ type results struct {
 	Isolation  *isolationResult  `json:"isolation,omitempty"`
 	Flood      *floodResult      `json:"flood,omitempty"`
 	Scale      *scaleResult      `json:"scale,omitempty"`
+	Error      string            `json:"error,omitempty"`
 }
 
 func main() {
@@ -78,6 +79,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.jsonOut, "json", "docs/performance-agent.json", "write the results here (empty: none)")
 	fs.StringVar(&o.svgOut, "svg", "docs/isolation-cdf.svg", "write the isolation latency CDF here (empty: none)")
 	fs.StringVar(&o.cbenchSrc, "cbench", "lib/xenstore/bench/cbench.c", "source of the libxenstore watcher")
+	logFile := fs.String("agent-log", "", "append the agent's debug log to this file")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -88,6 +90,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		o.interval <= 0 || o.stall <= 0 || o.floodInterval <= 0 || o.floodFor < o.floodInterval || o.scaleDomains < 1 || o.scaleDomains > 32000 {
 		fmt.Fprintln(stderr, "mtwatch-bench: bad arguments (see -h)")
 		return 2
+	}
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			fmt.Fprintf(stderr, "mtwatch-bench: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		agentLog = f
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(o.only, ",") {
@@ -140,9 +151,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return err
 		})
 	}
+	// The scenarios that ran are reported even when a later one failed: the
+	// failure is a finding too.
+	code := 0
 	if err != nil {
 		fmt.Fprintf(stderr, "mtwatch-bench: %v\n", err)
-		return 1
+		res.Error = err.Error()
+		code = 1
 	}
 	res.Conditions["load_after"] = loadavg()
 	writeMarkdown(stdout, res)
@@ -160,7 +175,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	return 0
+	return code
 }
 
 func conditions() map[string]string {
@@ -249,6 +264,9 @@ func writeMarkdown(w io.Writer, r *results) {
 		}
 		p("\nThe flooding domain's events: %s ran, %s merged into a pending one, %s dropped.",
 			f.FloodProcessed.format(fmtRate), f.FloodCoalesced.format(fmtRate), f.FloodDropped.format(fmtRate))
+	}
+	if r.Error != "" {
+		p("\n**Failed:** %s", r.Error)
 	}
 	if s := r.Scale; s != nil {
 		p("\n### 4. Scale and churn: %d domains created, then destroyed, through the node protocol\n", s.Domains)
