@@ -4,6 +4,7 @@
 #                  guests, one hung hotplug script; mtwatch vs single worker
 #   make build     build the binaries into bin/
 #   make test      install test dependencies if needed, vet, run all tests with -race
+#   make bench     the agent's benchmarks beside their baselines (docs/performance.md)
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make deps      install the Debian packages the tests and the sandbox need
@@ -21,10 +22,10 @@ DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
 # (pyxs) to cross-check against, gcc for the xenemu preload library, curl
-# for the control API test over --unix-socket, systemd for
-# systemd-analyze verify of the units. Where xenstored is, and how xenemu is
-# built and preloaded, lib/xenstore/xenstoredtest alone knows: the tests and
-# the sandbox go through it.
+# for the control API test over --unix-socket, systemd for systemd-analyze
+# verify of the units. Where xenstored is, and how xenemu is built and
+# preloaded, lib/xenstore/xenstoredtest alone knows: the tests and the
+# sandbox go through it.
 DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd
 
 # Only binaries whose main package exists are built: nothing pretends to work.
@@ -34,7 +35,7 @@ SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
 LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
 
-.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench man
+.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench bench-go man
 
 all: build
 
@@ -87,7 +88,18 @@ fuzz:
 	done
 
 # Benchmarks are not part of make test; see docs/performance.md.
+# make bench: the agent's figures (docs/performance.md), each beside its
+# baseline in the same run: mtwatch-bench runs mtwatchd's core in-process
+# against a private xenstored and writes docs/performance-agent.json and
+# docs/isolation-cdf.svg; the Markdown tables go to stdout. BENCH_FLAGS
+# shortens it (e.g. --runs 1 --flood 3s --scale 1000).
+BENCH_FLAGS ?=
 bench: deps
+	$(GO) build -o build/mtwatch-bench ./cmd/mtwatch-bench
+	build/mtwatch-bench $(BENCH_FLAGS)
+
+# The package benchmarks (lib/xenstore, lib/dispatch, mtwatch-hook, ...).
+bench-go: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # The README's first command; see test/demo/demo.sh. Under two minutes, and

@@ -20,6 +20,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/sim"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
 const usage = `usage: mtwatch-sim [options]
@@ -179,10 +180,14 @@ func (o *options) config(stderr io.Writer) (sim.Config, int) {
 		return bad("no sandbox: give --xenemu-dir or set XENSTORED_RUNDIR (make sandbox prints it); " +
 			"mtwatch-sim only drives a sandbox xenstored")
 	}
-	hv, err := sim.NewXenemu(dir)
+	// Attached, not owned: the simulator never stops the sandbox.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	srv, err := xenstoredtest.Attach(ctx, dir)
+	cancel()
 	if err != nil {
-		return bad("%v", err)
+		return bad("not a sandbox xenstored: %v", err)
 	}
+	hv := sim.Xenemu{Server: srv}
 	path := o.xenstore
 	return sim.Config{
 		Domains:       o.domains,

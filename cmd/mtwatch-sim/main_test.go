@@ -24,7 +24,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--first-domid", "32750", "--domains", "5"}, "guest domids"},
 		{[]string{"--hang-domain", "30"}, "--hang-domain 30"},
 		{[]string{"--progress", "fancy"}, "--progress"},
-		{[]string{"--xenemu-dir", os.TempDir()}, "not a xenemu control directory"},
+		{[]string{"--xenemu-dir", os.TempDir()}, "not a sandbox xenstored"},
 		{[]string{"extra"}, "unexpected argument"},
 		{[]string{"compare"}, "usage"},
 		{[]string{"compare", "/nonexistent.json"}, "no such file"},

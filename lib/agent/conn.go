@@ -145,14 +145,29 @@ func (s *session) run(ctx context.Context) error {
 		}
 		return fmt.Errorf("watch %s ended: %w", w.Path(), w.Err())
 	}
+	// A node event whose handling failed (a read refused, an overflow whose
+	// rescan found the directory still changing under a burst of creates)
+	// would leave that domain's worker wrong until some later event: the
+	// whole directory is rescanned instead, with a capped backoff, until a
+	// rescan succeeds.
+	var rescan <-chan time.Time
+	backoff := minBackoff
 	for {
 		var err error
+		nodeErr := false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.c.Done():
 			return s.c.Err()
+		case <-rescan:
+			rescan = nil
+			nodeErr = true
+			if err = a.reconcile(ctx, s.c); err == nil {
+				backoff = minBackoff
+			}
 		case ev, ok := <-s.nodes.Events():
+			nodeErr = true
 			if !ok {
 				if err := ended(s.nodes); err != nil {
 					return err
@@ -207,6 +222,11 @@ func (s *session) run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			a.log.Error("xenstore request failed", "err", err)
+			if nodeErr && rescan == nil {
+				a.log.Info("rescanning the mtwatch directory", "in", backoff)
+				rescan = time.After(backoff)
+				backoff = min(2*backoff, maxBackoff)
+			}
 		}
 	}
 }

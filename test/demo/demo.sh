@@ -71,8 +71,11 @@ run_mode() { # mode [mtwatchd flags...]
 	shift
 	echo
 	echo "== $mode"
-	"$bin/mtwatchd" --config "$dir/mtwatchd.toml" --control "$MTWATCH_CONTROL" "$@" \
-		>"$dir/mtwatchd-$mode.log" 2>&1 &
+	# A session of its own: Ctrl-C reaches the simulator, which then tears
+	# its domains down, and not the agent, whose hotplug plugin runs the
+	# remove scripts that teardown waits for. cleanup stops it afterwards.
+	setsid "$bin/mtwatchd" --config "$dir/mtwatchd.toml" --control "$MTWATCH_CONTROL" "$@" \
+		>"$dir/mtwatchd-$mode.log" 2>&1 </dev/null &
 	agent_pid=$!
 	for _ in $(seq 100); do
 		"$bin/mtwatch" status >/dev/null 2>&1 && break

@@ -210,3 +210,69 @@ func TestMissingXenstored(t *testing.T) {
 		t.Fatalf("Launch without xenstored: %v", err)
 	}
 }
+
+// TestSetDomainAlive: through a Server attached to the instance, as a
+// simulator in another process has it, a domain made alive can own nodes
+// and be introduced by a client of its own, and its death is noticed
+// (@releaseDomain: no longer introduced, its nodes gone). A plain directory
+// cannot be attached.
+func TestSetDomainAlive(t *testing.T) {
+	t.Parallel()
+	in := Start(t)
+	ctx := context.Background()
+	s, err := Attach(ctx, in.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Dial(in.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	introduced := func() string {
+		t.Helper()
+		v, err := c.Request(TypeIsDomainIntroduced, "7")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for round := 0; round < 2; round++ {
+		if err := s.SetDomainAlive(7, true); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Write("/local/domain/7/name", "g7"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Request(TypeSetPerms, "/local/domain/7", "n7"); err != nil {
+			t.Fatalf("round %d: owner 7 refused while alive: %v", round, err)
+		}
+		if _, err := c.Request(TypeIntroduce, "7", "1", "1"); err != nil {
+			t.Fatalf("round %d: introduce: %v", round, err)
+		}
+		if err := s.SetDomainAlive(7, false); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for introduced() != "F" {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: domain 7 still introduced after its death", round)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if _, err := c.Request(TypeRead, "/local/domain/7/name"); !errors.Is(err, syscall.ENOENT) {
+			t.Fatalf("round %d: nodes of the dead domain: %v", round, err)
+		}
+	}
+	if err := s.SetDomainAlive(0, false); err == nil {
+		t.Error("SetDomainAlive(0) succeeded")
+	}
+	if _, err := Attach(ctx, t.TempDir()); err == nil {
+		t.Error("Attach of a plain directory succeeded")
+	}
+	// The attached Server does not own the instance: the test's cleanup
+	// stops it, and it still answers here.
+	if _, err := c.Request(TypeRead, "/local/domain/0"); err != nil && !errors.Is(err, syscall.ENOENT) {
+		t.Fatal(err)
+	}
+}

@@ -442,6 +442,29 @@ func (s *Server) KillDomain(id domid.ID) error {
 	return fmt.Errorf("kill domain %d: xenstored still has it after %v", id, startTimeout)
 }
 
+// SetDomainAlive makes guest id exist (alive) or disappear (not alive) as
+// far as the emulated hypervisor is concerned, without INTRODUCE and
+// without waiting for xenstored: what xc_domain_create and
+// xc_domain_destroy are to a toolstack, which does its own XenStore
+// operations (a simulator). A death raises VIRQ_DOM_EXC, so xenstored fires
+// @releaseDomain and removes the nodes the guest owned; IS_DOMAIN_INTRODUCED
+// tells when it is done. It works on an attached Server too.
+func (s *Server) SetDomainAlive(id domid.ID, alive bool) error {
+	if !id.IsGuest() {
+		return fmt.Errorf("domain %d: not a guest domid", id)
+	}
+	if err := s.setDead(id, !alive); err != nil {
+		return fmt.Errorf("domain %d: %w", id, err)
+	}
+	if alive {
+		return nil
+	}
+	if err := s.raiseDomExc(); err != nil {
+		return fmt.Errorf("domain %d: %w", id, err)
+	}
+	return nil
+}
+
 func (s *Server) raiseDomExc() error {
 	// The FIFO is opened non-blocking for writing: xenstored (through
 	// xenemu) holds it open read-write, so this never blocks; if xenstored

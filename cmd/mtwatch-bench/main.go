@@ -1,0 +1,281 @@
+// Command mtwatch-bench measures mtwatchd's core (lib/agent, run in this
+// process with a no-op or latency-recording handler plugin) against a
+// private real xenstored, each figure side by side with its baseline in the
+// same run, the variants interleaved over several runs: event throughput
+// against a bare libxenstore watcher, isolation of healthy domains from
+// stalled ones, a guest flooding its watched path, and worker churn at
+// 10,000 domains. It prints Markdown tables and writes a JSON file and the
+// isolation scenario's latency CDF (SVG). `make bench` runs it; the results
+// are in docs/performance.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+)
+
+type options struct {
+	runs          int
+	domains       int
+	writes        int
+	isoDomains    int
+	rounds        int
+	interval      time.Duration
+	stall         time.Duration
+	floodFor      time.Duration
+	floodInterval time.Duration
+	scaleDomains  int
+	only          string
+	jsonOut       string
+	svgOut        string
+	cbenchSrc     string
+}
+
+// results is the JSON file.
+type results struct {
+	Command    string            `json:"command"`
+	Conditions map[string]string `json:"conditions"`
+	Throughput *throughputResult `json:"throughput,omitempty"`
+	Isolation  *isolationResult  `json:"isolation,omitempty"`
+	Flood      *floodResult      `json:"flood,omitempty"`
+	Scale      *scaleResult      `json:"scale,omitempty"`
+	Error      string            `json:"error,omitempty"`
+}
+
+func main() {
+	if sock := os.Getenv(envWriter); sock != "" {
+		os.Exit(writerMain(sock))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := flag.NewFlagSet("mtwatch-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.IntVar(&o.runs, "runs", 3, "runs of every scenario; variants are interleaved within each run")
+	fs.IntVar(&o.domains, "domains", 1000, "throughput: domains with workers the event stream spreads over")
+	fs.IntVar(&o.writes, "writes", 100000, "throughput: writes per run")
+	fs.IntVar(&o.isoDomains, "iso-domains", 100, "isolation and flood: domains (a tenth of them stalled in isolation; one floods)")
+	fs.IntVar(&o.rounds, "rounds", 20, "isolation: rounds of one event per healthy domain")
+	fs.DurationVar(&o.interval, "interval", 10*time.Millisecond, "isolation: time between rounds")
+	fs.DurationVar(&o.stall, "stall", 500*time.Millisecond, "isolation: how long a stalled domain's handler blocks")
+	fs.DurationVar(&o.floodFor, "flood", 30*time.Second, "flood: how long the guest floods its path")
+	fs.DurationVar(&o.floodInterval, "flood-interval", 100*time.Millisecond, "flood: time between rounds of the other domains' events")
+	fs.IntVar(&o.scaleDomains, "scale", 10000, "scale: domains created and destroyed through the node protocol")
+	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale", "scenarios to run, comma-separated")
+	fs.StringVar(&o.jsonOut, "json", "docs/performance-agent.json", "write the results here (empty: none)")
+	fs.StringVar(&o.svgOut, "svg", "docs/isolation-cdf.svg", "write the isolation latency CDF here (empty: none)")
+	fs.StringVar(&o.cbenchSrc, "cbench", "lib/xenstore/bench/cbench.c", "source of the libxenstore watcher")
+	logFile := fs.String("agent-log", "", "append the agent's debug log to this file")
+	if err := fs.Parse(args); err != nil {
+		if err == flag.ErrHelp {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 || o.runs < 1 || o.domains < 1 || o.writes < 1 || o.isoDomains < 10 || o.rounds < 1 ||
+		o.interval <= 0 || o.stall <= 0 || o.floodInterval <= 0 || o.floodFor < o.floodInterval || o.scaleDomains < 1 || o.scaleDomains > 32000 {
+		fmt.Fprintln(stderr, "mtwatch-bench: bad arguments (see -h)")
+		return 2
+	}
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		if err != nil {
+			fmt.Fprintf(stderr, "mtwatch-bench: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		agentLog = f
+	}
+	want := map[string]bool{}
+	for _, s := range strings.Split(o.only, ",") {
+		switch s {
+		case "throughput", "isolation", "flood", "scale":
+			want[s] = true
+		default:
+			fmt.Fprintf(stderr, "mtwatch-bench: --only: unknown scenario %q\n", s)
+			return 2
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	res := &results{Command: "mtwatch-bench " + strings.Join(args, " "), Conditions: conditions()}
+	res.Conditions["load_before"] = loadavg()
+	// A fresh xenstored per scenario, without tracing (it would dominate
+	// every figure).
+	scenario := func(name string, fn func(*xenstoredtest.Server) error) error {
+		if !want[name] || ctx.Err() != nil {
+			return ctx.Err()
+		}
+		logf("%s ...", name)
+		srv, err := xenstoredtest.Launch(ctx, xenstoredtest.Config{})
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		return fn(srv)
+	}
+	err := scenario("throughput", func(srv *xenstoredtest.Server) (err error) {
+		res.Throughput, err = benchThroughput(ctx, &o, srv)
+		return err
+	})
+	if err == nil {
+		err = scenario("isolation", func(srv *xenstoredtest.Server) (err error) {
+			res.Isolation, err = benchIsolation(ctx, &o, srv)
+			return err
+		})
+	}
+	if err == nil {
+		err = scenario("flood", func(srv *xenstoredtest.Server) (err error) {
+			res.Flood, err = benchFlood(ctx, &o, srv)
+			return err
+		})
+	}
+	if err == nil {
+		err = scenario("scale", func(srv *xenstoredtest.Server) (err error) {
+			res.Scale, err = benchScale(ctx, &o, srv)
+			return err
+		})
+	}
+	// The scenarios that ran are reported even when a later one failed: the
+	// failure is a finding too.
+	code := 0
+	if err != nil {
+		fmt.Fprintf(stderr, "mtwatch-bench: %v\n", err)
+		res.Error = err.Error()
+		code = 1
+	}
+	res.Conditions["load_after"] = loadavg()
+	writeMarkdown(stdout, res)
+	if o.jsonOut != "" {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		if err := os.WriteFile(o.jsonOut, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintf(stderr, "mtwatch-bench: %v\n", err)
+			return 1
+		}
+	}
+	if o.svgOut != "" && res.Isolation != nil {
+		cond := fmt.Sprintf("%d runs pooled; %s, %s vCPUs, load %s", o.runs, res.Conditions["cpu"], res.Conditions["cpus"], res.Conditions["load_before"])
+		if err := plotCDF(res.Isolation, o.svgOut, cond); err != nil {
+			fmt.Fprintf(stderr, "mtwatch-bench: plot: %v\n", err)
+			return 1
+		}
+	}
+	return code
+}
+
+func conditions() map[string]string {
+	c := map[string]string{
+		"go":   runtime.Version(),
+		"cpus": fmt.Sprint(runtime.NumCPU()),
+		"date": time.Now().UTC().Format(time.RFC3339),
+	}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				c["cpu"] = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	if exe, err := filepath.EvalSymlinks(xenstoredtest.DefaultXenstored); err == nil {
+		c["xenstored"] = exe
+	}
+	return c
+}
+
+// loadavg is the 1, 5 and 15 minute load: on a shared host it says how
+// much else ran.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+func goal(ok bool, met string) string {
+	if ok {
+		return met + ": met"
+	}
+	return met + ": **not met**"
+}
+
+func writeMarkdown(w io.Writer, r *results) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	p("Conditions: %s; %s vCPUs; %s; load average %s before, %s after.", r.Conditions["cpu"], r.Conditions["cpus"],
+		r.Conditions["go"], r.Conditions["load_before"], r.Conditions["load_after"])
+	if t := r.Throughput; t != nil {
+		p("\n### 1. Throughput: %d writes per run over %d domains, no-op handlers\n", t.Writes, t.Domains)
+		p("| watcher | events/s | events per write | vs libxenstore | goal |")
+		p("|---|---|---|---|---|")
+		for _, v := range []string{string(modeMtwatch), string(modeSingle), variantLibxenstore} {
+			ratio, g := "1", ""
+			if v != variantLibxenstore {
+				ratio = "**" + fmtRatio(t.Ratio[v]) + "x**"
+				if v == string(modeMtwatch) {
+					g = goal(t.Ratio[v] >= 0.95, ">= 0.95x")
+				}
+			}
+			name := "agent, " + v
+			if v == variantLibxenstore {
+				name = "bare libxenstore watcher (cbench watch)"
+			}
+			p("| %s | %s | %s | %s | %s |", name, t.EventsPerSec[v].format(fmtRate), t.EventsPerWrite[v].format(fmtRatio), ratio, g)
+		}
+	}
+	if i := r.Isolation; i != nil {
+		p("\n### 2. Isolation: %d domains, %d stalled (%s per event), %d rounds every %s\n", i.Domains, i.Stalled, i.Stall, i.Rounds, i.Interval)
+		p("| variant | healthy p50 | healthy p99 | goal |")
+		p("|---|---|---|---|")
+		for _, v := range []string{isoMtwatch, isoSingle, isoNone} {
+			g := ""
+			if v == isoMtwatch {
+				g = goal(i.Ratio <= 2, fmt.Sprintf("p99 within 2x of no stall (%.2fx)", i.Ratio))
+			}
+			p("| %s | %s | %s | %s |", v, i.P50[v].format(fmtDur), i.P99[v].format(fmtDur), g)
+		}
+	}
+	if f := r.Flood; f != nil {
+		p("\n### 3. Flood: one of %d domains rewrites its watched path for %s (%s writes/s); the others get an event each every %s\n",
+			f.Domains, f.Duration, f.FloodWritesPerSec.format(fmtRate), f.Interval)
+		p("| variant | peak RSS (MiB) | Go heap after (MiB) | others' p50 | others' p99 | goal |")
+		p("|---|---|---|---|---|---|")
+		for _, v := range []string{floodOn, floodOff} {
+			g := ""
+			if v == floodOn {
+				g = goal(f.PeakRSSMiB[v].Max < 64, "RSS < 64 MiB")
+			}
+			p("| %s | %s | %s | %s | %s | %s |", v, f.PeakRSSMiB[v].format(fmtMiB), f.HeapMiB[v].format(fmtMiB), f.P50[v].format(fmtDur), f.P99[v].format(fmtDur), g)
+		}
+		p("\nThe flooding domain's events: %s ran, %s merged into a pending one, %s dropped.",
+			f.FloodProcessed.format(fmtRate), f.FloodCoalesced.format(fmtRate), f.FloodDropped.format(fmtRate))
+	}
+	if r.Error != "" {
+		p("\n**Failed:** %s", r.Error)
+	}
+	if s := r.Scale; s != nil {
+		p("\n### 4. Scale and churn: %d domains created, then destroyed, through the node protocol\n", s.Domains)
+		p("| variant | created/s | destroyed/s |")
+		p("|---|---|---|")
+		for _, v := range []string{scaleAgent, scaleBare} {
+			p("| %s | %s | %s |", v, s.CreatedPerSec[v].format(fmtRate), s.DestroyedPerSec[v].format(fmtRate))
+		}
+		p("\nRSS with %d live workers: %s MiB (%s MiB before the nodes; Go heap %s MiB).", s.Domains,
+			s.RSSMiB.format(fmtMiB), s.BaseRSSMiB.format(fmtMiB), s.HeapMiB.format(fmtMiB))
+	}
+}
