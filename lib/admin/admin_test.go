@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -280,5 +281,47 @@ func TestHelpAndVersion(t *testing.T) {
 	r.expect(t, ExitOK)
 	if !strings.Contains(r.stdout, "mtwatch list") {
 		t.Errorf("help list: %q", r.stdout)
+	}
+}
+
+// busyDefaultAgent is fakeAgent with a handler stalled on the default
+// worker: the agent reports it as dom0's current handler, whatever domain
+// the path belongs to (here domain 9, which has no worker of its own).
+type busyDefaultAgent struct{ fakeAgent }
+
+func (busyDefaultAgent) Domains() []control.Domain {
+	doms := slices.Clone(fakeDomains)
+	doms[0].Queued = 3
+	doms[0].Current = &control.Current{Path: "/local/domain/9/device/vif/0/state", Watch: "exec",
+		Token: "exec/1", AgeMS: 61000, Stalled: true}
+	return doms
+}
+
+// TestListShowsDefaultWorkerCurrent: the handler running on the default
+// worker is in dom0's row of list and top, with its stall age.
+func TestListShowsDefaultWorkerCurrent(t *testing.T) {
+	sock := serveAgent(t, busyDefaultAgent{})
+	for _, tt := range []struct {
+		golden string
+		args   []string
+	}{
+		{"list-default-current.golden", []string{"list"}},
+		{"list-default-current-long.golden", []string{"list", "-l", "0"}},
+		{"top-default-current.golden", []string{"top", "-b", "-n", "1"}},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			r := run(t, append([]string{"--control", sock}, tt.args...)...)
+			r.expect(t, ExitOK)
+			golden(t, tt.golden, r.stdout)
+			dom0 := ""
+			for _, l := range strings.Split(r.stdout, "\n") {
+				if strings.HasPrefix(l, "Domain-0 ") {
+					dom0 = l
+				}
+			}
+			if !strings.Contains(dom0, " 1m1s ") || !strings.HasSuffix(dom0, " /local/domain/9/device/vif/0/state") {
+				t.Errorf("dom0's row lacks the default worker's stalled handler: %q", dom0)
+			}
+		})
 	}
 }
