@@ -213,7 +213,7 @@ func TestXLCreate(t *testing.T) {
 	xl.firstDomid(4)
 	cfg := writeCfg(t, "web")
 	s.run("xl", "--xl", xl.bin, "create", cfg).expect(t, ExitOK)
-	if got, want := xl.log(), "create -p "+cfg+"\nunpause 4\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg+"\ndomid web\nunpause 4\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if v, ok := s.read(node.Path(4)); !ok || v != "00000000-0000-4000-8000-000000000004" {
@@ -225,7 +225,7 @@ func TestXLCreate(t *testing.T) {
 	os.Remove(xl.logf)
 	r := s.run("xl", "--xl", xl.bin, "create", "-p", cfg, "name=db")
 	r.expect(t, ExitOK)
-	if got, want := xl.log(), "create -p "+cfg+" name=db\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg+" name=db\ndomid db\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if v, _ := s.read("/local/domain/5/name"); v != "db" {
@@ -233,6 +233,28 @@ func TestXLCreate(t *testing.T) {
 	}
 	if _, ok := s.read(node.Path(5)); !ok {
 		t.Error("no node for the paused domain 5")
+	}
+
+	// A dry run creates nothing: xl alone runs, as given.
+	os.Remove(xl.logf)
+	before := s.dump()
+	s.run("xl", "--xl", xl.bin, "create", "-n", cfg).expect(t, ExitOK)
+	if got, want := xl.log(), "create -n "+cfg+"\n"; got != want {
+		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
+	}
+	// -c and -F keep xl running until the domain dies: refused, xl not run.
+	for _, opt := range []string{"-c", "-F", "-pc"} {
+		r := s.run("xl", "--xl", xl.bin, "create", opt, cfg)
+		r.expect(t, ExitUsage)
+		if !strings.Contains(r.stderr, "until the domain dies") {
+			t.Errorf("create %s: stderr %q", opt, r.stderr)
+		}
+	}
+	if got := xl.log(); got != "create -n "+cfg+"\n" {
+		t.Errorf("xl ran for a refused create: %q", got)
+	}
+	if s.dump() != before {
+		t.Error("store changed by a dry run or a refused create")
 	}
 }
 
@@ -255,17 +277,16 @@ func TestXLCreateFailures(t *testing.T) {
 	}
 	t.Setenv("FAKE_XL_FAIL", "")
 
-	// The node cannot be written (xenstored hangs right after xl created
-	// the domain): without --strict the guest is unpaused with a warning.
+	// The node cannot be written (xenstored hangs right after xl told the
+	// domid): without --strict the guest is unpaused with a warning.
 	os.Remove(xl.logf)
-	t.Setenv("FAKE_XL_STOP_XENSTORED", "1")
+	t.Setenv("FAKE_XL_STOP_XENSTORED", "domid")
 	r = run(t, "--xenstore", s.in.Socket(), "--control", s.sock, "--timeout", "500ms", "xl", "--xl", xl.bin, "create", cfg)
 	r.expect(t, ExitOK)
 	if !strings.Contains(r.stderr, "mtwatch: warning: ") {
 		t.Errorf("no warning: %q", r.stderr)
 	}
-	// The unpause went by name: the domid could not be read either.
-	if got, want := xl.log(), "create -p "+cfg+"\nunpause web\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg+"\ndomid web\nunpause 4\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if _, ok := s.read(node.Path(4)); ok {
@@ -277,7 +298,7 @@ func TestXLCreateFailures(t *testing.T) {
 	cfg2 := writeCfg(t, "db")
 	r = run(t, "--xenstore", s.in.Socket(), "--control", s.sock, "--timeout", "500ms", "xl", "--xl", xl.bin, "--strict", "create", cfg2)
 	r.expect(t, ExitFailure)
-	if got, want := xl.log(), "create -p "+cfg2+"\ndestroy db\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg2+"\ndomid db\ndestroy 5\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if !strings.Contains(r.stderr, "--strict: domain destroyed") {

@@ -129,6 +129,16 @@ type createArgs struct {
 	cfg    string // the config file, "" if none
 	name   string // the domain name from the config or a name= var
 	paused bool   // -p given by the user
+	dryRun bool   // -n: xl creates nothing
+}
+
+// xlCreateBlocking reports an xl create option that keeps xl running after
+// the domain is built (-c attaches the console, -F stays in the foreground
+// as the domain's monitor): the wrapper would never get to write the node.
+func xlCreateBlocking(opt rune) error {
+	what := map[rune]string{'c': "-c attaches the console", 'F': "-F keeps xl in the foreground"}[opt]
+	return usagef("xl create: %s until the domain dies, so the node could not be written before the guest runs: "+
+		"leave it out (attach with xl console afterwards)", what)
 }
 
 // xl create's options that take a value (getopt "Fnqf:pcdeV", long forms).
@@ -142,6 +152,8 @@ func scanCreateArgs(args []string) (a createArgs, nameVar string, err error) {
 		switch {
 		case s == "-p" || s == "--paused":
 			a.paused = true
+		case s == "-n" || s == "--dryrun":
+			a.dryRun = true
 		case xlCreateValueOpts[s]:
 			if i+1 >= len(args) {
 				return a, "", usagef("xl create: %s needs a value", s)
@@ -155,9 +167,16 @@ func scanCreateArgs(args []string) (a createArgs, nameVar string, err error) {
 		case strings.HasPrefix(s, "-f") && !strings.HasPrefix(s, "--"):
 			a.cfg = strings.TrimPrefix(strings.TrimPrefix(s, "-f"), "=")
 		case strings.HasPrefix(s, "-") && !strings.HasPrefix(s, "--") && len(s) > 1:
-			// Clustered short options: "-pc".
-			if strings.ContainsRune(s[1:], 'p') {
-				a.paused = true
+			// Clustered short options: "-pq".
+			for _, o := range s[1:] {
+				switch o {
+				case 'p':
+					a.paused = true
+				case 'n':
+					a.dryRun = true
+				case 'c', 'F':
+					return a, "", xlCreateBlocking(o)
+				}
 			}
 		case strings.HasPrefix(s, "-"):
 		case strings.Contains(s, "="):
@@ -208,6 +227,13 @@ func runXLCreate(c *cli.Context, x *xlRun) error {
 		return err
 	}
 	ctx := c.Context
+	if a.dryRun {
+		// Nothing is created: nothing to give a node.
+		if err := x.run(ctx, append([]string{"create"}, args...)...); err != nil {
+			return failf("%v", err)
+		}
+		return nil
+	}
 	xs, err := x.g.dial(ctx)
 	if err != nil {
 		if x.strict {
@@ -220,11 +246,14 @@ func runXLCreate(c *cli.Context, x *xlRun) error {
 		return nil
 	}
 	defer xs.Close()
-	octx, cancel := x.op(ctx)
-	before, err := domainNames(octx, xs)
-	cancel()
-	if err != nil {
-		return failf("%v", err)
+	var before map[domid.ID]string
+	if a.name == "" {
+		octx, cancel := x.op(ctx)
+		before, err = domainNames(octx, xs)
+		cancel()
+		if err != nil {
+			return failf("%v", err)
+		}
 	}
 	xlArgs := append([]string{"create"}, args...)
 	if !a.paused {
@@ -233,13 +262,11 @@ func runXLCreate(c *cli.Context, x *xlRun) error {
 	if err := x.run(ctx, xlArgs...); err != nil {
 		return failf("%v", err)
 	}
-	octx, cancel = x.op(ctx)
-	id, err := newDomain(octx, xs, before, a.name)
-	cancel()
+	id, err := x.createdDomain(ctx, xs, before, a.name)
 	target := a.name
 	if err == nil {
 		target = id.String()
-		octx, cancel = x.op(ctx)
+		octx, cancel := x.op(ctx)
 		err = node.Create(octx, xs, id, "")
 		cancel()
 	}
@@ -264,6 +291,35 @@ func runXLCreate(c *cli.Context, x *xlRun) error {
 		return failf("%v (the domain stays paused)", err)
 	}
 	return nil
+}
+
+// createdDomain finds the domid of the domain xl create just made. With
+// the name known, xl domid <name> answers, as it does for any toolstack
+// script: names are unique among running domains, so another xl create
+// running at the same time cannot be mistaken for this one. Without a name
+// (a config xl evaluates in a way mtwatch does not), the one domain that
+// appeared under /local/domain since before is taken, and several are an
+// error.
+func (x *xlRun) createdDomain(ctx context.Context, xs *xenstore.Client, before map[domid.ID]string, name string) (domid.ID, error) {
+	if name == "" {
+		octx, cancel := x.op(ctx)
+		defer cancel()
+		return newDomain(octx, xs, before, name)
+	}
+	octx, cancel := x.op(ctx)
+	defer cancel()
+	var out strings.Builder
+	cmd := exec.CommandContext(octx, x.bin, "domid", name)
+	cmd.Stdout, cmd.Stderr = &out, x.stderr
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("xl domid %s: %w", name, err)
+	}
+	s := strings.TrimSpace(out.String())
+	id, err := domid.ParseGuest(s)
+	if err != nil {
+		return 0, fmt.Errorf("xl domid %s: %q: %w", name, s, err)
+	}
+	return id, nil
 }
 
 // newDomain finds the domain xl create just made: a domain that was not
