@@ -404,7 +404,7 @@ func (x *xlRun) waitFor(ctx context.Context, xs *xenstore.Client, what string, c
 		octx, ocancel := x.op(ctx)
 		ok, err := check(octx)
 		ocancel()
-		if err != nil {
+		if err != nil && ctx.Err() == nil {
 			return err
 		}
 		if ok {
@@ -423,11 +423,29 @@ func (x *xlRun) waitFor(ctx context.Context, xs *xenstore.Client, what string, c
 	}
 }
 
-func runXLStop(c *cli.Context, x *xlRun) error {
+// allFlag reports whether xl's -a (every domain) is among args, alone
+// ("-a", "--all") or clustered ("-wa").
+func allFlag(args []string) bool {
+	for _, s := range args {
+		if s == "--" {
+			return false
+		}
+		if s == "--all" || (strings.HasPrefix(s, "-") && !strings.HasPrefix(s, "--") && strings.ContainsRune(s[1:], 'a')) {
+			return true
+		}
+	}
+	return false
+}
+
+func runXLStop(c *cli.Context, x *xlRun) (err error) {
 	sub := c.Command.Name
 	args := c.Args().Slice()
+	all := sub == "shutdown" && allFlag(args)
 	i, err := stopArgs(args)
-	if err != nil {
+	switch {
+	case all && err == nil:
+		return usagef("xl shutdown: -a shuts every guest down and takes no <domain> (%s given)", args[i])
+	case !all && err != nil:
 		return usagef("xl %s: %v", sub, err)
 	}
 	ctx := c.Context
@@ -436,30 +454,136 @@ func runXLStop(c *cli.Context, x *xlRun) error {
 		return err
 	}
 	defer xs.Close()
+	var targets []domid.ID
 	octx, cancel := x.op(ctx)
-	id, err := resolveDomain(octx, xs, args[i])
+	if all {
+		// The guests xl -a will ask: the domains there now (xl skips dom0).
+		var names map[domid.ID]string
+		names, err = domainNames(octx, xs)
+		for id := range names {
+			if id.IsGuest() {
+				targets = append(targets, id)
+			}
+		}
+		slices.Sort(targets)
+		if err != nil {
+			err = failf("%v", err)
+		}
+	} else {
+		var id domid.ID
+		id, err = resolveDomain(octx, xs, args[i])
+		targets = []domid.ID{id}
+	}
 	cancel()
 	if err != nil {
 		return err
 	}
-	if err := x.run(ctx, append([]string{sub}, args...)...); err != nil {
-		return failf("%v (node of domain %d kept)", err, id)
+	if all {
+		// xl shutdown -a stops at the first guest it cannot shut down (no
+		// PV drivers, without -F), leaving unknown which of the others were
+		// asked. One xl shutdown per guest goes on past a failure and tells
+		// which domains to wait for; -w is left to mtwatch's own wait, so
+		// that the guests go down together.
+		one := withoutOpts(args, "aw", "--all", "--wait")
+		var asked, failed []domid.ID
+		for _, id := range targets {
+			if err := x.run(ctx, append(append([]string{sub}, one...), id.String())...); err != nil {
+				x.warnf("%v (node of domain %d kept)", err, id)
+				failed = append(failed, id)
+				continue
+			}
+			asked = append(asked, id)
+		}
+		targets = asked
+		defer func() {
+			if len(failed) > 0 && err == nil {
+				err = failf("xl shutdown failed for domains %s: their nodes kept", idList(failed))
+			}
+		}()
+		if len(asked) == 0 {
+			return nil
+		}
+	} else if err := x.run(ctx, append([]string{sub}, args...)...); err != nil {
+		return failf("%v (node of domain %d kept)", err, targets[0])
 	}
-	if err := x.waitFor(ctx, xs, fmt.Sprintf("domain %d to go", id), func(ctx context.Context) (bool, error) {
-		return gone(ctx, xs, id)
-	}); err != nil {
-		return failf("domain %d: %v (node kept)", id, err)
+	// Each domain's node goes as soon as that domain is gone: the last
+	// operation of its destruction, whatever the others do.
+	left := targets
+	werr := x.waitFor(ctx, xs, "domains "+idList(targets)+" to go", func(ctx context.Context) (bool, error) {
+		var err error
+		left, err = x.reap(ctx, xs, left)
+		return len(left) == 0, err
+	})
+	switch {
+	case werr == nil:
+		return nil
+	case len(targets) == 1 && !all:
+		return failf("domain %d: %v (node kept)", targets[0], werr)
 	}
-	octx, cancel = x.op(ctx)
-	defer cancel()
-	if err := node.Destroy(octx, xs, id); err != nil {
-		return failf("%v", err)
+	return failf("%v (nodes of domains %s kept)", werr, idList(left))
+}
+
+// reap removes the nodes of the domains in ids that are gone and returns
+// those still there.
+func (x *xlRun) reap(ctx context.Context, xs *xenstore.Client, ids []domid.ID) ([]domid.ID, error) {
+	var left []domid.ID
+	for n, id := range ids {
+		g, err := gone(ctx, xs, id)
+		if err == nil && g {
+			err = node.Destroy(ctx, xs, id)
+		}
+		if err != nil {
+			return append(left, ids[n:]...), err
+		}
+		if !g {
+			left = append(left, id)
+		}
 	}
-	return nil
+	return left, nil
+}
+
+// withoutOpts returns args without the short options in letters (alone or
+// clustered: "-wF" without w is "-F") and the long ones given.
+func withoutOpts(args []string, letters string, long ...string) []string {
+	var out []string
+	for i, s := range args {
+		if s == "--" {
+			return append(out, args[i:]...)
+		}
+		if slices.Contains(long, s) {
+			continue
+		}
+		if strings.HasPrefix(s, "-") && !strings.HasPrefix(s, "--") && len(s) > 1 {
+			s = "-" + strings.Map(func(r rune) rune {
+				if strings.ContainsRune(letters, r) {
+					return -1
+				}
+				return r
+			}, s[1:])
+			if s == "-" {
+				continue
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func idList(ids []domid.ID) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = id.String()
+	}
+	return strings.Join(s, " ")
 }
 
 func runXLReboot(c *cli.Context, x *xlRun) error {
 	args := c.Args().Slice()
+	if allFlag(args) {
+		// Every guest would come back under a new domid at its own pace;
+		// matching them up is what mtwatch xl reboot <domain> does one by one.
+		return usagef("xl reboot: -a is not supported: reboot the domains one at a time (mtwatch xl reboot <domain>)")
+	}
 	i, err := stopArgs(args)
 	if err != nil {
 		return usagef("xl reboot: %v", err)
@@ -476,7 +600,7 @@ func runXLReboot(c *cli.Context, x *xlRun) error {
 		cancel()
 		return err
 	}
-	name, uuid, err := identity(octx, xs, id)
+	old, err := identity(octx, xs, id)
 	cancel()
 	if err != nil {
 		return failf("domain %d: %v", id, err)
@@ -485,26 +609,43 @@ func runXLReboot(c *cli.Context, x *xlRun) error {
 		return failf("%v (node of domain %d kept)", err, id)
 	}
 	// xl's monitor destroys the domain and builds it again under a new
-	// domid with the same name and uuid.
+	// domid with the same name and uuid. A domain of that name with
+	// another VM uuid is not it.
 	var newID domid.ID
-	err = x.waitFor(ctx, xs, fmt.Sprintf("domain %d (%s) to come back", id, name), func(ctx context.Context) (bool, error) {
+	err = x.waitFor(ctx, xs, fmt.Sprintf("domain %d (%s) to come back", id, old.name), func(ctx context.Context) (bool, error) {
 		names, err := domainNames(ctx, xs)
 		if err != nil {
 			return false, err
 		}
 		for d, n := range names {
-			if d != id && d.IsGuest() && n == name {
-				newID = d
-				return true, nil
+			if d == id || !d.IsGuest() || n != old.name {
+				continue
 			}
+			if old.vm != "" {
+				if u := vmUUID(ctx, xs, d); u != "" && u != old.vm {
+					continue
+				}
+			}
+			newID = d
+			return true, nil
 		}
 		return false, nil
 	})
 	if err != nil {
+		// on_reboot="destroy", or a build that failed: the old domain
+		// may be gone for good, and its node with it.
+		octx, cancel := x.op(ctx)
+		defer cancel()
+		if g, gerr := gone(octx, xs, id); gerr == nil && g {
+			if derr := node.Destroy(octx, xs, id); derr != nil {
+				return failf("%v; domain %d is gone: %v", err, id, derr)
+			}
+			return failf("%v; domain %d is gone: its node removed", err, id)
+		}
 		return failf("%v (node of domain %d kept)", err, id)
 	}
 	octx, cancel = x.op(ctx)
-	err = node.Create(octx, xs, newID, uuid)
+	err = node.Create(octx, xs, newID, old.uuid)
 	cancel()
 	if err != nil {
 		x.warnf("domain %d: %v", newID, err)
@@ -525,25 +666,41 @@ func runXLReboot(c *cli.Context, x *xlRun) error {
 	return nil
 }
 
-// identity reads the name of domain id and the uuid of its node (else its
-// /vm path), which a reboot carries over to the new domid.
-func identity(ctx context.Context, xs *xenstore.Client, id domid.ID) (name, uuid string, err error) {
+// domIdentity is what a reboot carries over to the new domid.
+type domIdentity struct {
+	name string
+	uuid string // for the new node: the old node's, else the VM's
+	vm   string // the VM uuid from /local/domain/<domid>/vm, "" if unknown
+}
+
+// identity reads the name of domain id, its VM uuid and the uuid of its
+// node.
+func identity(ctx context.Context, xs *xenstore.Client, id domid.ID) (domIdentity, error) {
 	v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/name")
 	if err != nil {
-		return "", "", fmt.Errorf("read name: %w", err)
+		return domIdentity{}, fmt.Errorf("read name: %w", err)
 	}
-	name = string(v)
+	d := domIdentity{name: string(v), vm: vmUUID(ctx, xs, id)}
+	d.uuid = d.vm
 	if v, err := xs.Read(ctx, node.Path(id)); err == nil && node.ValidUUID(string(v)) {
-		return name, string(v), nil
+		d.uuid = string(v)
 	}
-	if v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/vm"); err == nil {
-		u := string(v)
-		if i := strings.LastIndexByte(u, '/'); i >= 0 {
-			u = u[i+1:]
-		}
-		if node.ValidUUID(u) {
-			return name, u, nil
-		}
+	return d, nil
+}
+
+// vmUUID is the VM uuid libxl writes at /local/domain/<domid>/vm
+// ("/vm/<uuid>"), "" when absent or malformed.
+func vmUUID(ctx context.Context, xs *xenstore.Client, id domid.ID) string {
+	v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/vm")
+	if err != nil {
+		return ""
 	}
-	return name, "", nil
+	u := string(v)
+	if i := strings.LastIndexByte(u, '/'); i >= 0 {
+		u = u[i+1:]
+	}
+	if !node.ValidUUID(u) {
+		return ""
+	}
+	return strings.ToLower(u)
 }
