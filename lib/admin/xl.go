@@ -22,26 +22,19 @@ import (
 
 func xlCommand() *cli.Command {
 	xlFlags := []cli.Flag{
-		&cli.StringFlag{Name: "xl", Value: "xl", EnvVars: []string{"MTWATCH_XL"}, Usage: "the xl binary"},
-		&cli.DurationFlag{Name: "wait", Value: 5 * time.Minute, Usage: "how long to wait for a domain to go (or, for reboot, to come back)"},
+		&cli.StringFlag{Name: "xl", Value: "xl", EnvVars: []string{"MTWATCH_XL"}, Usage: "run `PATH` as xl"},
+		&cli.DurationFlag{Name: "wait", Value: 5 * time.Minute, Usage: "wait at most `DURATION` for a domain to go (or, for reboot, to come back)"},
 	}
 	return &cli.Command{
-		Name:  "xl",
-		Usage: "run xl with the domain's mtwatch node written first and removed last",
-		Description: `xl has no lifecycle hooks. These wrappers run xl and manage the node around it:
+		Name:      "xl",
+		Usage:     "run xl with the domain's mtwatch node written first and removed last",
+		ArgsUsage: "create|shutdown|destroy|reboot [xl args]",
+		Description: `xl has no lifecycle hooks. These wrappers run xl and manage the node around it: create
+writes it while the new guest is still paused, shutdown, destroy and reboot remove it once the
+domain is gone. <domain> is a domid or a name.
 
-  create <cfg> [xl args]     xl create -p (paused), write the node, xl unpause: the node exists
-                             before the guest runs its first instruction and before its frontends
-                             connect. If writing the node fails the guest is still unpaused (with
-                             a warning) unless --strict, which destroys it and exits 1. A -p of
-                             your own leaves the guest paused after the node is written.
-  shutdown <domain> [args]   xl shutdown, wait until the domain is gone, remove the node last.
-  destroy <domain> [args]    xl destroy, wait until the domain is gone, remove the node last.
-  reboot <domain> [args]     xl reboot, wait for the new domain of the same name, give it a node
-                             with the same uuid, remove the old domain's node.
-
-<domain> is a domid or a name. Options of mtwatch go before the xl subcommand
-(mtwatch xl --strict create ...); everything after it is passed to xl unchanged.`,
+Options of mtwatch go before the xl subcommand (mtwatch xl --strict create web.cfg); everything
+after it is passed to xl unchanged, except as each subcommand says.`,
 		Flags: append(xlFlags,
 			&cli.BoolFlag{Name: "strict", Usage: "create: destroy the paused domain if its node cannot be written"}),
 		OnUsageError: onUsageError,
@@ -58,21 +51,40 @@ func xlCommand() *cli.Command {
 			return usagef("xl: unknown subcommand %q (create, shutdown, destroy, reboot)", c.Args().First())
 		},
 		Subcommands: []*cli.Command{
-			xlSub("create", "<cfg> [xl create args]", runXLCreate),
-			xlSub("shutdown", "<domain> [xl shutdown args]", runXLStop),
-			xlSub("destroy", "<domain> [xl destroy args]", runXLStop),
-			xlSub("reboot", "<domain> [xl reboot args]", runXLReboot),
+			xlSub("create", "<cfg> [xl create args]", `Runs xl create -p (paused), asks xl domid <name> for the new domid, writes the node, then
+runs xl unpause <domid>: the node exists before the guest runs its first instruction and before
+its frontends connect. If the node cannot be written the guest is still unpaused, with a
+warning, unless --strict, which destroys it and exits 1. A -p of your own leaves the guest
+paused after the node is written; -n (dry run) runs xl alone. -c and -F are refused: they keep
+xl running until the domain dies, so the node could never be written first.`, runXLCreate),
+			xlSub("shutdown", "<domain> | -a [xl shutdown args]", `Runs xl shutdown, waits until the domain is gone (not introduced, its /local/domain tree
+removed), then removes its node, last. If xl fails the node is kept. With -a every guest is
+asked, one xl shutdown each (so that one guest without PV drivers does not stop the others, as
+it stops xl -a), and each node goes as its domain goes; a guest xl failed for keeps its node
+and the exit code is 1. -w is implied: mtwatch always waits, at most --wait.`, runXLStop),
+			xlSub("destroy", "<domain> [xl destroy args]", `Runs xl destroy, waits until the domain is gone, then removes its node, last. If xl fails
+the node is kept.`, runXLStop),
+			xlSub("reboot", "<domain> [xl reboot args]", `Runs xl reboot, waits for the domain of the same name and VM uuid to come back under a new
+domid, gives it a node with the old node's uuid, waits for the old domain to be gone and removes
+its node. If none comes back within --wait (on_reboot="destroy", a failed build), the old node
+is removed once its domain is gone and the exit code is 1. -a is refused: reboot the domains
+one at a time.`, runXLReboot),
 		},
 	}
 }
 
-func xlSub(name, args string, fn func(c *cli.Context, x *xlRun) error) *cli.Command {
+func xlSub(name, args, desc string, fn func(c *cli.Context, x *xlRun) error) *cli.Command {
 	return &cli.Command{
-		Name:            name,
-		Usage:           "xl " + name + " with the mtwatch node managed around it",
-		ArgsUsage:       args,
-		SkipFlagParsing: true, // xl's own options pass through
-		OnUsageError:    onUsageError,
+		Name:        name,
+		Usage:       "xl " + name + " with the mtwatch node managed around it",
+		ArgsUsage:   args,
+		Description: desc,
+		// Everything after the subcommand is xl's: no "[command options]"
+		// of mtwatch's own, no help subcommand.
+		HideHelpCommand:    true,
+		CustomHelpTemplate: xlSubHelp,
+		SkipFlagParsing:    true, // xl's own options pass through
+		OnUsageError:       onUsageError,
 		Action: func(c *cli.Context) error {
 			if a := c.Args().First(); a == "-h" || a == "--help" {
 				return cli.ShowSubcommandHelp(c)
@@ -93,6 +105,18 @@ func xlSub(name, args string, fn func(c *cli.Context, x *xlRun) error) *cli.Comm
 		},
 	}
 }
+
+const xlSubHelp = `NAME:
+   {{template "helpNameTemplate" .}}
+
+USAGE:
+   {{.HelpName}} {{.ArgsUsage}}
+
+DESCRIPTION:
+   {{template "descriptionTemplate" .}}
+
+The options of mtwatch xl (--xl, --wait, --strict) go before the subcommand: see mtwatch xl --help.
+`
 
 // xlRun is one xl wrapper invocation.
 type xlRun struct {
