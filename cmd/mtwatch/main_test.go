@@ -391,7 +391,7 @@ func TestXLWithEnv(t *testing.T) {
 		t.Error("node of 1 still there")
 	}
 	b, _ := os.ReadFile(logf)
-	if got, want := string(b), "create -p "+cfg+"\nunpause 1\ndestroy web\n"; got != want {
+	if got, want := string(b), "create -p "+cfg+"\ndomid web\nunpause 1\ndestroy web\n"; got != want {
 		t.Errorf("xl calls %q, want %q", got, want)
 	}
 }
