@@ -59,8 +59,9 @@ func destroyCommand() *cli.Command {
 		ArgsUsage: "<domid> | --uuid <uuid>",
 		Description: `Removes /local/domain/0/mtwatch/<domid>; with --uuid too, only if the node is that
 VM's (or has no uuid), so the node of a later domain reusing the domid stays. With --uuid and no
-domid, removes every node valued with that VM uuid. A missing node is success. Same semantics and exit codes as
-mtwatch-hook destroy; the agent is not needed.`,
+domid, removes every node valued with that VM uuid. A missing node is success. Same semantics
+and exit codes as mtwatch-hook destroy; the agent is not needed. The domain itself is not
+touched: mtwatch xl destroy destroys it and then removes the node.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "uuid", Usage: "remove only the node(s) of the VM with this `UUID`"},
 		},
