@@ -23,10 +23,11 @@ DESTDIR   ?=
 # Debian packages: the real xenstored and its C clients, a third client
 # (pyxs) to cross-check against, gcc for the xenemu preload library, curl
 # for the control API test over --unix-socket, systemd for systemd-analyze
-# verify of the units. Where xenstored is, and how xenemu is built and
-# preloaded, lib/xenstore/xenstoredtest alone knows: the tests and the
-# sandbox go through it.
-DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd
+# verify of the units, groff to check the generated man page. Where
+# xenstored is, and how xenemu is built and preloaded,
+# lib/xenstore/xenstoredtest alone knows: the tests and the sandbox go
+# through it.
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd groff-base
 
 # Only binaries whose main package exists are built: nothing pretends to work.
 BINARIES := $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go))))

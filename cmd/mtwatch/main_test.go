@@ -391,8 +391,61 @@ func TestXLWithEnv(t *testing.T) {
 		t.Error("node of 1 still there")
 	}
 	b, _ := os.ReadFile(logf)
-	if got, want := string(b), "create -p "+cfg+"\nunpause 1\ndestroy web\n"; got != want {
+	if got, want := string(b), "create -p "+cfg+"\ndomid web\nunpause 1\ndestroy web\n"; got != want {
 		t.Errorf("xl calls %q, want %q", got, want)
+	}
+}
+
+// TestXLCreateConcurrent: creates running at the same time (separate
+// processes, as from several shells) each write the node of their own
+// domain and unpause that one: the domid comes from xl domid <name>, not
+// from whichever domain appeared meanwhile.
+func TestXLCreateConcurrent(t *testing.T) {
+	h := newHost(t)
+	xl, err := filepath.Abs("../../lib/admin/testdata/xl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	logf := filepath.Join(state, "log")
+	h.env = append(h.env, "MTWATCH_XL="+xl, "FAKE_XL_LOG="+logf, "FAKE_XL_STATE="+state)
+	names := []string{"a", "b", "c", "d"}
+	errs := make(chan error, len(names))
+	for _, n := range names {
+		cfg := filepath.Join(t.TempDir(), n+".cfg")
+		os.WriteFile(cfg, []byte(`name = "`+n+`"`+"\n"), 0o644)
+		cmd := exec.Command(filepath.Join(bin, "mtwatch"), "xl", "create", cfg)
+		cmd.Env = h.env
+		go func() {
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				err = fmt.Errorf("xl create %s: %v\n%s", n, err, out)
+			}
+			errs <- err
+		}()
+	}
+	for range names {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	b, _ := os.ReadFile(logf)
+	for _, n := range names {
+		var id domid.ID
+		for d := domid.ID(1); d <= 4; d++ {
+			if v, err := h.in.Command("xenstore-read", "/local/domain/"+d.String()+"/name").Output(); err == nil && strings.TrimSpace(string(v)) == n {
+				id = d
+			}
+		}
+		if id == 0 {
+			t.Fatalf("no domain %s", n)
+		}
+		if _, err := h.in.Command("xenstore-read", node.Path(id)).Output(); err != nil {
+			t.Errorf("no node for %s (domain %d)", n, id)
+		}
+		if strings.Count(string(b), "unpause "+id.String()+"\n") != 1 {
+			t.Errorf("domain %d (%s) not unpaused once:\n%s", id, n, b)
+		}
 	}
 }
 

@@ -63,16 +63,18 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	return code
 }
 
+const appDescription = `mtwatch shows what mtwatchd, the dom0 agent that gives every guest domain its own
+XenStore watch worker, is doing (list, status, top, stalls), manages the nodes
+/local/domain/0/mtwatch/<domid> that give a domain its worker (create, destroy), and wraps xl so
+that the node exists before a guest runs (xl create, shutdown, destroy, reboot).`
+
 // NewApp returns the command tree. It is also what the man page and the fish
 // completion are generated from.
 func NewApp() *cli.App {
 	return &cli.App{
 		Name:  "mtwatch",
 		Usage: "inspect mtwatchd and manage the per-domain watch worker nodes of a Xen host",
-		Description: `mtwatch shows what mtwatchd, the dom0 agent that gives every guest domain its own
-XenStore watch worker, is doing (list, status, top, stalls), manages the nodes
-/local/domain/0/mtwatch/<domid> that give a domain its worker (create, destroy), and wraps xl so
-that the node exists before a guest runs (xl create, shutdown, destroy, reboot).
+		Description: appDescription + `
 
 Exit codes: 0 ok; 1 the operation failed; 2 usage or bad input (nothing was changed); 3 the agent
 is not running (commands that need it). Errors are one line on stderr, e.g.
@@ -86,18 +88,18 @@ MTWATCH_XL (xl --xl).`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{
 				Name:    "xenstore",
-				Usage:   "XenStore socket or device (default: $XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus)",
+				Usage:   "the XenStore socket or device `PATH` (default: $XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus)",
 				EnvVars: []string{"MTWATCH_XENSTORE", "XENSTORED_PATH"},
 			},
 			&cli.StringFlag{
 				Name:    "control",
-				Usage:   "mtwatchd control socket",
+				Usage:   "mtwatchd's control socket `PATH`",
 				Value:   control.DefaultSocket,
 				EnvVars: []string{"MTWATCH_CONTROL"},
 			},
 			&cli.DurationFlag{
 				Name:  "timeout",
-				Usage: "give up on XenStore or the agent after this long, per operation",
+				Usage: "give up on XenStore or the agent after `DURATION`, per operation",
 				Value: 5 * time.Second,
 			},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON (list, status, stalls, watch)"},

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -140,6 +142,7 @@ func TestGoldenWithFakeAgent(t *testing.T) {
 		{"stalls.golden", []string{"stalls"}},
 		{"stalls-json.golden", []string{"stalls", "--json"}},
 		{"top-batch.golden", []string{"top", "--batch", "--iterations", "2", "--delay", "10ms"}},
+		{"top-batch.golden", []string{"top", "-b", "-i", "2", "-d", "10ms"}}, // xentop's options
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			r := run(t, append([]string{"--control", sock}, tt.args...)...)
@@ -280,5 +283,98 @@ func TestHelpAndVersion(t *testing.T) {
 	r.expect(t, ExitOK)
 	if !strings.Contains(r.stdout, "mtwatch list") {
 		t.Errorf("help list: %q", r.stdout)
+	}
+}
+
+// busyDefaultAgent is fakeAgent with a handler stalled on the default
+// worker: the agent reports it as dom0's current handler, whatever domain
+// the path belongs to (here domain 9, which has no worker of its own).
+type busyDefaultAgent struct{ fakeAgent }
+
+func (busyDefaultAgent) Domains() []control.Domain {
+	doms := slices.Clone(fakeDomains)
+	doms[0].Queued = 3
+	doms[0].Current = &control.Current{Path: "/local/domain/9/device/vif/0/state", Watch: "exec",
+		Token: "exec/1", AgeMS: 61000, Stalled: true}
+	return doms
+}
+
+// TestListShowsDefaultWorkerCurrent: the handler running on the default
+// worker is in dom0's row of list and top, with its stall age.
+func TestListShowsDefaultWorkerCurrent(t *testing.T) {
+	sock := serveAgent(t, busyDefaultAgent{})
+	for _, tt := range []struct {
+		golden string
+		args   []string
+	}{
+		{"list-default-current.golden", []string{"list"}},
+		{"list-default-current-long.golden", []string{"list", "-l", "0"}},
+		{"top-default-current.golden", []string{"top", "-b", "-n", "1"}},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			r := run(t, append([]string{"--control", sock}, tt.args...)...)
+			r.expect(t, ExitOK)
+			golden(t, tt.golden, r.stdout)
+			dom0 := ""
+			for _, l := range strings.Split(r.stdout, "\n") {
+				if strings.HasPrefix(l, "Domain-0 ") {
+					dom0 = l
+				}
+			}
+			if !strings.Contains(dom0, " 1m1s ") || !strings.HasSuffix(dom0, " /local/domain/9/device/vif/0/state") {
+				t.Errorf("dom0's row lacks the default worker's stalled handler: %q", dom0)
+			}
+		})
+	}
+}
+
+// TestExitCodes: the table of docs/cli.md is the constants', and each
+// documented code is what the situation it documents exits with.
+func TestExitCodes(t *testing.T) {
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "cli.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, table, _ := strings.Cut(string(doc), "## Exit codes\n")
+	table, _, _ = strings.Cut(table, "\n\n\n")
+	documented := map[string]bool{}
+	for _, l := range strings.Split(table, "\n") {
+		if f := strings.Split(l, "|"); len(f) > 2 && strings.TrimSpace(f[1]) != "code" && !strings.HasPrefix(strings.TrimSpace(f[1]), "-") {
+			documented[strings.TrimSpace(f[1])] = true
+		}
+	}
+	nowhere := filepath.Join(t.TempDir(), "none")
+	in := xenstoredtest.Start(t)
+	cases := []struct {
+		code int
+		why  string
+		args []string
+	}{
+		{ExitOK, "done", []string{"--xenstore", in.Socket(), "create", "5"}},
+		{ExitOK, "list without the agent", []string{"--xenstore", in.Socket(), "--control", nowhere, "list"}},
+		{ExitFailure, "xenstore unreachable", []string{"--xenstore", nowhere, "create", "5"}},
+		{ExitFailure, "xl fails", []string{"--xenstore", in.Socket(), "xl", "--xl", "/bin/false", "create", "-n", "/dev/null"}},
+		{ExitUsage, "bad domid", []string{"--xenstore", in.Socket(), "create", "70000"}},
+		{ExitUsage, "unknown flag", []string{"list", "--frob"}},
+		{ExitUsage, "unknown help topic", []string{"help", "frob"}},
+		{ExitAgentNotRunning, "agent not running", []string{"--control", nowhere, "status"}},
+		{ExitAgentNotRunning, "agent not running", []string{"--control", nowhere, "stalls"}},
+		{ExitAgentNotRunning, "agent not running", []string{"--control", nowhere, "top", "-b", "-i", "1"}},
+	}
+	tested := map[string]bool{}
+	for _, c := range cases {
+		r := run(t, c.args...)
+		if r.code != c.code {
+			t.Errorf("%s (%v): exit %d, want %d; stderr %q", c.why, c.args, r.code, c.code, r.stderr)
+		}
+		tested[strconv.Itoa(c.code)] = true
+	}
+	if len(documented) != 4 {
+		t.Errorf("docs/cli.md documents exit codes %v, want 0 1 2 3", documented)
+	}
+	for code := range documented {
+		if !tested[code] {
+			t.Errorf("documented exit code %s not tested", code)
+		}
 	}
 }

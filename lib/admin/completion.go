@@ -83,23 +83,3 @@ func completionCommand() *cli.Command {
 		},
 	}
 }
-
-// ManPage returns mtwatch(1), generated from the command definitions.
-func ManPage() (string, error) {
-	app := NewApp()
-	// The texts are written for --help; in the man page's markdown source
-	// "<domid>" would be an HTML tag and vanish.
-	esc := strings.NewReplacer("<", `\<`, ">", `\>`)
-	app.Description = esc.Replace(app.Description)
-	var walk func([]*cli.Command)
-	walk = func(cmds []*cli.Command) {
-		for _, c := range cmds {
-			c.Description = esc.Replace(c.Description)
-			c.ArgsUsage = esc.Replace(c.ArgsUsage)
-			c.Usage = esc.Replace(c.Usage)
-			walk(c.Subcommands)
-		}
-	}
-	walk(app.Commands)
-	return app.ToManWithSection(1)
-}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/urfave/cli/v2"
 )
 
 // TestManPageCurrent fails when docs/man/mtwatch.1 is not what the command
@@ -19,6 +21,35 @@ func TestManPageCurrent(t *testing.T) {
 		if !strings.Contains(page, want) {
 			t.Errorf("man page lacks %q", want)
 		}
+	}
+	// urfave/cli's own generator dropped these: every command's
+	// description and arguments, and the exit codes in a section of their
+	// own.
+	var walk func(prefix string, cmds []*cli.Command)
+	walk = func(prefix string, cmds []*cli.Command) {
+		for _, c := range cmds {
+			name := prefix + c.Name
+			first, _, _ := strings.Cut(c.Description, "\n")
+			if c.Description == "" || !strings.Contains(page, esc(first)) {
+				t.Errorf("man page lacks the description of %s (%q)", name, first)
+			}
+			if c.ArgsUsage != "" && !strings.Contains(page, esc(name+" ")) {
+				t.Errorf("man page lacks the synopsis of %s", name)
+			}
+			walk(name+" ", c.Subcommands)
+		}
+	}
+	walk("", NewApp().Commands)
+	for _, want := range []string{".SH \"EXIT STATUS\"", "nothing was changed", ".SH \"ENVIRONMENT\"", "MTWATCH_XL"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("man page lacks %q", want)
+		}
+	}
+	// groff renders it without a warning.
+	cmd := exec.Command("groff", "-man", "-Tutf8", "-ww", "-z")
+	cmd.Stdin = strings.NewReader(page)
+	if out, err := cmd.CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("groff: %v\n%s", err, out)
 	}
 	path := filepath.Join("..", "..", "docs", "man", "mtwatch.1")
 	if *update {

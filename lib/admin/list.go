@@ -166,11 +166,15 @@ func listTable(doms []control.Domain, long, fromXS bool) *table {
 		row := []string{orDash(d.Name), strconv.Itoa(int(d.Domid)), d.Worker,
 			num(uint64(d.Queued)), num(d.Processed), num(d.Dropped), stalled}
 		if long {
-			node := yesNo(d.Node)
+			node, introduced := yesNo(d.Node), yesNo(d.Introduced)
 			if d.Stale {
 				node = "stale"
 			}
-			row = append(row, orDash(d.UUID), node, yesNo(d.Introduced),
+			if d.Domid == uint16(domid.Dom0) {
+				// Dom0 has no node and is not introduced: it is there.
+				node, introduced = "-", "-"
+			}
+			row = append(row, orDash(d.UUID), node, introduced,
 				num(d.Dispatched), num(d.Coalesced), num(d.Filtered), fmtUS(d.LastLatencyUS), fmtUS(d.MaxLatencyUS))
 		}
 		t.add(append(row, current)...)
@@ -227,7 +231,11 @@ func scanXenstore(ctx context.Context, xs *xenstore.Client) ([]control.Domain, e
 	if err != nil {
 		return nil, err
 	}
-	get(domid.Dom0) // dom0 is always listed
+	// Dom0 is always listed, named as the agent names it when xen-init-dom0
+	// has not written its name.
+	if d := get(domid.Dom0); d.Name == "" {
+		d.Name = "Domain-0"
+	}
 	out := make([]control.Domain, 0, len(byID))
 	for _, d := range byID {
 		out = append(out, *d)

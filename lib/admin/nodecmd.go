@@ -22,7 +22,7 @@ func createCommand() *cli.Command {
 --uuid, else the one the toolstack wrote at /local/domain/<domid>/vm. Idempotent. Same semantics
 and exit codes as mtwatch-hook create; the agent is not needed.`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "uuid", Usage: "VM uuid to store in the node"},
+			&cli.StringFlag{Name: "uuid", Usage: "the VM `UUID` to store in the node"},
 		},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
@@ -59,10 +59,11 @@ func destroyCommand() *cli.Command {
 		ArgsUsage: "<domid> | --uuid <uuid>",
 		Description: `Removes /local/domain/0/mtwatch/<domid>; with --uuid too, only if the node is that
 VM's (or has no uuid), so the node of a later domain reusing the domid stays. With --uuid and no
-domid, removes every node valued with that VM uuid. A missing node is success. Same semantics and exit codes as
-mtwatch-hook destroy; the agent is not needed.`,
+domid, removes every node valued with that VM uuid. A missing node is success. Same semantics
+and exit codes as mtwatch-hook destroy; the agent is not needed. The domain itself is not
+touched: mtwatch xl destroy destroys it and then removes the node.`,
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "uuid", Usage: "remove the node(s) of this VM"},
+			&cli.StringFlag{Name: "uuid", Usage: "remove only the node(s) of the VM with this `UUID`"},
 		},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {

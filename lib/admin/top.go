@@ -27,10 +27,11 @@ handler running now, sorted by activity; stalled handlers are highlighted. Keys:
 u queued, p processed, d dropped, s stalled, n name, i id, r reverse the order, q quit.
 
 --batch prints plain frames separated by a blank line, as xentop -b does, for pipes and scripts;
-it is also used when standard output is not a terminal. Exits 3 when the agent is not running.`,
+it is also used when standard output is not a terminal. The short options are xentop's
+(-b, -d, -i; -n as in top). Exits 3 when the agent is not running.`,
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "delay", Aliases: []string{"d"}, Value: time.Second, Usage: "time between updates"},
-			&cli.IntFlag{Name: "iterations", Aliases: []string{"n"}, Usage: "number of updates before exiting (0: until interrupted or q)"},
+			&cli.DurationFlag{Name: "delay", Aliases: []string{"d"}, Value: time.Second, Usage: "`DURATION` between updates"},
+			&cli.IntFlag{Name: "iterations", Aliases: []string{"i", "n"}, Usage: "exit after `N` updates (0: until interrupted or q)"},
 			&cli.BoolFlag{Name: "batch", Aliases: []string{"b"}, Usage: "print plain frames instead of the interactive view"},
 		},
 		OnUsageError: onUsageError,

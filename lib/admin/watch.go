@@ -34,7 +34,7 @@ mtwatch node also says node=<domid>: the agent re-reads that node and starts or 
 domain's worker (lib/node.FromPath).`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object per event"},
-			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Usage: "exit after this many events (0: until interrupted)"},
+			&cli.IntFlag{Name: "count", Aliases: []string{"n"}, Usage: "exit after `N` events (0: until interrupted)"},
 		},
 		OnUsageError: onUsageError,
 		Action:       runWatch,

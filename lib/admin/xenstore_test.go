@@ -213,7 +213,7 @@ func TestXLCreate(t *testing.T) {
 	xl.firstDomid(4)
 	cfg := writeCfg(t, "web")
 	s.run("xl", "--xl", xl.bin, "create", cfg).expect(t, ExitOK)
-	if got, want := xl.log(), "create -p "+cfg+"\nunpause 4\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg+"\ndomid web\nunpause 4\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if v, ok := s.read(node.Path(4)); !ok || v != "00000000-0000-4000-8000-000000000004" {
@@ -225,7 +225,7 @@ func TestXLCreate(t *testing.T) {
 	os.Remove(xl.logf)
 	r := s.run("xl", "--xl", xl.bin, "create", "-p", cfg, "name=db")
 	r.expect(t, ExitOK)
-	if got, want := xl.log(), "create -p "+cfg+" name=db\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg+" name=db\ndomid db\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if v, _ := s.read("/local/domain/5/name"); v != "db" {
@@ -233,6 +233,28 @@ func TestXLCreate(t *testing.T) {
 	}
 	if _, ok := s.read(node.Path(5)); !ok {
 		t.Error("no node for the paused domain 5")
+	}
+
+	// A dry run creates nothing: xl alone runs, as given.
+	os.Remove(xl.logf)
+	before := s.dump()
+	s.run("xl", "--xl", xl.bin, "create", "-n", cfg).expect(t, ExitOK)
+	if got, want := xl.log(), "create -n "+cfg+"\n"; got != want {
+		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
+	}
+	// -c and -F keep xl running until the domain dies: refused, xl not run.
+	for _, opt := range []string{"-c", "-F", "-pc"} {
+		r := s.run("xl", "--xl", xl.bin, "create", opt, cfg)
+		r.expect(t, ExitUsage)
+		if !strings.Contains(r.stderr, "until the domain dies") {
+			t.Errorf("create %s: stderr %q", opt, r.stderr)
+		}
+	}
+	if got := xl.log(); got != "create -n "+cfg+"\n" {
+		t.Errorf("xl ran for a refused create: %q", got)
+	}
+	if s.dump() != before {
+		t.Error("store changed by a dry run or a refused create")
 	}
 }
 
@@ -255,17 +277,16 @@ func TestXLCreateFailures(t *testing.T) {
 	}
 	t.Setenv("FAKE_XL_FAIL", "")
 
-	// The node cannot be written (xenstored hangs right after xl created
-	// the domain): without --strict the guest is unpaused with a warning.
+	// The node cannot be written (xenstored hangs right after xl told the
+	// domid): without --strict the guest is unpaused with a warning.
 	os.Remove(xl.logf)
-	t.Setenv("FAKE_XL_STOP_XENSTORED", "1")
+	t.Setenv("FAKE_XL_STOP_XENSTORED", "domid")
 	r = run(t, "--xenstore", s.in.Socket(), "--control", s.sock, "--timeout", "500ms", "xl", "--xl", xl.bin, "create", cfg)
 	r.expect(t, ExitOK)
 	if !strings.Contains(r.stderr, "mtwatch: warning: ") {
 		t.Errorf("no warning: %q", r.stderr)
 	}
-	// The unpause went by name: the domid could not be read either.
-	if got, want := xl.log(), "create -p "+cfg+"\nunpause web\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg+"\ndomid web\nunpause 4\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if _, ok := s.read(node.Path(4)); ok {
@@ -277,7 +298,7 @@ func TestXLCreateFailures(t *testing.T) {
 	cfg2 := writeCfg(t, "db")
 	r = run(t, "--xenstore", s.in.Socket(), "--control", s.sock, "--timeout", "500ms", "xl", "--xl", xl.bin, "--strict", "create", cfg2)
 	r.expect(t, ExitFailure)
-	if got, want := xl.log(), "create -p "+cfg2+"\ndestroy db\n"; got != want {
+	if got, want := xl.log(), "create -p "+cfg2+"\ndomid db\ndestroy 5\n"; got != want {
 		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
 	}
 	if !strings.Contains(r.stderr, "--strict: domain destroyed") {
@@ -326,6 +347,73 @@ func TestXLShutdownDestroy(t *testing.T) {
 	}
 }
 
+// TestXLShutdownAll: -a asks every guest, one xl shutdown each, so that a
+// guest without PV drivers stops neither the others' shutdown nor the
+// removal of their nodes.
+func TestXLShutdownAll(t *testing.T) {
+	s := newStore(t)
+	xl := fakeXL(t, s)
+	xl.firstDomid(4)
+	for _, n := range []string{"web", "nopv", "db"} {
+		s.run("xl", "--xl", xl.bin, "create", writeCfg(t, n)).expect(t, ExitOK)
+	}
+	os.Remove(xl.logf)
+	t.Setenv("FAKE_XL_IGNORE_SHUTDOWN", "nopv")
+	r := s.run("xl", "--xl", xl.bin, "--wait", "20s", "shutdown", "-a", "-w", "-F")
+	r.expect(t, ExitFailure)
+	if got, want := xl.log(), "shutdown -F 4\nshutdown -F 5\nshutdown -F 6\n"; got != want {
+		t.Errorf("xl calls:\n%s\nwant:\n%s", got, want)
+	}
+	if !strings.Contains(r.stderr, "xl shutdown failed for domains 5: their nodes kept") ||
+		!strings.Contains(r.stderr, "PV control interface not available") {
+		t.Errorf("stderr %q", r.stderr)
+	}
+	for id, want := range map[domid.ID]bool{4: false, 5: true, 6: false} {
+		if _, ok := s.read(node.Path(id)); ok != want {
+			t.Errorf("node of %d exists %v, want %v", id, ok, want)
+		}
+		if _, ok := s.read("/local/domain/" + id.String() + "/name"); ok != want {
+			t.Errorf("domain %d there %v, want %v", id, ok, want)
+		}
+	}
+
+	// -a with a domain is a usage error; so is reboot -a. Nothing runs.
+	os.Remove(xl.logf)
+	before := s.dump()
+	for _, args := range [][]string{{"shutdown", "-a", "nopv"}, {"reboot", "-a"}, {"reboot", "-wa"}} {
+		r := s.run(append([]string{"xl", "--xl", xl.bin}, args...)...)
+		r.expect(t, ExitUsage)
+		if !strings.Contains(r.stderr, "-a") {
+			t.Errorf("%v: stderr %q", args, r.stderr)
+		}
+	}
+	if xl.log() != "" || s.dump() != before {
+		t.Errorf("a refused -a ran xl (%q) or changed the store", xl.log())
+	}
+
+	// Without a guest that refuses, every node goes.
+	t.Setenv("FAKE_XL_IGNORE_SHUTDOWN", "")
+	s.run("xl", "--xl", xl.bin, "shutdown", "--all").expect(t, ExitOK)
+	if _, ok := s.read(node.Path(5)); ok {
+		t.Error("node of 5 still there after shutdown --all")
+	}
+	// No guest at all: nothing to do.
+	s.run("xl", "--xl", xl.bin, "shutdown", "-a").expect(t, ExitOK)
+}
+
+func TestWithoutOpts(t *testing.T) {
+	for in, want := range map[string]string{
+		"-a -w -F":          "-F",
+		"-awF":              "-F",
+		"--all --wait -F x": "-F x",
+		"-F -- -a":          "-F -- -a",
+	} {
+		if got := strings.Join(withoutOpts(strings.Fields(in), "aw", "--all", "--wait"), " "); got != want {
+			t.Errorf("%q: %q, want %q", in, got, want)
+		}
+	}
+}
+
 func TestXLReboot(t *testing.T) {
 	s := newStore(t)
 	xl := fakeXL(t, s)
@@ -338,6 +426,18 @@ func TestXLReboot(t *testing.T) {
 	}
 	if v, ok := s.read(node.Path(5)); !ok || v != "12345678-1234-4234-8234-123456789abc" {
 		t.Errorf("node of the rebooted domain 5: %q %v, want the old node's uuid", v, ok)
+	}
+
+	// on_reboot="destroy": the domain goes and does not come back; once
+	// the wait is over its node goes too, and mtwatch says so (exit 1).
+	t.Setenv("FAKE_XL_ON_REBOOT", "destroy")
+	r := s.run("xl", "--xl", xl.bin, "--wait", "1s", "reboot", "web")
+	r.expect(t, ExitFailure)
+	if !strings.Contains(r.stderr, "domain 5 (web) to come back: still waiting after 1s; domain 5 is gone: its node removed") {
+		t.Errorf("stderr %q", r.stderr)
+	}
+	if _, ok := s.read(node.Path(5)); ok {
+		t.Error("node of 5 kept although the domain is gone")
 	}
 }
 
@@ -366,7 +466,7 @@ func TestListWithoutAgentManyDomains(t *testing.T) {
 	if len(lines) != 1+1+n { // header, dom0, guests
 		t.Fatalf("%d lines, want %d", len(lines), 2+n)
 	}
-	if !strings.HasPrefix(lines[len(lines)-1], "vm-2199 2199 unknown") {
+	if f := strings.Fields(lines[len(lines)-1]); len(f) < 3 || strings.Join(f[:3], " ") != "vm-2199 2199 unknown" {
 		t.Errorf("last line %q", lines[len(lines)-1])
 	}
 }

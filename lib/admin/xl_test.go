@@ -10,10 +10,15 @@ func TestScanCreateArgs(t *testing.T) {
 		args         string
 		cfg, nameVar string
 		paused, bad  bool
+		dryRun       bool
 	}{
 		{args: "web.cfg", cfg: "web.cfg"},
 		{args: "-p web.cfg", cfg: "web.cfg", paused: true},
-		{args: "-qpc web.cfg", cfg: "web.cfg", paused: true},
+		{args: "-qp web.cfg", cfg: "web.cfg", paused: true},
+		{args: "-qpc web.cfg", bad: true}, // the console keeps xl running
+		{args: "-F web.cfg", bad: true},   // so does the foreground monitor
+		{args: "-nq web.cfg", cfg: "web.cfg", dryRun: true},
+		{args: "--dryrun web.cfg", cfg: "web.cfg", dryRun: true},
 		{args: "-f web.cfg name=db memory=512", cfg: "web.cfg", nameVar: "db"},
 		{args: "-f=web.cfg", cfg: "web.cfg"},
 		{args: "--defconfig=web.cfg -V", cfg: "web.cfg"},
@@ -27,7 +32,7 @@ func TestScanCreateArgs(t *testing.T) {
 			t.Errorf("%q: error %v", tt.args, err)
 			continue
 		}
-		if !tt.bad && (a.cfg != tt.cfg || nameVar != tt.nameVar || a.paused != tt.paused) {
+		if !tt.bad && (a.cfg != tt.cfg || nameVar != tt.nameVar || a.paused != tt.paused || a.dryRun != tt.dryRun) {
 			t.Errorf("%q: cfg %q name %q paused %v", tt.args, a.cfg, nameVar, a.paused)
 		}
 	}
