@@ -18,6 +18,7 @@ LIBEXECDIR ?= $(PREFIX)/lib/mtwatch
 SYSCONFDIR ?= /etc
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR    ?= $(PREFIX)/share/man
+DOCDIR    ?= $(PREFIX)/share/doc/mtwatch
 DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
@@ -126,9 +127,20 @@ install: build
 		install -d $(DESTDIR)$(SYSTEMDUNITDIR); \
 		for u in systemd/*.service systemd/*.socket systemd/*.timer; do \
 			[ -f "$$u" ] || continue; \
-			sed 's|@SBINDIR@|$(SBINDIR)|g; s|@BINDIR@|$(BINDIR)|g; s|@LIBEXECDIR@|$(LIBEXECDIR)|g' $$u > $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$u); \
+			sed 's|@SBINDIR@|$(SBINDIR)|g; s|@BINDIR@|$(BINDIR)|g; s|@LIBEXECDIR@|$(LIBEXECDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' $$u > $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$u); \
 			chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$u); \
 		done; \
+	fi
+	install -d $(DESTDIR)$(DOCDIR)
+	install -m 0644 README.md docs/*.md docs/mtwatchd.toml $(DESTDIR)$(DOCDIR)/
+	@# The configuration file: every key commented out at its default. An
+	@# existing file is the administrator's and is never replaced.
+	@install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/mtwatch
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml ]; then \
+		echo "kept $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml (the shipped one is $(DOCDIR)/mtwatchd.toml)"; \
+	else \
+		install -m 0644 docs/mtwatchd.toml $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml; \
+		echo "installed $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml"; \
 	fi
 	@if [ -d hooks ]; then $(MAKE) --no-print-directory install-hooks; fi
 

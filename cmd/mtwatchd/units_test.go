@@ -33,7 +33,7 @@ func TestUnitsVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		text := strings.NewReplacer("@SBINDIR@", sbin, "@BINDIR@", sbin).Replace(string(data))
+		text := strings.NewReplacer("@SBINDIR@", sbin, "@BINDIR@", sbin, "@DOCDIR@", "/usr/share/doc/mtwatch").Replace(string(data))
 		if strings.Contains(text, "@") && strings.Contains(text, "DIR@") {
 			t.Fatalf("%s: unsubstituted placeholder", u)
 		}
