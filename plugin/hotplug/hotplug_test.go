@@ -80,11 +80,15 @@ func start(t testing.TB, opts plugintest.Options, extra string) *fixture {
 }
 
 // device creates a backend directory as libxl does (one transaction, state
-// Initialising), with extra node/value pairs.
+// Initialising, a vif's type), with extra node/value pairs, which override.
 func (f *fixture) device(typ string, dom domid.ID, devid int, script string, extra ...string) string {
 	f.t.Helper()
 	base := fmt.Sprintf("backend/%s/%d/%d", typ, dom, devid)
-	kv := append([]string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}, extra...)
+	kv := []string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}
+	if typ == "vif" {
+		kv = append(kv, "type", "vif") // libxl writes it for every nic
+	}
+	kv = append(kv, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := f.h.Client.Transaction(ctx, func(tx *xenstore.Tx) error {
@@ -518,4 +522,31 @@ func TestStopDuringAdd(t *testing.T) {
 	}
 	defer p2.Stop(context.Background())
 	f.record(dev, "add", 1)
+}
+
+// TestRemoveAfterScanDirGone: a connected device found by the start-up
+// scan whose directory is then removed at once (no Closed first) gets its
+// remove with the script and vif names it had: the scan kept the nodes a
+// remove needs.
+func TestRemoveAfterScanDirGone(t *testing.T) {
+	t.Parallel()
+	f := build(t, plugintest.Options{}, "")
+	f.h.AddDomain(14)
+	vif := f.device("vif", 14, 0, "connect", "state", "4", "hotplug-status", "connected", "gatewaydev", "eth1", "type", "vif_ioemu")
+	vbd := f.device("vbd", 14, 768, "connect", "state", "4", "hotplug-status", "connected")
+	f.start()
+	f.h.Wait(10*time.Second, "scan done", func() bool { return f.p.Status().(Status).Devices == 2 })
+	f.h.Rm(vif)
+	f.h.Rm(vbd)
+	f.record(vbd, "remove", 0)
+	got := f.record(vif, "offline", 0)
+	for _, want := range []string{"env netdev=eth1\n", "env INTERFACE=vif14.0-emu\n", "argv SCRIPTS/connect\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("offline record lacks %q:\n%s", want, got)
+		}
+	}
+	f.record(vif, "remove", 0) // the tap execution
+	if st := f.p.Status().(Status); st.Failed != 0 {
+		t.Errorf("status %+v\n%s", st, f.log())
+	}
 }

@@ -33,7 +33,11 @@ func hotplugAgent(t *testing.T, in *xenstoredtest.Instance, extra string, args .
 func (a *agent) device(typ string, dom domid.ID, devid int, script string, extra ...string) string {
 	a.t.Helper()
 	base := fmt.Sprintf("backend/%s/%d/%d", typ, dom, devid)
-	kv := append([]string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}, extra...)
+	kv := []string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}
+	if typ == "vif" {
+		kv = append(kv, "type", "vif") // libxl writes it for every nic
+	}
+	kv = append(kv, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := a.c.Transaction(ctx, func(tx *xenstore.Tx) error {
