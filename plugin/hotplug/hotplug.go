@@ -505,12 +505,22 @@ func (p *Plugin) evaluate(k devKey, scan bool) error {
 	}
 	if !ok {
 		_, dirOK, err := p.read(base)
-		if err != nil || dirOK {
-			return err // no state yet
+		if err != nil {
+			return err
 		}
+		if dirOK && (d == nil || !d.added) {
+			return nil // no state yet
+		}
+		// Gone; or, for a device whose add ran, removed and partly written
+		// again: a script still running when the toolstack removed the
+		// directory writes its nodes (hotplug-status, physical-device) into
+		// a new one. Either way the device is gone and gets its remove.
 		p.forget(k)
 		if d != nil && d.added {
 			p.run(k, d, false)
+			if dirOK {
+				p.removeLeftover(base)
+			}
 		}
 		return nil
 	}
@@ -813,6 +823,24 @@ func (p *Plugin) reportError(base, msg string, log *logrus.Entry) {
 	})
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		log.WithError(err).Error("cannot write hotplug-status=error")
+	}
+}
+
+// removeLeftover removes what scripts wrote into a device directory after
+// the toolstack had removed it, as xen-hotplug-cleanup removes
+// $XENBUS_PATH after a remove on the udev path. A directory that has a
+// state node again is a new device and is left alone.
+func (p *Plugin) removeLeftover(base string) {
+	ctx, cancel := context.WithTimeout(p.life, 10*time.Second)
+	defer cancel()
+	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if _, err := tx.Read(ctx, base+"/state"); !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return tx.Rm(ctx, base)
+	})
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.log.WithError(err).WithField("device", base).Warn("cannot remove what scripts left of a removed device")
 	}
 }
 

@@ -550,3 +550,56 @@ func TestRemoveAfterScanDirGone(t *testing.T) {
 		t.Errorf("status %+v\n%s", st, f.log())
 	}
 }
+
+// TestDestroyDuringAdd: the domain's worker is destroyed and the device's
+// directory removed while its add hangs. The add is not cut short by the
+// worker's end (a script is ended by its timeout or by mtwatchd stopping,
+// never half-way because a worker went), its failure writes nothing into
+// the removed directory, and the remove runs after it, on the draining
+// worker.
+func TestDestroyDuringAdd(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "timeout = \"800ms\"\ngrace = \"100ms\"")
+	f.h.AddDomain(15)
+	dev := f.device("vbd", 15, 768, "hang")
+	f.h.Write(dev+"/state", "2")
+	f.record(dev, "add", 0)
+	if err := f.h.Dispatcher.DestroyDomain(15); err != nil {
+		t.Fatal(err)
+	}
+	f.h.Rm(dev)
+	f.record(dev, "remove", 0)
+	f.h.Wait(10*time.Second, "remove ends", func() bool { return strings.Count(f.log(), dev) == 3 })
+	if got, want := f.log(), dev+" add start\n"+dev+" remove start\n"+dev+" remove end\n"; got != want {
+		t.Errorf("log:\n%s\nwant:\n%s", got, want)
+	}
+	if st := f.p.Status().(Status); st.TimedOut != 1 {
+		t.Errorf("the add was not ended by its timeout: %+v", st)
+	}
+	if _, ok := f.h.Read(dev); ok {
+		t.Errorf("%s written again after its removal", dev)
+	}
+}
+
+// TestDirRemovedDuringAdd: the toolstack removes the device's directory
+// while its add runs, and the script then writes hotplug-status, which
+// creates the directory again with that node only. The device still gets
+// its remove after the add, and what the script left is removed.
+func TestDirRemovedDuringAdd(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "")
+	f.h.AddDomain(16)
+	dev := f.device("vbd", 16, 768, "slow")
+	f.h.Write(dev+"/state", "2")
+	f.record(dev, "add", 0)
+	f.h.Rm(dev)
+	f.record(dev, "remove", 0)
+	f.h.Wait(10*time.Second, "remove ends", func() bool { return strings.Count(f.log(), dev) == 4 })
+	if got, want := f.log(), dev+" add start\n"+dev+" add end\n"+dev+" remove start\n"+dev+" remove end\n"; got != want {
+		t.Errorf("log:\n%s\nwant:\n%s", got, want)
+	}
+	f.h.Wait(10*time.Second, "leftover removed", func() bool { _, ok := f.h.Read(dev); return !ok })
+	if st := f.p.Status().(Status); st.Devices != 0 {
+		t.Errorf("the device is still known: %+v", st)
+	}
+}
