@@ -371,3 +371,59 @@ func TestHotplugFlood(t *testing.T) {
 	}
 	t.Logf("%d writes; max queued %d; domain 40 %+v", writes, maxQueued, d)
 }
+
+// TestHotplugScriptInherits: a script started by bin/mtwatchd gets stdin,
+// stdout and stderr and no other descriptor: not the agent's own
+// (xenstored's socket, the control socket, the pipes of another script
+// running meanwhile), not one mtwatchd inherited without close-on-exec;
+// and no blocked or ignored signal.
+func TestHotplugScriptInherits(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	a, out := hotplugAgent(t, in, "")
+	stray, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stray.Close()
+	a.cmd.ExtraFiles = []*os.File{stray} // fd 3 of mtwatchd, not close-on-exec
+	a.run()
+	a.domain(9)
+	a.domain(10)
+	hang := a.device("vbd", 10, 768, "hang") // another domain's script's pipes are open meanwhile
+	a.write(hang+"/state", "2")
+	record(a, out, hang, "add")
+	dev := a.device("vbd", 9, 768, "fds")
+	a.write(dev+"/state", "2")
+	a.hotplugStatus(dev)
+	got := waitFile(a, filepath.Join(out, "fds"))
+	fds := 0
+	for _, l := range strings.Split(strings.TrimSpace(got), "\n") {
+		f := strings.Fields(l)
+		if left, target, ok := strings.Cut(l, " -> "); ok {
+			fds++
+			lf := strings.Fields(left)
+			fd := lf[len(lf)-1]
+			// ls's own: the directory it lists.
+			if n, _ := strconv.Atoi(fd); n > 2 && !(strings.HasPrefix(target, "/proc/") && strings.HasSuffix(target, "/fd")) {
+				t.Errorf("script inherited fd %s -> %s\n%s", fd, target, got)
+			}
+			if fd == "0" && target != "/dev/null" {
+				t.Errorf("stdin is %s", target)
+			}
+			continue
+		}
+		switch {
+		case strings.HasPrefix(l, "total"):
+		case len(f) == 2 && (f[0] == "SigBlk:" || f[0] == "SigIgn:"):
+			if strings.Trim(f[1], "0") != "" {
+				t.Errorf("script has %s %s", f[0], f[1])
+			}
+		default:
+			t.Errorf("unexpected line %q", l)
+		}
+	}
+	if fds < 3 {
+		t.Errorf("%d descriptors recorded:\n%s", fds, got)
+	}
+}
