@@ -64,6 +64,9 @@ type Plugin struct {
 	life   context.Context // ends at Stop: running scripts are killed
 	cancel context.CancelFunc
 	reaper sync.WaitGroup
+	// scriptsRunning counts the scripts started; Add only under mu and
+	// before life ends, so that Stop's Wait sees every one.
+	scriptsRunning sync.WaitGroup
 
 	scripts  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -325,11 +328,15 @@ func (p *Plugin) scan(ctx context.Context, types []string) error {
 	return nil
 }
 
-// Stop kills the scripts still running.
+// Stop kills the scripts still running and waits, within ctx, until their
+// process groups are gone: mtwatchd must not exit while a script it
+// SIGTERMed still has its grace period to run out before the SIGKILL.
 func (p *Plugin) Stop(ctx context.Context) error {
+	p.mu.Lock()
 	p.cancel()
+	p.mu.Unlock()
 	done := make(chan struct{})
-	go func() { p.reaper.Wait(); close(done) }()
+	go func() { p.reaper.Wait(); p.scriptsRunning.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -748,8 +755,16 @@ func (p *Plugin) exec(k devKey, d *device, add bool, numExec int) (more, ok bool
 
 	rs := &RunningScript{Domid: k.dom, Device: base, Action: action, Script: prog, Started: time.Now()}
 	p.mu.Lock()
+	if p.life.Err() != nil {
+		// Stopping: no new script, and nothing written for the device.
+		p.mu.Unlock()
+		log.Warn("hotplug script not run: mtwatchd stopping")
+		return false, false
+	}
 	p.running[k] = rs
+	p.scriptsRunning.Add(1)
 	p.mu.Unlock()
+	defer p.scriptsRunning.Done()
 	log.WithField("script", prog).Debug("running hotplug script")
 	res := proc.Run(p.life, proc.Spec{
 		Path:    prog,

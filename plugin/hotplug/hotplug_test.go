@@ -497,10 +497,21 @@ func TestStopDuringAdd(t *testing.T) {
 	dev := f.device("vbd", 13, 768, "hang")
 	f.h.Write(dev+"/state", "2")
 	f.record(dev, "add", 0)
+	gc := filepath.Join(f.out, "backend_vbd_13_768.grandchild")
+	f.h.Wait(10*time.Second, "grandchild started", func() bool { _, err := os.Stat(gc); return err == nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := f.p.Stop(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// Stop returned once the script's process group was gone.
+	b, err := os.ReadFile(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("grandchild %d of the script still alive when Stop returned", pid)
 	}
 	for _, w := range f.h.Watches() {
 		w.Unwatch(ctx) // as the agent does after Stop
