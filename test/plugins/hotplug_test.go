@@ -287,7 +287,8 @@ func TestHotplugFlood(t *testing.T) {
 	// The log plugin, on by default, keeps one pending event per path that
 	// changed (bounded by the domain's queue capacity): off, so that the
 	// queue holds hotplug's events only.
-	a, _ := hotplugAgent(t, in, "timeout = \"60s\"\ngrace = \"100ms\"\n[plugins.log]\nenabled = false")
+	// A short shutdown: the hung script is not worth waiting for.
+	a, _ := hotplugAgent(t, in, "timeout = \"60s\"\ngrace = \"100ms\"\n[plugins.log]\nenabled = false\n[agent]\nshutdown_timeout = \"1s\"")
 	a.run()
 	a.domain(40)
 	a.domain(41)
@@ -380,7 +381,7 @@ func TestHotplugFlood(t *testing.T) {
 func TestHotplugScriptInherits(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	a, out := hotplugAgent(t, in, "")
+	a, out := hotplugAgent(t, in, "[agent]\nshutdown_timeout = \"1s\"")
 	stray, err := os.Open(os.DevNull)
 	if err != nil {
 		t.Fatal(err)
