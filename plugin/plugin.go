@@ -127,9 +127,10 @@ type InitContext struct {
 	Store Store
 	// Watches registers the plugin's watches.
 	Watches Watcher
-	// Domid is the domain the agent runs in (0 in dom0, the driver domain's
-	// id in a driver domain); Home is its XenStore home,
-	// /local/domain/<Domid>, which relative paths resolve against.
+	// Domid is the domain the agent runs in; Home is its XenStore home,
+	// /local/domain/<Domid>, which relative paths resolve against. The
+	// agent runs in dom0 only (it needs a privileged connection), so today
+	// these are always 0 and /local/domain/0.
 	Domid domid.ID
 	Home  string
 	// Metrics registers the plugin's Prometheus collectors, served at

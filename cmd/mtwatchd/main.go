@@ -39,6 +39,7 @@ const (
 )
 
 func main() {
+	closeInheritedOnExec()
 	app := &cli.App{
 		Name:    "mtwatchd",
 		Usage:   "per-domain XenStore watch workers for Xen dom0",

@@ -39,6 +39,11 @@ type Plugin struct {
 
 	life   context.Context // ends at Stop: commands are killed
 	cancel context.CancelFunc
+	// cmds counts the commands started; Add only under smu and before life
+	// ends, so that Stop's Wait sees every one. Not mu: Reload holds it
+	// while it waits for a running command.
+	smu  sync.Mutex
+	cmds sync.WaitGroup
 
 	runs     *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -149,11 +154,23 @@ func (p *Plugin) startRule(ctx context.Context, r *rule) error {
 	return nil
 }
 
-// Stop kills the commands still running; the agent then removes the
-// watches.
+// Stop kills the commands still running and waits for them within ctx;
+// the agent then removes the watches.
 func (p *Plugin) Stop(ctx context.Context) error {
+	p.smu.Lock()
 	p.cancel()
-	return nil
+	p.smu.Unlock()
+	// Wait, within ctx, for the killed commands' process groups to be gone:
+	// mtwatchd must not exit while one still has its grace period to run
+	// out before the SIGKILL.
+	done := make(chan struct{})
+	go func() { p.cmds.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("exec: stop: %w", ctx.Err())
+	}
 }
 
 // Reload applies a new section. Rules whose configuration did not change
@@ -249,16 +266,27 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 
 	log := p.log.WithFields(logrus.Fields{"rule": r.name, "domid": d})
 	argv := r.argv(id, xsPath)
-	res := proc.Run(p.life, proc.Spec{
-		Path:    argv[0],
-		Args:    argv,
-		Env:     env,
-		Timeout: r.timeout,
-		Grace:   r.grace,
-		Line: func(stream, line string) {
-			log.WithField("stream", stream).Info(line)
-		},
-	})
+	var res proc.Result
+	p.smu.Lock()
+	if err := p.life.Err(); err != nil {
+		// Stopping: the command does not start.
+		p.smu.Unlock()
+		res = proc.Result{ExitCode: -1, Cancelled: true, Err: fmt.Errorf("%s: %w", argv[0], err)}
+	} else {
+		p.cmds.Add(1)
+		p.smu.Unlock()
+		res = proc.Run(p.life, proc.Spec{
+			Path:    argv[0],
+			Args:    argv,
+			Env:     env,
+			Timeout: r.timeout,
+			Grace:   r.grace,
+			Line: func(stream, line string) {
+				log.WithField("stream", stream).Info(line)
+			},
+		})
+		p.cmds.Done()
+	}
 	a.c.runs.Add(1)
 	a.c.lastNanos.Store(int64(res.Duration))
 	p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds())

@@ -228,6 +228,39 @@ func TestTimeoutKillsGroup(t *testing.T) {
 	}
 }
 
+// TestStopWaitsForCommands: Stop returns once the commands it killed are
+// gone with their process groups, so that mtwatchd never exits leaving one
+// between its SIGTERM and SIGKILL.
+func TestStopWaitsForCommands(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	sec := h.Section(exec.Name, rules(t, out, [3]string{"hang", "/local/domain/{domid}/data/x",
+		fmt.Sprintf("env = { OUT = %q, ACTION = \"hang\" }\ntimeout = \"60s\"", out)}))
+	p, err := h.BuildSection(exec.Name, sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h.AddDomain(3)
+	h.Write("/local/domain/3/data/x", "1")
+	pid, err := strconv.Atoi(strings.TrimSpace(waitFile(h, filepath.Join(out, "grandchild.3.0"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("grandchild %d still alive when Stop returned", pid)
+	}
+}
+
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

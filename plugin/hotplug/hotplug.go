@@ -45,17 +45,28 @@ const Backend = "backend"
 
 // Plugin runs device scripts.
 type Plugin struct {
-	cfg     Config
 	log     *logrus.Entry
 	store   plugin.Store
 	watches plugin.Watcher
 	domid   domid.ID
 	env     []string // the base environment of scripts
-	types   map[string]bool
+
+	// set is the running configuration. Reload replaces it; the filter (on
+	// the Dispatch goroutine) and every script started afterwards use the
+	// new one, a script already running keeps the timeout it started with.
+	set atomic.Pointer[settings]
+
+	// rmu serialises Start and Reload; watch is the backend watch, nil
+	// while no type is enabled since start.
+	rmu   sync.Mutex
+	watch plugin.Watch
 
 	life   context.Context // ends at Stop: running scripts are killed
 	cancel context.CancelFunc
 	reaper sync.WaitGroup
+	// scriptsRunning counts the scripts started; Add only under mu and
+	// before life ends, so that Stop's Wait sees every one.
+	scriptsRunning sync.WaitGroup
 
 	scripts  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -71,6 +82,22 @@ type Plugin struct {
 
 	runs, ok, failed, timedOut atomic.Uint64
 }
+
+// settings is one configuration with its set of types.
+type settings struct {
+	cfg   Config
+	types map[string]bool
+}
+
+func newSettings(cfg Config) *settings {
+	s := &settings{cfg: cfg, types: map[string]bool{}}
+	for _, t := range cfg.Types {
+		s.types[t] = true
+	}
+	return s
+}
+
+func (p *Plugin) settings() *settings { return p.set.Load() }
 
 type devKey struct {
 	typ   string
@@ -107,13 +134,11 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		return nil, err
 	}
 	p := &Plugin{
-		cfg:     cfg,
 		log:     ic.Log,
 		store:   ic.Store,
 		watches: ic.Watches,
 		domid:   ic.Domid,
 		env:     proc.Env(),
-		types:   map[string]bool{},
 		pending: map[devKey]bool{},
 		devs:    map[devKey]*device{},
 		running: map[devKey]*RunningScript{},
@@ -127,9 +152,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 			Buckets: prometheus.ExponentialBuckets(0.01, 3, 9),
 		}, []string{"type", "action"}),
 	}
-	for _, t := range cfg.Types {
-		p.types[t] = true
-	}
+	p.set.Store(newSettings(cfg))
 	p.life, p.cancel = context.WithCancel(context.Background())
 	if ic.Metrics != nil {
 		for _, c := range []prometheus.Collector{p.scripts, p.duration} {
@@ -145,36 +168,90 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 // initial event, at start and again after the agent reconnects to
 // xenstored, starts a scan of the devices already there.
 func (p *Plugin) Start(ctx context.Context) error {
-	if p.cfg.XLConf != "" && p.domid == domid.Dom0 {
-		if runs, why := libxlRunsScripts(p.cfg.XLConf); runs {
-			p.log.WithField("xl_conf", p.cfg.XLConf).Warnf(
-				"libxl runs hotplug scripts itself (%s): with this plugin enabled every script would run twice; set run_hotplug_scripts=0", why)
-		}
-	}
-	if len(p.types) == 0 {
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	cfg := p.settings().cfg
+	p.checkXLConf(cfg.XLConf)
+	if len(cfg.Types) == 0 {
 		return nil
 	}
-	if _, err := p.watches.Watch(ctx, dispatch.WatchConfig{
+	return p.watchBackend(ctx)
+}
+
+func (p *Plugin) checkXLConf(file string) {
+	if file == "" || p.domid != domid.Dom0 {
+		return
+	}
+	if runs, why := libxlRunsScripts(file); runs {
+		p.log.WithField("xl_conf", file).Warnf(
+			"libxl runs hotplug scripts itself (%s): with this plugin enabled every script would run twice; set run_hotplug_scripts=0", why)
+	}
+}
+
+// watchBackend registers the backend watch; rmu is held.
+func (p *Plugin) watchBackend(ctx context.Context) error {
+	w, err := p.watches.Watch(ctx, dispatch.WatchConfig{
 		Path:    Backend,
 		Handler: p.handle,
 		Filter:  p.filter,
-	}); err != nil {
+	})
+	if err != nil {
 		return fmt.Errorf("hotplug: watch %s: %w", Backend, err)
 	}
+	p.watch = w
 	return nil
+}
+
+// Reload applies a new section. Timeout, grace, scripts_dir and
+// allowed_dirs apply to the scripts started from now on; running scripts
+// and what the plugin knows of each device are kept. A type taken out of
+// types gets no new event (its queued ones still run: they were accepted
+// under the old configuration); a type added gets a scan of its backends,
+// as at start. On error the running configuration stays.
+func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
+	cfg, err := parse(sec)
+	if err != nil {
+		return err
+	}
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	old := p.settings()
+	if cfg.XLConf != old.cfg.XLConf {
+		p.checkXLConf(cfg.XLConf)
+	}
+	var added []string
+	for _, t := range cfg.Types {
+		if !old.types[t] {
+			added = append(added, t)
+		}
+	}
+	p.set.Store(newSettings(cfg))
+	if len(added) == 0 {
+		return nil
+	}
+	if p.watch == nil {
+		// Its initial event scans every enabled type.
+		return p.watchBackend(ctx)
+	}
+	return p.scan(ctx, added)
 }
 
 // scan registers one short-lived watch per backend/<type>/<domid> present:
 // its initial event runs the domain's resync on the domain's own worker,
 // after which the watch is removed. Scanning from the default worker
 // instead would make every domain's start-up wait for a hung script.
-func (p *Plugin) scan(ctx context.Context) error {
+//
+// Domains remembered with devices but whose directory is gone (removed
+// while the agent was disconnected from xenstored) are scanned too: their
+// devices get the remove a removal event would have run.
+func (p *Plugin) scan(ctx context.Context, types []string) error {
 	type target struct {
 		typ string
 		dom domid.ID
 	}
 	var targets []target
-	for _, typ := range p.cfg.Types {
+	seen := map[target]bool{}
+	for _, typ := range types {
 		ids, err := p.store.Directory(ctx, Backend+"/"+typ)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
@@ -185,9 +262,19 @@ func (p *Plugin) scan(ctx context.Context) error {
 		for _, s := range ids {
 			if id, err := domid.ParseGuest(s); err == nil {
 				targets = append(targets, target{typ, id})
+				seen[target{typ, id}] = true
 			}
 		}
 	}
+	p.mu.Lock()
+	for k := range p.devs {
+		tg := target{k.typ, k.dom}
+		if !seen[tg] && slices.Contains(types, k.typ) {
+			seen[tg] = true
+			targets = append(targets, tg)
+		}
+	}
+	p.mu.Unlock()
 	done := make(chan plugin.Watch, len(targets))
 	var regs []plugin.Watch
 	for _, tg := range targets {
@@ -241,11 +328,15 @@ func (p *Plugin) scan(ctx context.Context) error {
 	return nil
 }
 
-// Stop kills the scripts still running.
+// Stop kills the scripts still running and waits, within ctx, until their
+// process groups are gone: mtwatchd must not exit while a script it
+// SIGTERMed still has its grace period to run out before the SIGKILL.
 func (p *Plugin) Stop(ctx context.Context) error {
+	p.mu.Lock()
 	p.cancel()
+	p.mu.Unlock()
 	done := make(chan struct{})
-	go func() { p.reaper.Wait(); close(done) }()
+	go func() { p.reaper.Wait(); p.scriptsRunning.Wait(); close(done) }()
 	select {
 	case <-done:
 		return nil
@@ -294,7 +385,7 @@ func (p *Plugin) filter(path string, _ int) bool {
 		return true // the initial event: scan
 	}
 	k, node, n, ok := parsePath(path)
-	if !ok || !p.types[k.typ] {
+	if !ok || !p.settings().types[k.typ] {
 		return false
 	}
 	switch n {
@@ -329,13 +420,13 @@ func (p *Plugin) handle(_ context.Context, ev dispatch.Event) error {
 		}
 		p.pmu.Unlock()
 		var errs []error
-		for _, typ := range p.cfg.Types {
+		for _, typ := range p.settings().cfg.Types {
 			errs = append(errs, p.resync(typ, ev.Domid, false))
 		}
 		return errors.Join(errs...)
 	}
 	if ev.Path == Backend {
-		return p.scan(p.life)
+		return p.scan(p.life, p.settings().cfg.Types)
 	}
 	k, _, n, ok := parsePath(ev.Path)
 	if !ok {
@@ -404,6 +495,11 @@ func (p *Plugin) read(path string) (v string, exists bool, err error) {
 // remove at Closed with online 0 or when the directory is gone, if the add
 // ran. It runs on the device's domain worker, so a device's scripts run one
 // at a time and in the order of its state changes.
+//
+// A scan (at start, after a reconnection to xenstored, for a type enabled
+// by a reload) trusts XenStore over memory: a device at InitWait without
+// hotplug-status gets its add even if one ran before, as it does when the
+// backend was created again while the agent was away.
 func (p *Plugin) evaluate(k devKey, scan bool) error {
 	base := k.path()
 	p.mu.Lock()
@@ -416,12 +512,22 @@ func (p *Plugin) evaluate(k devKey, scan bool) error {
 	}
 	if !ok {
 		_, dirOK, err := p.read(base)
-		if err != nil || dirOK {
-			return err // no state yet
+		if err != nil {
+			return err
 		}
+		if dirOK && (d == nil || !d.added) {
+			return nil // no state yet
+		}
+		// Gone; or, for a device whose add ran, removed and partly written
+		// again: a script still running when the toolstack removed the
+		// directory writes its nodes (hotplug-status, physical-device) into
+		// a new one. Either way the device is gone and gets its remove.
 		p.forget(k)
 		if d != nil && d.added {
 			p.run(k, d, false)
+			if dirOK {
+				p.removeLeftover(base)
+			}
 		}
 		return nil
 	}
@@ -433,15 +539,20 @@ func (p *Plugin) evaluate(k devKey, scan bool) error {
 	on, _ := strconv.Atoi(online)
 	closed := st == stateClosed && on == 0
 
-	if d == nil {
-		if st == stateClosed && !scan {
+	if d == nil || scan {
+		if d == nil && st == stateClosed && !scan {
 			return nil // already disconnected, or never attached
 		}
 		_, hs, err := p.read(base + "/hotplug-status")
 		if err != nil {
 			return err
 		}
-		d = &device{added: hs}
+		if d == nil {
+			d = &device{}
+		}
+		d.added = hs || (d.added && st != stateInitWait)
+		// What a remove needs once the directory is gone.
+		p.remember(k, d)
 		p.mu.Lock()
 		p.devs[k] = d
 		p.mu.Unlock()
@@ -459,30 +570,107 @@ func (p *Plugin) evaluate(k devKey, scan bool) error {
 	return nil
 }
 
+// remember keeps the nodes a remove reads, for a directory removed before
+// its remove runs.
+func (p *Plugin) remember(k devKey, d *device) {
+	base := k.path()
+	for _, n := range []struct {
+		name string
+		v    *string
+	}{{"script", &d.script}, {"gatewaydev", &d.gatewaydev}, {"type", &d.nicType}} {
+		if n.name != "script" && k.typ != "vif" {
+			continue
+		}
+		if v, ok, err := p.read(base + "/" + n.name); err == nil && ok {
+			*n.v = v
+		}
+	}
+}
+
 func (p *Plugin) forget(k devKey) {
 	p.mu.Lock()
 	delete(p.devs, k)
 	p.mu.Unlock()
 }
 
-// run runs the device's script for add (or online) or remove (offline),
-// with libxl's argv and environment (libxl_linux.c: get_hotplug_env,
-// libxl__hotplug_disk, libxl__hotplug_nic). A failed add is reported in
-// XenStore as libxl expects; a failed remove is only logged, as libxl
-// ignores it.
+// libxl's nic types (libxl_types.idl), as libxl_nic_type_from_string parses
+// a vif backend's type node: case-insensitively.
+const (
+	nicUnknown = iota
+	nicIOEmu
+	nicVif
+)
+
+func parseNicType(s string) (int, bool) {
+	switch {
+	case strings.EqualFold(s, "unknown"):
+		return nicUnknown, true
+	case strings.EqualFold(s, "vif_ioemu"):
+		return nicIOEmu, true
+	case strings.EqualFold(s, "vif"):
+		return nicVif, true
+	}
+	return 0, false
+}
+
+// atoi is C's: leading blanks, a sign, then digits up to the first other
+// character; 0 without digits.
+func atoi(s string) int {
+	s = strings.TrimLeft(s, " \t\n\v\f\r")
+	neg := false
+	if s != "" && (s[0] == '-' || s[0] == '+') {
+		neg = s[0] == '-'
+		s = s[1:]
+	}
+	n := 0
+	for i := 0; i < len(s) && s[i] >= '0' && s[i] <= '9' && n < 1<<31; i++ {
+		n = n*10 + int(s[i]-'0')
+	}
+	if neg {
+		return -n
+	}
+	return n
+}
+
+// run runs the device's scripts for add (online) or remove (offline) as
+// libxl's device_hotplug does (libxl_device.c), with the argv and
+// environment of libxl__get_hotplug_script_info (libxl_linux.c): one
+// execution for a block device; for a vif of type vif_ioemu (an HVM guest's
+// emulated nic) a second one, `<script> add|remove type_if=tap`, unless the
+// guest has a stub domain (its device model, in the stubdom, owns the tap).
+// A failed add ends there and is reported in XenStore as libxl expects; a
+// failed remove is only logged and the second execution still runs, as
+// libxl ignores errors on removal.
 func (p *Plugin) run(k devKey, d *device, add bool) {
+	for n := 0; ; n++ {
+		more, ok := p.exec(k, d, add, n)
+		if !more || (!ok && add) {
+			return
+		}
+	}
+}
+
+// exec runs execution num_exec (libxl's name) of the device's script. It
+// returns whether libxl would look for one more execution, and whether this
+// one succeeded.
+func (p *Plugin) exec(k devKey, d *device, add bool, numExec int) (more, ok bool) {
+	set := p.settings()
 	base := k.path()
 	action := "remove"
 	if add {
 		action = "add"
 	}
 	isVif := k.typ == "vif"
-	if isVif {
+	if isVif && numExec == 0 {
 		action = map[bool]string{true: "online", false: "offline"}[add]
 	}
 	log := p.log.WithFields(logrus.Fields{"domid": k.dom.String(), "device": base, "action": action})
 
-	fail := func(result, msg string) {
+	// fail reports a failure. Only a script that ran and failed lets a
+	// remove go on to the next execution: libxl's device_hotplug ends the
+	// device's hotplug on any error before the script runs.
+	ran := false
+	fail := func(result, msg string) (bool, bool) {
 		p.scripts.WithLabelValues(k.typ, action, result).Inc()
 		if result == resultTimeout {
 			p.timedOut.Add(1)
@@ -493,6 +681,7 @@ func (p *Plugin) run(k devKey, d *device, add bool) {
 		if add {
 			p.reportError(base, msg, log)
 		}
+		return isVif && ran, false
 	}
 	// node reads a node of the device, or its value at add once gone.
 	node := func(name string, kept *string) (string, bool) {
@@ -506,15 +695,40 @@ func (p *Plugin) run(k devKey, d *device, add bool) {
 		}
 		return *kept, !add && *kept != ""
 	}
+	if numExec > 0 {
+		// libxl__get_hotplug_script_info: block devices run once; a vif
+		// at most twice, and once with a stub domain.
+		if !isVif || numExec > 1 {
+			return false, true
+		}
+		dm, _, _ := p.read(fmt.Sprintf("/local/domain/%d/image/device-model-domid", k.dom))
+		if atoi(dm) != 0 {
+			return false, true
+		}
+	}
 	script, ok := node("script", &d.script)
 	if !ok {
-		fail(resultError, fmt.Sprintf("unable to read script from %s", base))
-		return
+		return fail(resultError, fmt.Sprintf("unable to read script from %s", base))
 	}
-	prog, err := p.cfg.resolve(script)
+	nic := nicVif
+	if isVif {
+		nt, ok := node("type", &d.nicType)
+		if !ok {
+			return fail(resultError, fmt.Sprintf("unable to read nictype from %s", base))
+		}
+		if nic, ok = parseNicType(nt); !ok {
+			return fail(resultError, fmt.Sprintf("unable to parse nictype %q from %s", nt, base))
+		}
+		if nic == nicVif && numExec != 0 {
+			return false, true
+		}
+		if nic == nicUnknown {
+			return fail(resultError, fmt.Sprintf("unable to get args/env to execute hotplug script for device %s: nic type unknown", base))
+		}
+	}
+	prog, err := set.cfg.resolve(script)
 	if err != nil {
-		fail(resultError, err.Error())
-		return
+		return fail(resultError, err.Error())
 	}
 	env := slices.Clone(p.env)
 	env = proc.SetEnv(env, "script", prog)
@@ -526,24 +740,38 @@ func (p *Plugin) run(k devKey, d *device, add bool) {
 		gw, _ := node("gatewaydev", &d.gatewaydev)
 		env = proc.SetEnv(env, "netdev", gw)
 		name := "vif" + k.dom.String() + "." + k.devid
-		if nt, _ := node("type", &d.nicType); nt == "vif_ioemu" {
+		if nic == nicIOEmu {
+			// Both names in both executions: the script learns which one
+			// it is from type_if.
 			env = proc.SetEnv(env, "INTERFACE", name+"-emu")
 		}
 		env = proc.SetEnv(env, "vif", name)
-		argv = append(argv, "type_if=vif")
+		if numExec > 0 {
+			argv = append(argv, "type_if=tap")
+		} else {
+			argv = append(argv, "type_if=vif")
+		}
 	}
 
 	rs := &RunningScript{Domid: k.dom, Device: base, Action: action, Script: prog, Started: time.Now()}
 	p.mu.Lock()
+	if p.life.Err() != nil {
+		// Stopping: no new script, and nothing written for the device.
+		p.mu.Unlock()
+		log.Warn("hotplug script not run: mtwatchd stopping")
+		return false, false
+	}
 	p.running[k] = rs
+	p.scriptsRunning.Add(1)
 	p.mu.Unlock()
+	defer p.scriptsRunning.Done()
 	log.WithField("script", prog).Debug("running hotplug script")
 	res := proc.Run(p.life, proc.Spec{
 		Path:    prog,
 		Args:    argv,
 		Env:     env,
-		Timeout: p.cfg.Timeout,
-		Grace:   p.cfg.Grace,
+		Timeout: set.cfg.Timeout,
+		Grace:   set.cfg.Grace,
 		Line: func(stream, line string) {
 			log.WithField("stream", stream).Info(line)
 		},
@@ -551,6 +779,7 @@ func (p *Plugin) run(k devKey, d *device, add bool) {
 	p.mu.Lock()
 	delete(p.running, k)
 	p.mu.Unlock()
+	ran = res.ExitCode >= 0 || res.Signal != 0
 	p.runs.Add(1)
 	p.duration.WithLabelValues(k.typ, action).Observe(res.Duration.Seconds())
 	log = log.WithFields(logrus.Fields{"script": prog, "exit": res.ExitCode, "duration": res.Duration.Round(time.Millisecond)})
@@ -559,20 +788,22 @@ func (p *Plugin) run(k devKey, d *device, add bool) {
 		p.ok.Add(1)
 		p.scripts.WithLabelValues(k.typ, action, resultOK).Inc()
 		log.Debug("hotplug script done")
+		return isVif, true
 	case res.TimedOut:
-		fail(resultTimeout, fmt.Sprintf("%s %s timed out after %v: killed", prog, action, p.cfg.Timeout))
+		return fail(resultTimeout, fmt.Sprintf("%s %s timed out after %v: killed", prog, action, set.cfg.Timeout))
 	case res.Cancelled:
 		// Not the device's failure: nothing is written, so that the next
 		// start's scan runs the add again for a device still at InitWait.
 		p.scripts.WithLabelValues(k.typ, action, resultError).Inc()
 		p.failed.Add(1)
 		log.Warn("hotplug script killed: mtwatchd stopping")
+		return false, false
 	case res.ExitCode < 0 && res.Signal == 0:
-		fail(resultError, fmt.Sprintf("cannot execute %s: %v", prog, res.Err))
+		return fail(resultError, fmt.Sprintf("cannot execute %s: %v", prog, res.Err))
 	case res.Signal != 0:
-		fail(resultFailed, fmt.Sprintf("%s %s failed: killed by signal %v", prog, action, res.Signal))
+		return fail(resultFailed, fmt.Sprintf("%s %s failed: killed by signal %v", prog, action, res.Signal))
 	default:
-		fail(resultFailed, fmt.Sprintf("%s %s failed: exit status %d", prog, action, res.ExitCode))
+		return fail(resultFailed, fmt.Sprintf("%s %s failed: exit status %d", prog, action, res.ExitCode))
 	}
 }
 
@@ -610,6 +841,24 @@ func (p *Plugin) reportError(base, msg string, log *logrus.Entry) {
 	}
 }
 
+// removeLeftover removes what scripts wrote into a device directory after
+// the toolstack had removed it, as xen-hotplug-cleanup removes
+// $XENBUS_PATH after a remove on the udev path. A directory that has a
+// state node again is a new device and is left alone.
+func (p *Plugin) removeLeftover(base string) {
+	ctx, cancel := context.WithTimeout(p.life, 10*time.Second)
+	defer cancel()
+	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if _, err := tx.Read(ctx, base+"/state"); !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		return tx.Rm(ctx, base)
+	})
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.log.WithError(err).WithField("device", base).Warn("cannot remove what scripts left of a removed device")
+	}
+}
+
 // Status is what the plugin reports in the control API.
 type Status struct {
 	Types    []string        `json:"types"`
@@ -624,7 +873,7 @@ type Status struct {
 // Status reports the counters and the scripts running now.
 func (p *Plugin) Status() any {
 	p.mu.Lock()
-	s := Status{Types: p.cfg.Types, Devices: len(p.devs), Running: []RunningScript{}}
+	s := Status{Types: p.settings().cfg.Types, Devices: len(p.devs), Running: []RunningScript{}}
 	for _, r := range p.running {
 		s.Running = append(s.Running, *r)
 	}

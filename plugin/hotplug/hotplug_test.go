@@ -80,11 +80,15 @@ func start(t testing.TB, opts plugintest.Options, extra string) *fixture {
 }
 
 // device creates a backend directory as libxl does (one transaction, state
-// Initialising), with extra node/value pairs.
+// Initialising, a vif's type), with extra node/value pairs, which override.
 func (f *fixture) device(typ string, dom domid.ID, devid int, script string, extra ...string) string {
 	f.t.Helper()
 	base := fmt.Sprintf("backend/%s/%d/%d", typ, dom, devid)
-	kv := append([]string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}, extra...)
+	kv := []string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}
+	if typ == "vif" {
+		kv = append(kv, "type", "vif") // libxl writes it for every nic
+	}
+	kv = append(kv, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := f.h.Client.Transaction(ctx, func(tx *xenstore.Tx) error {
@@ -493,10 +497,21 @@ func TestStopDuringAdd(t *testing.T) {
 	dev := f.device("vbd", 13, 768, "hang")
 	f.h.Write(dev+"/state", "2")
 	f.record(dev, "add", 0)
+	gc := filepath.Join(f.out, "backend_vbd_13_768.grandchild")
+	f.h.Wait(10*time.Second, "grandchild started", func() bool { _, err := os.Stat(gc); return err == nil })
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := f.p.Stop(ctx); err != nil {
 		t.Fatal(err)
+	}
+	// Stop returned once the script's process group was gone.
+	b, err := os.ReadFile(gc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); alive(pid) {
+		syscall.Kill(pid, syscall.SIGKILL)
+		t.Fatalf("grandchild %d of the script still alive when Stop returned", pid)
 	}
 	for _, w := range f.h.Watches() {
 		w.Unwatch(ctx) // as the agent does after Stop
@@ -518,4 +533,84 @@ func TestStopDuringAdd(t *testing.T) {
 	}
 	defer p2.Stop(context.Background())
 	f.record(dev, "add", 1)
+}
+
+// TestRemoveAfterScanDirGone: a connected device found by the start-up
+// scan whose directory is then removed at once (no Closed first) gets its
+// remove with the script and vif names it had: the scan kept the nodes a
+// remove needs.
+func TestRemoveAfterScanDirGone(t *testing.T) {
+	t.Parallel()
+	f := build(t, plugintest.Options{}, "")
+	f.h.AddDomain(14)
+	vif := f.device("vif", 14, 0, "connect", "state", "4", "hotplug-status", "connected", "gatewaydev", "eth1", "type", "vif_ioemu")
+	vbd := f.device("vbd", 14, 768, "connect", "state", "4", "hotplug-status", "connected")
+	f.start()
+	f.h.Wait(10*time.Second, "scan done", func() bool { return f.p.Status().(Status).Devices == 2 })
+	f.h.Rm(vif)
+	f.h.Rm(vbd)
+	f.record(vbd, "remove", 0)
+	got := f.record(vif, "offline", 0)
+	for _, want := range []string{"env netdev=eth1\n", "env INTERFACE=vif14.0-emu\n", "argv SCRIPTS/connect\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("offline record lacks %q:\n%s", want, got)
+		}
+	}
+	f.record(vif, "remove", 0) // the tap execution
+	if st := f.p.Status().(Status); st.Failed != 0 {
+		t.Errorf("status %+v\n%s", st, f.log())
+	}
+}
+
+// TestDestroyDuringAdd: the domain's worker is destroyed and the device's
+// directory removed while its add hangs. The add is not cut short by the
+// worker's end (a script is ended by its timeout or by mtwatchd stopping,
+// never half-way because a worker went), its failure writes nothing into
+// the removed directory, and the remove runs after it, on the draining
+// worker.
+func TestDestroyDuringAdd(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "timeout = \"800ms\"\ngrace = \"100ms\"")
+	f.h.AddDomain(15)
+	dev := f.device("vbd", 15, 768, "hang")
+	f.h.Write(dev+"/state", "2")
+	f.record(dev, "add", 0)
+	if err := f.h.Dispatcher.DestroyDomain(15); err != nil {
+		t.Fatal(err)
+	}
+	f.h.Rm(dev)
+	f.record(dev, "remove", 0)
+	f.h.Wait(10*time.Second, "remove ends", func() bool { return strings.Count(f.log(), dev) == 3 })
+	if got, want := f.log(), dev+" add start\n"+dev+" remove start\n"+dev+" remove end\n"; got != want {
+		t.Errorf("log:\n%s\nwant:\n%s", got, want)
+	}
+	if st := f.p.Status().(Status); st.TimedOut != 1 {
+		t.Errorf("the add was not ended by its timeout: %+v", st)
+	}
+	if _, ok := f.h.Read(dev); ok {
+		t.Errorf("%s written again after its removal", dev)
+	}
+}
+
+// TestDirRemovedDuringAdd: the toolstack removes the device's directory
+// while its add runs, and the script then writes hotplug-status, which
+// creates the directory again with that node only. The device still gets
+// its remove after the add, and what the script left is removed.
+func TestDirRemovedDuringAdd(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "")
+	f.h.AddDomain(16)
+	dev := f.device("vbd", 16, 768, "slow")
+	f.h.Write(dev+"/state", "2")
+	f.record(dev, "add", 0)
+	f.h.Rm(dev)
+	f.record(dev, "remove", 0)
+	f.h.Wait(10*time.Second, "remove ends", func() bool { return strings.Count(f.log(), dev) == 4 })
+	if got, want := f.log(), dev+" add start\n"+dev+" add end\n"+dev+" remove start\n"+dev+" remove end\n"; got != want {
+		t.Errorf("log:\n%s\nwant:\n%s", got, want)
+	}
+	f.h.Wait(10*time.Second, "leftover removed", func() bool { _, ok := f.h.Read(dev); return !ok })
+	if st := f.p.Status().(Status); st.Devices != 0 {
+		t.Errorf("the device is still known: %+v", st)
+	}
 }

@@ -33,7 +33,11 @@ func hotplugAgent(t *testing.T, in *xenstoredtest.Instance, extra string, args .
 func (a *agent) device(typ string, dom domid.ID, devid int, script string, extra ...string) string {
 	a.t.Helper()
 	base := fmt.Sprintf("backend/%s/%d/%d", typ, dom, devid)
-	kv := append([]string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}, extra...)
+	kv := []string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}
+	if typ == "vif" {
+		kv = append(kv, "type", "vif") // libxl writes it for every nic
+	}
+	kv = append(kv, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := a.c.Transaction(ctx, func(tx *xenstore.Tx) error {
@@ -163,5 +167,264 @@ func TestHotplugHungDomain(t *testing.T) {
 				t.Fatalf("multi-worker: B waited for A's hung script (A: %q)", aStatus)
 			}
 		})
+	}
+}
+
+// redial gives the test a new connection after a xenstored restart.
+func (a *agent) redial() {
+	a.t.Helper()
+	a.c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := xenstore.Dial(ctx, xenstore.WithPath(a.in.Socket()))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	a.c = c
+	a.t.Cleanup(func() { c.Close() })
+}
+
+func recordN(a *agent, out, base, action string, n int) string {
+	got := waitFile(a, filepath.Join(out, fmt.Sprintf("%s.%s.%d", strings.ReplaceAll(base, "/", "_"), action, n)))
+	return strings.ReplaceAll(got, scriptsDir, "SCRIPTS")
+}
+
+// TestHotplugReload: SIGHUP through bin/mtwatchd enables a type (its device
+// already waiting gets its script) and changes the timeout of the scripts
+// started afterwards.
+func TestHotplugReload(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	a, _ := hotplugAgent(t, in, "types = [\"vbd\"]\ntimeout = \"30s\"\ngrace = \"100ms\"")
+	a.run()
+	a.domain(7)
+	vif := a.device("vif", 7, 0, "connect")
+	a.write(vif+"/state", "2")
+	time.Sleep(200 * time.Millisecond)
+	if _, ok := a.read(vif + "/hotplug-status"); ok {
+		t.Fatal("vif handled before it was enabled")
+	}
+	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nxl_conf = \"\"\ntypes = [\"vbd\", \"vif\"]\ntimeout = \"500ms\"\ngrace = \"100ms\"\n", scriptsDir)
+	if err := os.WriteFile(a.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	if s := a.hotplugStatus(vif); s != "connected" {
+		t.Errorf("vif after SIGHUP: hotplug-status %q", s)
+	}
+	hang := a.device("vbd", 7, 768, "hang")
+	a.write(hang+"/state", "2")
+	if s := a.hotplugStatus(hang); s != "error" {
+		t.Fatalf("hung script: hotplug-status %q", s)
+	}
+	if e, _ := a.read(hang + "/hotplug-error"); !strings.Contains(e, "timed out after 500ms") {
+		t.Errorf("hotplug-error %q, want the reloaded timeout", e)
+	}
+	if ps := pluginStatus(t, a, "hotplug"); !strings.Contains(fmt.Sprint(ps.Status), "vif") {
+		t.Errorf("status after reload: %+v", ps.Status)
+	}
+}
+
+// TestHotplugReconnect: after xenstored restarts, the backend watch's new
+// initial event rescans: devices gone with the old xenstored get their
+// remove, and a device created again at InitWait gets its add again,
+// although the plugin had run an add for the same path before.
+func TestHotplugReconnect(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	a, out := hotplugAgent(t, in, "")
+	a.run()
+	a.domain(5)
+	a.domain(6)
+	vbd := a.device("vbd", 5, 768, "connect")
+	vif := a.device("vif", 6, 0, "connect")
+	a.write(vbd+"/state", "2", vif+"/state", "2")
+	a.hotplugStatus(vbd)
+	a.hotplugStatus(vif)
+
+	in.Restart() // a fresh xenstored: no domains, no backends
+	a.wait(30*time.Second, "reconnection", func() bool {
+		st := a.status()
+		return st.Xenstore.Reconnects >= 1 && st.Xenstore.State == "connected"
+	})
+	a.redial()
+	recordN(a, out, vbd, "remove", 0)
+	recordN(a, out, vif, "offline", 0)
+
+	a.domain(5)
+	a.device("vbd", 5, 768, "connect", "state", "2")
+	if s := a.hotplugStatus(vbd); s != "connected" {
+		t.Errorf("device created again: hotplug-status %q", s)
+	}
+	recordN(a, out, vbd, "add", 1)
+	a.wait(10*time.Second, "scan watches removed", func() bool { return pluginStatus(t, a, "hotplug").Watches == 1 })
+}
+
+func rss(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
+			return kb
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// TestHotplugFlood: a domain whose device's backend and frontend paths are
+// rewritten in a tight loop for two seconds, while its worker is busy with a
+// hung script, queues at most one event per device (control API and
+// /metrics), the agent's memory stays bounded, and another domain's devices
+// connect meanwhile.
+func TestHotplugFlood(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	// The log plugin, on by default, keeps one pending event per path that
+	// changed (bounded by the domain's queue capacity): off, so that the
+	// queue holds hotplug's events only.
+	// A short shutdown: the hung script is not worth waiting for.
+	a, _ := hotplugAgent(t, in, "timeout = \"60s\"\ngrace = \"100ms\"\n[plugins.log]\nenabled = false\n[agent]\nshutdown_timeout = \"1s\"")
+	a.run()
+	a.domain(40)
+	a.domain(41)
+	busy := a.device("vbd", 40, 768, "hang")
+	a.write(busy+"/state", "2")
+	a.wait(20*time.Second, "hung script running", func() bool {
+		d, err := a.ctl.Domain(t.Context(), 40)
+		return err == nil && d.Current != nil
+	})
+	flood := a.device("vif", 40, 0, "connect")
+	fe := "/local/domain/40/device/vif/0"
+	before := rss(t, a.cmd.Process.Pid)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	writes := 0
+	var maxQueued int
+	for i := 0; ctx.Err() == nil; i++ {
+		v := []byte(strconv.Itoa(i))
+		for _, p := range []string{flood + "/state", flood + "/online", flood + "/feature-x", fe + "/state", fe + "/tx-ring-ref"} {
+			if err := a.c.Write(context.Background(), p, v); err != nil {
+				t.Fatal(err)
+			}
+			writes++
+		}
+		if i%200 == 0 {
+			if d, err := a.ctl.Domain(t.Context(), 40); err == nil && d.Queued > maxQueued {
+				maxQueued = d.Queued
+			}
+			if i == 1000 {
+				// Another domain's devices connect during the flood.
+				vif := a.device("vif", 41, 0, "connect")
+				vbd := a.device("vbd", 41, 768, "connect")
+				a.write(vif+"/state", "2", vbd+"/state", "2")
+				a.hotplugStatus(vif)
+				a.hotplugStatus(vbd)
+			}
+		}
+	}
+	if writes < 2000 {
+		t.Fatalf("only %d writes in two seconds: not a flood", writes)
+	}
+	// The events still buffered in the agent's connection reach the
+	// dispatcher: wait for its counters to settle.
+	var last uint64
+	a.wait(20*time.Second, "flood dispatched", func() bool {
+		time.Sleep(200 * time.Millisecond)
+		d, err := a.ctl.Domain(t.Context(), 40)
+		if err != nil {
+			return false
+		}
+		settled := d.Dispatched == last
+		last = d.Dispatched
+		return settled
+	})
+	d, err := a.ctl.Domain(t.Context(), 40)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if maxQueued > 2 || d.Queued > 2 {
+		t.Errorf("domain 40 queued up to %d events (now %d), want at most one per device: %+v", maxQueued, d.Queued, d)
+	}
+	if d.Dropped != 0 {
+		t.Errorf("events dropped for overflow: %+v", d)
+	}
+	m, err := a.ctl.Metrics(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var q int
+	for _, l := range strings.Split(m, "\n") {
+		if v, ok := strings.CutPrefix(l, `mtwatch_domain_queued_events{domid="40"} `); ok {
+			q, _ = strconv.Atoi(v)
+		}
+	}
+	if q > 2 {
+		t.Errorf("mtwatch_domain_queued_events for 40 is %d", q)
+	}
+	if after := rss(t, a.cmd.Process.Pid); after-before > 32<<10 {
+		t.Errorf("RSS grew from %d kB to %d kB during the flood", before, after)
+	}
+	t.Logf("%d writes; max queued %d; domain 40 %+v", writes, maxQueued, d)
+}
+
+// TestHotplugScriptInherits: a script started by bin/mtwatchd gets stdin,
+// stdout and stderr and no other descriptor: not the agent's own
+// (xenstored's socket, the control socket, the pipes of another script
+// running meanwhile), not one mtwatchd inherited without close-on-exec;
+// and no blocked or ignored signal.
+func TestHotplugScriptInherits(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	a, out := hotplugAgent(t, in, "[agent]\nshutdown_timeout = \"1s\"")
+	stray, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stray.Close()
+	a.cmd.ExtraFiles = []*os.File{stray} // fd 3 of mtwatchd, not close-on-exec
+	a.run()
+	a.domain(9)
+	a.domain(10)
+	hang := a.device("vbd", 10, 768, "hang") // another domain's script's pipes are open meanwhile
+	a.write(hang+"/state", "2")
+	record(a, out, hang, "add")
+	dev := a.device("vbd", 9, 768, "fds")
+	a.write(dev+"/state", "2")
+	a.hotplugStatus(dev)
+	got := waitFile(a, filepath.Join(out, "fds"))
+	fds := 0
+	for _, l := range strings.Split(strings.TrimSpace(got), "\n") {
+		f := strings.Fields(l)
+		if left, target, ok := strings.Cut(l, " -> "); ok {
+			fds++
+			lf := strings.Fields(left)
+			fd := lf[len(lf)-1]
+			// ls's own: the directory it lists.
+			if n, _ := strconv.Atoi(fd); n > 2 && !(strings.HasPrefix(target, "/proc/") && strings.HasSuffix(target, "/fd")) {
+				t.Errorf("script inherited fd %s -> %s\n%s", fd, target, got)
+			}
+			if fd == "0" && target != "/dev/null" {
+				t.Errorf("stdin is %s", target)
+			}
+			continue
+		}
+		switch {
+		case strings.HasPrefix(l, "total"):
+		case len(f) == 2 && (f[0] == "SigBlk:" || f[0] == "SigIgn:"):
+			if strings.Trim(f[1], "0") != "" {
+				t.Errorf("script has %s %s", f[0], f[1])
+			}
+		default:
+			t.Errorf("unexpected line %q", l)
+		}
+	}
+	if fds < 3 {
+		t.Errorf("%d descriptors recorded:\n%s", fds, got)
 	}
 }
