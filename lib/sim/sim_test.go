@@ -3,6 +3,7 @@ package sim_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"path"
 	"slices"
@@ -238,37 +239,29 @@ func TestRunOrder(t *testing.T) {
 		}
 		return ""
 	}
-	// One consumer for every watch, so events are recorded in the order
-	// the connection delivered them.
-	var ws []*xenstore.Watch
-	for _, p := range []string{"/", "@introduceDomain", "@releaseDomain"} {
-		w, err := wc.Watch(ctx, p, "order")
+	// Callbacks on the connection's reading goroutine record the events in
+	// the order the connection delivered them; a select over several
+	// Events channels would not (it picks among ready channels at random).
+	// Each watch's first event is the one xenstored sends on registration.
+	initial := map[string]bool{}
+	for i, p := range []string{"/", "@introduceDomain", "@releaseDomain"} {
+		token := fmt.Sprintf("order%d", i)
+		w, err := wc.WatchFunc(ctx, p, token, func(ev xenstore.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			if !initial[ev.Token] {
+				initial[ev.Token] = true
+				return
+			}
+			if c := classify(ev.Path); c != "" {
+				seq = append(seq, c)
+			}
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		<-w.Events() // the initial event
-		ws = append(ws, w)
+		t.Cleanup(func() { w.Unwatch(context.Background()) })
 	}
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			var ev xenstore.Event
-			select {
-			case <-stop:
-				return
-			case ev = <-ws[0].Events():
-			case ev = <-ws[1].Events():
-			case ev = <-ws[2].Events():
-			}
-			if c := classify(ev.Path); c != "" {
-				mu.Lock()
-				seq = append(seq, c)
-				mu.Unlock()
-			}
-		}
-	}()
 	if _, err := sim.Run(ctx, s.config(1)); err != nil {
 		t.Fatal(err)
 	}
@@ -284,11 +277,12 @@ func TestRunOrder(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	close(stop)
-	<-done
+	mu.Lock()
+	got := slices.Clone(seq)
+	mu.Unlock()
 	first := map[string]int{}
 	lastAt := map[string]int{}
-	for i, c := range seq {
+	for i, c := range got {
 		if _, ok := first[c]; !ok {
 			first[c] = i
 		}
@@ -300,7 +294,7 @@ func TestRunOrder(t *testing.T) {
 		a, aok := first[pair[0]]
 		b, bok := first[pair[1]]
 		if !aok || !bok || a >= b {
-			t.Errorf("creation: %s (at %d) must come before %s (at %d): %v", pair[0], a, pair[1], b, seq)
+			t.Errorf("creation: %s (at %d) must come before %s (at %d): %v", pair[0], a, pair[1], b, got)
 		}
 	}
 	for _, pair := range [][2]string{
@@ -308,11 +302,11 @@ func TestRunOrder(t *testing.T) {
 	} {
 		a, b := lastAt[pair[0]], lastAt[pair[1]]
 		if a >= b {
-			t.Errorf("teardown: last %s (at %d) must come before last %s (at %d): %v", pair[0], a, pair[1], b, seq)
+			t.Errorf("teardown: last %s (at %d) must come before last %s (at %d): %v", pair[0], a, pair[1], b, got)
 		}
 	}
-	if seq[len(seq)-1] != "node" {
-		t.Errorf("the node's removal is not last: %v", seq)
+	if got[len(got)-1] != "node" {
+		t.Errorf("the node's removal is not last: %v", got)
 	}
 }
 
