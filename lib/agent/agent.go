@@ -112,7 +112,11 @@ type Agent struct {
 	bgCtx     context.Context
 	bgCancel  context.CancelFunc
 	bg        sync.WaitGroup // the watchdog and status goroutines
-	fwd       sync.WaitGroup // watch forwarders
+	// bar holds plugin events behind the control-plane events read
+	// before them (barrier.go).
+	bar *barrier
+	// nodeFault, set by tests only, fails the handling of node events.
+	nodeFault func() error
 	startOnce sync.Once
 	stopOnce  sync.Once
 	stopErr   error
@@ -183,6 +187,7 @@ func New(opts Options) (*Agent, error) {
 		return nil, fmt.Errorf("agent: %w: %w", ErrConfig, err)
 	}
 	a.d = d
+	a.bar = newBarrier(d.Dispatch, a.log)
 	a.metrics = newMetrics(a)
 	if err := a.reg.Register(a.metrics); err != nil {
 		d.Stop(context.Background())
@@ -197,6 +202,11 @@ func New(opts Options) (*Agent, error) {
 
 // Dispatcher returns the agent's dispatcher (for benchmarks and tests).
 func (a *Agent) Dispatcher() *dispatch.Dispatcher { return a.d }
+
+// BarrierTimeouts returns how often plugin events held behind a domain
+// introduction or a node event were dispatched before the agent had handled
+// it, because a bound of the hold was reached.
+func (a *Agent) BarrierTimeouts() uint64 { return a.bar.timeouts() }
 
 // Registry returns the Prometheus registry the agent's metrics are in.
 func (a *Agent) Registry() *prometheus.Registry { return a.reg }
@@ -303,6 +313,7 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		a.runCancel()
 	}
 	a.wg.Wait()
+	a.bar.stop()
 	a.cmu.Lock()
 	a.closing = true
 	var xws []*xenstore.Watch
@@ -313,10 +324,11 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		}
 	}
 	a.cmu.Unlock()
+	// Once Unwatch returns, its callback is not running and is not called
+	// again (WatchFunc): no event is dispatched after this.
 	for _, xw := range xws {
 		xw.Unwatch(ctx)
 	}
-	a.fwd.Wait()
 
 	// Events already queued run to completion while time allows.
 	for ctx.Err() == nil {

@@ -83,7 +83,13 @@ func newRecorder(hang func(dispatch.Event, domid.ID) bool) (*recorder, plugin.Re
 // worker.
 func (r *recorder) expectRun(t *testing.T, path string, worker domid.ID) {
 	t.Helper()
-	deadline := time.After(20 * time.Second)
+	r.expectRunWithin(t, path, worker, 20*time.Second)
+}
+
+// expectRunWithin is expectRun with a deadline.
+func (r *recorder) expectRunWithin(t *testing.T, path string, worker domid.ID, within time.Duration) {
+	t.Helper()
+	deadline := time.After(within)
 	for {
 		select {
 		case got := <-r.runs:
@@ -95,7 +101,7 @@ func (r *recorder) expectRun(t *testing.T, path string, worker domid.ID) {
 			}
 			return
 		case <-deadline:
-			t.Fatalf("%s never ran", path)
+			t.Fatalf("%s did not run within %v", path, within)
 		}
 	}
 }

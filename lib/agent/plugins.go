@@ -167,19 +167,20 @@ type pluginWatch struct {
 	removed bool
 }
 
-// registerXS registers w's XenStore watch on c, its events dispatched on
-// the goroutine that reads the connection (xenstore.WatchFunc): no queue
-// and no goroutine hand-off between xenstored and the domain queues, which
-// took the agent's event rate from half the bare libxenstore watcher's
-// (docs/performance.md). Dispatch only queues, it never waits for a
-// handler, so the connection's replies keep flowing to the handlers that
-// make calls.
+// registerXS registers w's XenStore watch on c, its events handed to the
+// barrier, and by it to the dispatcher, on the goroutine that reads the
+// connection (xenstore.WatchFunc): no queue and no goroutine hand-off
+// between xenstored and the domain queues, which took the agent's event
+// rate from half the bare libxenstore watcher's (docs/performance.md).
+// Neither the barrier nor Dispatch ever waits for a handler, so the
+// connection's replies keep flowing to the handlers that make calls. A
+// WatchFunc watch does not overflow: the dispatcher's per-domain queues are
+// the only bound, and report their own overflows. An event of a connection
+// that was just replaced is still dispatched: it only means "look again".
 func (a *Agent) registerXS(ctx context.Context, c *xenstore.Client, w *pluginWatch) error {
-	xw, err := c.WatchFunc(ctx, w.path, w.token, func(ev xenstore.Event) {
-		if err := a.d.Dispatch(ev.Path, w.token); err != nil &&
-			!errors.Is(err, dispatch.ErrUnknownWatch) && !errors.Is(err, dispatch.ErrStopped) {
-			a.log.Error("dispatch failed", "path", ev.Path, "watch", w.token, "err", err)
-		}
+	token := w.token
+	xw, err := c.WatchFunc(ctx, w.path, token, func(ev xenstore.Event) {
+		a.bar.event(ev.Path, token)
 	})
 	if err != nil {
 		return err
@@ -191,20 +192,8 @@ func (a *Agent) registerXS(ctx context.Context, c *xenstore.Client, w *pluginWat
 		return nil
 	}
 	w.xw = xw
-	a.fwd.Add(1)
 	a.cmu.Unlock()
-	go a.forward(xw)
 	return nil
-}
-
-// forward waits for one XenStore watch to end (Unwatch, connection loss):
-// Shutdown waits for it, so no event is dispatched once the agent stopped.
-// A WatchFunc watch does not overflow: the dispatcher's per-domain queues
-// are the only bound, and report their own overflows.
-func (a *Agent) forward(xw *xenstore.Watch) {
-	defer a.fwd.Done()
-	for range xw.Events() {
-	}
 }
 
 // Unwatch implements plugin.Watch.
