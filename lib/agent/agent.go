@@ -173,14 +173,10 @@ func New(opts Options) (*Agent, error) {
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
 	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
 	a.reapStale.Store(cfg.Agent.ReapStale)
-	stall := cfg.Agent.StallThreshold.Duration
-	if stall == 0 {
-		stall = -1 // zero in the file means off; zero to dispatch means default
-	}
 	d, err := dispatch.New(dispatch.Config{
 		Logger:         a.log,
 		Capacity:       cfg.Agent.QueueCapacity,
-		StallThreshold: stall,
+		StallThreshold: dispatchStall(cfg.Agent.StallThreshold.Duration),
 		SingleWorker:   cfg.Agent.SingleWorker,
 	})
 	if err != nil {
@@ -198,6 +194,15 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	return a, nil
+}
+
+// dispatchStall maps the configured stall threshold to lib/dispatch's:
+// zero in the file means off, zero to the dispatcher means its default.
+func dispatchStall(t time.Duration) time.Duration {
+	if t == 0 {
+		return -1
+	}
+	return t
 }
 
 // Dispatcher returns the agent's dispatcher (for benchmarks and tests).
@@ -411,6 +416,7 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 		a.log.Warn("changes to agent.xenstore, auto_detect, single_worker, queue_capacity or [control] need a restart")
 	}
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
+	a.d.SetStallThreshold(dispatchStall(cfg.Agent.StallThreshold.Duration))
 	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
 	a.reapStale.Store(cfg.Agent.ReapStale)
 	// What needs a restart keeps its running value.

@@ -36,6 +36,7 @@ type recorder struct {
 	runs    chan run
 	hang    func(ev dispatch.Event, worker domid.ID) bool
 	stuck   chan error
+	unblock chan struct{} // closed by a test to end hung handlers
 	w       plugin.Watch
 	stopped bool
 }
@@ -50,7 +51,10 @@ func (r *recorder) Start(ctx context.Context) error {
 				return nil
 			}
 			if r.hang != nil && r.hang(ev, wk) {
-				<-ctx.Done()
+				select {
+				case <-ctx.Done():
+				case <-r.unblock: // nil unless the test set it
+				}
 				r.stuck <- ctx.Err()
 				return ctx.Err()
 			}
