@@ -75,22 +75,22 @@ type Dispatcher struct {
 	wmu     sync.RWMutex
 	watches map[string]*Registration // by token
 
-	mu         sync.Mutex
-	stopping   bool
-	def        *worker              // the default worker
-	dom0       *domain              // events of dom0 and of paths of no domain
-	doms       map[domid.ID]*domain // guests with a worker or with events
-	active     map[*worker]struct{} // workers whose goroutine runs
-	pend       map[pendKey]int32    // pending events by coalescing key
-	pendPeak   int
-	goroutines int           // worker goroutines plus the stall monitor
-	items      int           // events and notices not yet completed
-	drained    chan struct{} // closed once stopping and nothing left
+	mu          sync.Mutex
+	stopping    bool
+	def         *worker              // the default worker
+	dom0        *domain              // events of dom0 and of paths of no domain
+	doms        map[domid.ID]*domain // guests with a worker or with events
+	active      map[*worker]struct{} // workers whose goroutine runs
+	pend        map[pendKey]int32    // pending events by coalescing key
+	pendPeak    int
+	goroutines  int           // worker goroutines plus the stall monitor
+	items       int           // events and notices not yet completed
+	drained     chan struct{} // closed once stopping and nothing left
 	monitorEnd  chan struct{} // closed by Stop to end the stall monitor
 	monitorKick chan struct{} // capacity 1: the stall threshold changed
 	monitorOn   bool          // the stall monitor's goroutine was started
-	totals     Counters
-	workers    int // domain worker generations, live or draining
+	totals      Counters
+	workers     int // domain worker generations, live or draining
 
 	itemPool sync.Pool
 }
@@ -101,15 +101,15 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, fmt.Errorf("dispatch: negative capacity %d", cfg.Capacity)
 	}
 	d := &Dispatcher{
-		log:        cfg.Logger,
-		capacity:   cfg.Capacity,
-		single:     cfg.SingleWorker,
-		epoch:      time.Now(),
-		watches:    make(map[string]*Registration),
-		doms:       make(map[domid.ID]*domain),
-		active:     make(map[*worker]struct{}),
-		pend:       make(map[pendKey]int32),
-		drained:    make(chan struct{}),
+		log:         cfg.Logger,
+		capacity:    cfg.Capacity,
+		single:      cfg.SingleWorker,
+		epoch:       time.Now(),
+		watches:     make(map[string]*Registration),
+		doms:        make(map[domid.ID]*domain),
+		active:      make(map[*worker]struct{}),
+		pend:        make(map[pendKey]int32),
+		drained:     make(chan struct{}),
 		monitorEnd:  make(chan struct{}),
 		monitorKick: make(chan struct{}, 1),
 	}
