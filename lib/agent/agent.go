@@ -115,8 +115,10 @@ type Agent struct {
 	// bar holds plugin events behind the control-plane events read
 	// before them (barrier.go).
 	bar *barrier
-	// nodeFault, set by tests only, fails the handling of node events.
-	nodeFault func() error
+	// nodeFault, set by tests only, fails the handling of node events
+	// ("node") and the retried rescans ("rescan") where it returns an
+	// error: xenstored's own failures there cannot be had on demand.
+	nodeFault atomic.Pointer[func(op string) error]
 	startOnce sync.Once
 	stopOnce  sync.Once
 	stopErr   error

@@ -263,7 +263,10 @@ func (s *session) run(ctx context.Context) error {
 		case <-rescan:
 			rescan = nil
 			retry = true
-			if err = a.reconcile(ctx, s.c); err == nil {
+			if err = a.fault("rescan"); err == nil {
+				err = a.reconcile(ctx, s.c)
+			}
+			if err == nil {
 				backoff = minBackoff
 			}
 		case <-s.wake:
@@ -295,6 +298,14 @@ func (s *session) run(ctx context.Context) error {
 	}
 }
 
+// fault is the test hook of nodeFault.
+func (a *Agent) fault(op string) error {
+	if f := a.nodeFault.Load(); f != nil {
+		return (*f)(op)
+	}
+	return nil
+}
+
 // ended reports why one of the session's watches ended.
 func (s *session) ended(w *xenstore.Watch) error {
 	if err := s.c.Err(); err != nil {
@@ -308,10 +319,8 @@ func (s *session) ended(w *xenstore.Watch) error {
 func (s *session) handle(ctx context.Context, w sessionWork) error {
 	a := s.a
 	var errs []error
-	if f := a.nodeFault; f != nil && (w.rescan || len(w.paths) > 0) {
-		if err := f(); err != nil {
-			return err
-		}
+	if err := a.fault("node"); err != nil && (w.rescan || len(w.paths) > 0) {
+		return err
 	}
 	if w.rescan {
 		a.log.Info("rescanning the mtwatch directory after a change of the directory itself or a burst of node events")
