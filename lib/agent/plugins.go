@@ -164,6 +164,7 @@ type pluginWatch struct {
 
 	// Under a.cmu.
 	xw      *xenstore.Watch
+	on      *xenstore.Client // the connection xw is (being) registered on
 	removed bool
 }
 
@@ -177,16 +178,31 @@ type pluginWatch struct {
 // WatchFunc watch does not overflow: the dispatcher's per-domain queues are
 // the only bound, and report their own overflows. An event of a connection
 // that was just replaced is still dispatched: it only means "look again".
+//
+// A plugin's Watch and a reconnection's connect can both try to register w
+// on the same new connection; the first claims it (w.on), so the second
+// neither fails with EEXIST nor registers twice.
 func (a *Agent) registerXS(ctx context.Context, c *xenstore.Client, w *pluginWatch) error {
+	a.cmu.Lock()
+	if w.on == c || w.removed || a.closing {
+		a.cmu.Unlock()
+		return nil
+	}
+	w.on = c
+	a.cmu.Unlock()
 	token := w.token
 	xw, err := c.WatchFunc(ctx, w.path, token, func(ev xenstore.Event) {
 		a.bar.event(ev.Path, token)
 	})
+	a.cmu.Lock()
 	if err != nil {
+		if w.on == c {
+			w.on = nil
+		}
+		a.cmu.Unlock()
 		return err
 	}
-	a.cmu.Lock()
-	if w.removed || a.closing || a.cur != c {
+	if w.removed || a.closing || a.cur != c || w.on != c {
 		a.cmu.Unlock()
 		xw.Unwatch(context.Background())
 		return nil
