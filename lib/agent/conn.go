@@ -170,12 +170,27 @@ func (s *session) take() sessionWork {
 	return w
 }
 
+// close removes the session's watches; a xenstored that does not answer
+// (stopped, hung) delays it by unwatchTimeout at most, so Shutdown and a
+// reconnection never hang on it.
 func (s *session) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
+	defer cancel()
 	for _, w := range []*xenstore.Watch{s.nodes, s.intro, s.relea} {
 		if w != nil {
-			w.Unwatch(context.Background())
+			w.Unwatch(ctx)
 		}
 	}
+}
+
+// unwatchTimeout bounds the removal of a watch nobody waits for.
+const unwatchTimeout = time.Second
+
+// unwatch removes xw, waiting unwatchTimeout at most for xenstored.
+func unwatch(xw *xenstore.Watch) {
+	ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
+	defer cancel()
+	xw.Unwatch(ctx)
 }
 
 // supervise runs the session's loop and, when xenstored goes away, redials

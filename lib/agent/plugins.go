@@ -142,7 +142,9 @@ func (p *hostedPlugin) Watch(ctx context.Context, cfg dispatch.WatchConfig) (plu
 	a.cmu.Unlock()
 	if c != nil {
 		if err := a.registerXS(ctx, c, w); err != nil && !connLost(err) {
-			w.Unwatch(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
+			w.Unwatch(ctx)
+			cancel()
 			return nil, fmt.Errorf("plugin %s: %w", p.name, err)
 		}
 	}
@@ -204,7 +206,7 @@ func (a *Agent) registerXS(ctx context.Context, c *xenstore.Client, w *pluginWat
 	}
 	if w.removed || a.closing || a.cur != c || w.on != c {
 		a.cmu.Unlock()
-		xw.Unwatch(context.Background())
+		unwatch(xw)
 		return nil
 	}
 	w.xw = xw
