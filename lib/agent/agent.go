@@ -65,6 +65,9 @@ type Options struct {
 	// Dial connects to xenstored; nil means xenstore.Dial with the
 	// configured path. Tests use it to hold a reconnection.
 	Dial func(ctx context.Context) (*xenstore.Client, error)
+	// BarrierWait bounds how long plugin events are held behind a domain
+	// introduction or a node event not yet handled; zero means 250 ms.
+	BarrierWait time.Duration
 }
 
 // Agent is a running mtwatchd. Its methods are safe for concurrent use.
@@ -186,6 +189,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.d = d
 	a.bar = newBarrier(d.Dispatch, a.log)
+	if opts.BarrierWait > 0 {
+		a.bar.maxWait = opts.BarrierWait
+	}
 	a.metrics = newMetrics(a)
 	if err := a.reg.Register(a.metrics); err != nil {
 		d.Stop(context.Background())

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
@@ -19,7 +20,9 @@ import (
 func TestIntroducedDomainEventsRunOnItsWorker(t *testing.T) {
 	t.Parallel()
 	rec, reg := newRecorder(nil)
-	h := start(t, nil, "", nil, reg)
+	// The wait bound is not what is tested: a loaded test host must not
+	// reach it.
+	h := start(t, nil, "", func(o *agent.Options) { o.BarrierWait = 10 * time.Second }, reg)
 	const n = 40
 	for i := range n {
 		id := domid.ID(100 + i)
@@ -65,7 +68,7 @@ func TestHungNewDomainDoesNotDelayAnother(t *testing.T) {
 	rec, reg := newRecorder(func(ev dispatch.Event, _ domid.ID) bool {
 		return strings.HasSuffix(ev.Path, "/hang")
 	})
-	h := start(t, nil, "", nil, reg)
+	h := start(t, nil, "", func(o *agent.Options) { o.BarrierWait = 10 * time.Second }, reg)
 	for i := range 8 {
 		hung, ok := domid.ID(200+2*i), domid.ID(201+2*i)
 		h.in.CreateDomain(hung)

@@ -53,10 +53,6 @@ type sessionWork struct {
 	seq     uint64              // the last barrier raised by these events
 }
 
-func (w *sessionWork) empty() bool {
-	return len(w.paths) == 0 && !w.rescan && !w.intro && !w.release && w.seq == 0
-}
-
 // connect registers the agent's watches and the plugins' on c, then
 // reconciles the workers with c's nodes and introduced domains. Plugin
 // events read meanwhile are held until the reconcile is done (the
