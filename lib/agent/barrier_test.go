@@ -9,6 +9,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
 
 // TestIntroducedDomainEventsRunOnItsWorker: libxl introduces a domain
@@ -94,5 +95,36 @@ func TestHungNewDomainDoesNotDelayAnother(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatal("a hung handler was not cancelled when its domain died")
 		}
+	}
+}
+
+// TestBarrierAfterReconnect: after xenstored restarts, the new
+// connection's session owns the barrier: a domain introduced on the new
+// xenstored gets its device events on its own worker, as before.
+func TestBarrierAfterReconnect(t *testing.T) {
+	t.Parallel()
+	rec, reg := newRecorder(nil)
+	h := start(t, nil, "", func(o *agent.Options) { o.BarrierWait = 10 * time.Second }, reg)
+	h.in.Restart()
+	deadline := time.Now().Add(20 * time.Second)
+	for h.a.Status().Xenstore.Reconnects == 0 || h.a.Status().Xenstore.State != "connected" {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reconnection: %+v", h.a.Status().Xenstore)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c, err := xenstore.Dial(h.ctx, xenstore.WithPath(h.in.Socket()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 20 {
+		id := domid.ID(300 + i)
+		h.in.CreateDomain(id)
+		p := fmt.Sprintf("backend/vif/%d/0/state", id)
+		if err := c.Write(h.ctx, p, []byte("1")); err != nil {
+			t.Fatal(err)
+		}
+		rec.expectRun(t, p, id)
 	}
 }
