@@ -65,6 +65,9 @@ type Options struct {
 	// Dial connects to xenstored; nil means xenstore.Dial with the
 	// configured path. Tests use it to hold a reconnection.
 	Dial func(ctx context.Context) (*xenstore.Client, error)
+	// BarrierWait bounds how long plugin events are held behind a domain
+	// introduction or a node event not yet handled; zero means 250 ms.
+	BarrierWait time.Duration
 }
 
 // Agent is a running mtwatchd. Its methods are safe for concurrent use.
@@ -112,7 +115,13 @@ type Agent struct {
 	bgCtx     context.Context
 	bgCancel  context.CancelFunc
 	bg        sync.WaitGroup // the watchdog and status goroutines
-	fwd       sync.WaitGroup // watch forwarders
+	// bar holds plugin events behind the control-plane events read
+	// before them (barrier.go).
+	bar *barrier
+	// nodeFault, set by tests only, fails the handling of node events
+	// ("node") and the retried rescans ("rescan") where it returns an
+	// error: xenstored's own failures there cannot be had on demand.
+	nodeFault atomic.Pointer[func(op string) error]
 	startOnce sync.Once
 	stopOnce  sync.Once
 	stopErr   error
@@ -169,20 +178,20 @@ func New(opts Options) (*Agent, error) {
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
 	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
 	a.reapStale.Store(cfg.Agent.ReapStale)
-	stall := cfg.Agent.StallThreshold.Duration
-	if stall == 0 {
-		stall = -1 // zero in the file means off; zero to dispatch means default
-	}
 	d, err := dispatch.New(dispatch.Config{
 		Logger:         a.log,
 		Capacity:       cfg.Agent.QueueCapacity,
-		StallThreshold: stall,
+		StallThreshold: dispatchStall(cfg.Agent.StallThreshold.Duration),
 		SingleWorker:   cfg.Agent.SingleWorker,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w: %w", ErrConfig, err)
 	}
 	a.d = d
+	a.bar = newBarrier(d.Dispatch, a.log)
+	if opts.BarrierWait > 0 {
+		a.bar.maxWait = opts.BarrierWait
+	}
 	a.metrics = newMetrics(a)
 	if err := a.reg.Register(a.metrics); err != nil {
 		d.Stop(context.Background())
@@ -195,8 +204,22 @@ func New(opts Options) (*Agent, error) {
 	return a, nil
 }
 
+// dispatchStall maps the configured stall threshold to lib/dispatch's:
+// zero in the file means off, zero to the dispatcher means its default.
+func dispatchStall(t time.Duration) time.Duration {
+	if t == 0 {
+		return -1
+	}
+	return t
+}
+
 // Dispatcher returns the agent's dispatcher (for benchmarks and tests).
 func (a *Agent) Dispatcher() *dispatch.Dispatcher { return a.d }
+
+// BarrierTimeouts returns how often plugin events held behind a domain
+// introduction or a node event were dispatched before the agent had handled
+// it, because a bound of the hold was reached.
+func (a *Agent) BarrierTimeouts() uint64 { return a.bar.timeouts() }
 
 // Registry returns the Prometheus registry the agent's metrics are in.
 func (a *Agent) Registry() *prometheus.Registry { return a.reg }
@@ -303,6 +326,7 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		a.runCancel()
 	}
 	a.wg.Wait()
+	a.bar.stop()
 	a.cmu.Lock()
 	a.closing = true
 	var xws []*xenstore.Watch
@@ -313,10 +337,11 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		}
 	}
 	a.cmu.Unlock()
+	// Once Unwatch returns, its callback is not running and is not called
+	// again (WatchFunc): no event is dispatched after this.
 	for _, xw := range xws {
 		xw.Unwatch(ctx)
 	}
-	a.fwd.Wait()
 
 	// Events already queued run to completion while time allows.
 	for ctx.Err() == nil {
@@ -399,6 +424,7 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 		a.log.Warn("changes to agent.xenstore, auto_detect, single_worker, queue_capacity or [control] need a restart")
 	}
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
+	a.d.SetStallThreshold(dispatchStall(cfg.Agent.StallThreshold.Duration))
 	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
 	a.reapStale.Store(cfg.Agent.ReapStale)
 	// What needs a restart keeps its running value.

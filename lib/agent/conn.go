@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -18,27 +20,56 @@ const (
 	tokenRelease   = "mtwatchd:release"
 )
 
+// maxNodePaths bounds the distinct node paths a session keeps to look at;
+// past it the whole directory is rescanned instead (the bound the channel
+// watch's queue used to give).
+const maxNodePaths = 1024
+
 // session is one connection to xenstored with the agent's own watches; its
 // run loop is the only writer of domain state while it runs.
+//
+// The agent's watches are WatchFunc watches: their callbacks run on the
+// connection's reading goroutine, in stream order with the plugins' events,
+// and only record what to look at (and raise the barrier) under s.mu; the
+// run loop makes the round trips. A callback never blocks and never calls
+// the client.
 type session struct {
 	a                   *Agent
 	c                   *xenstore.Client
 	nodes, intro, relea *xenstore.Watch
+	wake                chan struct{} // capacity 1: work was recorded
+
+	mu   sync.Mutex
+	work sessionWork
+}
+
+// sessionWork is what the agent's watch events asked the session to look
+// at since it last looked.
+type sessionWork struct {
+	paths   map[string]struct{} // node events, distinct paths
+	rescan  bool                // the directory itself changed, or too many paths
+	intro   bool                // @introduceDomain
+	release bool                // @releaseDomain
+	seq     uint64              // the last barrier raised by these events
 }
 
 // connect registers the agent's watches and the plugins' on c, then
-// reconciles the workers with c's nodes and introduced domains.
+// reconciles the workers with c's nodes and introduced domains. Plugin
+// events read meanwhile are held until the reconcile is done (the
+// barrier), so those of a domain the new xenstored knows run on its worker.
 func (a *Agent) connect(ctx context.Context, c *xenstore.Client, reconnect bool) (*session, error) {
-	s := &session{a: a, c: c}
+	s := &session{a: a, c: c, wake: make(chan struct{}, 1)}
+	a.bar.setOwner(s)
+	defer a.bar.release(a.bar.raise(s))
 	var err error
-	if s.nodes, err = c.Watch(ctx, node.Dir, tokenNodes); err != nil {
+	if s.nodes, err = c.WatchFunc(ctx, node.Dir, tokenNodes, s.callback(s.onNode)); err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if s.intro, err = c.Watch(ctx, "@introduceDomain", tokenIntroduce); err != nil {
+	if s.intro, err = c.WatchFunc(ctx, "@introduceDomain", tokenIntroduce, s.callback(s.onIntroduce)); err != nil {
 		s.close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	if s.relea, err = c.Watch(ctx, "@releaseDomain", tokenRelease); err != nil {
+	if s.relea, err = c.WatchFunc(ctx, "@releaseDomain", tokenRelease, s.callback(s.onRelease)); err != nil {
 		s.close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
@@ -66,12 +97,96 @@ func (a *Agent) connect(ctx context.Context, c *xenstore.Client, reconnect bool)
 	return s, nil
 }
 
-func (s *session) close() {
-	for _, w := range []*xenstore.Watch{s.nodes, s.intro, s.relea} {
-		if w != nil {
-			w.Unwatch(context.Background())
+// callback wraps on as a WatchFunc function that skips the watch's first
+// event, the one xenstored sends on registration: connect reconciles after
+// registering. Calls of one watch never overlap, so first needs no lock.
+func (s *session) callback(on func(path string)) func(xenstore.Event) {
+	first := true
+	return func(ev xenstore.Event) {
+		if first {
+			first = false
+			return
+		}
+		on(ev.Path)
+	}
+}
+
+// onNode, onIntroduce and onRelease run on the connection's reading
+// goroutine.
+func (s *session) onNode(path string) {
+	s.record(!s.a.single, func(w *sessionWork) {
+		if w.rescan {
+			return
+		}
+		if _, below := strings.CutPrefix(path, node.Dir+"/"); !below || len(w.paths) >= maxNodePaths {
+			// The directory itself (removed, perms changed), or a burst
+			// of creates: rescan everything.
+			w.rescan, w.paths = true, nil
+			return
+		}
+		if w.paths == nil {
+			w.paths = make(map[string]struct{})
+		}
+		w.paths[path] = struct{}{}
+	})
+}
+
+func (s *session) onIntroduce(string) {
+	s.record(s.a.auto && !s.a.single, func(w *sessionWork) { w.intro = true })
+}
+
+func (s *session) onRelease(string) {
+	// No barrier: a released domain's events may run on either worker.
+	s.record(false, func(w *sessionWork) { w.release = true })
+}
+
+// record notes work for the run loop and, with barrier, holds the plugin
+// events read from now on until the run loop has done it.
+func (s *session) record(barrier bool, note func(*sessionWork)) {
+	s.mu.Lock()
+	note(&s.work)
+	if barrier {
+		if seq := s.a.bar.raise(s); seq != 0 {
+			s.work.seq = seq
 		}
 	}
+	s.mu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default: // already signalled: the run loop takes everything at once
+	}
+}
+
+// take returns the work recorded so far and forgets it.
+func (s *session) take() sessionWork {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := s.work
+	s.work = sessionWork{}
+	return w
+}
+
+// close removes the session's watches; a xenstored that does not answer
+// (stopped, hung) delays it by unwatchTimeout at most, so Shutdown and a
+// reconnection never hang on it.
+func (s *session) close() {
+	ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
+	defer cancel()
+	for _, w := range []*xenstore.Watch{s.nodes, s.intro, s.relea} {
+		if w != nil {
+			w.Unwatch(ctx)
+		}
+	}
+}
+
+// unwatchTimeout bounds the removal of a watch nobody waits for.
+const unwatchTimeout = time.Second
+
+// unwatch removes xw, waiting unwatchTimeout at most for xenstored.
+func unwatch(xw *xenstore.Watch) {
+	ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
+	defer cancel()
+	xw.Unwatch(ctx)
 }
 
 // supervise runs the session's loop and, when xenstored goes away, redials
@@ -81,11 +196,16 @@ func (a *Agent) supervise(s *session) {
 	defer a.wg.Done()
 	for {
 		err := s.run(a.runCtx)
+		// Whatever the lost session held is dispatched; its callbacks, if
+		// any still run, raise nothing.
+		a.bar.setOwner(nil)
 		if a.runCtx.Err() != nil {
 			return
 		}
 		a.cmu.Lock()
-		a.cur = nil
+		if a.cur == s.c {
+			a.cur = nil
+		}
 		a.lastErr = err.Error()
 		a.cmu.Unlock()
 		s.c.Close()
@@ -105,9 +225,12 @@ func (a *Agent) supervise(s *session) {
 			}
 			c.Close()
 			a.cmu.Lock()
-			a.cur = nil
+			if a.cur == c {
+				a.cur = nil
+			}
 			a.lastErr = err.Error()
 			a.cmu.Unlock()
+			a.bar.setOwner(nil)
 			a.log.Error("reconnect failed", "err", err)
 			select {
 			case <-a.runCtx.Done():
@@ -121,95 +244,50 @@ func (a *Agent) supervise(s *session) {
 }
 
 // run handles the agent's own watch events until the connection fails or
-// ctx ends. The first event of each watch is the one xenstored sends on
-// registration; connect reconciled after registering, so it is skipped.
+// ctx ends.
 func (s *session) run(ctx context.Context) error {
 	a := s.a
 	defer s.close()
 	tick := time.NewTicker(a.staleTick())
 	defer tick.Stop()
-	skip := map[*xenstore.Watch]bool{s.nodes: true, s.intro: true, s.relea: true}
-	first := func(w *xenstore.Watch) bool {
-		if skip[w] {
-			delete(skip, w)
-			return true
-		}
-		return false
-	}
-	ended := func(w *xenstore.Watch) error {
-		if err := w.Err(); err != nil && errors.Is(err, xenstore.ErrWatchOverflow) {
-			return nil
-		}
-		if err := s.c.Err(); err != nil {
-			return err
-		}
-		return fmt.Errorf("watch %s ended: %w", w.Path(), w.Err())
-	}
-	// A node event whose handling failed (a read refused, an overflow whose
-	// rescan found the directory still changing under a burst of creates)
-	// would leave that domain's worker wrong until some later event: the
-	// whole directory is rescanned instead, with a capped backoff, until a
-	// rescan succeeds.
+	// Handling that failed (a read refused, a rescan that found the
+	// directory still changing under a burst of creates) would leave
+	// workers wrong until some later event: the whole directory and the
+	// introduced domains are rescanned instead, with a capped backoff,
+	// until a rescan succeeds.
 	var rescan <-chan time.Time
 	backoff := minBackoff
 	for {
 		var err error
-		nodeErr := false
+		retry := false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-s.c.Done():
 			return s.c.Err()
+		case <-s.nodes.Events(): // yields nothing; closed when the watch ends
+			return s.ended(s.nodes)
+		case <-s.intro.Events():
+			return s.ended(s.intro)
+		case <-s.relea.Events():
+			return s.ended(s.relea)
 		case <-rescan:
 			rescan = nil
-			nodeErr = true
-			if err = a.reconcile(ctx, s.c); err == nil {
+			retry = true
+			if err = a.fault("rescan"); err == nil {
+				err = a.reconcile(ctx, s.c)
+			}
+			if err == nil {
 				backoff = minBackoff
 			}
-		case ev, ok := <-s.nodes.Events():
-			nodeErr = true
-			if !ok {
-				if err := ended(s.nodes); err != nil {
-					return err
-				}
-				// Overflowed: register again and rescan everything.
-				if s.nodes, err = s.c.Watch(ctx, node.Dir, tokenNodes); err != nil {
-					return err
-				}
-				skip[s.nodes] = true
-				err = a.reconcile(ctx, s.c)
-				break
-			}
-			if first(s.nodes) {
-				continue
-			}
-			err = a.nodeEvent(ctx, s.c, ev.Path)
-		case _, ok := <-s.intro.Events():
-			if !ok {
-				if err := ended(s.intro); err != nil {
-					return err
-				}
-				if s.intro, err = s.c.Watch(ctx, "@introduceDomain", tokenIntroduce); err != nil {
-					return err
-				}
-			}
-			if first(s.intro) {
-				continue
-			}
-			err = a.introduced(ctx, s.c)
-		case _, ok := <-s.relea.Events():
-			if !ok {
-				if err := ended(s.relea); err != nil {
-					return err
-				}
-				if s.relea, err = s.c.Watch(ctx, "@releaseDomain", tokenRelease); err != nil {
-					return err
-				}
-			}
-			if first(s.relea) {
-				continue
-			}
-			err = a.released(ctx, s.c)
+		case <-s.wake:
+			w := s.take()
+			err = s.handle(ctx, w)
+			// Released even on failure: the rescan below will put the
+			// workers right, and holding events until then would delay
+			// every domain's.
+			a.bar.release(w.seq)
+			retry = err != nil
 		case <-tick.C:
 			err = a.checkStale(ctx, s.c)
 			tick.Reset(a.staleTick())
@@ -222,13 +300,58 @@ func (s *session) run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			a.log.Error("xenstore request failed", "err", err)
-			if nodeErr && rescan == nil {
+			if retry && rescan == nil {
 				a.log.Info("rescanning the mtwatch directory", "in", backoff)
 				rescan = time.After(backoff)
 				backoff = min(2*backoff, maxBackoff)
 			}
 		}
 	}
+}
+
+// fault is the test hook of nodeFault.
+func (a *Agent) fault(op string) error {
+	if f := a.nodeFault.Load(); f != nil {
+		return (*f)(op)
+	}
+	return nil
+}
+
+// ended reports why one of the session's watches ended.
+func (s *session) ended(w *xenstore.Watch) error {
+	if err := s.c.Err(); err != nil {
+		return err
+	}
+	return fmt.Errorf("watch %s ended: %w", w.Path(), w.Err())
+}
+
+// handle does the work recorded by the agent's watch events: node events
+// (many in flight), a rescan, the introduced and released domains.
+func (s *session) handle(ctx context.Context, w sessionWork) error {
+	a := s.a
+	var errs []error
+	if err := a.fault("node"); err != nil && (w.rescan || len(w.paths) > 0) {
+		return err
+	}
+	if w.rescan {
+		a.log.Info("rescanning the mtwatch directory after a change of the directory itself or a burst of node events")
+		errs = append(errs, a.reconcile(ctx, s.c))
+	} else if len(w.paths) > 0 {
+		paths := make([]string, 0, len(w.paths))
+		for p := range w.paths {
+			paths = append(paths, p)
+		}
+		errs = append(errs, forEach(ctx, len(paths), func(i int) error {
+			return a.nodeEvent(ctx, s.c, paths[i])
+		}))
+	}
+	if w.intro {
+		errs = append(errs, a.introduced(ctx, s.c))
+	}
+	if w.release {
+		errs = append(errs, a.released(ctx, s.c))
+	}
+	return errors.Join(errs...)
 }
 
 // client returns the current connection, nil while reconnecting.

@@ -36,6 +36,7 @@ type recorder struct {
 	runs    chan run
 	hang    func(ev dispatch.Event, worker domid.ID) bool
 	stuck   chan error
+	unblock chan struct{} // closed by a test to end hung handlers
 	w       plugin.Watch
 	stopped bool
 }
@@ -50,7 +51,10 @@ func (r *recorder) Start(ctx context.Context) error {
 				return nil
 			}
 			if r.hang != nil && r.hang(ev, wk) {
-				<-ctx.Done()
+				select {
+				case <-ctx.Done():
+				case <-r.unblock: // nil unless the test set it
+				}
 				r.stuck <- ctx.Err()
 				return ctx.Err()
 			}
@@ -83,7 +87,13 @@ func newRecorder(hang func(dispatch.Event, domid.ID) bool) (*recorder, plugin.Re
 // worker.
 func (r *recorder) expectRun(t *testing.T, path string, worker domid.ID) {
 	t.Helper()
-	deadline := time.After(20 * time.Second)
+	r.expectRunWithin(t, path, worker, 20*time.Second)
+}
+
+// expectRunWithin is expectRun with a deadline.
+func (r *recorder) expectRunWithin(t *testing.T, path string, worker domid.ID, within time.Duration) {
+	t.Helper()
+	deadline := time.After(within)
 	for {
 		select {
 		case got := <-r.runs:
@@ -95,7 +105,7 @@ func (r *recorder) expectRun(t *testing.T, path string, worker domid.ID) {
 			}
 			return
 		case <-deadline:
-			t.Fatalf("%s never ran", path)
+			t.Fatalf("%s did not run within %v", path, within)
 		}
 	}
 }

@@ -18,7 +18,7 @@ type metrics struct {
 	a       *Agent
 	latency prometheus.Histogram
 
-	events, workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge *prometheus.Desc
+	events, workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge, barrier *prometheus.Desc
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -39,11 +39,12 @@ func newMetrics(a *Agent) *metrics {
 		connected:  prometheus.NewDesc("mtwatch_xenstore_connected", "1 while connected to xenstored.", nil, nil),
 		queued:     prometheus.NewDesc("mtwatch_domain_queued_events", "Events pending for a domain with a worker.", []string{"domid"}, nil),
 		stallAge:   prometheus.NewDesc("mtwatch_domain_stall_age_seconds", "Age of a domain's stalled handler.", []string{"domid"}, nil),
+		barrier:    prometheus.NewDesc("mtwatch_barrier_timeouts_total", "Times plugin events held behind a domain introduction or node event were dispatched before the agent had handled it (a bound of the hold was reached).", nil, nil),
 	}
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.events, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge} {
+	for _, d := range []*prometheus.Desc{m.events, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge, m.barrier} {
 		ch <- d
 	}
 	m.latency.Describe(ch)
@@ -78,6 +79,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		conn = 1
 	}
 	ch <- prometheus.MustNewConstMetric(m.connected, prometheus.GaugeValue, conn)
+	ch <- prometheus.MustNewConstMetric(m.barrier, prometheus.CounterValue, float64(a.bar.timeouts()))
 	for _, ds := range st.Domains {
 		if ds.Domid == domid.Dom0 || !ds.Worker {
 			continue

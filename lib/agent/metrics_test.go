@@ -45,6 +45,7 @@ func TestMetrics(t *testing.T) {
 		"mtwatch_stalled_handlers 0",
 		"mtwatch_xenstore_connected 1",
 		"mtwatch_xenstore_reconnects_total 0",
+		"mtwatch_barrier_timeouts_total 0",
 		`mtwatch_domain_queued_events{domid="5"} 0`,
 	} {
 		if !strings.Contains(text, want) {

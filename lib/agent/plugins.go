@@ -142,7 +142,9 @@ func (p *hostedPlugin) Watch(ctx context.Context, cfg dispatch.WatchConfig) (plu
 	a.cmu.Unlock()
 	if c != nil {
 		if err := a.registerXS(ctx, c, w); err != nil && !connLost(err) {
-			w.Unwatch(context.Background())
+			ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
+			w.Unwatch(ctx)
+			cancel()
 			return nil, fmt.Errorf("plugin %s: %w", p.name, err)
 		}
 	}
@@ -164,47 +166,52 @@ type pluginWatch struct {
 
 	// Under a.cmu.
 	xw      *xenstore.Watch
+	on      *xenstore.Client // the connection xw is (being) registered on
 	removed bool
 }
 
-// registerXS registers w's XenStore watch on c, its events dispatched on
-// the goroutine that reads the connection (xenstore.WatchFunc): no queue
-// and no goroutine hand-off between xenstored and the domain queues, which
-// took the agent's event rate from half the bare libxenstore watcher's
-// (docs/performance.md). Dispatch only queues, it never waits for a
-// handler, so the connection's replies keep flowing to the handlers that
-// make calls.
+// registerXS registers w's XenStore watch on c, its events handed to the
+// barrier, and by it to the dispatcher, on the goroutine that reads the
+// connection (xenstore.WatchFunc): no queue and no goroutine hand-off
+// between xenstored and the domain queues, which took the agent's event
+// rate from half the bare libxenstore watcher's (docs/performance.md).
+// Neither the barrier nor Dispatch ever waits for a handler, so the
+// connection's replies keep flowing to the handlers that make calls. A
+// WatchFunc watch does not overflow: the dispatcher's per-domain queues are
+// the only bound, and report their own overflows. An event of a connection
+// that was just replaced is still dispatched: it only means "look again".
+//
+// A plugin's Watch and a reconnection's connect can both try to register w
+// on the same new connection; the first claims it (w.on), so the second
+// neither fails with EEXIST nor registers twice.
 func (a *Agent) registerXS(ctx context.Context, c *xenstore.Client, w *pluginWatch) error {
-	xw, err := c.WatchFunc(ctx, w.path, w.token, func(ev xenstore.Event) {
-		if err := a.d.Dispatch(ev.Path, w.token); err != nil &&
-			!errors.Is(err, dispatch.ErrUnknownWatch) && !errors.Is(err, dispatch.ErrStopped) {
-			a.log.Error("dispatch failed", "path", ev.Path, "watch", w.token, "err", err)
-		}
+	a.cmu.Lock()
+	if w.on == c || w.removed || a.closing {
+		a.cmu.Unlock()
+		return nil
+	}
+	w.on = c
+	a.cmu.Unlock()
+	token := w.token
+	xw, err := c.WatchFunc(ctx, w.path, token, func(ev xenstore.Event) {
+		a.bar.event(ev.Path, token)
 	})
+	a.cmu.Lock()
 	if err != nil {
+		if w.on == c {
+			w.on = nil
+		}
+		a.cmu.Unlock()
 		return err
 	}
-	a.cmu.Lock()
-	if w.removed || a.closing || a.cur != c {
+	if w.removed || a.closing || a.cur != c || w.on != c {
 		a.cmu.Unlock()
-		xw.Unwatch(context.Background())
+		unwatch(xw)
 		return nil
 	}
 	w.xw = xw
-	a.fwd.Add(1)
 	a.cmu.Unlock()
-	go a.forward(xw)
 	return nil
-}
-
-// forward waits for one XenStore watch to end (Unwatch, connection loss):
-// Shutdown waits for it, so no event is dispatched once the agent stopped.
-// A WatchFunc watch does not overflow: the dispatcher's per-domain queues
-// are the only bound, and report their own overflows.
-func (a *Agent) forward(xw *xenstore.Watch) {
-	defer a.fwd.Done()
-	for range xw.Events() {
-	}
 }
 
 // Unwatch implements plugin.Watch.

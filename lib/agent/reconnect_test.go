@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -146,5 +147,63 @@ func TestStartWaitsForXenstored(t *testing.T) {
 	}
 	if st := h.a.Status(); st.Xenstore.State != "connected" || st.Xenstore.Reconnects != 0 {
 		t.Fatalf("status %+v", st.Xenstore)
+	}
+}
+
+// TestNodeEventFailureRescans: when handling a node event fails (a read
+// refused; after a burst, a rescan finding the directory still changing),
+// the agent rescans the whole directory with a capped backoff until a
+// rescan succeeds, without waiting for another event: the worker the node
+// asked for appears anyway.
+func TestNodeEventFailureRescans(t *testing.T) {
+	t.Parallel()
+	h := start(t, nil, "[agent]\nauto_detect = false\n", nil)
+	var (
+		mu     sync.Mutex
+		counts = map[string]int{}
+	)
+	agent.SetNodeFault(h.a, func(op string) error {
+		mu.Lock()
+		defer mu.Unlock()
+		counts[op]++
+		// The node event and the first two rescans fail.
+		if op == "node" && counts[op] == 1 || op == "rescan" && counts[op] <= 2 {
+			return errors.New("directory kept changing while being listed (injected)")
+		}
+		return nil
+	})
+	if err := node.Create(h.ctx, h.c, 5, ""); err != nil {
+		t.Fatal(err)
+	}
+	h.waitWorker(5, control.WorkerLive)
+	mu.Lock()
+	got := fmt.Sprint(counts)
+	mu.Unlock()
+	if got != "map[node:1 rescan:3]" {
+		t.Fatalf("faults asked %s", got)
+	}
+	logs := h.logs.String()
+	for _, want := range []string{
+		`msg="rescanning the mtwatch directory" in=100ms`,
+		`msg="rescanning the mtwatch directory" in=200ms`,
+		`msg="rescanning the mtwatch directory" in=400ms`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s", want)
+		}
+	}
+	// A later success resets the backoff.
+	agent.SetNodeFault(h.a, func(op string) error {
+		if op == "node" {
+			return errors.New("injected")
+		}
+		return nil
+	})
+	if err := node.Create(h.ctx, h.c, 6, ""); err != nil {
+		t.Fatal(err)
+	}
+	h.waitWorker(6, control.WorkerLive)
+	if n := strings.Count(h.logs.String(), `msg="rescanning the mtwatch directory" in=100ms`); n != 2 {
+		t.Errorf("backoff not reset after a successful rescan: %d rescans at 100ms", n)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -89,5 +90,35 @@ func TestShutdownCancelsHungHandler(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("hung handler not cancelled by Shutdown")
+	}
+}
+
+// TestShutdownWithHungXenstored: xenstored stops answering (SIGSTOP) but
+// keeps its socket open; Shutdown still returns, within its deadline plus
+// the bounded removal of the agent's watches, instead of waiting forever
+// for an UNWATCH reply.
+func TestShutdownWithHungXenstored(t *testing.T) {
+	t.Parallel()
+	h := start(t, nil, "", nil)
+	pid := h.in.Server.Pid()
+	if pid == 0 {
+		t.Fatal("xenstored's pid is unknown")
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	begin := time.Now()
+	h.shutDown = true // its error, if the deadline passed, is not the point
+	go func() { done <- h.a.Shutdown(ctx) }()
+	select {
+	case <-done:
+		t.Logf("Shutdown returned after %v", time.Since(begin))
+	case <-time.After(15 * time.Second):
+		syscall.Kill(pid, syscall.SIGCONT)
+		t.Fatal("Shutdown hung on a stopped xenstored")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -64,7 +65,7 @@ type Config struct {
 type Dispatcher struct {
 	log      *slog.Logger
 	capacity int
-	stallAt  time.Duration
+	stallAt  atomic.Int64 // time.Duration; <= 0: off (SetStallThreshold)
 	single   bool
 	epoch    time.Time
 
@@ -74,20 +75,22 @@ type Dispatcher struct {
 	wmu     sync.RWMutex
 	watches map[string]*Registration // by token
 
-	mu         sync.Mutex
-	stopping   bool
-	def        *worker              // the default worker
-	dom0       *domain              // events of dom0 and of paths of no domain
-	doms       map[domid.ID]*domain // guests with a worker or with events
-	active     map[*worker]struct{} // workers whose goroutine runs
-	pend       map[pendKey]int32    // pending events by coalescing key
-	pendPeak   int
-	goroutines int           // worker goroutines plus the stall monitor
-	items      int           // events and notices not yet completed
-	drained    chan struct{} // closed once stopping and nothing left
-	monitorEnd chan struct{} // closed by Stop to end the stall monitor
-	totals     Counters
-	workers    int // domain worker generations, live or draining
+	mu          sync.Mutex
+	stopping    bool
+	def         *worker              // the default worker
+	dom0        *domain              // events of dom0 and of paths of no domain
+	doms        map[domid.ID]*domain // guests with a worker or with events
+	active      map[*worker]struct{} // workers whose goroutine runs
+	pend        map[pendKey]int32    // pending events by coalescing key
+	pendPeak    int
+	goroutines  int           // worker goroutines plus the stall monitor
+	items       int           // events and notices not yet completed
+	drained     chan struct{} // closed once stopping and nothing left
+	monitorEnd  chan struct{} // closed by Stop to end the stall monitor
+	monitorKick chan struct{} // capacity 1: the stall threshold changed
+	monitorOn   bool          // the stall monitor's goroutine was started
+	totals      Counters
+	workers     int // domain worker generations, live or draining
 
 	itemPool sync.Pool
 }
@@ -98,17 +101,17 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, fmt.Errorf("dispatch: negative capacity %d", cfg.Capacity)
 	}
 	d := &Dispatcher{
-		log:        cfg.Logger,
-		capacity:   cfg.Capacity,
-		stallAt:    cfg.StallThreshold,
-		single:     cfg.SingleWorker,
-		epoch:      time.Now(),
-		watches:    make(map[string]*Registration),
-		doms:       make(map[domid.ID]*domain),
-		active:     make(map[*worker]struct{}),
-		pend:       make(map[pendKey]int32),
-		drained:    make(chan struct{}),
-		monitorEnd: make(chan struct{}),
+		log:         cfg.Logger,
+		capacity:    cfg.Capacity,
+		single:      cfg.SingleWorker,
+		epoch:       time.Now(),
+		watches:     make(map[string]*Registration),
+		doms:        make(map[domid.ID]*domain),
+		active:      make(map[*worker]struct{}),
+		pend:        make(map[pendKey]int32),
+		drained:     make(chan struct{}),
+		monitorEnd:  make(chan struct{}),
+		monitorKick: make(chan struct{}, 1),
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -116,18 +119,55 @@ func New(cfg Config) (*Dispatcher, error) {
 	if d.capacity == 0 {
 		d.capacity = DefaultCapacity
 	}
-	if d.stallAt == 0 {
-		d.stallAt = DefaultStallThreshold
-	}
+	d.stallAt.Store(int64(stallThreshold(cfg.StallThreshold)))
 	d.itemPool.New = func() any { return new(item) }
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.dom0 = &domain{id: domid.Dom0}
 	d.def = &worker{}
-	if d.stallAt > 0 {
-		d.goroutines++
-		go d.monitor()
-	}
+	d.mu.Lock()
+	d.startMonitorLocked()
+	d.mu.Unlock()
 	return d, nil
+}
+
+// stallThreshold applies Config.StallThreshold's rule: zero means the
+// default, negative means off.
+func stallThreshold(t time.Duration) time.Duration {
+	if t == 0 {
+		return DefaultStallThreshold
+	}
+	return t
+}
+
+// StallThreshold returns the stall threshold in force; negative means off.
+func (d *Dispatcher) StallThreshold() time.Duration { return time.Duration(d.stallAt.Load()) }
+
+// SetStallThreshold changes the stall threshold while the dispatcher runs
+// (a configuration reload), with Config.StallThreshold's meaning: zero is
+// DefaultStallThreshold, negative turns stall detection off. The monitor
+// applies it at once: running handlers already past a lowered threshold are
+// reported at its next look. Safe for concurrent use.
+func (d *Dispatcher) SetStallThreshold(t time.Duration) {
+	d.stallAt.Store(int64(stallThreshold(t)))
+	d.mu.Lock()
+	d.startMonitorLocked()
+	d.mu.Unlock()
+	select {
+	case d.monitorKick <- struct{}{}:
+	default:
+	}
+}
+
+// startMonitorLocked starts the stall monitor if stall detection is on and
+// it does not run yet: a dispatcher started with detection off owns no
+// monitor goroutine until a threshold is set.
+func (d *Dispatcher) startMonitorLocked() {
+	if d.monitorOn || d.stopping || d.stallAt.Load() <= 0 {
+		return
+	}
+	d.monitorOn = true
+	d.goroutines++
+	go d.monitor()
 }
 
 // now is a monotonic timestamp in nanoseconds; cheaper to store than a

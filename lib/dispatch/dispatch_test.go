@@ -1024,3 +1024,79 @@ func TestRegisterFailsOnceStopBegan(t *testing.T) {
 		t.Fatalf("Register after Stop = %v, want ErrStopped", err)
 	}
 }
+
+// TestDom0StatsShowDefaultWorker: dom0's worker is the default worker, so
+// dom0's entry carries the default worker's running handler, whoever's
+// event it is; a guest with its own worker is not affected.
+func TestDom0StatsShowDefaultWorker(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	release := rec.blockOn("backend/vif/0/slow")
+	defer release()
+	dispatch(t, d, "backend/vif/0/slow", "be")
+	rec.waitRuns(t, 1)
+	st, ok := d.DomainStats(domid.Dom0)
+	if c := st.Current; !ok || c == nil || c.Path != "backend/vif/0/slow" || c.Domid != domid.Dom0 || c.Token != "be" {
+		t.Fatalf("dom0 %+v (current %+v)", st, st.Current)
+	}
+	if s := d.Stats(); s.Domains[0].Current == nil || *s.Domains[0].Current != *s.Default.Current {
+		t.Fatalf("Stats: dom0 current %+v, default %+v", s.Domains[0].Current, s.Default.Current)
+	}
+	release()
+	waitAtMost(t, d, 0)
+
+	// A domain without a worker runs on the default worker: dom0's entry
+	// shows it, with the domain's id.
+	release4 := rec.blockOn("backend/vif/4/slow")
+	defer release4()
+	dispatch(t, d, "backend/vif/4/slow", "be")
+	rec.waitRuns(t, 2)
+	if st, _ := d.DomainStats(domid.Dom0); st.Current == nil || st.Current.Domid != 4 {
+		t.Fatalf("dom0 while 4's event runs on the default worker: %+v", st.Current)
+	}
+	release4()
+	waitAtMost(t, d, 0)
+	if st, _ := d.DomainStats(domid.Dom0); st.Current != nil {
+		t.Fatalf("dom0 idle: %+v", st.Current)
+	}
+}
+
+// TestSetStallThreshold: a threshold changed while running applies to the
+// monitor (and to stats), in either direction, and can turn detection on
+// when it started off.
+func TestSetStallThreshold(t *testing.T) {
+	for _, start := range []time.Duration{time.Hour, -1} {
+		t.Run(fmt.Sprint(start), func(t *testing.T) {
+			logs := newLogCapture()
+			d := newDispatcher(t, Config{Logger: slogNew(logs), StallThreshold: start})
+			rec := newRecorder()
+			register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+			if err := d.CreateDomain(8); err != nil {
+				t.Fatal(err)
+			}
+			release := rec.blockOn("backend/vif/8/slow")
+			defer release()
+			dispatch(t, d, "backend/vif/8/slow", "be")
+			rec.waitRuns(t, 1)
+			time.Sleep(30 * time.Millisecond)
+			if got := d.StallThreshold(); got != start {
+				t.Fatalf("StallThreshold() = %v, want %v", got, start)
+			}
+			d.SetStallThreshold(20 * time.Millisecond)
+			deadline := time.Now().Add(waitLimit)
+			for d.Stats().Totals.Stalls == 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the new threshold was not applied")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			logs.waitMessage(t, "watch callback stalled")
+			if st, _ := d.DomainStats(8); st.Current == nil || !st.Current.Stalled {
+				t.Fatalf("domain 8 %+v", st.Current)
+			}
+			release()
+			waitAtMost(t, d, 0)
+		})
+	}
+}

@@ -45,6 +45,10 @@ type WorkerStats struct {
 
 // DomainStats describes one domain: Domid dom0 stands for dom0 and for paths
 // of no domain. Counters cover the domain's events wherever they ran.
+// Current is the running handler of the domain's worker; dom0's worker is
+// the default worker, so dom0's Current is whatever the default worker runs
+// (its Domid says whose event it is: dom0's, a path of no domain's, or a
+// domain's without a worker).
 type DomainStats struct {
 	Domid                                               domid.ID
 	Worker                                              bool // the domain has a live worker
@@ -125,6 +129,9 @@ func (d *Dispatcher) domainStatsLocked(dom *domain, now int64) DomainStats {
 		Dropped:     dom.dropped,
 		LastLatency: time.Duration(dom.lastLat),
 		MaxLatency:  time.Duration(dom.maxLat),
+	}
+	if dom == d.dom0 {
+		st.Current = d.runningHandlerLocked(d.def, now)
 	}
 	for wk := dom.first; wk != nil; wk = wk.next {
 		if wk.down {

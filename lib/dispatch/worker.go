@@ -317,13 +317,19 @@ func (d *Dispatcher) logStallEnd(r *stallReport) {
 
 // monitor reports handlers running longer than the stall threshold. It looks
 // only at workers whose goroutine runs, so its cost does not grow with idle
-// workers.
+// workers. It looks every quarter of the threshold (1 ms to 1 s), and again
+// at once when SetStallThreshold changes it; while detection is off it only
+// waits for a change or the end.
 func (d *Dispatcher) monitor() {
-	interval := min(max(d.stallAt/4, time.Millisecond), time.Second)
-	t := time.NewTicker(interval)
+	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	var reports []stallReport
 	for {
+		var tick <-chan time.Time
+		if at := time.Duration(d.stallAt.Load()); at > 0 {
+			t.Reset(min(max(at/4, time.Millisecond), time.Second))
+			tick = t.C
+		}
 		select {
 		case <-d.monitorEnd:
 			d.mu.Lock()
@@ -331,7 +337,9 @@ func (d *Dispatcher) monitor() {
 			d.checkDrainedLocked()
 			d.mu.Unlock()
 			return
-		case <-t.C:
+		case <-d.monitorKick:
+			t.Stop()
+		case <-tick:
 		}
 		reports = d.stalled(reports[:0])
 		for _, r := range reports {
@@ -346,12 +354,16 @@ func (d *Dispatcher) monitor() {
 func (d *Dispatcher) stalled(reports []stallReport) []stallReport {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	at := time.Duration(d.stallAt.Load())
+	if at <= 0 {
+		return reports
+	}
 	now := d.now()
 	for wk := range d.active {
 		if wk.cur == nil || wk.stalled {
 			continue
 		}
-		if age := time.Duration(now - wk.curStart); age >= d.stallAt {
+		if age := time.Duration(now - wk.curStart); age >= at {
 			wk.stalled = true
 			d.totals.Stalls++
 			wk.curWatch.stalls++
