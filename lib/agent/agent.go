@@ -108,6 +108,9 @@ type Agent struct {
 	doms    map[domid.ID]*domState
 	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
 	nameq   chan domid.ID     // domains whose name to read
+	// nameKick: a domain was introduced or released; every known name is
+	// read again at the name reader's next tick.
+	nameKick atomic.Bool
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
