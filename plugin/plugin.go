@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
@@ -61,6 +62,15 @@ type Reloader interface {
 // concurrent use; its value is encoded as JSON.
 type Reporter interface {
 	Status() any
+}
+
+// StopGracer is implemented by plugins whose Stop ends processes they
+// started: StopGrace is the longest such a process may take between SIGTERM
+// and SIGKILL. On shutdown the agent stops waiting for queued events that
+// long, plus a second, before its deadline, so that Stop has the time to
+// kill the process groups and wait for them.
+type StopGracer interface {
+	StopGrace() time.Duration
 }
 
 // Section is a plugin's configuration section, [plugins.<name>], without its

@@ -108,6 +108,9 @@ type Agent struct {
 	doms    map[domid.ID]*domState
 	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
 	nameq   chan domid.ID     // domains whose name to read
+	// nameKick: a domain was introduced or released; every known name is
+	// read again at the name reader's next tick.
+	nameKick atomic.Bool
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
@@ -301,9 +304,12 @@ func (a *Agent) start(ctx context.Context) error {
 
 // Shutdown tells systemd STOPPING=1, stops taking events, lets the workers
 // drain their queues, then stops the plugins and removes their watches.
-// When ctx ends first, running handlers are cancelled, what is still queued
-// is discarded, and Shutdown returns ctx's error without waiting for
-// handlers that ignore their cancellation.
+// Draining ends a reserve before ctx's deadline (the largest StopGrace of
+// the running plugins plus a second, none if no plugin has one): running handlers are then cancelled and what
+// is still queued is discarded, so that the plugins' Stop has the rest of
+// the budget to end the processes they started. When ctx ends, Shutdown
+// returns an error without waiting for handlers that ignore their
+// cancellation.
 func (a *Agent) Shutdown(ctx context.Context) error {
 	a.stopOnce.Do(func() { a.stopErr = a.shutdown(ctx) })
 	return a.stopErr
@@ -343,8 +349,15 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		xw.Unwatch(ctx)
 	}
 
-	// Events already queued run to completion while time allows.
-	for ctx.Err() == nil {
+	// Events already queued run to completion while time allows, less a
+	// reserve for the plugins' Stop: a hung script must not use up the
+	// budget that Stop needs to SIGTERM, SIGKILL and reap it.
+	dctx, dcancel := context.WithCancel(ctx)
+	if dl, ok := ctx.Deadline(); ok {
+		dcancel()
+		dctx, dcancel = context.WithDeadline(ctx, dl.Add(-a.stopReserve()))
+	}
+	for dctx.Err() == nil {
 		st := a.d.Stats()
 		busy := st.Default.Queued > 0 || st.Default.Current != nil
 		for _, ds := range st.Domains {
@@ -354,10 +367,15 @@ func (a *Agent) shutdown(ctx context.Context) error {
 			break
 		}
 		select {
-		case <-ctx.Done():
+		case <-dctx.Done():
 		case <-time.After(5 * time.Millisecond):
 		}
 	}
+	// Cancels what still runs and, when draining was cut short, discards
+	// what is queued; does not wait for handlers that ignore their
+	// cancellation (the second Stop below does, within ctx).
+	derr := a.d.Stop(dctx)
+	dcancel()
 	for i := len(a.plugins) - 1; i >= 0; i-- {
 		if p := a.plugins[i]; p.running.Load() {
 			if err := p.stop(ctx); err != nil {
@@ -365,9 +383,10 @@ func (a *Agent) shutdown(ctx context.Context) error {
 			}
 		}
 	}
-	// Cancels what still runs; with ctx over, discards what is queued.
 	if err := a.d.Stop(ctx); err != nil {
 		errs = append(errs, err)
+	} else if derr != nil {
+		errs = append(errs, derr)
 	}
 	a.cmu.Lock()
 	if a.cur != nil {
@@ -376,6 +395,25 @@ func (a *Agent) shutdown(ctx context.Context) error {
 	a.cmu.Unlock()
 	a.reg.Unregister(a.metrics)
 	return errors.Join(errs...)
+}
+
+// stopReserve is the part of the shutdown budget kept for the plugins' Stop:
+// the largest grace of a running plugin that kills processes, plus a second
+// for reaping them and removing the watches; none without such a plugin.
+func (a *Agent) stopReserve() time.Duration {
+	var (
+		g    time.Duration
+		some bool
+	)
+	for _, p := range a.plugins {
+		if sg, ok := p.p.(plugin.StopGracer); ok && p.running.Load() {
+			g, some = max(g, sg.StopGrace()), true
+		}
+	}
+	if !some {
+		return 0
+	}
+	return g + time.Second
 }
 
 // Reload applies cfg where it can change live (stall threshold, stale

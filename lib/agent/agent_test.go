@@ -296,3 +296,45 @@ func TestBadInput(t *testing.T) {
 		t.Errorf("junk value of node 5 logged %d times, want once", n)
 	}
 }
+
+// TestRenamedDomain: `xl rename` writes /local/domain/<id>/name and fires no
+// event the agent watches; the control API shows the new name within the
+// periodic refresh (10 s), and about a second after another domain's
+// introduction.
+func TestRenamedDomain(t *testing.T) {
+	t.Parallel()
+	h := start(t, nil, "", nil)
+	h.in.CreateDomain(9)
+	h.waitDomain(9, "name", func(d control.Domain, _ bool) bool { return d.Name == "guest9" })
+	named := func(want string) func(control.Domain, bool) bool {
+		return func(control.Domain, bool) bool {
+			for _, d := range h.a.Domains() {
+				if d.Domid == 9 {
+					return d.Name == want
+				}
+			}
+			return false
+		}
+	}
+	begin := time.Now()
+	h.write("/local/domain/9/name", "renamed9")
+	h.waitDomain(9, "name after rename", named("renamed9"))
+	if took := time.Since(begin); took > 12*time.Second {
+		t.Fatalf("new name shown after %v, over the 10 s refresh", took)
+	}
+	// Well before the periodic refresh: the introduction triggers it.
+	h.write("/local/domain/9/name", "again9")
+	begin = time.Now()
+	h.in.CreateDomain(10)
+	h.waitDomain(9, "name after an introduction", named("again9"))
+	if took := time.Since(begin); took > 3*time.Second {
+		t.Fatalf("new name shown %v after another domain's introduction", took)
+	}
+	// No introduction now: only the periodic refresh can show it.
+	h.write("/local/domain/9/name", "third9")
+	begin = time.Now()
+	h.waitDomain(9, "name after the periodic refresh", named("third9"))
+	if took := time.Since(begin); took > 11*time.Second {
+		t.Fatalf("new name shown after %v, over the 10 s refresh", took)
+	}
+}

@@ -273,6 +273,7 @@ func (a *Agent) introduced(ctx context.Context, c *xenstore.Client) error {
 		}
 	}
 	a.mu.Unlock()
+	a.nameKick.Store(true)
 	return a.setIntroduced(ctx, c, ids)
 }
 
@@ -287,6 +288,7 @@ func (a *Agent) released(ctx context.Context, c *xenstore.Client) error {
 		}
 	}
 	a.mu.Unlock()
+	a.nameKick.Store(true)
 	return a.setIntroduced(ctx, c, ids)
 }
 
@@ -320,6 +322,16 @@ func (a *Agent) setIntroduced(ctx context.Context, c *xenstore.Client, ids map[d
 	return nil
 }
 
+// nameRefresh is how often the names of all known domains are read again:
+// `xl rename` writes /local/domain/<id>/name and fires no event the agent
+// watches. After @introduceDomain or @releaseDomain (a toolstack at work)
+// they are read again at the next nameKickTick, so at most once per tick
+// however many domains a host starts at once.
+const (
+	nameRefresh  = 10 * time.Second
+	nameKickTick = time.Second
+)
+
 // readNames queues ids for the name reader: the control API answers from
 // memory, never from XenStore, and names are not worth delaying a worker
 // for. Each id is queued at most once (nameQueued), and the queue holds
@@ -335,16 +347,45 @@ func (a *Agent) readNames(_ context.Context, _ *xenstore.Client, ids []domid.ID)
 	}
 }
 
+// refreshNames queues every known domain for the name reader, read or not,
+// each at most once: a renamed domain shows its new name within
+// nameRefresh, or within nameKickTick of a domain's introduction or
+// release. Polling rather than a watch per domain's name: a guest
+// owns /local/domain/<id> and could flood such a watch, which would also
+// have to be registered again on every reconnection; reading every known
+// name once per 10 s is at most 32,751 pipelined reads.
+func (a *Agent) refreshNames() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, st := range a.doms {
+		if !st.nameQueued {
+			st.nameQueued = true
+			a.nameq <- id
+		}
+	}
+}
+
 // nameReader caches /local/domain/<id>/name for the domains queued, many
-// reads in flight at once.
+// reads in flight at once, and queues every known domain again as
+// nameRefresh says.
 func (a *Agent) nameReader() {
 	defer a.wg.Done()
+	tick := time.NewTicker(nameKickTick)
+	defer tick.Stop()
+	ticks := 0 // since the last refresh
 	batch := make([]domid.ID, 0, inflight*4)
 	for {
 		batch = batch[:0]
 		select {
 		case <-a.runCtx.Done():
 			return
+		case <-tick.C:
+			ticks++
+			if a.nameKick.Swap(false) || ticks >= int(nameRefresh/nameKickTick) {
+				ticks = 0
+				a.refreshNames()
+			}
+			continue
 		case id := <-a.nameq:
 			batch = append(batch, id)
 		}

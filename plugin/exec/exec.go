@@ -48,6 +48,10 @@ type Plugin struct {
 	runs     *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 
+	// maxGrace is the largest grace of any configuration since New: a
+	// command keeps the grace it started with across a Reload.
+	maxGrace atomic.Int64
+
 	mu      sync.Mutex // serialises Start and Reload
 	rules   []*rule
 	running map[string]*active // by rule name, once started
@@ -99,6 +103,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 			Buckets: prometheus.ExponentialBuckets(0.005, 4, 9),
 		}, []string{"rule"}),
 	}
+	p.noteGrace(rules)
 	p.life, p.cancel = context.WithCancel(context.Background())
 	if ic.Metrics != nil {
 		for _, c := range []prometheus.Collector{p.runs, p.duration} {
@@ -173,6 +178,21 @@ func (p *Plugin) Stop(ctx context.Context) error {
 	}
 }
 
+// StopGrace implements plugin.StopGracer: Stop may wait that long for a
+// command that ignores SIGTERM.
+func (p *Plugin) StopGrace() time.Duration { return time.Duration(p.maxGrace.Load()) }
+
+func (p *Plugin) noteGrace(rules []*rule) {
+	for _, r := range rules {
+		for {
+			cur := p.maxGrace.Load()
+			if int64(r.grace) <= cur || p.maxGrace.CompareAndSwap(cur, int64(r.grace)) {
+				break
+			}
+		}
+	}
+}
+
 // Reload applies a new section. Rules whose configuration did not change
 // keep their watch, so their queued events stay queued; changed and removed
 // rules lose theirs (and their queued events) before the new rules'
@@ -212,6 +232,7 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 		}
 	}
 	p.rules = rules
+	p.noteGrace(rules)
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}

@@ -416,3 +416,33 @@ func TestOverflow(t *testing.T) {
 		t.Errorf("status %+v", st)
 	}
 }
+
+// TestStopGrace: the agent keeps StopGrace (plus a second) of its shutdown
+// budget for Stop; a Reload to a shorter grace does not shorten it, since a
+// command already running keeps the grace it started with.
+func TestStopGrace(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	p := h.Start(exec.Name, "grace = \"3s\"\n[[rule]]\nname = \"a\"\npath = \"/a\"\ncommand = [\"/bin/true\"]\n")
+	sg, ok := p.(plugin.StopGracer)
+	if !ok {
+		t.Fatal("exec does not implement plugin.StopGracer")
+	}
+	if g := sg.StopGrace(); g != 3*time.Second {
+		t.Fatalf("StopGrace %v, want 3s", g)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.(plugin.Reloader).Reload(ctx, h.Section(exec.Name, "grace = \"1s\"\n[[rule]]\nname = \"a\"\npath = \"/a\"\ncommand = [\"/bin/true\"]\n")); err != nil {
+		t.Fatal(err)
+	}
+	if g := sg.StopGrace(); g != 3*time.Second {
+		t.Fatalf("StopGrace %v after a reload to 1s, want 3s", g)
+	}
+	if err := p.(plugin.Reloader).Reload(ctx, h.Section(exec.Name, "grace = \"7s\"\n[[rule]]\nname = \"a\"\npath = \"/a\"\ncommand = [\"/bin/true\"]\n")); err != nil {
+		t.Fatal(err)
+	}
+	if g := sg.StopGrace(); g != 7*time.Second {
+		t.Fatalf("StopGrace %v after a reload to 7s, want 7s", g)
+	}
+}

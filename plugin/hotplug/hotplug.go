@@ -71,6 +71,10 @@ type Plugin struct {
 	scripts  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 
+	// maxGrace is the largest grace of any configuration since New: a
+	// script keeps the grace it started with across a Reload.
+	maxGrace atomic.Int64
+
 	// pending holds the devices with an event queued: a device never has
 	// more than one, however often its guest makes its backend change.
 	pmu     sync.Mutex
@@ -153,6 +157,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		}, []string{"type", "action"}),
 	}
 	p.set.Store(newSettings(cfg))
+	p.maxGrace.Store(int64(cfg.Grace))
 	p.life, p.cancel = context.WithCancel(context.Background())
 	if ic.Metrics != nil {
 		for _, c := range []prometheus.Collector{p.scripts, p.duration} {
@@ -226,6 +231,9 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 		}
 	}
 	p.set.Store(newSettings(cfg))
+	if g := int64(cfg.Grace); g > p.maxGrace.Load() {
+		p.maxGrace.Store(g) // Reload is serialised by rmu
+	}
 	if len(added) == 0 {
 		return nil
 	}
@@ -328,9 +336,14 @@ func (p *Plugin) scan(ctx context.Context, types []string) error {
 	return nil
 }
 
+// StopGrace implements plugin.StopGracer: Stop may wait that long for a
+// script that ignores SIGTERM.
+func (p *Plugin) StopGrace() time.Duration { return time.Duration(p.maxGrace.Load()) }
+
 // Stop kills the scripts still running and waits, within ctx, until their
 // process groups are gone: mtwatchd must not exit while a script it
 // SIGTERMed still has its grace period to run out before the SIGKILL.
+
 func (p *Plugin) Stop(ctx context.Context) error {
 	p.mu.Lock()
 	p.cancel()

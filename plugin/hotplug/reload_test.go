@@ -141,3 +141,27 @@ func TestReloadFromNoTypes(t *testing.T) {
 	// The scan's short-lived watches go; one backend watch stays.
 	f.h.Wait(10*time.Second, "one watch after enabling types twice", func() bool { return len(f.h.Watches()) == 1 })
 }
+
+var _ plugin.StopGracer = (*Plugin)(nil)
+
+// TestStopGrace: StopGrace is the largest grace since start, so the agent's
+// shutdown reserve covers a script still running with an older one.
+func TestStopGrace(t *testing.T) {
+	t.Parallel()
+	f := start(t, plugintest.Options{}, "grace = \"3s\"")
+	if g := f.p.StopGrace(); g != 3*time.Second {
+		t.Fatalf("StopGrace %v, want 3s", g)
+	}
+	if err := f.reload("grace = \"1s\""); err != nil {
+		t.Fatal(err)
+	}
+	if g := f.p.StopGrace(); g != 3*time.Second {
+		t.Fatalf("StopGrace %v after a reload to 1s, want 3s", g)
+	}
+	if err := f.reload("grace = \"6s\""); err != nil {
+		t.Fatal(err)
+	}
+	if g := f.p.StopGrace(); g != 6*time.Second {
+		t.Fatalf("StopGrace %v after a reload to 6s, want 6s", g)
+	}
+}

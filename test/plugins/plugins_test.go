@@ -105,6 +105,50 @@ func TestExec(t *testing.T) {
 	waitFile(a, filepath.Join(out, "new.5.0"))
 }
 
+// TestExecShutdownKillsStubborn: through bin/mtwatchd, SIGTERM while a rule's
+// command and its grandchild ignore SIGTERM: draining ends early enough for
+// the exec plugin's Stop to SIGKILL the group and wait for it, so nothing is
+// left behind and mtwatchd exits 0 within shutdown_timeout.
+func TestExecShutdownKillsStubborn(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	out := t.TempDir()
+	cfg := "[agent]\nshutdown_timeout = \"3s\"\n\n" + strings.Replace(execRules(out,
+		`stubborn|/local/domain/{domid}/data/hang|env = { OUT = "$OUT", ACTION = "stubborn" }`+"\ntimeout = \"60s\""),
+		`grace = "200ms"`, `grace = "1s"`, 1)
+	a := newAgent(t, in, cfg)
+	a.run()
+	a.domain(5)
+	a.write("/local/domain/5/data/hang", "1")
+	pid, err := strconv.Atoi(strings.TrimSpace(waitFile(a, filepath.Join(out, "grandchild.5.0"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	begin := time.Now()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("mtwatchd did not exit after SIGTERM")
+	}
+	took := time.Since(begin)
+	if code := a.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("exit status %d after SIGTERM, want 0", code)
+	}
+	if took > 3*time.Second {
+		t.Errorf("SIGTERM took %v, over shutdown_timeout (3s)", took)
+	}
+	// SIGKILL was sent before mtwatchd exited; its delivery is not
+	// synchronous with the leader's reaping.
+	for end := time.Now().Add(time.Second); alive(pid) && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if alive(pid) {
+		t.Fatalf("grandchild %d outlived mtwatchd (SIGTERM took %v)", pid, took)
+	}
+}
+
 // TestConfigErrors: a bad plugin section stops mtwatchd with exit status 2
 // and an error naming the file, line and key.
 func TestConfigErrors(t *testing.T) {

@@ -25,6 +25,13 @@ hang)
 	echo $! >"$OUT/grandchild.$DOMID.$n.tmp"
 	mv "$OUT/grandchild.$DOMID.$n.tmp" "$OUT/grandchild.$DOMID.$n"
 	wait ;;
+stubborn)
+	# Like hang, but both ignore SIGTERM: only SIGKILL ends them.
+	trap '' TERM
+	sleep 600 &
+	echo $! >"$OUT/grandchild.$DOMID.$n.tmp"
+	mv "$OUT/grandchild.$DOMID.$n.tmp" "$OUT/grandchild.$DOMID.$n"
+	while :; do wait; done ;;
 fail)
 	exit 3 ;;
 esac
