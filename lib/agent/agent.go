@@ -113,10 +113,13 @@ type Agent struct {
 	tokenSeq       map[string]int          // per plugin
 
 	// mu guards the domain state.
-	mu      sync.Mutex
-	doms    map[domid.ID]*domState
-	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
-	nameq   chan domid.ID     // domains whose name to read
+	mu   sync.Mutex
+	doms map[domid.ID]*domState
+	// frontends mirrors the domains with st.backend, for the backend
+	// watch's callback, which takes no lock; written under mu.
+	frontends *[domid.FirstReserved]atomic.Bool
+	ignored   map[string]string // entries of the mtwatch dir logged as ignored, with the reason
+	nameq     chan domid.ID     // domains whose name to read
 	// nameKick: a domain was introduced or released; every known name is
 	// read again at the name reader's next tick.
 	nameKick atomic.Bool
@@ -176,17 +179,18 @@ func New(opts Options) (*Agent, error) {
 		d   *dispatch.Dispatcher
 	)
 	a := &Agent{
-		opts:     opts,
-		cfg:      cfg,
-		log:      opts.Logger,
-		reg:      opts.Registry,
-		started:  time.Now(),
-		notify:   opts.Notify,
-		pw:       map[string]*pluginWatch{},
-		tokenSeq: map[string]int{},
-		doms:     map[domid.ID]*domState{},
-		ignored:  map[string]string{},
-		nameq:    make(chan domid.ID, domid.FirstReserved),
+		opts:      opts,
+		cfg:       cfg,
+		log:       opts.Logger,
+		reg:       opts.Registry,
+		started:   time.Now(),
+		notify:    opts.Notify,
+		pw:        map[string]*pluginWatch{},
+		tokenSeq:  map[string]int{},
+		doms:      map[domid.ID]*domState{},
+		frontends: new([domid.FirstReserved]atomic.Bool),
+		ignored:   map[string]string{},
+		nameq:     make(chan domid.ID, domid.FirstReserved),
 	}
 	if a.notify == nil {
 		a.notify = func(string) {}

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
@@ -155,12 +156,33 @@ func (s *session) onIntroduce(string) {
 	s.record(s.a.auto && !s.a.single, func(w *sessionWork) { w.intro = true })
 }
 
-// onBackend: any change under the backend directory may add or remove a
+// onBackend: a change under the backend directory may add or remove a
 // frontend; the run loop reads the directory again. The barrier, as for
 // @introduceDomain, makes a new frontend's first device events run on its
-// new worker.
-func (s *session) onBackend(string) {
+// new worker. A change inside a device of a frontend that has its
+// directory already (a state change, the bulk of the events) adds or
+// removes no frontend, and is neither held nor re-read: a frontend's
+// directory goes only with an event for it or above it.
+func (s *session) onBackend(path string) {
+	if id, deep := frontendOf(path); deep && s.a.frontends[id].Load() {
+		return
+	}
 	s.record(!s.a.single, func(w *sessionWork) { w.backend = true })
+}
+
+// frontendOf parses backend/<type>/<frontend>/<more>: deep when <more> is
+// there.
+func frontendOf(path string) (id domid.ID, deep bool) {
+	rest, ok := strings.CutPrefix(path, backendDir+"/")
+	if !ok {
+		return 0, false
+	}
+	parts := strings.SplitN(rest, "/", 3)
+	if len(parts) < 3 || parts[2] == "" {
+		return 0, false
+	}
+	id, err := domid.ParseGuest(parts[1])
+	return id, err == nil
 }
 
 func (s *session) onRelease(string) {

@@ -257,6 +257,7 @@ func (a *Agent) reconcileBackends(ctx context.Context, c *xenstore.Client) error
 	for id, st := range a.doms {
 		if !found[id] {
 			st.backend = false
+			a.frontends[id].Store(false)
 			a.apply(id, st)
 		}
 	}
@@ -268,6 +269,7 @@ func (a *Agent) reconcileBackends(ctx context.Context, c *xenstore.Client) error
 		}
 		st.backend = true
 		a.apply(id, st)
+		a.frontends[id].Store(true) // once its worker exists
 	}
 	return nil
 }
