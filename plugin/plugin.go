@@ -138,9 +138,10 @@ type InitContext struct {
 	// Watches registers the plugin's watches.
 	Watches Watcher
 	// Domid is the domain the agent runs in; Home is its XenStore home,
-	// /local/domain/<Domid>, which relative paths resolve against. The
-	// agent runs in dom0 only (it needs a privileged connection), so today
-	// these are always 0 and /local/domain/0.
+	// /local/domain/<Domid>, which relative paths resolve against: dom0's,
+	// or a driver domain's. With [agent] domid = "auto" the agent learns
+	// them from its first connection, so they are final when Start is
+	// called, not yet in New.
 	Domid domid.ID
 	Home  string
 	// Metrics registers the plugin's Prometheus collectors, served at

@@ -51,6 +51,7 @@ func main() {
 			&cli.StringFlag{Name: "xenstore", EnvVars: []string{"MTWATCH_XENSTORE"}, Usage: "xenstored socket or device `PATH` (default: $XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus)"},
 			&cli.StringFlag{Name: "control", EnvVars: []string{"MTWATCH_CONTROL"}, Usage: "control API unix socket `PATH` (default " + control.DefaultSocket + ")"},
 			&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"MTWATCH_METRICS_LISTEN"}, Usage: "also serve /metrics over TCP on `HOST:PORT`"},
+			&cli.StringFlag{Name: "domid", EnvVars: []string{"MTWATCH_DOMID"}, Usage: "the `DOMID` mtwatchd runs in: auto (learnt from the connection), 0 (dom0) or a driver domain's"},
 			&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"MTWATCH_AUTO_DETECT"}, Value: true, Usage: "give introduced domains a worker even without a node; --auto-detect=false: the node alone decides"},
 			&cli.BoolFlag{Name: "single-worker", EnvVars: []string{"MTWATCH_SINGLE_WORKER"}, Usage: "run every event on the default worker, like xenwatch and xl devd"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"MTWATCH_LOG_LEVEL"}, Usage: "trace, debug, info, warning or error (default info)"},
@@ -86,6 +87,12 @@ func load(c *cli.Context) (*config.Config, error) {
 	}
 	if c.IsSet("metrics-listen") {
 		cfg.Control.MetricsListen = c.String("metrics-listen")
+	}
+	if c.IsSet("domid") {
+		cfg.Agent.Domid = c.String("domid")
+		if _, _, err := cfg.Agent.FixedDomid(); err != nil {
+			return nil, fmt.Errorf("--domid: %w", err)
+		}
 	}
 	if c.IsSet("auto-detect") {
 		cfg.Agent.AutoDetect = c.Bool("auto-detect")

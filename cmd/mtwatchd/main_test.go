@@ -436,6 +436,8 @@ func TestDaemonConfigErrors(t *testing.T) {
 		{"missing explicit file", []string{"--config", filepath.Join(dir, "none.toml")}, "none.toml"},
 		{"bad flag", []string{"--no-such-flag"}, "no-such-flag"},
 		{"bad log level", []string{"--log-level", "loud"}, "loud"},
+		{"bad domid", []string{"--domid", "32752"}, "--domid: domid \"32752\""},
+		{"bad domid in file", []string{"--config", write("e.toml", "[agent]\ndomid = \"-1\"\n")}, "e.toml:2: agent.domid"},
 		{"argument", []string{"extra"}, "unexpected argument"},
 	}
 	for _, tt := range tests {

@@ -5,14 +5,18 @@
 // reconciling. cmd/mtwatchd wraps it in flags, signals and systemd; tests and
 // benchmarks run it in-process.
 //
-// The rule: a domain has a worker while it has a trusted node, or while
-// (with auto-detection) it is introduced to xenstored.
+// The rule in dom0: a domain has a worker while it has a trusted node, or
+// while (with auto-detection) it is introduced to xenstored. In a driver
+// domain, which can read neither the nodes nor the introductions: a
+// frontend domain has a worker while it has a directory
+// backend/<type>/<frontend> under the driver domain's home.
 package agent
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"sync"
@@ -85,6 +89,11 @@ type Agent struct {
 	// needing a restart).
 	single, auto bool
 	xsPath       string
+	// domid is the domain the agent runs in, fixed by the configuration
+	// or learnt at start (domidFixed false); driver: it is not dom0.
+	domid      domid.ID
+	domidFixed bool
+	driver     bool
 
 	stallAt    atomic.Int64 // nanoseconds
 	staleGrace atomic.Int64 // nanoseconds; 0 disables
@@ -104,10 +113,13 @@ type Agent struct {
 	tokenSeq       map[string]int          // per plugin
 
 	// mu guards the domain state.
-	mu      sync.Mutex
-	doms    map[domid.ID]*domState
-	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
-	nameq   chan domid.ID     // domains whose name to read
+	mu   sync.Mutex
+	doms map[domid.ID]*domState
+	// frontends mirrors the domains with st.backend, for the backend
+	// watch's callback, which takes no lock; written under mu.
+	frontends *[domid.FirstReserved]atomic.Bool
+	ignored   map[string]string // entries of the mtwatch dir logged as ignored, with the reason
+	nameq     chan domid.ID     // domains whose name to read
 	// nameKick: a domain was introduced or released; every known name is
 	// read again at the name reader's next tick.
 	nameKick atomic.Bool
@@ -135,6 +147,7 @@ type domState struct {
 	node       bool
 	uuid       string
 	introduced bool
+	backend    bool // a driver domain has a backend directory of this frontend
 	name       string
 	nameRead   bool
 	nameQueued bool
@@ -161,27 +174,36 @@ func New(opts Options) (*Agent, error) {
 	if opts.Plugins == nil {
 		opts.Plugins = plugin.All()
 	}
+	var (
+		err error
+		d   *dispatch.Dispatcher
+	)
 	a := &Agent{
-		opts:     opts,
-		cfg:      cfg,
-		log:      opts.Logger,
-		reg:      opts.Registry,
-		started:  time.Now(),
-		notify:   opts.Notify,
-		pw:       map[string]*pluginWatch{},
-		tokenSeq: map[string]int{},
-		doms:     map[domid.ID]*domState{},
-		ignored:  map[string]string{},
-		nameq:    make(chan domid.ID, domid.FirstReserved),
+		opts:      opts,
+		cfg:       cfg,
+		log:       opts.Logger,
+		reg:       opts.Registry,
+		started:   time.Now(),
+		notify:    opts.Notify,
+		pw:        map[string]*pluginWatch{},
+		tokenSeq:  map[string]int{},
+		doms:      map[domid.ID]*domState{},
+		frontends: new([domid.FirstReserved]atomic.Bool),
+		ignored:   map[string]string{},
+		nameq:     make(chan domid.ID, domid.FirstReserved),
 	}
 	if a.notify == nil {
 		a.notify = func(string) {}
 	}
 	a.single, a.auto, a.xsPath = cfg.Agent.SingleWorker, cfg.Agent.AutoDetect, cfg.Agent.Xenstore
+	if a.domid, a.domidFixed, err = cfg.Agent.FixedDomid(); err != nil {
+		return nil, fmt.Errorf("agent: %w: %w", ErrConfig, err)
+	}
+	a.driver = a.domid != domid.Dom0
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
 	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
 	a.reapStale.Store(cfg.Agent.ReapStale)
-	d, err := dispatch.New(dispatch.Config{
+	d, err = dispatch.New(dispatch.Config{
 		Logger:         a.log,
 		Capacity:       cfg.Agent.QueueCapacity,
 		StallThreshold: dispatchStall(cfg.Agent.StallThreshold.Duration),
@@ -247,8 +269,6 @@ func (a *Agent) Start(ctx context.Context) error {
 
 func (a *Agent) start(ctx context.Context) error {
 	a.runCtx, a.runCancel = context.WithCancel(context.Background())
-	a.wg.Add(1)
-	go a.nameReader()
 	a.notify("STATUS=connecting to xenstored")
 	fail := func(err error) error {
 		a.runCancel()
@@ -259,13 +279,22 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return fail(err)
 	}
-	removed, err := node.Repair(ctx, c)
-	for _, p := range removed {
-		a.log.Warn("removed an entry that is not a trusted mtwatch node", "path", p)
-	}
-	if err != nil {
+	if err := a.learnDomid(ctx, c); err != nil {
 		c.Close()
-		return fail(fmt.Errorf("agent: %w", err))
+		return fail(err)
+	}
+	// Started once the domid is known: it reads names in dom0 only.
+	a.wg.Add(1)
+	go a.nameReader()
+	if !a.driver {
+		removed, err := node.Repair(ctx, c)
+		for _, p := range removed {
+			a.log.Warn("removed an entry that is not a trusted mtwatch node", "path", p)
+		}
+		if err != nil {
+			c.Close()
+			return fail(fmt.Errorf("agent: %w", err))
+		}
 	}
 	sess, err := a.connect(ctx, c, false)
 	if err != nil {
@@ -291,7 +320,7 @@ func (a *Agent) start(ctx context.Context) error {
 	a.wg.Add(1)
 	go a.supervise(sess)
 	a.notify("READY=1\nSTATUS=" + a.statusLine())
-	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode())
+	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", homeOf(a.domid))
 	a.bgCtx, a.bgCancel = context.WithCancel(a.runCtx)
 	if a.opts.WatchdogInterval > 0 {
 		a.bg.Add(1)
@@ -458,8 +487,8 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 	}
 	if old.Agent.Xenstore != cfg.Agent.Xenstore || old.Agent.AutoDetect != cfg.Agent.AutoDetect ||
 		old.Agent.SingleWorker != cfg.Agent.SingleWorker || old.Agent.QueueCapacity != cfg.Agent.QueueCapacity ||
-		old.Control != cfg.Control {
-		a.log.Warn("changes to agent.xenstore, auto_detect, single_worker, queue_capacity or [control] need a restart")
+		old.Agent.Domid != cfg.Agent.Domid || old.Control != cfg.Control {
+		a.log.Warn("changes to agent.xenstore, domid, auto_detect, single_worker, queue_capacity or [control] need a restart")
 	}
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
 	a.d.SetStallThreshold(dispatchStall(cfg.Agent.StallThreshold.Duration))
@@ -468,6 +497,7 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 	// What needs a restart keeps its running value.
 	keep := *cfg
 	keep.Agent.Xenstore, keep.Agent.AutoDetect = old.Agent.Xenstore, old.Agent.AutoDetect
+	keep.Agent.Domid = old.Agent.Domid
 	keep.Agent.SingleWorker, keep.Agent.QueueCapacity = old.Agent.SingleWorker, old.Agent.QueueCapacity
 	keep.Control = old.Control
 	a.mu.Lock()
@@ -482,6 +512,42 @@ func (a *Agent) mode() string {
 		return control.ModeSingleWorker
 	}
 	return control.ModeMultiWorker
+}
+
+// learnDomid settles the domain the agent runs in, unless the
+// configuration fixed it, from its first connection: the relative node
+// "domid" a toolstack writes in every domain's home names it; without it,
+// a connection that may list /local/domain is privileged, dom0's. A domain
+// that can do neither cannot tell, and is told to set [agent] domid.
+// Plugins see the result in their InitContext before they start.
+func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
+	if !a.domidFixed {
+		v, err := c.Read(ctx, "domid")
+		switch {
+		case err == nil:
+			id, perr := domid.Parse(string(v))
+			if perr != nil {
+				return fmt.Errorf("agent: the connection's home names domid %q: %w; set [agent] domid", v, perr)
+			}
+			a.domid = id
+		case errors.Is(err, fs.ErrNotExist):
+			// Missing altogether, it is no guest's: a guest's home is in it.
+			if _, derr := c.Directory(ctx, "/local/domain"); derr != nil && !errors.Is(derr, fs.ErrNotExist) {
+				return fmt.Errorf("agent: cannot tell which domain the agent runs in: no domid node in its home, "+
+					"and /local/domain: %w; set [agent] domid", derr)
+			}
+			a.domid = domid.Dom0
+		default:
+			return fmt.Errorf("agent: read the connection's domid: %w", err)
+		}
+		a.driver = a.domid != domid.Dom0
+	}
+	for _, p := range a.plugins {
+		if p.ic != nil {
+			p.ic.Domid, p.ic.Home = a.domid, homeOf(a.domid)
+		}
+	}
+	return nil
 }
 
 // dial connects once.

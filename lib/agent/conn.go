@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
@@ -18,7 +19,11 @@ const (
 	tokenNodes     = "mtwatchd:nodes"
 	tokenIntroduce = "mtwatchd:introduce"
 	tokenRelease   = "mtwatchd:release"
+	tokenBackend   = "mtwatchd:backend"
 )
+
+// backendDir is where a driver domain's backends are, relative to its home.
+const backendDir = "backend"
 
 // maxNodePaths bounds the distinct node paths a session keeps to look at;
 // past it the whole directory is rescanned instead (the bound the channel
@@ -36,8 +41,9 @@ const maxNodePaths = 1024
 type session struct {
 	a                   *Agent
 	c                   *xenstore.Client
-	nodes, intro, relea *xenstore.Watch
-	wake                chan struct{} // capacity 1: work was recorded
+	nodes, intro, relea *xenstore.Watch // dom0
+	backend             *xenstore.Watch // a driver domain
+	wake                chan struct{}   // capacity 1: work was recorded
 
 	mu   sync.Mutex
 	work sessionWork
@@ -50,6 +56,7 @@ type sessionWork struct {
 	rescan  bool                // the directory itself changed, or too many paths
 	intro   bool                // @introduceDomain
 	release bool                // @releaseDomain
+	backend bool                // a driver domain's backend directory changed
 	seq     uint64              // the last barrier raised by these events
 }
 
@@ -61,15 +68,7 @@ func (a *Agent) connect(ctx context.Context, c *xenstore.Client, reconnect bool)
 	s := &session{a: a, c: c, wake: make(chan struct{}, 1)}
 	a.bar.setOwner(s)
 	defer a.bar.release(a.bar.raise(s))
-	var err error
-	if s.nodes, err = c.WatchFunc(ctx, node.Dir, tokenNodes, s.callback(s.onNode)); err != nil {
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if s.intro, err = c.WatchFunc(ctx, "@introduceDomain", tokenIntroduce, s.callback(s.onIntroduce)); err != nil {
-		s.close()
-		return nil, fmt.Errorf("agent: %w", err)
-	}
-	if s.relea, err = c.WatchFunc(ctx, "@releaseDomain", tokenRelease, s.callback(s.onRelease)); err != nil {
+	if err := s.watch(ctx); err != nil {
 		s.close()
 		return nil, fmt.Errorf("agent: %w", err)
 	}
@@ -95,6 +94,28 @@ func (a *Agent) connect(ctx context.Context, c *xenstore.Client, reconnect bool)
 		return nil, fmt.Errorf("agent: reconcile: %w", err)
 	}
 	return s, nil
+}
+
+// watch registers the agent's own watches: in dom0 the mtwatch directory
+// and the domain introductions and releases; in a driver domain its backend
+// directory. They are registered before the plugins' watches, so xenstored
+// sends the agent's event of a write before theirs and the barrier holds
+// the plugins' events of a new frontend until its worker exists.
+func (s *session) watch(ctx context.Context) error {
+	c := s.c
+	var err error
+	if s.a.driver {
+		s.backend, err = c.WatchFunc(ctx, backendDir, tokenBackend, s.callback(s.onBackend))
+		return err
+	}
+	if s.nodes, err = c.WatchFunc(ctx, node.Dir, tokenNodes, s.callback(s.onNode)); err != nil {
+		return err
+	}
+	if s.intro, err = c.WatchFunc(ctx, "@introduceDomain", tokenIntroduce, s.callback(s.onIntroduce)); err != nil {
+		return err
+	}
+	s.relea, err = c.WatchFunc(ctx, "@releaseDomain", tokenRelease, s.callback(s.onRelease))
+	return err
 }
 
 // callback wraps on as a WatchFunc function that skips the watch's first
@@ -135,6 +156,35 @@ func (s *session) onIntroduce(string) {
 	s.record(s.a.auto && !s.a.single, func(w *sessionWork) { w.intro = true })
 }
 
+// onBackend: a change under the backend directory may add or remove a
+// frontend; the run loop reads the directory again. The barrier, as for
+// @introduceDomain, makes a new frontend's first device events run on its
+// new worker. A change inside a device of a frontend that has its
+// directory already (a state change, the bulk of the events) adds or
+// removes no frontend, and is neither held nor re-read: a frontend's
+// directory goes only with an event for it or above it.
+func (s *session) onBackend(path string) {
+	if id, deep := frontendOf(path); deep && s.a.frontends[id].Load() {
+		return
+	}
+	s.record(!s.a.single, func(w *sessionWork) { w.backend = true })
+}
+
+// frontendOf parses backend/<type>/<frontend>/<more>: deep when <more> is
+// there.
+func frontendOf(path string) (id domid.ID, deep bool) {
+	rest, ok := strings.CutPrefix(path, backendDir+"/")
+	if !ok {
+		return 0, false
+	}
+	parts := strings.SplitN(rest, "/", 3)
+	if len(parts) < 3 || parts[2] == "" {
+		return 0, false
+	}
+	id, err := domid.ParseGuest(parts[1])
+	return id, err == nil
+}
+
 func (s *session) onRelease(string) {
 	// No barrier: a released domain's events may run on either worker.
 	s.record(false, func(w *sessionWork) { w.release = true })
@@ -172,7 +222,7 @@ func (s *session) take() sessionWork {
 func (s *session) close() {
 	ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
 	defer cancel()
-	for _, w := range []*xenstore.Watch{s.nodes, s.intro, s.relea} {
+	for _, w := range []*xenstore.Watch{s.nodes, s.intro, s.relea, s.backend} {
 		if w != nil {
 			w.Unwatch(ctx)
 		}
@@ -216,8 +266,11 @@ func (a *Agent) supervise(s *session) {
 			if err != nil {
 				return // shutting down
 			}
-			if _, err := node.Repair(a.runCtx, c); err != nil {
-				a.log.Error("cannot repair the mtwatch directory after reconnecting", "err", err)
+			// A driver domain has no mtwatch directory: it is dom0's.
+			if !a.driver {
+				if _, err := node.Repair(a.runCtx, c); err != nil {
+					a.log.Error("cannot repair the mtwatch directory after reconnecting", "err", err)
+				}
 			}
 			s, err = a.connect(a.runCtx, c, true)
 			if err == nil {
@@ -265,12 +318,14 @@ func (s *session) run(ctx context.Context) error {
 			return ctx.Err()
 		case <-s.c.Done():
 			return s.c.Err()
-		case <-s.nodes.Events(): // yields nothing; closed when the watch ends
+		case <-events(s.nodes): // yields nothing; closed when the watch ends
 			return s.ended(s.nodes)
-		case <-s.intro.Events():
+		case <-events(s.intro):
 			return s.ended(s.intro)
-		case <-s.relea.Events():
+		case <-events(s.relea):
 			return s.ended(s.relea)
+		case <-events(s.backend):
+			return s.ended(s.backend)
 		case <-rescan:
 			rescan = nil
 			retry = true
@@ -309,6 +364,15 @@ func (s *session) run(ctx context.Context) error {
 	}
 }
 
+// events is w's channel, nil (never ready) for a watch the session does
+// not have in its mode.
+func events(w *xenstore.Watch) <-chan xenstore.Event {
+	if w == nil {
+		return nil
+	}
+	return w.Events()
+}
+
 // fault is the test hook of nodeFault.
 func (a *Agent) fault(op string) error {
 	if f := a.nodeFault.Load(); f != nil {
@@ -332,6 +396,9 @@ func (s *session) handle(ctx context.Context, w sessionWork) error {
 	var errs []error
 	if err := a.fault("node"); err != nil && (w.rescan || len(w.paths) > 0) {
 		return err
+	}
+	if w.backend && !w.rescan {
+		errs = append(errs, a.reconcile(ctx, s.c))
 	}
 	if w.rescan {
 		a.log.Info("rescanning the mtwatch directory after a change of the directory itself or a burst of node events")
@@ -379,7 +446,11 @@ func (a *Agent) watchdog(interval time.Duration) {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(a.bgCtx, interval)
-		_, err := c.GetPerms(ctx, node.Dir)
+		probe := node.Dir
+		if a.driver {
+			probe = homeOf(a.domid) // dom0's directory is not ours to read
+		}
+		_, err := c.GetPerms(ctx, probe)
 		cancel()
 		if err == nil {
 			a.notify("WATCHDOG=1")

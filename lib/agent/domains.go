@@ -131,7 +131,7 @@ func validValue(v string) bool { return v == "" || node.ValidUUID(v) }
 // apply creates or destroys the worker of id as the rule wants, and forgets
 // a domain that has neither node nor introduction. Called with a.mu held.
 func (a *Agent) apply(id domid.ID, st *domState) {
-	want := st.node || (a.auto && st.introduced)
+	want := st.node || (a.auto && st.introduced) || st.backend
 	switch {
 	case want && !st.worker:
 		if err := a.d.CreateDomain(id); err != nil && !errors.Is(err, dispatch.ErrDomainExists) {
@@ -139,7 +139,7 @@ func (a *Agent) apply(id domid.ID, st *domState) {
 			return
 		}
 		st.worker = true
-		a.log.Debug("domain worker created", "domid", id, "node", st.node, "introduced", st.introduced)
+		a.log.Debug("domain worker created", "domid", id, "node", st.node, "introduced", st.introduced, "backend", st.backend)
 	case !want && st.worker:
 		if err := a.d.DestroyDomain(id); err != nil && !errors.Is(err, dispatch.ErrNoDomain) {
 			a.log.Error("cannot destroy domain worker", "domid", id, "err", err)
@@ -153,7 +153,7 @@ func (a *Agent) apply(id domid.ID, st *domState) {
 	} else if st.absent.IsZero() {
 		st.absent = time.Now()
 	}
-	if !st.node && !st.introduced && !st.worker {
+	if !st.node && !st.introduced && !st.backend && !st.worker {
 		delete(a.doms, id)
 	}
 }
@@ -161,6 +161,9 @@ func (a *Agent) apply(id domid.ID, st *domState) {
 // reconcile makes the workers match c's nodes and introduced domains: at
 // start, after a reconnection and whenever the directory itself changed.
 func (a *Agent) reconcile(ctx context.Context, c *xenstore.Client) error {
+	if a.driver {
+		return a.reconcileBackends(ctx, c)
+	}
 	l, err := node.Scan(ctx, c)
 	if err != nil {
 		return err
@@ -217,6 +220,57 @@ func (a *Agent) reconcile(ctx context.Context, c *xenstore.Client) error {
 	}
 	a.mu.Unlock()
 	a.readNames(ctx, c, names)
+	return nil
+}
+
+// reconcileBackends makes the workers of a driver domain match its
+// frontends: the domids under backend/<type>/ of its home, whatever the
+// type. Entries that are not guest domids (or are the driver domain
+// itself) route nowhere and are skipped.
+func (a *Agent) reconcileBackends(ctx context.Context, c *xenstore.Client) error {
+	types, err := c.Directory(ctx, backendDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	lists := make([][]string, len(types))
+	err = forEach(ctx, len(types), func(i int) error {
+		l, err := c.Directory(ctx, backendDir+"/"+types[i])
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		lists[i] = l
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	found := map[domid.ID]bool{}
+	for _, l := range lists {
+		for _, n := range l {
+			if id, err := domid.ParseGuest(n); err == nil && id != a.domid {
+				found[id] = true
+			}
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, st := range a.doms {
+		if !found[id] {
+			st.backend = false
+			a.frontends[id].Store(false)
+			a.apply(id, st)
+		}
+	}
+	for id := range found {
+		st := a.doms[id]
+		if st == nil {
+			st = &domState{}
+			a.doms[id] = st
+		}
+		st.backend = true
+		a.apply(id, st)
+		a.frontends[id].Store(true) // once its worker exists
+	}
 	return nil
 }
 
@@ -337,6 +391,9 @@ const (
 // for. Each id is queued at most once (nameQueued), and the queue holds
 // every possible domid, so it never blocks.
 func (a *Agent) readNames(_ context.Context, _ *xenstore.Client, ids []domid.ID) {
+	if a.driver {
+		return // other domains' homes are not a driver domain's to read
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, id := range ids {
@@ -355,6 +412,9 @@ func (a *Agent) readNames(_ context.Context, _ *xenstore.Client, ids []domid.ID)
 // have to be registered again on every reconnection; reading every known
 // name once per 10 s is at most 32,751 pipelined reads.
 func (a *Agent) refreshNames() {
+	if a.driver {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for id, st := range a.doms {

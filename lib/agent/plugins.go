@@ -21,6 +21,7 @@ type hostedPlugin struct {
 	reg     plugin.Registration
 	enabled bool
 	p       plugin.Plugin
+	ic      *plugin.InitContext // Domid and Home are set at start
 	running atomic.Bool
 }
 
@@ -58,8 +59,8 @@ func (a *Agent) buildPlugins() error {
 			Config:  sec,
 			Store:   store{a},
 			Watches: hp,
-			Domid:   domid.Dom0,
-			Home:    "/local/domain/0",
+			Domid:   a.domid,
+			Home:    homeOf(a.domid),
 			Metrics: a.reg,
 		}
 		p, err := r.New(ic)
@@ -69,10 +70,13 @@ func (a *Agent) buildPlugins() error {
 		if err := sec.Unused(); err != nil {
 			return fmt.Errorf("agent: plugin %s: %w: %w", r.Name, ErrConfig, err)
 		}
-		hp.p = p
+		hp.p, hp.ic = p, ic
 	}
 	return nil
 }
+
+// homeOf is the XenStore home of domain id.
+func homeOf(id domid.ID) string { return "/local/domain/" + id.String() }
 
 // stop stops the plugin, then removes the watches it left.
 func (p *hostedPlugin) stop(ctx context.Context) error {

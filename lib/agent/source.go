@@ -147,6 +147,7 @@ func (a *Agent) domain(id domid.ID, ds dispatch.DomainStats) control.Domain {
 	}
 	if st := a.doms[id]; st != nil {
 		d.Name, d.UUID, d.Node, d.Introduced, d.Stale = st.name, st.uuid, st.node, st.introduced, st.stale
+		d.Backend = st.backend
 	}
 	if id == domid.Dom0 {
 		d.Name = "Domain-0"

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
 // DefaultFile is where mtwatchd looks for its configuration.
@@ -57,14 +59,32 @@ type Config struct {
 type Agent struct {
 	// Xenstore is the xenstored socket or device; "" means the defaults
 	// (XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus).
-	Xenstore        string   `toml:"xenstore"`
-	AutoDetect      bool     `toml:"auto_detect"`
+	Xenstore   string `toml:"xenstore"`
+	AutoDetect bool   `toml:"auto_detect"`
+	// Domid is the domain the agent runs in: "auto" (the default) learns
+	// it from the connection, a number sets it. 0 is dom0 mode (the mtwatch
+	// directory, introduced domains); a guest domid is driver-domain mode
+	// (workers follow the frontends of the domain's backend directory).
+	Domid           string   `toml:"domid"`
 	StaleGrace      Duration `toml:"stale_grace"`
 	ReapStale       bool     `toml:"reap_stale"`
 	SingleWorker    bool     `toml:"single_worker"`
 	QueueCapacity   int      `toml:"queue_capacity"`
 	StallThreshold  Duration `toml:"stall_threshold"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+}
+
+// FixedDomid returns the configured domid, or fixed false for "auto" (and
+// an empty value).
+func (a Agent) FixedDomid() (id domid.ID, fixed bool, err error) {
+	if a.Domid == "" || a.Domid == "auto" {
+		return 0, false, nil
+	}
+	id, err = domid.Parse(a.Domid)
+	if err != nil {
+		return 0, false, fmt.Errorf("domid %q: want auto, 0 or a guest domid: %w", a.Domid, err)
+	}
+	return id, true, nil
 }
 
 // Log is the [log] section.
@@ -87,6 +107,7 @@ func Default() *Config {
 	return &Config{
 		Agent: Agent{
 			AutoDetect:      true,
+			Domid:           "auto",
 			StaleGrace:      Duration{60 * time.Second},
 			QueueCapacity:   1024,
 			StallThreshold:  Duration{10 * time.Second},
@@ -146,6 +167,9 @@ func Parse(file string, data []byte) (*Config, error) {
 	case "auto", "text", "json":
 	default:
 		return nil, c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
+	}
+	if _, _, err := c.Agent.FixedDomid(); err != nil {
+		return nil, c.errorAt("agent.domid", "%v", err)
 	}
 	if c.Agent.QueueCapacity <= 0 {
 		return nil, c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)

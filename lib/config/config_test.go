@@ -20,6 +20,8 @@ func TestParseErrors(t *testing.T) {
 		{"syntax", "[agent]\nx = = 1\n", "f.toml:2"},
 		{"bad format", "[log]\nformat = \"xml\"\n", "f.toml:2: log.format"},
 		{"bad capacity", "[agent]\nqueue_capacity = 0\n", "f.toml:2: agent.queue_capacity"},
+		{"bad domid", "[agent]\ndomid = \"dom5\"\n", "f.toml:2: agent.domid"},
+		{"reserved domid", "[agent]\ndomid = \"32752\"\n", "f.toml:2: agent.domid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -121,5 +123,27 @@ func TestDocExampleIsDefaults(t *testing.T) {
 	d := Default()
 	if c.Agent != d.Agent || c.Log != d.Log || c.Control != d.Control {
 		t.Fatalf("docs/mtwatchd.toml differs from the defaults:\n%+v\n%+v", c, d)
+	}
+}
+
+func TestFixedDomid(t *testing.T) {
+	for _, tt := range []struct {
+		text  string
+		id    uint16
+		fixed bool
+	}{
+		{"", 0, false},
+		{"[agent]\ndomid = \"auto\"\n", 0, false},
+		{"[agent]\ndomid = \"0\"\n", 0, true},
+		{"[agent]\ndomid = \"5\"\n", 5, true},
+	} {
+		c, err := Parse("f.toml", []byte(tt.text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, fixed, err := c.Agent.FixedDomid()
+		if err != nil || uint16(id) != tt.id || fixed != tt.fixed {
+			t.Errorf("%q: FixedDomid = %d, %v, %v; want %d, %v", tt.text, id, fixed, err, tt.id, tt.fixed)
+		}
 	}
 }

@@ -110,6 +110,9 @@ type Domain struct {
 	Node       bool `json:"node"`
 	Introduced bool `json:"introduced"`
 	Stale      bool `json:"stale"`
+	// Backend: in a driver domain, the domain is a frontend with a
+	// backend directory under the driver domain's home.
+	Backend bool `json:"backend,omitempty"`
 	// Worker is WorkerLive, WorkerDraining, WorkerNone or WorkerDefault.
 	Worker        string   `json:"worker"`
 	Queued        int      `json:"queued"`

@@ -1,152 +1,71 @@
 package node_test
 
 import (
-	"bytes"
-	"encoding/binary"
+	"context"
 	"errors"
-	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
-// guest is a XenStore connection of a guest domain: its store ring, which
-// xenemu maps into xenstored from the file ring-<domid> of the control
-// directory, so xenstored applies the guest's permissions to every request,
-// as on a Xen host.
+// guest is a XenStore connection of a guest domain over its store ring
+// (xenstoredtest.GuestConn), so xenstored applies the guest's permissions to
+// every request, as on a Xen host.
 type guest struct {
-	t     *testing.T
-	id    domid.ID
-	ring  []byte
-	wake  string // the event-channel FIFO
-	reqID uint32
+	t  *testing.T
+	id domid.ID
+	c  *xenstore.Client
 }
-
-// Layout of struct xenstore_domain_interface (xen/include/public/io/xs_wire.h).
-const (
-	ringSize = 1024
-	reqOff   = 0
-	rspOff   = ringSize
-	reqCons  = 2 * ringSize
-	reqProd  = reqCons + 4
-	rspCons  = reqCons + 8
-	rspProd  = reqCons + 12
-)
 
 // newGuest creates guest id with a ring the test can speak on.
 func newGuest(t *testing.T, in *xenstoredtest.Instance, id domid.ID) *guest {
 	t.Helper()
-	path := filepath.Join(in.Dir(), fmt.Sprintf("ring-%d", id))
-	if err := os.WriteFile(path, make([]byte, 4096), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	ring, err := syscall.Mmap(int(f.Fd()), 0, 4096, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Munmap(ring) })
-	in.CreateDomain(id)
-	return &guest{t: t, id: id, ring: ring, wake: filepath.Join(in.Dir(), "evtchn")}
+	c := xenstore.NewClient(in.GuestConn(id))
+	t.Cleanup(func() { c.Close() })
+	return &guest{t: t, id: id, c: c}
 }
 
-func (g *guest) idx(off int) *uint32 { return (*uint32)(unsafe.Pointer(&g.ring[off])) }
-
-// request sends one request and returns the reply's payload, or the
-// errno xenstored answered with.
-func (g *guest) request(typ uint32, args ...string) (string, error) {
-	g.t.Helper()
-	var payload []byte
-	for i, a := range args {
-		payload = append(payload, a...)
-		if typ != 11 || i == 0 { // a WRITE's value is not NUL-terminated
-			payload = append(payload, 0)
-		}
-	}
-	g.reqID++
-	msg := binary.LittleEndian.AppendUint32(nil, typ)
-	msg = binary.LittleEndian.AppendUint32(msg, g.reqID)
-	msg = binary.LittleEndian.AppendUint32(msg, 0)
-	msg = binary.LittleEndian.AppendUint32(msg, uint32(len(payload)))
-	msg = append(msg, payload...)
-	if len(msg) > ringSize {
-		g.t.Fatalf("request of %d bytes does not fit the ring", len(msg))
-	}
-	prod := atomic.LoadUint32(g.idx(reqProd))
-	for i, b := range msg {
-		g.ring[reqOff+int((prod+uint32(i))%ringSize)] = b
-	}
-	atomic.StoreUint32(g.idx(reqProd), prod+uint32(len(msg)))
-
-	var reply []byte
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		g.kick()
-		cons, prod := atomic.LoadUint32(g.idx(rspCons)), atomic.LoadUint32(g.idx(rspProd))
-		for ; cons != prod; cons++ {
-			reply = append(reply, g.ring[rspOff+int(cons%ringSize)])
-		}
-		atomic.StoreUint32(g.idx(rspCons), cons)
-		if len(reply) >= 16 && len(reply) >= 16+int(binary.LittleEndian.Uint32(reply[12:])) {
-			break
-		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("guest %d: no reply from xenstored within 10s", g.id)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	rtyp, body := binary.LittleEndian.Uint32(reply), reply[16:16+binary.LittleEndian.Uint32(reply[12:])]
-	body = bytes.TrimSuffix(body, []byte{0})
-	if rtyp == 16 { // XS_ERROR
-		return "", fmt.Errorf("xenstored: %s", body)
-	}
-	if rtyp != typ {
-		g.t.Fatalf("guest %d: reply of type %d to a request of type %d", g.id, rtyp, typ)
-	}
-	return string(body), nil
-}
-
-// kick wakes xenstored, which then looks at every ring.
-func (g *guest) kick() {
-	f, err := os.OpenFile(g.wake, os.O_WRONLY|syscall.O_NONBLOCK, 0)
-	if err != nil {
-		g.t.Fatal(err)
-	}
-	f.Write([]byte{1})
-	f.Close()
-}
-
+// Operations of the guest, by what they do.
 const (
-	xsRead  = 2
-	xsWrite = 11
-	xsRm    = 13
+	xsRead = iota
+	xsWrite
+	xsRm
 )
 
+func (g *guest) request(op int, args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	switch op {
+	case xsRead:
+		_, err := g.c.Read(ctx, args[0])
+		return err
+	case xsWrite:
+		return g.c.Write(ctx, args[0], []byte(args[1]))
+	case xsRm:
+		return g.c.Rm(ctx, args[0])
+	}
+	g.t.Fatalf("unknown operation %d", op)
+	return nil
+}
+
 // wantRefused checks that xenstored refuses the guest's request with EACCES.
-func (g *guest) wantRefused(typ uint32, args ...string) {
+func (g *guest) wantRefused(op int, args ...string) {
 	g.t.Helper()
-	if _, err := g.request(typ, args...); err == nil || err.Error() != "xenstored: EACCES" {
-		g.t.Errorf("guest %d: request %d %q = %v, want EACCES", g.id, typ, args, err)
+	if err := g.request(op, args...); !errors.Is(err, syscall.EACCES) {
+		g.t.Errorf("guest %d: request %d %q = %v, want EACCES", g.id, op, args, err)
 	}
 }
 
-func (g *guest) wantOK(typ uint32, args ...string) {
+func (g *guest) wantOK(op int, args ...string) {
 	g.t.Helper()
-	if _, err := g.request(typ, args...); err != nil {
-		g.t.Fatalf("guest %d: request %d %q: %v", g.id, typ, args, err)
+	if err := g.request(op, args...); err != nil {
+		g.t.Fatalf("guest %d: request %d %q: %v", g.id, op, args, err)
 	}
 }
 

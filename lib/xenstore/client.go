@@ -279,3 +279,16 @@ func (c *Client) fail(err error) {
 		w.end(err, err != ErrClosed)
 	}
 }
+
+// NewClient wraps an established connection to xenstored over a transport
+// other than the socket and the device Dial opens: a guest's store ring, a
+// test's pipe. rwc must take one message per Write, as the kernel's xenbus
+// device does, and is closed by Close. Of the options, WithPath does not
+// apply.
+func NewClient(rwc io.ReadWriteCloser, opts ...Option) *Client {
+	o := options{maxInflight: defaultMaxInflight, watchQueue: defaultWatchQueue, txAttempts: defaultTxAttempts}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return newClient(rwc, true, o)
+}

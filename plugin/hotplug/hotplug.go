@@ -48,8 +48,8 @@ type Plugin struct {
 	log     *logrus.Entry
 	store   plugin.Store
 	watches plugin.Watcher
-	domid   domid.ID
-	env     []string // the base environment of scripts
+	ic      *plugin.InitContext // Domid is final at Start
+	env     []string            // the base environment of scripts
 
 	// set is the running configuration. Reload replaces it; the filter (on
 	// the Dispatch goroutine) and every script started afterwards use the
@@ -141,7 +141,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		log:     ic.Log,
 		store:   ic.Store,
 		watches: ic.Watches,
-		domid:   ic.Domid,
+		ic:      ic,
 		env:     proc.Env(),
 		pending: map[devKey]bool{},
 		devs:    map[devKey]*device{},
@@ -184,7 +184,7 @@ func (p *Plugin) Start(ctx context.Context) error {
 }
 
 func (p *Plugin) checkXLConf(file string) {
-	if file == "" || p.domid != domid.Dom0 {
+	if file == "" || p.ic.Domid != domid.Dom0 {
 		return
 	}
 	if runs, why := libxlRunsScripts(file); runs {
