@@ -138,7 +138,14 @@ type worker struct {
 	running bool // a goroutine runs the worker
 	gated   bool // must not start yet (ordering across creation)
 	down    bool // destroyed; finishes once drained
-	cancel  context.CancelFunc
+	// The context of the generation's handlers, made when its goroutine
+	// first starts (a worker that never runs costs nothing) and kept until
+	// the generation is destroyed or the dispatcher stops: one per
+	// generation rather than one per goroutine start, which with events
+	// spread over many domains is nearly one per event. ctx.Context is
+	// written once, under mu, before any handler sees ctx.
+	ctx    workerCtx
+	cancel context.CancelFunc
 
 	// The running handler, for stall detection and stats.
 	cur         *item
@@ -155,6 +162,23 @@ type worker struct {
 
 type workerKey struct{}
 
+// workerCtx is a handler context: it answers WorkerOf's key with its worker
+// and delegates everything else to the generation's cancel context. Being
+// part of the worker, it costs no allocation; context.WithTimeout and
+// WithCancel on it still find the cancel context through Value, so they
+// start no goroutine.
+type workerCtx struct {
+	context.Context
+	wk *worker
+}
+
+func (c *workerCtx) Value(key any) any {
+	if key == (workerKey{}) {
+		return c.wk
+	}
+	return c.Context.Value(key)
+}
+
 // WorkerOf reports which worker runs the handler that ctx was given to:
 // domid.Dom0 for the default worker. ok is false for any other context.
 func WorkerOf(ctx context.Context) (id domid.ID, ok bool) {
@@ -170,10 +194,9 @@ func WorkerOf(ctx context.Context) (id domid.ID, ok bool) {
 
 // run is the goroutine of wk; it exits when wk has no work left (I7).
 func (d *Dispatcher) run(wk *worker) {
-	ctx, cancel := context.WithCancel(context.WithValue(d.ctx, workerKey{}, wk))
 	var stallEnd *stallReport
 	d.mu.Lock()
-	d.startLocked(wk, cancel)
+	ctx := d.handlerCtxLocked(wk)
 	for it := d.nextLocked(wk); it != nil; it = d.nextLocked(wk) {
 		ev := d.beginLocked(wk, it)
 		d.mu.Unlock()
@@ -184,18 +207,22 @@ func (d *Dispatcher) run(wk *worker) {
 	}
 	d.exitLocked(wk)
 	d.mu.Unlock()
-	cancel()
 	d.logStallEnd(stallEnd)
 }
 
-// startLocked gives wk the cancel func of its handlers' context, which a
-// destroyed generation gets already cancelled.
-func (d *Dispatcher) startLocked(wk *worker, cancel context.CancelFunc) {
-	if wk.down {
-		cancel()
-	} else {
+// handlerCtxLocked returns the context of wk's handlers, making it on wk's
+// first run: a child of d.ctx (so Stop cancels it), already cancelled for a
+// destroyed generation, as DestroyDomain cancels it for a live one.
+func (d *Dispatcher) handlerCtxLocked(wk *worker) context.Context {
+	if wk.ctx.Context == nil {
+		ctx, cancel := context.WithCancel(d.ctx)
+		wk.ctx = workerCtx{Context: ctx, wk: wk}
 		wk.cancel = cancel
+		if wk.down {
+			cancel()
+		}
 	}
+	return &wk.ctx
 }
 
 // nextLocked takes wk's next item to run; nil when there is none.
@@ -267,7 +294,6 @@ func (d *Dispatcher) endLocked(wk *worker, it *item, err error, panicked bool) *
 // exitLocked records that wk's goroutine is about to exit.
 func (d *Dispatcher) exitLocked(wk *worker) {
 	wk.running = false
-	wk.cancel = nil
 	delete(d.active, wk)
 	d.goroutines--
 	if wk.dom != nil {
