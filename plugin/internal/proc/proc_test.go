@@ -99,6 +99,20 @@ func TestLongLineIsCut(t *testing.T) {
 }
 
 // alive reports whether pid runs and is not a zombie.
+// gone waits until pid has exited: a SIGKILL sent to a process group takes
+// effect when each member is next scheduled, which on a loaded host can be a
+// moment after kill(2) returned.
+func gone(pid int) bool {
+	deadline := time.Now().Add(5 * time.Second)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
 func alive(pid int) bool {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
@@ -150,7 +164,7 @@ func TestTimeoutKillsGroup(t *testing.T) {
 			if !r.TimedOut || r.Killed != tc.killed {
 				t.Fatalf("result %+v, want timed out, killed=%v", r, tc.killed)
 			}
-			if pid := readPid(t, file); alive(pid) {
+			if pid := readPid(t, file); !gone(pid) {
 				syscall.Kill(pid, syscall.SIGKILL)
 				t.Fatalf("grandchild %d survived", pid)
 			}
@@ -172,7 +186,7 @@ func TestCancelKillsGroup(t *testing.T) {
 	if !r.Cancelled || !errors.Is(r.Err, context.Canceled) {
 		t.Fatalf("result %+v", r)
 	}
-	if alive(pid) {
+	if !gone(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("grandchild %d survived", pid)
 	}
