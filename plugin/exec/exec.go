@@ -37,13 +37,9 @@ type Plugin struct {
 	watches plugin.Watcher
 	env     []string // the base environment of commands
 
-	life   context.Context // ends at Stop: commands are killed
-	cancel context.CancelFunc
-	// cmds counts the commands started; Add only under smu and before life
-	// ends, so that Stop's Wait sees every one. Not mu: Reload holds it
-	// while it waits for a running command.
-	smu  sync.Mutex
-	cmds sync.WaitGroup
+	// cmds runs the commands; Stop kills them. Not under mu: Reload holds
+	// it while it waits for a running command.
+	cmds *proc.Group
 
 	runs     *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -91,6 +87,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		store:   ic.Store,
 		watches: ic.Watches,
 		env:     proc.Env(),
+		cmds:    proc.NewGroup(),
 		rules:   rules,
 		running: map[string]*active{},
 		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -104,13 +101,8 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		}, []string{"rule"}),
 	}
 	p.noteGrace(rules)
-	p.life, p.cancel = context.WithCancel(context.Background())
-	if ic.Metrics != nil {
-		for _, c := range []prometheus.Collector{p.runs, p.duration} {
-			if err := ic.Metrics.Register(c); err != nil {
-				return nil, fmt.Errorf("exec: register metrics: %w", err)
-			}
-		}
+	if err := proc.Register(ic.Metrics, p.runs, p.duration); err != nil {
+		return nil, fmt.Errorf("exec: %w", err)
 	}
 	return p, nil
 }
@@ -162,20 +154,10 @@ func (p *Plugin) startRule(ctx context.Context, r *rule) error {
 // Stop kills the commands still running and waits for them within ctx;
 // the agent then removes the watches.
 func (p *Plugin) Stop(ctx context.Context) error {
-	p.smu.Lock()
-	p.cancel()
-	p.smu.Unlock()
-	// Wait, within ctx, for the killed commands' process groups to be gone:
-	// mtwatchd must not exit while one still has its grace period to run
-	// out before the SIGKILL.
-	done := make(chan struct{})
-	go func() { p.cmds.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("exec: stop: %w", ctx.Err())
+	if err := p.cmds.Stop(ctx); err != nil {
+		return fmt.Errorf("exec: stop: %w", err)
 	}
+	return nil
 }
 
 // StopGrace implements plugin.StopGracer: Stop may wait that long for a
@@ -262,7 +244,7 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 			// Only the removal of the subtree holding the node concerns
 			// the rule (xenstored fires a watch on the node itself then);
 			// the ancestor's creation or change does not.
-			_, err := p.store.Read(p.life, ev.Path)
+			_, err := p.store.Read(p.cmds.Context(), ev.Path)
 			if err == nil {
 				return nil
 			}
@@ -287,27 +269,17 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 
 	log := p.log.WithFields(logrus.Fields{"rule": r.name, "domid": d})
 	argv := r.argv(id, xsPath)
-	var res proc.Result
-	p.smu.Lock()
-	if err := p.life.Err(); err != nil {
-		// Stopping: the command does not start.
-		p.smu.Unlock()
-		res = proc.Result{ExitCode: -1, Cancelled: true, Err: fmt.Errorf("%s: %w", argv[0], err)}
-	} else {
-		p.cmds.Add(1)
-		p.smu.Unlock()
-		res = proc.Run(p.life, proc.Spec{
-			Path:    argv[0],
-			Args:    argv,
-			Env:     env,
-			Timeout: r.timeout,
-			Grace:   r.grace,
-			Line: func(stream, line string) {
-				log.WithField("stream", stream).Info(line)
-			},
-		})
-		p.cmds.Done()
-	}
+	// Once stopping, the command does not start: counted as an error.
+	res := p.cmds.Run(proc.Spec{
+		Path:    argv[0],
+		Args:    argv,
+		Env:     env,
+		Timeout: r.timeout,
+		Grace:   r.grace,
+		Line: func(stream, line string) {
+			log.WithField("stream", stream).Info(line)
+		},
+	})
 	a.c.runs.Add(1)
 	a.c.lastNanos.Store(int64(res.Duration))
 	p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds())

@@ -61,12 +61,11 @@ type Plugin struct {
 	rmu   sync.Mutex
 	watch plugin.Watch
 
-	life   context.Context // ends at Stop: running scripts are killed
-	cancel context.CancelFunc
-	reaper sync.WaitGroup
-	// scriptsRunning counts the scripts started; Add only under mu and
-	// before life ends, so that Stop's Wait sees every one.
-	scriptsRunning sync.WaitGroup
+	// scriptGroup runs the scripts; its context ends at Stop, which kills
+	// those running. reaper counts the goroutine removing the start-up scan
+	// watches, which also ends at Stop.
+	scriptGroup *proc.Group
+	reaper      sync.WaitGroup
 
 	scripts  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -158,13 +157,9 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 	}
 	p.set.Store(newSettings(cfg))
 	p.maxGrace.Store(int64(cfg.Grace))
-	p.life, p.cancel = context.WithCancel(context.Background())
-	if ic.Metrics != nil {
-		for _, c := range []prometheus.Collector{p.scripts, p.duration} {
-			if err := ic.Metrics.Register(c); err != nil {
-				return nil, fmt.Errorf("hotplug: register metrics: %w", err)
-			}
-		}
+	p.scriptGroup = proc.NewGroup()
+	if err := proc.Register(ic.Metrics, p.scripts, p.duration); err != nil {
+		return nil, fmt.Errorf("hotplug: %w", err)
 	}
 	return p, nil
 }
@@ -323,12 +318,12 @@ func (p *Plugin) scan(ctx context.Context, types []string) error {
 		for range regs {
 			select {
 			case w := <-done:
-				ctx, cancel := context.WithTimeout(p.life, 30*time.Second)
+				ctx, cancel := context.WithTimeout(p.scriptGroup.Context(), 30*time.Second)
 				if err := w.Unwatch(ctx); err != nil {
 					p.log.WithError(err).Warn("remove start-up scan watch")
 				}
 				cancel()
-			case <-p.life.Done():
+			case <-p.scriptGroup.Context().Done():
 				return // the agent removes the rest after Stop
 			}
 		}
@@ -345,17 +340,15 @@ func (p *Plugin) StopGrace() time.Duration { return time.Duration(p.maxGrace.Loa
 // SIGTERMed still has its grace period to run out before the SIGKILL.
 
 func (p *Plugin) Stop(ctx context.Context) error {
-	p.mu.Lock()
-	p.cancel()
-	p.mu.Unlock()
-	done := make(chan struct{})
-	go func() { p.reaper.Wait(); p.scriptsRunning.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("hotplug: stop: %w", ctx.Err())
+	// The group's Stop ends its context, on which the reaper returns too.
+	err := p.scriptGroup.Stop(ctx)
+	if err == nil {
+		err = proc.Wait(ctx, &p.reaper)
 	}
+	if err != nil {
+		return fmt.Errorf("hotplug: stop: %w", err)
+	}
+	return nil
 }
 
 // parsePath splits an event path under backend/: n is the number of
@@ -439,7 +432,7 @@ func (p *Plugin) handle(_ context.Context, ev dispatch.Event) error {
 		return errors.Join(errs...)
 	}
 	if ev.Path == Backend {
-		return p.scan(p.life, p.settings().cfg.Types)
+		return p.scan(p.scriptGroup.Context(), p.settings().cfg.Types)
 	}
 	k, _, n, ok := parsePath(ev.Path)
 	if !ok {
@@ -458,7 +451,7 @@ func (p *Plugin) handle(_ context.Context, ev dispatch.Event) error {
 // devices remembered for it that are no longer there.
 func (p *Plugin) resync(typ string, dom domid.ID, scan bool) error {
 	dir := Backend + "/" + typ + "/" + dom.String()
-	ids, err := p.store.Directory(p.life, dir)
+	ids, err := p.store.Directory(p.scriptGroup.Context(), dir)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("hotplug: list %s: %w", dir, err)
 	}
@@ -494,7 +487,7 @@ func (p *Plugin) resync(typ string, dom domid.ID, scan bool) error {
 
 // read returns a node's value; exists is false for ENOENT.
 func (p *Plugin) read(path string) (v string, exists bool, err error) {
-	b, err := p.store.Read(p.life, path)
+	b, err := p.store.Read(p.scriptGroup.Context(), path)
 	if errors.Is(err, os.ErrNotExist) {
 		return "", false, nil
 	}
@@ -767,19 +760,16 @@ func (p *Plugin) exec(k devKey, d *device, add bool, numExec int) (more, ok bool
 	}
 
 	rs := &RunningScript{Domid: k.dom, Device: base, Action: action, Script: prog, Started: time.Now()}
-	p.mu.Lock()
-	if p.life.Err() != nil {
+	if p.scriptGroup.Context().Err() != nil {
 		// Stopping: no new script, and nothing written for the device.
-		p.mu.Unlock()
 		log.Warn("hotplug script not run: mtwatchd stopping")
 		return false, false
 	}
+	p.mu.Lock()
 	p.running[k] = rs
-	p.scriptsRunning.Add(1)
 	p.mu.Unlock()
-	defer p.scriptsRunning.Done()
 	log.WithField("script", prog).Debug("running hotplug script")
-	res := proc.Run(p.life, proc.Spec{
+	res := p.scriptGroup.Run(proc.Spec{
 		Path:    prog,
 		Args:    argv,
 		Env:     env,
@@ -792,6 +782,11 @@ func (p *Plugin) exec(k devKey, d *device, add bool, numExec int) (more, ok bool
 	p.mu.Lock()
 	delete(p.running, k)
 	p.mu.Unlock()
+	if errors.Is(res.Err, proc.ErrStopping) {
+		// Stop came between the check above and the start: the same.
+		log.Warn("hotplug script not run: mtwatchd stopping")
+		return false, false
+	}
 	ran = res.ExitCode >= 0 || res.Signal != 0
 	p.runs.Add(1)
 	p.duration.WithLabelValues(k.typ, action).Observe(res.Duration.Seconds())
@@ -832,7 +827,7 @@ const (
 // fatal() does, unless the device is gone (writing would recreate it). A
 // message the script wrote itself is kept.
 func (p *Plugin) reportError(base, msg string, log *logrus.Entry) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.life), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.scriptGroup.Context()), 10*time.Second)
 	defer cancel()
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
 		if _, err := tx.Read(ctx, base); err != nil {
@@ -859,7 +854,7 @@ func (p *Plugin) reportError(base, msg string, log *logrus.Entry) {
 // $XENBUS_PATH after a remove on the udev path. A directory that has a
 // state node again is a new device and is left alone.
 func (p *Plugin) removeLeftover(base string) {
-	ctx, cancel := context.WithTimeout(p.life, 10*time.Second)
+	ctx, cancel := context.WithTimeout(p.scriptGroup.Context(), 10*time.Second)
 	defer cancel()
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
 		if _, err := tx.Read(ctx, base+"/state"); !errors.Is(err, os.ErrNotExist) {
