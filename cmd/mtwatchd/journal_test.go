@@ -150,7 +150,7 @@ func TestDaemonJournal(t *testing.T) {
 	if err := syscall.Fstat(int(w.Fd()), &st); err != nil {
 		t.Fatal(err)
 	}
-	stderr := &lockedBuffer{}
+	stderr := &xenstoredtest.LockedBuffer{}
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)

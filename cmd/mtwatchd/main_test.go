@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -98,28 +97,11 @@ func (n *notifySocket) wait(t *testing.T, prefix string) {
 type agentProc struct {
 	t      *testing.T
 	cmd    *exec.Cmd
-	stderr *lockedBuffer
+	stderr *xenstoredtest.LockedBuffer
 	sock   string
 	notify *notifySocket
 	done   chan struct{}
 	err    error
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // spawn runs mtwatchd against in with args; env adds variables.
@@ -129,7 +111,7 @@ func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &agentProc{t: t, stderr: &lockedBuffer{}, sock: sock, notify: newNotifySocket(t), done: make(chan struct{})}
+	d := &agentProc{t: t, stderr: &xenstoredtest.LockedBuffer{}, sock: sock, notify: newNotifySocket(t), done: make(chan struct{})}
 	// An empty file: the defaults, whatever /etc holds on this machine.
 	empty := filepath.Join(t.TempDir(), "empty.toml")
 	if err := os.WriteFile(empty, nil, 0o644); err != nil {
@@ -617,7 +599,7 @@ func TestDaemonSocketActivation(t *testing.T) {
 		"--config", empty, "--xenstore", in.Socket(), "--control", filepath.Join(t.TempDir(), "unused.sock"))
 	cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1", "LISTEN_FDS=1", "NOTIFY_SOCKET="+notify.path)
 	cmd.ExtraFiles = []*os.File{f}
-	stderr := &lockedBuffer{}
+	stderr := &xenstoredtest.LockedBuffer{}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

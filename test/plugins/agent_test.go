@@ -4,7 +4,6 @@
 package plugins_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -49,23 +47,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // agent is a running bin/mtwatchd.
 type agent struct {
 	t      testing.TB
@@ -74,7 +55,7 @@ type agent struct {
 	cmd    *exec.Cmd
 	ctl    *control.Client
 	config string
-	stderr *lockedBuffer
+	stderr *xenstoredtest.LockedBuffer
 	exited chan struct{}
 	dir    string
 }
@@ -86,7 +67,7 @@ func newAgent(t testing.TB, in *xenstoredtest.Instance, config string, args ...s
 		t.Fatal(buildErr)
 	}
 	dir := t.TempDir()
-	a := &agent{t: t, in: in, dir: dir, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	a := &agent{t: t, in: in, dir: dir, stderr: &xenstoredtest.LockedBuffer{}, exited: make(chan struct{})}
 	a.config = filepath.Join(dir, "mtwatchd.toml")
 	if err := os.WriteFile(a.config, []byte(config), 0o644); err != nil {
 		t.Fatal(err)

@@ -69,7 +69,7 @@ type Server struct {
 	mu      sync.Mutex
 	cmd     *exec.Cmd     // the daemon, if this process started it
 	pid     int           // the daemon found by Attach, if cmd is nil
-	out     *lockedBuffer // nil when detached: see logPath
+	out     *LockedBuffer // nil when detached: see logPath
 	exited  chan struct{}
 	waitErr error
 }
@@ -209,7 +209,7 @@ func (s *Server) Start(ctx context.Context) error {
 
 // command prepares the daemon's process: the one place that knows its
 // arguments and environment. Called with s.mu held.
-func (s *Server) command() (*exec.Cmd, *lockedBuffer, error) {
+func (s *Server) command() (*exec.Cmd, *LockedBuffer, error) {
 	if err := os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
 		return nil, nil, err
 	}
@@ -235,7 +235,7 @@ func (s *Server) command() (*exec.Cmd, *lockedBuffer, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		return cmd, nil, nil
 	}
-	out := &lockedBuffer{}
+	out := &LockedBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Own process group: a test killed by a signal must not leave the
 	// daemon attached to the terminal's group, and Stop can signal it alone.
@@ -504,18 +504,20 @@ func (s *Server) setDead(id domid.ID, dead bool) error {
 	return os.Rename(tmp, path)
 }
 
-type lockedBuffer struct {
+// LockedBuffer collects a process's output written from one goroutine
+// while a test reads it from another.
+type LockedBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *LockedBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *LockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
