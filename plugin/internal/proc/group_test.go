@@ -3,6 +3,7 @@ package proc
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -11,32 +12,31 @@ import (
 // group starts nothing afterwards.
 func TestGroupStop(t *testing.T) {
 	g := NewGroup()
-	started := make(chan struct{})
+	started := make(chan int, 1)
 	res := make(chan Result, 1)
 	go func() {
-		spec := sh(`echo up; exec sleep 30`)
+		spec := sh(`echo $$; exec sleep 30`)
 		spec.Grace = 100 * time.Millisecond
 		spec.Line = func(_, line string) {
-			if line == "up" {
-				close(started)
+			if pid, err := strconv.Atoi(line); err == nil {
+				started <- pid
 			}
 		}
 		res <- g.Run(spec)
 	}()
-	<-started
+	pid := <-started
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := g.Stop(ctx); err != nil {
 		t.Fatalf("Stop: %v", err)
 	}
-	// Stop returned only once the command's Run did.
-	select {
-	case r := <-res:
-		if !r.Cancelled || errors.Is(r.Err, ErrStopping) {
-			t.Errorf("running command: %+v, want cancelled after start", r)
-		}
-	default:
+	// Stop returned only once the command had ended and been reaped: its
+	// pid is gone, not a zombie, not running.
+	if alive(pid) {
 		t.Fatal("Stop returned before the running command ended")
+	}
+	if r := <-res; !r.Cancelled || errors.Is(r.Err, ErrStopping) {
+		t.Errorf("running command: %+v, want cancelled after start", r)
 	}
 	if g.Context().Err() == nil {
 		t.Error("context not ended by Stop")
