@@ -40,14 +40,7 @@ and exit codes as mtwatch-hook create; the agent is not needed.`,
 			if err != nil {
 				return err
 			}
-			return withXenstore(c, func(ctx context.Context, g globals) error {
-				xs, err := g.dial(ctx)
-				if err != nil {
-					return err
-				}
-				defer xs.Close()
-				return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindCreate, Domid: id, UUID: uuid}))
-			})
+			return runAction(c, hook.Action{Kind: hook.KindCreate, Domid: id, UUID: uuid})
 		},
 	}
 }
@@ -76,14 +69,7 @@ touched: mtwatch xl destroy destroys it and then removes the node.`,
 			}
 			switch {
 			case c.NArg() == 0 && uuid != "":
-				return withXenstore(c, func(ctx context.Context, g globals) error {
-					xs, err := g.dial(ctx)
-					if err != nil {
-						return err
-					}
-					defer xs.Close()
-					return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindDestroyUUID, UUID: uuid}))
-				})
+				return runAction(c, hook.Action{Kind: hook.KindDestroyUUID, UUID: uuid})
 			case c.NArg() != 1:
 				return usagef("destroy takes exactly one <domid> or --uuid, got %d argument(s)", c.NArg())
 			}
@@ -91,14 +77,7 @@ touched: mtwatch xl destroy destroys it and then removes the node.`,
 			if err != nil {
 				return err
 			}
-			return withXenstore(c, func(ctx context.Context, g globals) error {
-				xs, err := g.dial(ctx)
-				if err != nil {
-					return err
-				}
-				defer xs.Close()
-				return nodeErr(g, hook.Run(ctx, xs, hook.Action{Kind: hook.KindDestroy, Domid: id, UUID: uuid}))
-			})
+			return runAction(c, hook.Action{Kind: hook.KindDestroy, Domid: id, UUID: uuid})
 		},
 	}
 }
@@ -132,4 +111,17 @@ func nodeErr(g globals, err error) error {
 		return failf("%v (xenstore did not answer within %v)", err, g.timeout)
 	}
 	return failf("%v", fmt.Errorf("%w", err))
+}
+
+// runAction carries out a node action on a fresh XenStore connection, with
+// mtwatch-hook's semantics (hook.Run) and the CLI's exit codes.
+func runAction(c *cli.Context, a hook.Action) error {
+	return withXenstore(c, func(ctx context.Context, g globals) error {
+		xs, err := g.dial(ctx)
+		if err != nil {
+			return err
+		}
+		defer xs.Close()
+		return nodeErr(g, hook.Run(ctx, xs, a))
+	})
 }
