@@ -8,6 +8,8 @@ import (
 	"testing"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/mtwatch/mtwatch/internal/goldenfile"
 )
 
 // TestManPageCurrent fails when docs/man/mtwatch.1 is not what the command
@@ -52,7 +54,7 @@ func TestManPageCurrent(t *testing.T) {
 		t.Errorf("groff: %v\n%s", err, out)
 	}
 	path := filepath.Join("..", "..", "docs", "man", "mtwatch.1")
-	if *update {
+	if goldenfile.Updating() {
 		if err := os.WriteFile(path, []byte(page), 0o644); err != nil {
 			t.Fatal(err)
 		}

@@ -2,7 +2,6 @@ package exec_test
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,12 +13,11 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/mtwatch/mtwatch/internal/goldenfile"
 	"github.com/mtwatch/mtwatch/plugin"
 	"github.com/mtwatch/mtwatch/plugin/exec"
 	"github.com/mtwatch/mtwatch/plugin/plugintest"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files")
 
 func script(t *testing.T) string {
 	t.Helper()
@@ -70,20 +68,7 @@ func count(t *testing.T, dir, prefix string) int {
 
 func golden(t *testing.T, name, got string) {
 	t.Helper()
-	file := filepath.Join("testdata", "golden", name)
-	if *update {
-		os.MkdirAll(filepath.Dir(file), 0o755)
-		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs:\n--- got\n%s--- want\n%s", file, got, want)
-	}
+	goldenfile.Check(t, filepath.Join("testdata", "golden", name), got)
 }
 
 func TestConfigErrors(t *testing.T) {
