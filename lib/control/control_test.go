@@ -497,7 +497,7 @@ func TestPeerCheckFakeCred(t *testing.T) {
 // SO_PEERCRED check must still refuse it. Needs root to switch uid.
 func TestPeerCredRefusesOtherUID(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to start a peer with another uid")
+		t.Fatal("needs root, to start a peer with another uid (the README test command runs as root)")
 	}
 	curl, err := exec.LookPath("curl")
 	if err != nil {
