@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -80,6 +81,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.svgOut, "svg", "docs/isolation-cdf.svg", "write the isolation latency CDF here (empty: none)")
 	fs.StringVar(&o.cbenchSrc, "cbench", "lib/xenstore/bench/cbench.c", "source of the libxenstore watcher")
 	logFile := fs.String("agent-log", "", "append the agent's debug log to this file")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (the agent, the bench's own goroutines) here")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return 0
@@ -99,6 +101,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		defer f.Close()
 		agentLog = f
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(stderr, "mtwatch-bench: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(stderr, "mtwatch-bench: %v\n", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(o.only, ",") {
@@ -221,8 +236,8 @@ func writeMarkdown(w io.Writer, r *results) {
 		r.Conditions["go"], r.Conditions["load_before"], r.Conditions["load_after"])
 	if t := r.Throughput; t != nil {
 		p("\n### 1. Throughput: %d writes per run over %d domains, no-op handlers\n", t.Writes, t.Domains)
-		p("| watcher | events/s | events per write | vs libxenstore | goal |")
-		p("|---|---|---|---|---|")
+		p("| watcher | events/s | events per write | CPU per event | vs libxenstore | goal |")
+		p("|---|---|---|---|---|---|")
 		for _, v := range []string{string(modeMtwatch), string(modeSingle), variantLibxenstore} {
 			ratio, g := "1", ""
 			if v != variantLibxenstore {
@@ -235,7 +250,8 @@ func writeMarkdown(w io.Writer, r *results) {
 			if v == variantLibxenstore {
 				name = "bare libxenstore watcher (cbench watch)"
 			}
-			p("| %s | %s | %s | %s | %s |", name, t.EventsPerSec[v].format(fmtRate), t.EventsPerWrite[v].format(fmtRatio), ratio, g)
+			p("| %s | %s | %s | %s | %s | %s |", name, t.EventsPerSec[v].format(fmtRate), t.EventsPerWrite[v].format(fmtRatio),
+				t.CPUPerEvent[v].format(fmtCPU), ratio, g)
 		}
 	}
 	if i := r.Isolation; i != nil {

@@ -69,6 +69,9 @@ func fmtRate(v float64) string {
 	return strconv.FormatFloat(v, 'f', 0, 64)
 }
 
+// fmtCPU formats nanoseconds of CPU time per event.
+func fmtCPU(ns float64) string { return strconv.FormatFloat(ns/1e3, 'f', 2, 64) + " µs" }
+
 func fmtMiB(v float64) string { return strconv.FormatFloat(v, 'f', 1, 64) }
 
 func fmtRatio(v float64) string { return strconv.FormatFloat(v, 'f', 2, 64) }

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mtwatch/mtwatch/lib/dispatch"
@@ -26,8 +27,22 @@ type throughputResult struct {
 	// merged identical pending events of a watcher that fell behind).
 	EventsPerSec   map[string]spread `json:"events_per_sec"`
 	EventsPerWrite map[string]spread `json:"events_per_write"`
+	// CPU time of the watcher's process per event received (for the agent:
+	// this process, which is the agent and its no-op handler), from
+	// getrusage over the run: what the watcher takes from the writer and
+	// xenstored on a shared host. Steadier than the rate on a noisy host.
+	CPUPerEvent map[string]spread `json:"cpu_ns_per_event"`
 	// Ratio of the agent's median to libxenstore's.
 	Ratio map[string]float64 `json:"ratio_to_libxenstore"`
+}
+
+// cpuNow is this process's CPU time (user and system, every thread).
+func cpuNow() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 const variantLibxenstore = "libxenstore"
@@ -85,13 +100,22 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 		return nil
 	}
 
-	agentRun := func(m mode) (events int64, d time.Duration, err error) {
+	// A run's figures: events received (for the agent: dispatched to a
+	// worker, merged ones included), handler calls, the time from the
+	// first write to the last event handled, and the watcher's CPU time.
+	type runResult struct {
+		events, calls int64
+		d, cpu        time.Duration
+	}
+	agentRun := func(m mode) (r runResult, err error) {
 		var n, last atomic.Int64
 		end := make(chan struct{}, 1)
+		// A no-op handler: it counts and notes the time, without allocating
+		// (so that it measures the agent, not itself).
 		a, stop, err := runAgent(ctx, srv.Socket(), m, func(_ context.Context, ev dispatch.Event) error {
 			n.Add(1)
 			last.Store(time.Now().UnixNano())
-			if absPath(ev.Path) == sentinel {
+			if isSentinel(ev.Path) {
 				select {
 				case end <- struct{}{}:
 				default:
@@ -100,7 +124,7 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 			return nil
 		})
 		if err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		defer stop()
 		want := o.domains
@@ -108,83 +132,100 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 			want = 0
 		}
 		if err := waitWorkers(ctx, a, want, 5*time.Millisecond); err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		time.Sleep(50 * time.Millisecond) // the initial event
+		if err := waitIdle(a.Dispatcher(), time.Minute); err != nil {
+			return r, err
+		}
 		n.Store(0)
+		dispatched0 := a.Dispatcher().Stats().Totals.Dispatched
+		cpu0 := cpuNow()
 		start := time.Now()
 		if err := stream(); err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		select {
 		case <-end:
 		case <-time.After(2 * time.Minute):
-			return 0, 0, fmt.Errorf("agent (%s): sentinel event never ran", m)
+			return r, fmt.Errorf("agent (%s): sentinel event never ran", m)
 		}
 		// Events of other domains may still be on their workers: the run
 		// ends with the last handler call.
 		if err := waitIdle(a.Dispatcher(), time.Minute); err != nil {
-			return 0, 0, err
+			return r, err
 		}
-		return n.Load(), time.Unix(0, last.Load()).Sub(start), nil
+		r.cpu = cpuNow() - cpu0
+		r.events = int64(a.Dispatcher().Stats().Totals.Dispatched - dispatched0)
+		r.calls = n.Load()
+		r.d = time.Unix(0, last.Load()).Sub(start)
+		return r, nil
 	}
-	cRun := func() (int64, time.Duration, error) {
+	cRun := func() (r runResult, err error) {
 		cmd := exec.Command(cbench, "watch", dom0Home+benchWatch)
 		cmd.Env = append(os.Environ(), srv.Env()...)
 		cw, err := startProc(cmd)
 		if err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		defer cw.close()
 		start := time.Now()
 		if err := cw.send(sentinel); err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		if err := stream(); err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		l, err := cw.line()
-		d := time.Since(start)
+		r.d = time.Since(start)
 		if err != nil {
-			return 0, 0, err
+			return r, err
 		}
 		// "done <events> <cpu-ns> <context switches>"
 		f := strings.Fields(l)
-		if len(f) < 2 || f[0] != "done" {
-			return 0, 0, fmt.Errorf("cbench: %q", l)
+		if len(f) < 3 || f[0] != "done" {
+			return r, fmt.Errorf("cbench: %q", l)
 		}
-		n, err := strconv.ParseInt(f[1], 10, 64)
+		r.events, err = strconv.ParseInt(f[1], 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("cbench: %q", l)
+			return r, fmt.Errorf("cbench: %q", l)
 		}
-		return n, d, nil
+		cpu, err := strconv.ParseInt(f[2], 10, 64)
+		if err != nil {
+			return r, fmt.Errorf("cbench: %q", l)
+		}
+		r.calls, r.cpu = r.events, time.Duration(cpu)
+		return r, nil
 	}
 
 	variants := []string{string(modeMtwatch), string(modeSingle), variantLibxenstore}
-	rate, perWrite := map[string][]float64{}, map[string][]float64{}
+	rate, perWrite, cpu := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	for run := range o.runs {
 		for _, v := range rotate(variants, run) {
-			var n int64
-			var d time.Duration
+			var rr runResult
 			var err error
 			if v == variantLibxenstore {
-				n, d, err = cRun()
+				rr, err = cRun()
 			} else {
-				n, d, err = agentRun(mode(v))
+				rr, err = agentRun(mode(v))
 			}
 			if err != nil {
 				return nil, fmt.Errorf("throughput %s: %w", v, err)
 			}
-			rate[v] = append(rate[v], float64(n)/d.Seconds())
-			perWrite[v] = append(perWrite[v], float64(n)/float64(o.writes+1))
-			logf("throughput run %d %s: %d events in %v (%.0f/s)", run+1, v, n, d.Round(time.Millisecond), float64(n)/d.Seconds())
+			rate[v] = append(rate[v], float64(rr.events)/rr.d.Seconds())
+			perWrite[v] = append(perWrite[v], float64(rr.events)/float64(o.writes+1))
+			cpu[v] = append(cpu[v], float64(rr.cpu.Nanoseconds())/float64(rr.events))
+			logf("throughput run %d %s: %d events (%d handler calls) in %v (%.0f/s), %.2f µs CPU per event",
+				run+1, v, rr.events, rr.calls, rr.d.Round(time.Millisecond), float64(rr.events)/rr.d.Seconds(),
+				float64(rr.cpu.Nanoseconds())/float64(rr.events)/1e3)
 		}
 	}
 	r := &throughputResult{Domains: o.domains, Writes: o.writes,
-		EventsPerSec: map[string]spread{}, EventsPerWrite: map[string]spread{}, Ratio: map[string]float64{}}
+		EventsPerSec: map[string]spread{}, EventsPerWrite: map[string]spread{}, CPUPerEvent: map[string]spread{}, Ratio: map[string]float64{}}
 	for _, v := range variants {
 		r.EventsPerSec[v] = newSpread(rate[v])
 		r.EventsPerWrite[v] = newSpread(perWrite[v])
+		r.CPUPerEvent[v] = newSpread(cpu[v])
 	}
 	for _, v := range variants[:2] {
 		r.Ratio[v] = r.EventsPerSec[v].Median / r.EventsPerSec[variantLibxenstore].Median

@@ -33,6 +33,12 @@ const (
 	sentinel    = dom0Home + benchWatch + "/bench/end"
 )
 
+// isSentinel reports whether an event path (absolute or relative to dom0's
+// home) is the sentinel's.
+func isSentinel(p string) bool {
+	return p == sentinel || p == sentinel[len(dom0Home):]
+}
+
 // absPath makes an event path of the relative benchWatch absolute.
 func absPath(p string) string {
 	if strings.HasPrefix(p, "/") {
