@@ -26,21 +26,30 @@ type mode string
 const (
 	modeMtwatch mode = "mtwatch"       // a worker per domain
 	modeSingle  mode = "single-worker" // every event on the default worker
+	// A worker per domain, the Go runtime's default GOMAXPROCS (a thread per
+	// CPU) instead of the agent's default of 1.
+	modeMtwatchAllCPUs mode = "mtwatch, gomaxprocs=0"
 )
 
 // agentLog receives the agent's log (--agent-log); discarded by default.
 var agentLog io.Writer = io.Discard
 
-// runAgent starts mtwatchd's core in this process, on the xenstored at
+// runAgent starts mtwatchd's core in this process (with mtwatchd's
+// GOMAXPROCS), on the xenstored at
 // socket, with one plugin: a watch of benchWatch whose events go to handler.
 // Auto-detection is off, so workers follow the node protocol alone. The
 // returned stop shuts the agent down.
 func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handler) (*agent.Agent, func(), error) {
 	text := fmt.Sprintf("[agent]\nauto_detect = false\nsingle_worker = %v\nstall_threshold = \"0s\"\nshutdown_timeout = \"30s\"\n", m == modeSingle)
+	if m == modeMtwatchAllCPUs {
+		text += "gomaxprocs = 0\n"
+	}
 	cfg, err := config.Parse("bench.toml", []byte(text))
 	if err != nil {
 		return nil, nil, err
 	}
+	// As mtwatchd does: this process is the agent's.
+	agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS)
 	cfg.Agent.Xenstore = socket
 	lr := logrus.New()
 	lr.SetOutput(io.Discard)

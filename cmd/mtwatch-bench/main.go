@@ -236,12 +236,13 @@ func writeMarkdown(w io.Writer, r *results) {
 		r.Conditions["go"], r.Conditions["load_before"], r.Conditions["load_after"])
 	if t := r.Throughput; t != nil {
 		p("\n### 1. Throughput: %d writes per run over %d domains, no-op handlers\n", t.Writes, t.Domains)
-		p("| watcher | events/s | events per write | CPU per event | vs libxenstore | goal |")
-		p("|---|---|---|---|---|---|")
-		for _, v := range []string{string(modeMtwatch), string(modeSingle), variantLibxenstore} {
-			ratio, g := "1", ""
+		p("| watcher | events/s | events per write | CPU per event | vs libxenstore | per-run ratio | goal |")
+		p("|---|---|---|---|---|---|---|")
+		for _, v := range []string{string(modeMtwatch), string(modeSingle), string(modeMtwatchAllCPUs), variantLibxenstore} {
+			ratio, paired, g := "1", "1", ""
 			if v != variantLibxenstore {
 				ratio = "**" + fmtRatio(t.Ratio[v]) + "x**"
+				paired = t.PairedRatio[v].format(fmtRatio)
 				if v == string(modeMtwatch) {
 					g = goal(t.Ratio[v] >= 0.95, ">= 0.95x")
 				}
@@ -250,8 +251,8 @@ func writeMarkdown(w io.Writer, r *results) {
 			if v == variantLibxenstore {
 				name = "bare libxenstore watcher (cbench watch)"
 			}
-			p("| %s | %s | %s | %s | %s | %s |", name, t.EventsPerSec[v].format(fmtRate), t.EventsPerWrite[v].format(fmtRatio),
-				t.CPUPerEvent[v].format(fmtCPU), ratio, g)
+			p("| %s | %s | %s | %s | %s | %s | %s |", name, t.EventsPerSec[v].format(fmtRate), t.EventsPerWrite[v].format(fmtRatio),
+				t.CPUPerEvent[v].format(fmtCPU), ratio, paired, g)
 		}
 	}
 	if i := r.Isolation; i != nil {

@@ -78,7 +78,7 @@ func TestSmallRun(t *testing.T) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		t.Fatal(err)
 	}
-	for _, v := range []string{string(modeMtwatch), string(modeSingle), variantLibxenstore} {
+	for _, v := range []string{string(modeMtwatch), string(modeSingle), string(modeMtwatchAllCPUs), variantLibxenstore} {
 		if r.Throughput == nil || r.Throughput.EventsPerSec[v].Median <= 0 {
 			t.Errorf("throughput %s not measured: %+v", v, r.Throughput)
 		}

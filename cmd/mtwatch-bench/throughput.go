@@ -34,6 +34,10 @@ type throughputResult struct {
 	CPUPerEvent map[string]spread `json:"cpu_ns_per_event"`
 	// Ratio of the agent's median to libxenstore's.
 	Ratio map[string]float64 `json:"ratio_to_libxenstore"`
+	// Per run, the agent's rate over libxenstore's in the same run (the
+	// variants of a run are adjacent in time, so drift of the host's speed
+	// between runs cancels out).
+	PairedRatio map[string]spread `json:"paired_ratio_to_libxenstore"`
 }
 
 // cpuNow is this process's CPU time (user and system, every thread).
@@ -198,7 +202,7 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 		return r, nil
 	}
 
-	variants := []string{string(modeMtwatch), string(modeSingle), variantLibxenstore}
+	variants := []string{string(modeMtwatch), string(modeSingle), string(modeMtwatchAllCPUs), variantLibxenstore}
 	rate, perWrite, cpu := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
 	for run := range o.runs {
 		for _, v := range rotate(variants, run) {
@@ -227,8 +231,14 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 		r.EventsPerWrite[v] = newSpread(perWrite[v])
 		r.CPUPerEvent[v] = newSpread(cpu[v])
 	}
-	for _, v := range variants[:2] {
+	r.PairedRatio = map[string]spread{}
+	for _, v := range variants[:3] {
 		r.Ratio[v] = r.EventsPerSec[v].Median / r.EventsPerSec[variantLibxenstore].Median
+		paired := make([]float64, len(rate[v]))
+		for i := range paired {
+			paired[i] = rate[v][i] / rate[variantLibxenstore][i]
+		}
+		r.PairedRatio[v] = newSpread(paired)
 	}
 	return r, nil
 }

@@ -54,6 +54,7 @@ func main() {
 			&cli.StringFlag{Name: "domid", EnvVars: []string{"MTWATCH_DOMID"}, Usage: "the `DOMID` mtwatchd runs in: auto (learnt from the connection), 0 (dom0) or a driver domain's"},
 			&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"MTWATCH_AUTO_DETECT"}, Value: true, Usage: "give introduced domains a worker even without a node; --auto-detect=false: the node alone decides"},
 			&cli.BoolFlag{Name: "single-worker", EnvVars: []string{"MTWATCH_SINGLE_WORKER"}, Usage: "run every event on the default worker, like xenwatch and xl devd"},
+			&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"MTWATCH_GOMAXPROCS"}, Usage: "threads running Go code at once, `N`; 0: one per CPU (default 1; the GOMAXPROCS variable overrides it)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"MTWATCH_LOG_LEVEL"}, Usage: "trace, debug, info, warning or error (default info)"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"MTWATCH_LOG_FORMAT"}, Usage: "auto (journal when stderr is it, else text), text or json"},
 		},
@@ -100,6 +101,12 @@ func load(c *cli.Context) (*config.Config, error) {
 	if c.IsSet("single-worker") {
 		cfg.Agent.SingleWorker = c.Bool("single-worker")
 	}
+	if c.IsSet("gomaxprocs") {
+		if n := c.Int("gomaxprocs"); n < 0 {
+			return nil, fmt.Errorf("--gomaxprocs %d: want 0 (every CPU) or more", n)
+		}
+		cfg.Agent.GOMAXPROCS = c.Int("gomaxprocs")
+	}
 	if c.IsSet("log-level") {
 		cfg.Log.Level = c.String("log-level")
 	}
@@ -122,6 +129,9 @@ func run(c *cli.Context) error {
 		return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
 	}
 	slog.SetDefault(slog.New(logging.Slog(log)))
+	if procs, env := agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS); env {
+		log.WithField("gomaxprocs", procs).Info("GOMAXPROCS is set in the environment: agent.gomaxprocs is ignored")
+	}
 	notify := func(state string) { daemon.SdNotify(false, state) }
 	var watchdog time.Duration
 	if d, err := daemon.SdWatchdogEnabled(false); err == nil && d > 0 {
@@ -223,5 +233,6 @@ func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
 		}
 		log.WithError(err).Error("reload")
 	}
+	agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS)
 	logging.SetLevel(log, cfg.Log.Level)
 }

@@ -421,6 +421,8 @@ func TestDaemonConfigErrors(t *testing.T) {
 		{"bad domid", []string{"--domid", "32752"}, "--domid: domid \"32752\""},
 		{"bad domid in file", []string{"--config", write("e.toml", "[agent]\ndomid = \"-1\"\n")}, "e.toml:2: agent.domid"},
 		{"argument", []string{"extra"}, "unexpected argument"},
+		{"bad gomaxprocs", []string{"--gomaxprocs", "-2"}, "--gomaxprocs -2"},
+		{"bad gomaxprocs in file", []string{"--config", write("f.toml", "[agent]\ngomaxprocs = -1\n")}, "f.toml:2: agent.gomaxprocs"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -551,6 +553,48 @@ func TestDaemonPrecedence(t *testing.T) {
 	defer cl2.Close()
 	if st, err := cl2.Status(context.Background()); err != nil || !st.AutoDetect || st.Mode != control.ModeMultiWorker {
 		t.Fatalf("status %+v %v", st, err)
+	}
+}
+
+// TestDaemonGOMAXPROCS: the agent runs its Go code on one thread unless
+// agent.gomaxprocs (file, flag, reload) or the GOMAXPROCS variable says
+// otherwise; the variable wins.
+func TestDaemonGOMAXPROCS(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	cfgPath := filepath.Join(t.TempDir(), "mtwatchd.toml")
+	os.WriteFile(cfgPath, []byte("[agent]\n"), 0o644)
+	procs := func(cl *control.Client) int {
+		st, err := cl.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.GOMAXPROCS
+	}
+	d := spawn(t, in, socketPath(t), []string{"GOMAXPROCS="}, "--config", cfgPath)
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(d.sock)
+	defer cl.Close()
+	if got := procs(cl); got != 1 {
+		t.Fatalf("default gomaxprocs %d, want 1", got)
+	}
+	os.WriteFile(cfgPath, []byte("[agent]\ngomaxprocs = 2\n"), 0o644)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitFor(t, "gomaxprocs 2 after reload", func() bool { return procs(cl) == 2 })
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.exitCode(15 * time.Second); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	d2 := spawn(t, in, socketPath(t), []string{"GOMAXPROCS=3"}, "--config", cfgPath, "--gomaxprocs", "1")
+	d2.notify.wait(t, "READY=1")
+	cl2 := control.NewClient(d2.sock)
+	defer cl2.Close()
+	if got := procs(cl2); got != 3 {
+		t.Fatalf("gomaxprocs %d with GOMAXPROCS=3 in the environment", got)
+	}
+	if !strings.Contains(d2.stderr.String(), "agent.gomaxprocs is ignored") {
+		t.Fatalf("no notice that the variable overrides the setting: %s", d2.stderr.String())
 	}
 }
 

@@ -55,7 +55,7 @@ var t0 = time.Date(2026, 11, 29, 9, 0, 0, 0, time.UTC)
 func (fakeAgent) Status() control.Status {
 	return control.Status{
 		Version: "1.0.0", PID: 4242, StartedAt: t0, UptimeSeconds: 3725,
-		Mode: control.ModeMultiWorker, AutoDetect: true, StallThresholdMS: 5000,
+		Mode: control.ModeMultiWorker, AutoDetect: true, StallThresholdMS: 5000, GOMAXPROCS: 1,
 		Xenstore: control.XenstoreStatus{Path: "/run/xenstored/socket", State: "connected", ConnectedSince: t0, Reconnects: 1},
 		Domains:  4, Workers: 3, Nodes: 4, Stale: 1, Stalled: 1,
 		DefaultWorker: control.DefaultWorker{Processed: 120, LastLatencyUS: 35, MaxLatencyUS: 812},

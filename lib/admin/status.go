@@ -54,7 +54,7 @@ func writeStatus(w io.Writer, st control.Status) error {
 	if st.AutoDetect {
 		auto = "on"
 	}
-	kv("mode", "%s, auto-detect %s", st.Mode, auto)
+	kv("mode", "%s, auto-detect %s, gomaxprocs %d", st.Mode, auto, st.GOMAXPROCS)
 	xs := fmt.Sprintf("%s %s, %d reconnects", st.Xenstore.State, st.Xenstore.Path, st.Xenstore.Reconnects)
 	if st.Xenstore.LastError != "" {
 		xs += ", last error: " + st.Xenstore.LastError

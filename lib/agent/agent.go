@@ -19,6 +19,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -320,7 +321,8 @@ func (a *Agent) start(ctx context.Context) error {
 	a.wg.Add(1)
 	go a.supervise(sess)
 	a.notify("READY=1\nSTATUS=" + a.statusLine())
-	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", homeOf(a.domid))
+	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", homeOf(a.domid),
+		"gomaxprocs", runtime.GOMAXPROCS(0))
 	a.bgCtx, a.bgCancel = context.WithCancel(a.runCtx)
 	if a.opts.WatchdogInterval > 0 {
 		a.bg.Add(1)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"cmp"
+	"runtime"
 	"slices"
 	"time"
 
@@ -26,6 +27,7 @@ func (a *Agent) Status() control.Status {
 		Mode:             a.mode(),
 		AutoDetect:       a.auto,
 		StallThresholdMS: stallAt.Milliseconds(),
+		GOMAXPROCS:       runtime.GOMAXPROCS(0),
 		Workers:          st.Workers,
 		Stalled:          len(a.stalls(st)),
 		DefaultWorker: control.DefaultWorker{

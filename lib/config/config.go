@@ -72,6 +72,13 @@ type Agent struct {
 	QueueCapacity   int      `toml:"queue_capacity"`
 	StallThreshold  Duration `toml:"stall_threshold"`
 	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	// GOMAXPROCS is how many threads run the agent's Go code at once;
+	// 0 is the Go runtime's default (the CPUs the process may use). The
+	// default, 1, suits an event router whose handlers wait rather than
+	// compute: each event handed to a worker goroutine would otherwise
+	// wake a second thread (docs/performance.md measures it). The
+	// GOMAXPROCS environment variable, when set, overrides it.
+	GOMAXPROCS int `toml:"gomaxprocs"`
 }
 
 // FixedDomid returns the configured domid, or fixed false for "auto" (and
@@ -112,6 +119,7 @@ func Default() *Config {
 			QueueCapacity:   1024,
 			StallThreshold:  Duration{10 * time.Second},
 			ShutdownTimeout: Duration{10 * time.Second},
+			GOMAXPROCS:      1,
 		},
 		Log:     Log{Level: "info", Format: "auto"},
 		Control: Control{Socket: "/run/mtwatch/control.sock"},
@@ -170,6 +178,9 @@ func Parse(file string, data []byte) (*Config, error) {
 	}
 	if _, _, err := c.Agent.FixedDomid(); err != nil {
 		return nil, c.errorAt("agent.domid", "%v", err)
+	}
+	if c.Agent.GOMAXPROCS < 0 {
+		return nil, c.errorAt("agent.gomaxprocs", "gomaxprocs %d: want 0 (every CPU) or more", c.Agent.GOMAXPROCS)
 	}
 	if c.Agent.QueueCapacity <= 0 {
 		return nil, c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)

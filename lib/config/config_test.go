@@ -20,6 +20,7 @@ func TestParseErrors(t *testing.T) {
 		{"syntax", "[agent]\nx = = 1\n", "f.toml:2"},
 		{"bad format", "[log]\nformat = \"xml\"\n", "f.toml:2: log.format"},
 		{"bad capacity", "[agent]\nqueue_capacity = 0\n", "f.toml:2: agent.queue_capacity"},
+		{"bad gomaxprocs", "[agent]\n\ngomaxprocs = -1\n", "f.toml:3: agent.gomaxprocs"},
 		{"bad domid", "[agent]\ndomid = \"dom5\"\n", "f.toml:2: agent.domid"},
 		{"reserved domid", "[agent]\ndomid = \"32752\"\n", "f.toml:2: agent.domid"},
 	}

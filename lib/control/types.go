@@ -34,8 +34,11 @@ type Status struct {
 	Mode       string `json:"mode"`
 	AutoDetect bool   `json:"auto_detect"`
 	// StallThresholdMS: a handler running longer is stalled.
-	StallThresholdMS int64          `json:"stall_threshold_ms"`
-	Xenstore         XenstoreStatus `json:"xenstore"`
+	StallThresholdMS int64 `json:"stall_threshold_ms"`
+	// GOMAXPROCS is the agent's Go threads running at once
+	// (agent.gomaxprocs, or the GOMAXPROCS environment variable).
+	GOMAXPROCS int            `json:"gomaxprocs"`
+	Xenstore   XenstoreStatus `json:"xenstore"`
 	// Domains counts the guest domains the agent knows (node or
 	// introduced); Workers the domain workers, live or draining; Nodes the
 	// trusted mtwatch nodes; Stale the nodes past the stale grace period.
