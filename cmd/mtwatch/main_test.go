@@ -88,7 +88,9 @@ func newHost(t *testing.T) *host {
 		t.Fatal(err)
 	}
 	env := append(os.Environ(), in.Env()...)
-	env = append(env, "MTWATCH_XENSTORE="+in.Socket(), "MTWATCH_CONTROL="+sock, "MTWATCH_CONFIG="+empty)
+	// GOMAXPROCS from the test's environment would override the agent's
+	// default, which status output shows.
+	env = append(env, "MTWATCH_XENSTORE="+in.Socket(), "MTWATCH_CONTROL="+sock, "MTWATCH_CONFIG="+empty, "GOMAXPROCS=")
 	return &host{t: t, in: in, sock: sock, env: env}
 }
 
