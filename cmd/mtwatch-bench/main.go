@@ -29,6 +29,7 @@ import (
 
 type options struct {
 	runs          int
+	tpRuns        int
 	domains       int
 	writes        int
 	isoDomains    int
@@ -67,6 +68,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("mtwatch-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.IntVar(&o.runs, "runs", 3, "runs of every scenario; variants are interleaved within each run")
+	fs.IntVar(&o.tpRuns, "throughput-runs", 9, "runs of the throughput scenario, whose rates vary most from run to run; 0: --runs")
 	fs.IntVar(&o.domains, "domains", 1000, "throughput: domains with workers the event stream spreads over")
 	fs.IntVar(&o.writes, "writes", 100000, "throughput: writes per run")
 	fs.IntVar(&o.isoDomains, "iso-domains", 100, "isolation and flood: domains (a tenth of them stalled in isolation; one floods)")
@@ -88,7 +90,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	if fs.NArg() > 0 || o.runs < 1 || o.domains < 1 || o.writes < 1 || o.isoDomains < 10 || o.rounds < 1 ||
+	if o.tpRuns == 0 {
+		o.tpRuns = o.runs
+	}
+	if fs.NArg() > 0 || o.runs < 1 || o.tpRuns < 1 || o.domains < 1 || o.writes < 1 || o.isoDomains < 10 || o.rounds < 1 ||
 		o.interval <= 0 || o.stall <= 0 || o.floodInterval <= 0 || o.floodFor < o.floodInterval || o.scaleDomains < 1 || o.scaleDomains > 32000 {
 		fmt.Fprintln(stderr, "mtwatch-bench: bad arguments (see -h)")
 		return 2

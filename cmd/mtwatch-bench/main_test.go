@@ -64,7 +64,7 @@ func TestSmallRun(t *testing.T) {
 	dir := t.TempDir()
 	jsonOut, svgOut := filepath.Join(dir, "r.json"), filepath.Join(dir, "cdf.svg")
 	var out, errb bytes.Buffer
-	code := run([]string{"--runs", "1", "--domains", "50", "--writes", "2000", "--iso-domains", "20",
+	code := run([]string{"--runs", "1", "--throughput-runs", "0", "--domains", "50", "--writes", "2000", "--iso-domains", "20",
 		"--rounds", "3", "--stall", "50ms", "--flood", "300ms", "--scale", "200",
 		"--cbench", "../../lib/xenstore/bench/cbench.c", "--json", jsonOut, "--svg", svgOut}, &out, &errb)
 	if code != 0 {

@@ -204,7 +204,7 @@ func benchThroughput(ctx context.Context, o *options, srv *xenstoredtest.Server)
 
 	variants := []string{string(modeMtwatch), string(modeSingle), string(modeMtwatchAllCPUs), variantLibxenstore}
 	rate, perWrite, cpu := map[string][]float64{}, map[string][]float64{}, map[string][]float64{}
-	for run := range o.runs {
+	for run := range o.tpRuns {
 		for _, v := range rotate(variants, run) {
 			var rr runResult
 			var err error
