@@ -8,10 +8,10 @@ import (
 	"io/fs"
 	"slices"
 	"strconv"
-	"sync"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/mtwatch/mtwatch/internal/fanout"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -220,7 +220,7 @@ func scanXenstore(ctx context.Context, xs *xenstore.Client) ([]control.Domain, e
 			guests = append(guests, d)
 		}
 	}
-	err = parallel(ctx, len(guests), func(i int) error {
+	err = fanout.Each(ctx, len(guests), inFlight, func(i int) error {
 		in, err := xs.IsDomainIntroduced(ctx, domid.ID(guests[i].Domid))
 		if err != nil {
 			return fmt.Errorf("domain %d: %w", guests[i].Domid, err)
@@ -262,7 +262,7 @@ func domainNames(ctx context.Context, xs *xenstore.Client) (map[domid.ID]string,
 		}
 	}
 	names := make([]string, len(ids))
-	err = parallel(ctx, len(ids), func(i int) error {
+	err = fanout.Each(ctx, len(ids), inFlight, func(i int) error {
 		p := "/local/domain/" + ids[i].String() + "/name"
 		v, err := xs.Read(ctx, p)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -285,46 +285,6 @@ func domainNames(ctx context.Context, xs *xenstore.Client) (map[domid.ID]string,
 // client pipelines them, so a host with thousands of domains is listed in a
 // few round trips' time rather than thousands.
 const inFlight = 64
-
-// parallel runs fn(0..n-1) on at most inFlight goroutines and returns the
-// first error; after an error no further calls start.
-func parallel(ctx context.Context, n int, fn func(i int) error) error {
-	var (
-		mu    sync.Mutex
-		next  int
-		first error
-		wg    sync.WaitGroup
-	)
-	take := func() (int, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if next == n || first != nil || ctx.Err() != nil {
-			return 0, false
-		}
-		next++
-		return next - 1, true
-	}
-	for range min(n, inFlight) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i, ok := take(); ok; i, ok = take() {
-				if err := fn(i); err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if first == nil && next < n {
-		return ctx.Err()
-	}
-	return first
-}
 
 // resolveDomain turns a domain argument (domid or name) into a guest domid,
 // as xl does: a numeric argument must be a valid guest domid; a name must

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/fanout"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
@@ -453,7 +454,7 @@ func TestListWithoutAgentManyDomains(t *testing.T) {
 	}
 	defer xs.Close()
 	const n = 1200 // "1000".."2199": over 5 KiB of names
-	err = parallel(ctx, n, func(i int) error {
+	err = fanout.Each(ctx, n, inFlight, func(i int) error {
 		id := domid.ID(1000 + i)
 		return xs.Write(ctx, "/local/domain/"+id.String()+"/name", []byte("vm-"+id.String()))
 	})

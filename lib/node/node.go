@@ -43,6 +43,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/fanout"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
@@ -273,7 +274,7 @@ func destroyListed(ctx context.Context, c *xenstore.Client, dir, uuid string) ([
 	}
 	ids := guestIDs(names)
 	match := make([]bool, len(ids))
-	err = forEach(ctx, len(ids), func(i int) error {
+	err = fanout.Each(ctx, len(ids), scanWorkers, func(i int) error {
 		v, err := c.Read(ctx, Path(ids[i]))
 		if err != nil {
 			return ignoreNotExist(err)

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/mtwatch/mtwatch/internal/fanout"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
@@ -73,7 +74,7 @@ func Scan(ctx context.Context, c *xenstore.Client) (Listing, error) {
 	nodes := make([]Node, len(names))
 	reasons := make([]string, len(names))
 	gone := make([]bool, len(names))
-	err = forEach(ctx, len(names), func(i int) error {
+	err = fanout.Each(ctx, len(names), scanWorkers, func(i int) error {
 		id, err := domid.ParseGuest(names[i])
 		if err != nil {
 			reasons[i] = "not a guest domid: " + err.Error()
@@ -154,7 +155,7 @@ func repair(ctx context.Context, c *xenstore.Client) ([]string, error) {
 		removed = append(removed, p)
 		mu.Unlock()
 	}
-	err = forEach(ctx, len(names), func(i int) error {
+	err = fanout.Each(ctx, len(names), scanWorkers, func(i int) error {
 		path := Dir + "/" + names[i]
 		if _, err := domid.ParseGuest(names[i]); err != nil {
 			if err := ignoreNotExist(c.Rm(ctx, path)); err != nil {
@@ -231,45 +232,6 @@ func guestIDs(names []string) []domid.ID {
 		}
 	}
 	return ids
-}
-
-// forEach runs fn(0..n-1) on up to scanWorkers goroutines, so that the
-// client pipelines their requests, and returns the errors joined. It stops
-// handing out work after the first error.
-func forEach(ctx context.Context, n int, fn func(i int) error) error {
-	var (
-		mu   sync.Mutex
-		next int
-		errs []error
-		wg   sync.WaitGroup
-	)
-	take := func() (int, bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		if next == n || len(errs) > 0 || ctx.Err() != nil {
-			return 0, false
-		}
-		next++
-		return next - 1, true
-	}
-	for range min(n, scanWorkers) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i, ok := take(); ok; i, ok = take() {
-				if err := fn(i); err != nil {
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if len(errs) == 0 && next < n {
-		return ctx.Err()
-	}
-	return errors.Join(errs...)
 }
 
 // parallel runs fns concurrently, so that their requests are pipelined, and
