@@ -16,7 +16,6 @@ import (
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
 	"github.com/mtwatch/mtwatch/lib/domid"
-	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/plugin/plugintest"
 )
 
@@ -77,26 +76,12 @@ func start(t testing.TB, opts plugintest.Options, extra string) *fixture {
 	return f
 }
 
-// device creates a backend directory as libxl does (one transaction, state
-// Initialising, a vif's type), with extra node/value pairs, which override.
+// device creates a backend directory as libxl does (plugintest.WriteBackend).
 func (f *fixture) device(typ string, dom domid.ID, devid int, script string, extra ...string) string {
 	f.t.Helper()
-	base := fmt.Sprintf("backend/%s/%d/%d", typ, dom, devid)
-	kv := []string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}
-	if typ == "vif" {
-		kv = append(kv, "type", "vif") // libxl writes it for every nic
-	}
-	kv = append(kv, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := f.h.Client.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for i := 0; i+1 < len(kv); i += 2 {
-			if err := tx.Write(ctx, base+"/"+kv[i], []byte(kv[i+1])); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	base, err := plugintest.WriteBackend(ctx, f.h.Client, typ, dom, devid, script, extra...)
 	if err != nil {
 		f.t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+	"github.com/mtwatch/mtwatch/plugin/plugintest"
 )
 
 var scriptsDir = func() string { d, _ := filepath.Abs("../../plugin/hotplug/testdata/scripts"); return d }()
@@ -29,25 +30,12 @@ func hotplugAgent(t *testing.T, in *xenstoredtest.Instance, extra string, args .
 	return a, out
 }
 
-// device creates a backend directory in one transaction, as libxl does.
+// device creates a backend directory as libxl does (plugintest.WriteBackend).
 func (a *agent) device(typ string, dom domid.ID, devid int, script string, extra ...string) string {
 	a.t.Helper()
-	base := fmt.Sprintf("backend/%s/%d/%d", typ, dom, devid)
-	kv := []string{"frontend-id", dom.String(), "online", "1", "state", "1", "script", script}
-	if typ == "vif" {
-		kv = append(kv, "type", "vif") // libxl writes it for every nic
-	}
-	kv = append(kv, extra...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	err := a.c.Transaction(ctx, func(tx *xenstore.Tx) error {
-		for i := 0; i+1 < len(kv); i += 2 {
-			if err := tx.Write(ctx, base+"/"+kv[i], []byte(kv[i+1])); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	base, err := plugintest.WriteBackend(ctx, a.c, typ, dom, devid, script, extra...)
 	if err != nil {
 		a.t.Fatal(err)
 	}
