@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -233,6 +234,9 @@ func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
 		}
 		log.WithError(err).Error("reload")
 	}
-	agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS)
+	before := runtime.GOMAXPROCS(0)
+	if procs, _ := agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS); procs != before {
+		log.WithField("gomaxprocs", procs).WithField("was", before).Info("reload: gomaxprocs changed")
+	}
 	logging.SetLevel(log, cfg.Log.Level)
 }

@@ -581,6 +581,7 @@ func TestDaemonGOMAXPROCS(t *testing.T) {
 	os.WriteFile(cfgPath, []byte("[agent]\ngomaxprocs = 2\n"), 0o644)
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	waitFor(t, "gomaxprocs 2 after reload", func() bool { return procs(cl) == 2 })
+	waitFor(t, "the change logged", func() bool { return strings.Contains(d.stderr.String(), "gomaxprocs changed") })
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if code := d.exitCode(15 * time.Second); code != 0 {
 		t.Fatalf("exit %d", code)
