@@ -34,11 +34,10 @@ const (
 // agentLog receives the agent's log (--agent-log); discarded by default.
 var agentLog io.Writer = io.Discard
 
-// runAgent starts mtwatchd's core in this process (with mtwatchd's
-// GOMAXPROCS), on the xenstored at
-// socket, with one plugin: a watch of benchWatch whose events go to handler.
-// Auto-detection is off, so workers follow the node protocol alone. The
-// returned stop shuts the agent down.
+// runAgent starts mtwatchd's core in this process, with mtwatchd's
+// GOMAXPROCS, on the xenstored at socket, with one plugin: a watch of
+// benchWatch whose events go to handler. Auto-detection is off, so workers
+// follow the node protocol alone. The returned stop shuts the agent down.
 func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handler) (*agent.Agent, func(), error) {
 	text := fmt.Sprintf("[agent]\nauto_detect = false\nsingle_worker = %v\nstall_threshold = \"0s\"\nshutdown_timeout = \"30s\"\n", m == modeSingle)
 	if m == modeMtwatchAllCPUs {
