@@ -55,7 +55,7 @@ func main() {
 			&cli.StringFlag{Name: "domid", EnvVars: []string{"MTWATCH_DOMID"}, Usage: "the `DOMID` mtwatchd runs in: auto (learnt from the connection), 0 (dom0) or a driver domain's"},
 			&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"MTWATCH_AUTO_DETECT"}, Value: true, Usage: "give introduced domains a worker even without a node; --auto-detect=false: the node alone decides"},
 			&cli.BoolFlag{Name: "single-worker", EnvVars: []string{"MTWATCH_SINGLE_WORKER"}, Usage: "run every event on the default worker, like xenwatch and xl devd"},
-			&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"MTWATCH_GOMAXPROCS"}, Usage: "threads running Go code at once, `N`; 0: one per CPU (default 1; the GOMAXPROCS variable overrides it)"},
+			&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"MTWATCH_GOMAXPROCS"}, Value: 1, Usage: "threads running Go code at once, `N`; 0: one per CPU (the GOMAXPROCS variable overrides it)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"MTWATCH_LOG_LEVEL"}, Usage: "trace, debug, info, warning or error (default info)"},
 			&cli.StringFlag{Name: "log-format", EnvVars: []string{"MTWATCH_LOG_FORMAT"}, Usage: "auto (journal when stderr is it, else text), text or json"},
 		},
