@@ -139,6 +139,15 @@ func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, 
 	return d
 }
 
+// stop sends SIGTERM and requires a clean exit (status 0) within 15 s.
+func (d *agentProc) stop() {
+	d.t.Helper()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if code := d.exitCode(15 * time.Second); code != 0 {
+		d.t.Fatalf("exit %d after SIGTERM", code)
+	}
+}
+
 // exitCode waits for the process to end.
 func (d *agentProc) exitCode(within time.Duration) int {
 	d.t.Helper()
@@ -361,10 +370,7 @@ func TestDaemonKillRestartReconciles(t *testing.T) {
 	waitWorkers(t, cl, 4, 6)
 	in.KillDomain(6)
 	waitWorkers(t, cl, 4)
-	d2.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d2.exitCode(15 * time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	d2.stop()
 }
 
 // TestDaemonXenstoredRestart: xenstored killed and restarted; the agent
@@ -476,10 +482,7 @@ func TestDaemonReload(t *testing.T) {
 	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
 		t.Fatalf("refused reload changed the running config: %+v", st)
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.exitCode(15 * time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	d.stop()
 }
 
 // TestDaemonBadInput: entries that are not trusted nodes of canonical guest
@@ -516,10 +519,7 @@ func TestDaemonBadInput(t *testing.T) {
 			t.Errorf("%s logged %d times, want once", name, n)
 		}
 	}
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.exitCode(15 * time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	d.stop()
 }
 
 // TestDaemonPrecedence: flags and environment override the file, which
@@ -544,8 +544,7 @@ func TestDaemonPrecedence(t *testing.T) {
 		dom, err := cl.Domain(context.Background(), 4)
 		return err == nil && dom.Node && dom.Worker == control.WorkerNone
 	})
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	d.exitCode(15 * time.Second)
+	d.stop()
 
 	d2 := spawn(t, in, socketPath(t), nil, "--config", cfgPath, "--auto-detect")
 	d2.notify.wait(t, "READY=1")
@@ -582,10 +581,7 @@ func TestDaemonGOMAXPROCS(t *testing.T) {
 	d.cmd.Process.Signal(syscall.SIGHUP)
 	waitFor(t, "gomaxprocs 2 after reload", func() bool { return procs(cl) == 2 })
 	waitFor(t, "the change logged", func() bool { return strings.Contains(d.stderr.String(), "gomaxprocs changed") })
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.exitCode(15 * time.Second); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	d.stop()
 
 	d2 := spawn(t, in, socketPath(t), []string{"GOMAXPROCS=3"}, "--config", cfgPath, "--gomaxprocs", "1")
 	d2.notify.wait(t, "READY=1")
