@@ -14,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
+	"github.com/mtwatch/mtwatch/internal/proctest"
 	"github.com/mtwatch/mtwatch/plugin"
 	"github.com/mtwatch/mtwatch/plugin/exec"
 	"github.com/mtwatch/mtwatch/plugin/plugintest"
@@ -207,7 +208,7 @@ func TestTimeoutKillsGroup(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.Wait(10*time.Second, "timeout counted", func() bool { return statusOf(t, p, "hang").TimedOut == 1 })
-	if alive(pid) {
+	if proctest.Alive(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("grandchild %d survived the timeout", pid)
 	}
@@ -240,20 +241,10 @@ func TestStopWaitsForCommands(t *testing.T) {
 	if err := p.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if alive(pid) {
+	if proctest.Alive(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("grandchild %d still alive when Stop returned", pid)
 	}
-}
-
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return f[0] != "Z" && f[0] != "X"
 }
 
 // TestIsolationAndCoalescing: a command blocked for domain 5 delays no

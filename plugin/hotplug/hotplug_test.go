@@ -15,6 +15,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
+	"github.com/mtwatch/mtwatch/internal/proctest"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/plugin/plugintest"
 )
@@ -205,7 +206,7 @@ func TestFailures(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if alive(pid) {
+	if proctest.Alive(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("grandchild %d of the timed-out script survived", pid)
 	}
@@ -226,16 +227,6 @@ func TestFailures(t *testing.T) {
 			}
 		}
 	}
-}
-
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	fl := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return fl[0] != "Z" && fl[0] != "X"
 }
 
 // TestOrder: a device closed while its add script still runs gets its
@@ -479,7 +470,7 @@ func TestStopDuringAdd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); alive(pid) {
+	if pid, _ := strconv.Atoi(strings.TrimSpace(string(b))); proctest.Alive(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("grandchild %d of the script still alive when Stop returned", pid)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/proctest"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
@@ -101,7 +102,7 @@ func TestHotplug(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-	if alive(pid) {
+	if proctest.Alive(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("grandchild %d of the hung script survived", pid)
 	}

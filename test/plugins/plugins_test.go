@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/proctest"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 	"github.com/mtwatch/mtwatch/plugin/exec"
@@ -25,16 +26,6 @@ func pluginStatus(t *testing.T, a *agent, name string) control.PluginStatus {
 	}
 	t.Fatalf("no plugin %s in the status", name)
 	return control.PluginStatus{}
-}
-
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return f[0] != "Z" && f[0] != "X"
 }
 
 func execRules(out string, rules ...string) string {
@@ -78,7 +69,7 @@ func TestExec(t *testing.T) {
 		m, err := a.ctl.Metrics(t.Context())
 		return err == nil && strings.Contains(m, `mtwatch_exec_runs_total{result="timeout",rule="hang"} 1`)
 	})
-	if alive(pid) {
+	if proctest.Alive(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatalf("grandchild %d survived the timeout", pid)
 	}
@@ -141,10 +132,10 @@ func TestExecShutdownKillsStubborn(t *testing.T) {
 	}
 	// SIGKILL was sent before mtwatchd exited; its delivery is not
 	// synchronous with the leader's reaping.
-	for end := time.Now().Add(time.Second); alive(pid) && time.Now().Before(end); {
+	for end := time.Now().Add(time.Second); proctest.Alive(pid) && time.Now().Before(end); {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if alive(pid) {
+	if proctest.Alive(pid) {
 		t.Fatalf("grandchild %d outlived mtwatchd (SIGTERM took %v)", pid, took)
 	}
 }

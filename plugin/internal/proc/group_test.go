@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/mtwatch/mtwatch/internal/proctest"
 )
 
 // TestGroupStop: Stop ends a running command and waits for it, and the
@@ -32,7 +34,7 @@ func TestGroupStop(t *testing.T) {
 	}
 	// Stop returned only once the command had ended and been reaped: its
 	// pid is gone, not a zombie, not running.
-	if alive(pid) {
+	if proctest.Alive(pid) {
 		t.Fatal("Stop returned before the running command ended")
 	}
 	if r := <-res; !r.Cancelled || errors.Is(r.Err, ErrStopping) {

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mtwatch/mtwatch/internal/proctest"
 )
 
 type lines struct {
@@ -104,23 +106,13 @@ func TestLongLineIsCut(t *testing.T) {
 // moment after kill(2) returned.
 func gone(pid int) bool {
 	deadline := time.Now().Add(5 * time.Second)
-	for alive(pid) {
+	for proctest.Alive(pid) {
 		if time.Now().After(deadline) {
 			return false
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	return true
-}
-
-func alive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-	return f[0] != "Z" && f[0] != "X"
 }
 
 func readPid(t *testing.T, file string) int {
@@ -205,7 +197,7 @@ func TestDaemonLeftBehind(t *testing.T) {
 	if !r.OK() || time.Since(start) > 5*time.Second {
 		t.Fatalf("result %+v after %v", r, time.Since(start))
 	}
-	if !alive(pid) {
+	if !proctest.Alive(pid) {
 		t.Fatalf("daemon %d was killed", pid)
 	}
 }
