@@ -86,6 +86,7 @@ type Dispatcher struct {
 	goroutines  int           // worker goroutines plus the stall monitor
 	items       int           // events and notices not yet completed
 	drained     chan struct{} // closed once stopping and nothing left
+	idle        chan struct{} // closed when items drops to 0; nil when nobody waits
 	monitorEnd  chan struct{} // closed by Stop to end the stall monitor
 	monitorKick chan struct{} // capacity 1: the stall threshold changed
 	monitorOn   bool          // the stall monitor's goroutine was started
@@ -506,6 +507,30 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	}
 }
 
+// WaitIdle waits until no event or overflow notice is queued, held or
+// running on any worker, and returns nil, or until ctx ends, and returns its
+// error. Events dispatched meanwhile are waited for too: a caller that
+// wants an end stops dispatching first (mtwatchd's shutdown removes its
+// watches, then waits for the workers to drain).
+func (d *Dispatcher) WaitIdle(ctx context.Context) error {
+	d.mu.Lock()
+	if d.items == 0 {
+		d.mu.Unlock()
+		return nil
+	}
+	if d.idle == nil {
+		d.idle = make(chan struct{})
+	}
+	idle := d.idle
+	d.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // checkDrainedLocked closes d.drained once stopping and nothing is left.
 func (d *Dispatcher) checkDrainedLocked() {
 	if d.stopping && d.goroutines == 0 && d.items == 0 {
@@ -593,6 +618,10 @@ func (d *Dispatcher) completeLocked(it *item) {
 	dom := it.dom
 	dom.items--
 	d.items--
+	if d.items == 0 && d.idle != nil {
+		close(d.idle)
+		d.idle = nil
+	}
 	if it.onDefault {
 		dom.onDefault--
 	}
