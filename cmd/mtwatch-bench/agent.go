@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -47,8 +49,15 @@ func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	// As mtwatchd does: this process is the agent's.
-	agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS)
+	// As mtwatchd does (its setGOMAXPROCS): this process is the agent's,
+	// and a GOMAXPROCS variable wins.
+	switch {
+	case os.Getenv("GOMAXPROCS") != "":
+	case cfg.Agent.GOMAXPROCS > 0:
+		runtime.GOMAXPROCS(cfg.Agent.GOMAXPROCS)
+	default:
+		runtime.SetDefaultGOMAXPROCS()
+	}
 	cfg.Agent.Xenstore = socket
 	lr := logrus.New()
 	lr.SetOutput(io.Discard)

@@ -130,7 +130,7 @@ func run(c *cli.Context) error {
 		return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
 	}
 	slog.SetDefault(slog.New(logging.Slog(log)))
-	if procs, env := agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS); env {
+	if procs, env := setGOMAXPROCS(cfg.Agent.GOMAXPROCS); env {
 		log.WithField("gomaxprocs", procs).Info("GOMAXPROCS is set in the environment: agent.gomaxprocs is ignored")
 	}
 	notify := func(state string) { daemon.SdNotify(false, state) }
@@ -235,7 +235,7 @@ func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
 		log.WithError(err).Error("reload")
 	}
 	before := runtime.GOMAXPROCS(0)
-	if procs, _ := agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS); procs != before {
+	if procs, _ := setGOMAXPROCS(cfg.Agent.GOMAXPROCS); procs != before {
 		log.WithField("gomaxprocs", procs).WithField("was", before).Info("reload: gomaxprocs changed")
 	}
 	logging.SetLevel(log, cfg.Log.Level)
