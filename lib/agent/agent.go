@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,7 +160,7 @@ func New(opts Options) (*Agent, error) {
 	d, err = dispatch.New(dispatch.Config{
 		Logger:         a.log,
 		Capacity:       cfg.Agent.QueueCapacity,
-		StallThreshold: dispatchStall(cfg.Agent.StallThreshold.Duration),
+		StallThreshold: cfg.Agent.StallThreshold.Duration,
 		SingleWorker:   cfg.Agent.SingleWorker,
 	})
 	if err != nil {
@@ -188,15 +189,6 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	return a, nil
-}
-
-// dispatchStall maps the configured stall threshold to lib/dispatch's:
-// zero in the file means off, zero to the dispatcher means its default.
-func dispatchStall(t time.Duration) time.Duration {
-	if t == 0 {
-		return -1
-	}
-	return t
 }
 
 // Dispatcher returns the agent's dispatcher (for benchmarks and tests).
@@ -441,9 +433,11 @@ func (a *Agent) stopReserve() time.Duration {
 
 // Reload applies cfg where it can change live (stall threshold, stale
 // grace, reap_stale, plugin sections of plugins that support it) and logs
-// the changes that need a restart. An error wrapping ErrConfig means nothing
-// changed; other errors are those of plugins refusing their new section
-// (they keep their running one). The log level is the caller's (mtwatchd
+// the changes that need a restart (config.Config.Reloaded). Every section
+// is checked before anything changes, all or nothing: an error wrapping
+// ErrConfig means nothing changed. Other errors are those of plugins that
+// accepted their new section but failed to apply it (they keep their
+// running one). The log level is the caller's (mtwatchd
 // owns the logger).
 func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 	a.cfgMu.Lock()
@@ -456,8 +450,15 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 		}
 	}
 	for _, p := range a.plugins {
-		if _, err := cfg.Plugin(p.name).Enabled(p.reg.EnabledByDefault); err != nil {
+		sec := cfg.Plugin(p.name)
+		on, err := sec.Enabled(p.reg.EnabledByDefault)
+		if err != nil {
 			return fmt.Errorf("agent: reload: %w: %w", ErrConfig, err)
+		}
+		if _, reloads := p.p.(plugin.Reloader); on && p.enabled && reloads {
+			if err := a.checkSection(p, sec); err != nil {
+				return fmt.Errorf("agent: reload: plugin %s: %w: %w", p.name, ErrConfig, err)
+			}
 		}
 	}
 	var errs []error
@@ -479,22 +480,15 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 			a.log.Info("plugin cannot reload; its section applies at the next restart", "plugin", p.name)
 		}
 	}
-	if old.Agent.Xenstore != cfg.Agent.Xenstore || old.Agent.AutoDetect != cfg.Agent.AutoDetect ||
-		old.Agent.SingleWorker != cfg.Agent.SingleWorker || old.Agent.QueueCapacity != cfg.Agent.QueueCapacity ||
-		old.Agent.Domid != cfg.Agent.Domid || old.Control != cfg.Control {
-		a.log.Warn("changes to agent.xenstore, domid, auto_detect, single_worker, queue_capacity or [control] need a restart")
+	keep, restart := old.Reloaded(cfg)
+	if len(restart) > 0 {
+		a.log.Warn("changes need a restart; the running values stay", "keys", strings.Join(restart, ", "))
 	}
-	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
-	a.d.SetStallThreshold(dispatchStall(cfg.Agent.StallThreshold.Duration))
-	a.domains.setStale(cfg.Agent.StaleGrace.Duration, cfg.Agent.ReapStale)
-	// What needs a restart keeps its running value.
-	keep := *cfg
-	keep.Agent.Xenstore, keep.Agent.AutoDetect = old.Agent.Xenstore, old.Agent.AutoDetect
-	keep.Agent.Domid = old.Agent.Domid
-	keep.Agent.SingleWorker, keep.Agent.QueueCapacity = old.Agent.SingleWorker, old.Agent.QueueCapacity
-	keep.Control = old.Control
+	a.stallAt.Store(int64(keep.Agent.StallThreshold.Duration))
+	a.d.SetStallThreshold(keep.Agent.StallThreshold.Duration)
+	a.domains.setStale(keep.Agent.StaleGrace.Duration, keep.Agent.ReapStale)
 	a.cfgMu.Lock()
-	a.cfg = &keep
+	a.cfg = keep
 	a.cfgMu.Unlock()
 	a.log.Info("configuration reloaded", "file", cfg.File)
 	return errors.Join(errs...)

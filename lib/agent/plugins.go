@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -72,6 +77,37 @@ func (a *Agent) buildPlugins() error {
 		hp.p, hp.ic = p, ic
 	}
 	return nil
+}
+
+// checkSection checks a plugin's new section the way New checks it at
+// start, without touching the running plugin: it builds a second instance
+// that is never started, its metrics in a registry of its own and its
+// watches refused (New starts no work, the plugin contract says).
+func (a *Agent) checkSection(p *hostedPlugin, sec *config.Section) error {
+	lr := logrus.New()
+	lr.SetOutput(io.Discard)
+	ic := &plugin.InitContext{
+		Name:    p.name,
+		Log:     lr.WithField("plugin", p.name),
+		Config:  sec,
+		Store:   store{a.conn},
+		Watches: refuseWatches{},
+		Domid:   a.domid,
+		Home:    homeOf(a.domid),
+		Metrics: prometheus.NewRegistry(),
+	}
+	if _, err := p.reg.New(ic); err != nil {
+		return err
+	}
+	return sec.Unused()
+}
+
+// refuseWatches is the Watcher of an instance built only to check its
+// section.
+type refuseWatches struct{}
+
+func (refuseWatches) Watch(context.Context, dispatch.WatchConfig) (plugin.Watch, error) {
+	return nil, errors.New("agent: a plugin built to check its section cannot watch")
 }
 
 // homeOf is the XenStore home of domain id.

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
@@ -157,7 +159,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &Error{File: file, Line: pe.Position.Line, Msg: pe.Message}
+			return nil, &Error{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
 		}
 		// Type mismatches name the key; find its line.
 		return nil, c.errorForDecode(err)
@@ -171,36 +173,80 @@ func Parse(file string, data []byte) (*Config, error) {
 	for name, prim := range raw.Plugins {
 		c.plugins[name] = &Section{cfg: c, name: name, prim: prim, md: md, present: true}
 	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Validate checks what decoding cannot: the domid, gomaxprocs, the queue
+// capacity, the log format and level, and the metrics address. Parse calls
+// it; a caller that changes the configuration afterwards (mtwatchd's flags)
+// calls it again. An error names the file, the line and the key.
+func (c *Config) Validate() error {
+	if _, _, err := c.Agent.FixedDomid(); err != nil {
+		return c.errorAt("agent.domid", "%v", err)
+	}
+	if c.Agent.GOMAXPROCS < 0 {
+		return c.errorAt("agent.gomaxprocs", "gomaxprocs %d: want 0 (every CPU) or more", c.Agent.GOMAXPROCS)
+	}
+	if c.Agent.QueueCapacity <= 0 {
+		return c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)
+	}
 	switch c.Log.Format {
 	case "auto", "text", "json":
 	default:
-		return nil, c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
+		return c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
 	}
-	if _, _, err := c.Agent.FixedDomid(); err != nil {
-		return nil, c.errorAt("agent.domid", "%v", err)
+	if _, err := logrus.ParseLevel(c.Log.Level); err != nil {
+		return c.errorAt("log.level", "log level %q: want trace, debug, info, warning or error", c.Log.Level)
 	}
-	if c.Agent.GOMAXPROCS < 0 {
-		return nil, c.errorAt("agent.gomaxprocs", "gomaxprocs %d: want 0 (every CPU) or more", c.Agent.GOMAXPROCS)
+	if a := c.Control.MetricsListen; a != "" {
+		if err := checkListen(a); err != nil {
+			return c.errorAt("control.metrics_listen", "%q: %v", a, err)
+		}
 	}
-	if c.Agent.QueueCapacity <= 0 {
-		return nil, c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)
+	return nil
+}
+
+// checkListen checks a TCP listen address, HOST:PORT (HOST may be empty),
+// without resolving HOST: that is the listener's business at start.
+func checkListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT: %w", err)
 	}
-	return c, nil
+	if port == "" {
+		return errors.New("want HOST:PORT: missing port")
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q: %w", port, err)
+	}
+	return nil
 }
 
 // errorForDecode turns a decode error into an Error with the line of the key
 // it names, when it names one.
 func (c *Config) errorForDecode(err error) error {
 	msg := err.Error()
-	// BurntSushi/toml: `toml: line N (last key "a.b"): ...`
+	// BurntSushi/toml: `toml: line N (last key "a.b"): ...`, the line
+	// left out when it is not known.
 	var line int
-	if _, e := fmt.Sscanf(msg, "toml: line %d", &line); e == nil && line > 0 {
-		if i := strings.Index(msg, "): "); i >= 0 {
-			msg = msg[i+3:]
+	fmt.Sscanf(msg, "toml: line %d", &line)
+	key := ""
+	if _, rest, ok := strings.Cut(msg, `(last key "`); ok {
+		if k, after, ok := strings.Cut(rest, `"): `); ok {
+			key, msg = k, after
 		}
-		return &Error{File: c.File, Line: line, Msg: msg}
 	}
-	return &Error{File: c.File, Msg: strings.TrimPrefix(msg, "toml: ")}
+	if i := strings.Index(msg, "): "); i >= 0 && strings.HasPrefix(msg, "toml: line ") {
+		msg = msg[i+3:]
+	}
+	msg = strings.TrimPrefix(msg, "toml: ")
+	if line == 0 && key != "" {
+		line = c.index.find(key)
+	}
+	return &Error{File: c.File, Line: line, Key: key, Msg: msg}
 }
 
 // Plugins returns the names of the [plugins.<name>] sections in the file.
@@ -270,3 +316,49 @@ func (e *Error) Error() string {
 
 // Unwrap makes every Error satisfy errors.Is(err, ErrInvalid).
 func (e *Error) Unwrap() error { return ErrInvalid }
+
+// restartKey is a key a reload cannot change: the running process keeps
+// its value until restarted.
+type restartKey struct {
+	name string
+	same func(a, b *Config) bool
+	keep func(dst, src *Config)
+}
+
+func restartOnlyKey[T comparable](name string, field func(*Config) *T) restartKey {
+	return restartKey{
+		name: name,
+		same: func(a, b *Config) bool { return *field(a) == *field(b) },
+		keep: func(dst, src *Config) { *field(dst) = *field(src) },
+	}
+}
+
+// restartOnly lists every restart-only key: the connection and the
+// dispatcher's shape are made once, the listeners and the log format at
+// start.
+var restartOnly = []restartKey{
+	restartOnlyKey("agent.xenstore", func(c *Config) *string { return &c.Agent.Xenstore }),
+	restartOnlyKey("agent.domid", func(c *Config) *string { return &c.Agent.Domid }),
+	restartOnlyKey("agent.auto_detect", func(c *Config) *bool { return &c.Agent.AutoDetect }),
+	restartOnlyKey("agent.single_worker", func(c *Config) *bool { return &c.Agent.SingleWorker }),
+	restartOnlyKey("agent.queue_capacity", func(c *Config) *int { return &c.Agent.QueueCapacity }),
+	restartOnlyKey("control.socket", func(c *Config) *string { return &c.Control.Socket }),
+	restartOnlyKey("control.metrics_listen", func(c *Config) *string { return &c.Control.MetricsListen }),
+	restartOnlyKey("log.format", func(c *Config) *string { return &c.Log.Format }),
+}
+
+// Reloaded returns what a reload from the running configuration c to next
+// applies: next, with the running value of every restart-only key, and the
+// restart-only keys whose value next changes (they apply at the next
+// restart). Plugin sections are next's: whether a plugin reloads is its
+// own business.
+func (c *Config) Reloaded(next *Config) (applied *Config, needRestart []string) {
+	cp := *next
+	for _, k := range restartOnly {
+		if !k.same(c, next) {
+			needRestart = append(needRestart, k.name)
+		}
+		k.keep(&cp, c)
+	}
+	return &cp, needRestart
+}
