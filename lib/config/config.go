@@ -57,30 +57,31 @@ type Config struct {
 	index   *lineIndex
 }
 
-// Agent is the [agent] section.
+// Agent is the [agent] section. The doc tags are the reference file's
+// comments (Example).
 type Agent struct {
 	// Xenstore is the xenstored socket or device; "" means the defaults
 	// (XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus).
-	Xenstore   string `toml:"xenstore"`
-	AutoDetect bool   `toml:"auto_detect"`
+	Xenstore string `toml:"xenstore" doc:"XenStore socket or device. \"\" tries $XENSTORED_PATH, then ${XENSTORED_RUNDIR:-/var/run/xenstored}/socket, /run/xenstored/socket and /dev/xen/xenbus. Flag --xenstore, env MTWATCH_XENSTORE."`
 	// Domid is the domain the agent runs in: "auto" (the default) learns
 	// it from the connection, a number sets it. 0 is dom0 mode (the mtwatch
 	// directory, introduced domains); a guest domid is driver-domain mode
 	// (workers follow the frontends of the domain's backend directory).
-	Domid           string   `toml:"domid"`
-	StaleGrace      Duration `toml:"stale_grace"`
-	ReapStale       bool     `toml:"reap_stale"`
-	SingleWorker    bool     `toml:"single_worker"`
-	QueueCapacity   int      `toml:"queue_capacity"`
-	StallThreshold  Duration `toml:"stall_threshold"`
-	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	Domid           string   `toml:"domid" doc:"The domain mtwatchd runs in. \"auto\" reads the domid node of the connection's home (0 when absent on a privileged connection); a number sets it. 0 is dom0 mode; a guest domid is driver-domain mode: workers follow the frontends with a backend directory under /local/domain/<domid>/backend, and the mtwatch directory and auto_detect do not apply. Flag --domid."`
+	AutoDetect      bool     `toml:"auto_detect" doc:"A domain has a worker while it has a node under /local/domain/0/mtwatch, or, with auto-detection, while it is introduced to xenstored (@introduceDomain / @releaseDomain). false: the node alone decides, as in the original kernel patch. Flag --auto-detect."`
+	StaleGrace      Duration `toml:"stale_grace" doc:"A node whose domain has not been introduced for this long is stale: reported in the control API and the log. \"0s\" disables the check."`
+	ReapStale       bool     `toml:"reap_stale" doc:"Remove stale nodes. A node whose domain is introduced is never removed."`
+	SingleWorker    bool     `toml:"single_worker" doc:"Run every event on the default worker, as Linux's single xenwatch thread and xl devd do. Flag --single-worker."`
+	QueueCapacity   int      `toml:"queue_capacity" doc:"Events pending per domain (dom0 and paths of no domain count as one); beyond it events are dropped and the watch's handler gets an overflow notice so it can resync."`
+	StallThreshold  Duration `toml:"stall_threshold" doc:"A handler running longer than this is reported as stalled (log, GET /v1/stalls, metrics). \"0s\" turns stall detection off."`
+	ShutdownTimeout Duration `toml:"shutdown_timeout" doc:"On SIGTERM: how long queued events, running handlers and the plugins' Stop get in all. Queued events run until the largest grace of the running exec/hotplug plugins plus 1s before the end; then running handlers are cancelled, what is queued is dropped and that reserve is left for the plugins to SIGTERM, SIGKILL and reap their commands. Keep it above that grace plus 1s plus the drain time wanted."`
 	// GOMAXPROCS is how many threads run the agent's Go code at once;
 	// 0 is the Go runtime's default (the CPUs the process may use). The
 	// default, 1, suits an event router whose handlers wait rather than
 	// compute: each event handed to a worker goroutine would otherwise
 	// wake a second thread (docs/performance.md measures it). The
 	// GOMAXPROCS environment variable, when set, overrides it.
-	GOMAXPROCS int `toml:"gomaxprocs"`
+	GOMAXPROCS int `toml:"gomaxprocs" doc:"Threads running the agent's Go code at once; 0 is one per CPU. One suits an event router whose handlers wait rather than compute: with more, each event handed to an idle worker wakes a second thread (docs/mtwatchd.md). The GOMAXPROCS environment variable, if set, overrides it. Flag --gomaxprocs."`
 }
 
 // FixedDomid returns the configured domid, or fixed false for "auto" (and
@@ -99,16 +100,16 @@ func (a Agent) FixedDomid() (id domid.ID, fixed bool, err error) {
 // Log is the [log] section.
 type Log struct {
 	// Level is a logrus level: trace, debug, info, warning, error.
-	Level string `toml:"level"`
+	Level string `toml:"level" doc:"trace, debug, info, warning, error. Flag --log-level."`
 	// Format is "text", "json", or "auto": the journal when stderr is
 	// connected to it, else text.
-	Format string `toml:"format"`
+	Format string `toml:"format" doc:"auto (the journal when stderr is connected to it, else text), text or json. Flag --log-format."`
 }
 
 // Control is the [control] section.
 type Control struct {
-	Socket        string `toml:"socket"`
-	MetricsListen string `toml:"metrics_listen"`
+	Socket        string `toml:"socket" doc:"The control API's unix socket (mode 0600). Under mtwatchd.socket, systemd passes the socket instead. Flag --control, env MTWATCH_CONTROL."`
+	MetricsListen string `toml:"metrics_listen" doc:"HOST:PORT to serve GET /metrics over TCP for Prometheus; \"\" serves it on the control socket only. Flag --metrics-listen."`
 }
 
 // Default returns the configuration used when no file exists.

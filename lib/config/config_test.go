@@ -215,3 +215,45 @@ func TestReloaded(t *testing.T) {
 		t.Fatalf("an unchanged file needs a restart for %v", restart)
 	}
 }
+
+// TestExample: every key of a plugin's section is in the reference file,
+// commented out at its default under its doc; a key without a doc tag is an
+// error, so no knob ships undocumented.
+func TestExample(t *testing.T) {
+	type rule struct {
+		Path string `toml:"path" doc:"watched"`
+	}
+	type section struct {
+		Grace Duration          `toml:"grace" doc:"Grace before SIGKILL."`
+		Types []string          `toml:"types" doc:"Types."`
+		Env   map[string]string `toml:"env" doc:"Environment."`
+		Rule  []rule            `toml:"rule" doc:"Rules:"`
+	}
+	text, err := Example([]PluginDefaults{{Name: "p", Enabled: false, Doc: "Does p.", Config: section{
+		Grace: Duration{5 * time.Second}, Types: []string{"vbd"}, Env: map[string]string{"B": "2", "A": "1"},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"[plugins.p]\n# Does p.\nenabled = false\n",
+		"# Grace before SIGKILL.\n# grace = \"5s\"\n",
+		"# types = [\"vbd\"]\n",
+		"# env = { \"A\" = \"1\", \"B\" = \"2\" }\n",
+		"# Rules:\n# [[plugins.p.rule]]\n#   path = \"\"    # watched\n",
+		"# stall_threshold = \"10s\"\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("example lacks %q:\n%s", want, text)
+		}
+	}
+	if _, err := Parse("f.toml", []byte(text)); err != nil {
+		t.Fatalf("the example does not load: %v", err)
+	}
+	type undocumented struct {
+		Knob int `toml:"knob"`
+	}
+	if _, err := Example([]PluginDefaults{{Name: "q", Config: undocumented{}}}); err == nil || !strings.Contains(err.Error(), "knob") {
+		t.Fatalf("a key without a doc tag: %v", err)
+	}
+}
