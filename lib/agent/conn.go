@@ -200,13 +200,13 @@ func (cn *connection) add(ctx context.Context, w *pluginWatch) error {
 	return nil
 }
 
-// watchesOf returns the watches of plugin p.
+// watchesOf returns the watches of plugin p; nil p: every plugin's.
 func (cn *connection) watchesOf(p *hostedPlugin) []*pluginWatch {
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
 	var mine []*pluginWatch
 	for _, w := range cn.watches {
-		if w.plugin == p {
+		if p == nil || w.plugin == p {
 			mine = append(mine, w)
 		}
 	}

@@ -57,16 +57,7 @@ func (a *Agent) buildPlugins() error {
 		if !on {
 			continue
 		}
-		ic := &plugin.InitContext{
-			Name:    r.Name,
-			Log:     a.opts.Logrus.WithField("plugin", r.Name),
-			Config:  sec,
-			Store:   store{a.conn},
-			Watches: hp,
-			Domid:   a.domid,
-			Home:    homeOf(a.domid),
-			Metrics: a.reg,
-		}
+		ic := a.initContext(hp, sec)
 		p, err := r.New(ic)
 		if err != nil {
 			return fmt.Errorf("agent: plugin %s: %w: %w", r.Name, ErrConfig, err)
@@ -77,6 +68,41 @@ func (a *Agent) buildPlugins() error {
 		hp.p, hp.ic = p, ic
 	}
 	return nil
+}
+
+// initContext is what the agent builds hosted plugin hp from, sec its
+// section.
+func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitContext {
+	return &plugin.InitContext{
+		Name:    hp.name,
+		Log:     a.opts.Logrus.WithField("plugin", hp.name),
+		Config:  sec,
+		Store:   store{a.conn},
+		Watches: hp,
+		Domid:   a.domid,
+		Home:    homeOf(a.domid),
+		Metrics: a.reg,
+	}
+}
+
+// InitContext returns what the agent would build plugin name from, with
+// sec as its section: its XenStore connection, its watches (kept across
+// reconnections, their events through the barrier to the dispatcher), its
+// metrics registry and its domid, learnt at Start. plugin/plugintest builds
+// the plugin under test from it on a running agent; a plugin built this way
+// is the caller's to start and stop, and is not in the control API's
+// status.
+func (a *Agent) InitContext(name string, sec plugin.Section) *plugin.InitContext {
+	return a.initContext(&hostedPlugin{a: a, name: name, enabled: true}, sec)
+}
+
+// Watches returns the plugins' watches registered now.
+func (a *Agent) Watches() []plugin.Watch {
+	var out []plugin.Watch
+	for _, w := range a.conn.watchesOf(nil) {
+		out = append(out, w)
+	}
+	return out
 }
 
 // checkSection checks a plugin's new section the way New checks it at

@@ -298,9 +298,8 @@ type Error struct {
 
 func (e *Error) Error() string {
 	var b strings.Builder
-	b.WriteString("config ")
 	if e.File == "" {
-		b.WriteString("(defaults)")
+		b.WriteString("config (defaults)")
 	} else {
 		b.WriteString(e.File)
 	}
