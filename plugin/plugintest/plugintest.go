@@ -36,8 +36,8 @@ import (
 // Options configure a Host, or an agent started by StartAgent.
 type Options struct {
 	// Config is the agent's configuration file, parsed by lib/config; ""
-	// is the defaults with stall detection off. Its agent.xenstore is the
-	// host's xenstored whatever it says.
+	// is the defaults. Its agent.xenstore is the host's xenstored whatever
+	// it says.
 	Config string
 	// SingleWorker and Capacity, when set, override agent.single_worker
 	// (every event on the default worker, as xl devd does) and
@@ -53,6 +53,10 @@ type Options struct {
 	// Agent adjusts the agent's options before agent.New (a Dial that
 	// holds a reconnection, a logger, a barrier bound).
 	Agent func(*agent.Options)
+	// ShutdownErr gets the error of the agent's shutdown at the test's end
+	// (New only); nil fails the test on one. A test that shuts the agent
+	// down itself and checks the result sets it.
+	ShutdownErr func(error)
 }
 
 // StartAgent starts an agent in this process on the xenstored at socket,
@@ -60,11 +64,7 @@ type Options struct {
 // built from it and started, READY once the watches are registered and the
 // workers reconciled. The caller shuts it down.
 func StartAgent(ctx context.Context, socket string, opts Options) (*agent.Agent, error) {
-	text := opts.Config
-	if text == "" {
-		text = "[agent]\nstall_threshold = \"0s\"\n"
-	}
-	cfg, err := config.Parse("plugintest.toml", []byte(text))
+	cfg, err := config.Parse("plugintest.toml", []byte(opts.Config))
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +159,11 @@ func New(t testing.TB, opts Options) *Host {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := a.Shutdown(ctx); err != nil {
+		err := a.Shutdown(ctx)
+		switch {
+		case opts.ShutdownErr != nil:
+			opts.ShutdownErr(err)
+		case err != nil:
 			t.Errorf("plugintest: shutdown: %v", err)
 		}
 	})
