@@ -9,6 +9,7 @@
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make deps      install the Debian packages the tests and the sandbox need
 #   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
+#   make config-example  regenerate docs/mtwatchd.toml from the defaults (likewise)
 
 GO        ?= go
 PREFIX    ?= /usr/local
@@ -37,7 +38,7 @@ SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
 LIBEXEC_BINARIES := $(filter mtwatch-hook,$(BINARIES))
 
-.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench bench-go man
+.PHONY: all build test vet fmt-check deps demo sandbox sandbox-stop install clean fuzz bench bench-go man config-example
 
 all: build
 
@@ -78,6 +79,11 @@ test: deps fmt-check vet
 # lib/admin's TestManPageCurrent fails when they are stale.
 man:
 	$(GO) run ./lib/admin/genman docs/man
+
+# docs/mtwatchd.toml is generated from the agent's and the plugins' defaults
+# and committed; plugin/builtins' TestConfigExampleCurrent fails when stale.
+config-example:
+	$(GO) test ./plugin/builtins -run TestConfigExampleCurrent -count=1 -update
 
 # Short fuzzing runs of every fuzz target (not part of make test).
 FUZZTIME ?= 20s

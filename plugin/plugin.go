@@ -32,6 +32,15 @@ type Registration struct {
 	// enabled = false. Plugins that run scripts or change XenStore are off by
 	// default.
 	EnabledByDefault bool
+	// Doc says in a sentence or two what the plugin does, for the
+	// reference configuration file (docs/mtwatchd.toml).
+	Doc string
+	// Defaults returns the plugin's section at its defaults: a struct
+	// whose fields' toml tags name the keys and doc tags describe them,
+	// the one the plugin decodes its section over. The reference
+	// configuration file is generated from it; nil for a plugin without
+	// keys.
+	Defaults func() any
 	// New builds the plugin. It validates the configuration (ic.Config) and
 	// must not start any work: the agent calls Start once every enabled
 	// plugin was built, so a configuration error stops the agent before

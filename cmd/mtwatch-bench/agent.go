@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -13,6 +15,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/plugin"
+	"github.com/mtwatch/mtwatch/plugin/plugintest"
 )
 
 // benchWatch is the path the bench plugin watches, relative to dom0's home
@@ -36,8 +39,9 @@ var agentLog io.Writer = io.Discard
 
 // runAgent starts mtwatchd's core in this process, with mtwatchd's
 // GOMAXPROCS, on the xenstored at socket, with one plugin: a watch of
-// benchWatch whose events go to handler. Auto-detection is off, so workers
-// follow the node protocol alone. The returned stop shuts the agent down.
+// benchWatch whose events go to handler. It is plugintest's host, the one
+// the plugins' tests run on. Auto-detection is off, so workers follow the
+// node protocol alone. The returned stop shuts the agent down.
 func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handler) (*agent.Agent, func(), error) {
 	text := fmt.Sprintf("[agent]\nauto_detect = false\nsingle_worker = %v\nstall_threshold = \"0s\"\nshutdown_timeout = \"30s\"\n", m == modeSingle)
 	if m == modeMtwatchAllCPUs {
@@ -47,9 +51,15 @@ func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handl
 	if err != nil {
 		return nil, nil, err
 	}
-	// As mtwatchd does: this process is the agent's.
-	agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS)
-	cfg.Agent.Xenstore = socket
+	// As mtwatchd does (its setGOMAXPROCS): this process is the agent's,
+	// and a GOMAXPROCS variable wins.
+	switch {
+	case os.Getenv("GOMAXPROCS") != "":
+	case cfg.Agent.GOMAXPROCS > 0:
+		runtime.GOMAXPROCS(cfg.Agent.GOMAXPROCS)
+	default:
+		runtime.SetDefaultGOMAXPROCS()
+	}
 	lr := logrus.New()
 	lr.SetOutput(io.Discard)
 	reg := plugin.Registration{
@@ -59,17 +69,16 @@ func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handl
 			return &benchPlugin{ic: ic, handler: handler}, nil
 		},
 	}
-	a, err := agent.New(agent.Options{
-		Config:  cfg,
-		Logger:  slog.New(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Logrus:  lr,
+	a, err := plugintest.StartAgent(ctx, socket, plugintest.Options{
+		Config:  text,
 		Plugins: []plugin.Registration{reg},
-		Version: "bench",
+		Agent: func(o *agent.Options) {
+			o.Logger = slog.New(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			o.Logrus = lr
+			o.Version = "bench"
+		},
 	})
 	if err != nil {
-		return nil, nil, err
-	}
-	if err := a.Start(ctx); err != nil {
 		return nil, nil, err
 	}
 	stop := func() {

@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,7 +24,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/mtwatch/mtwatch/lib/agent"
-	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/logging"
 	_ "github.com/mtwatch/mtwatch/plugin/builtins"
@@ -47,18 +45,7 @@ func main() {
 		Version: version,
 		Description: "Exit status: 0 stopped on request, 1 runtime failure, 2 usage or configuration error.\n" +
 			"Flags and their environment variables override the configuration file.",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Value: config.DefaultFile, EnvVars: []string{"MTWATCH_CONFIG"}, Usage: "configuration `FILE` (a missing default file means defaults)"},
-			&cli.StringFlag{Name: "xenstore", EnvVars: []string{"MTWATCH_XENSTORE"}, Usage: "xenstored socket or device `PATH` (default: $XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus)"},
-			&cli.StringFlag{Name: "control", EnvVars: []string{"MTWATCH_CONTROL"}, Usage: "control API unix socket `PATH` (default " + control.DefaultSocket + ")"},
-			&cli.StringFlag{Name: "metrics-listen", EnvVars: []string{"MTWATCH_METRICS_LISTEN"}, Usage: "also serve /metrics over TCP on `HOST:PORT`"},
-			&cli.StringFlag{Name: "domid", EnvVars: []string{"MTWATCH_DOMID"}, Usage: "the `DOMID` mtwatchd runs in: auto (learnt from the connection), 0 (dom0) or a driver domain's"},
-			&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"MTWATCH_AUTO_DETECT"}, Value: true, Usage: "give introduced domains a worker even without a node; --auto-detect=false: the node alone decides"},
-			&cli.BoolFlag{Name: "single-worker", EnvVars: []string{"MTWATCH_SINGLE_WORKER"}, Usage: "run every event on the default worker, like xenwatch and xl devd"},
-			&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"MTWATCH_GOMAXPROCS"}, Value: 1, Usage: "threads running Go code at once, `N`; 0: one per CPU (the GOMAXPROCS variable overrides it)"},
-			&cli.StringFlag{Name: "log-level", EnvVars: []string{"MTWATCH_LOG_LEVEL"}, Usage: "trace, debug, info, warning or error (default info)"},
-			&cli.StringFlag{Name: "log-format", EnvVars: []string{"MTWATCH_LOG_FORMAT"}, Usage: "auto (journal when stderr is it, else text), text or json"},
-		},
+		Flags:  flags(),
 		Action: run,
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
@@ -75,48 +62,6 @@ func main() {
 	}
 }
 
-// load reads the configuration file and applies the flags over it.
-func load(c *cli.Context) (*config.Config, error) {
-	cfg, err := config.Load(c.String("config"), c.IsSet("config"))
-	if err != nil {
-		return nil, err
-	}
-	if c.IsSet("xenstore") {
-		cfg.Agent.Xenstore = c.String("xenstore")
-	}
-	if c.IsSet("control") {
-		cfg.Control.Socket = c.String("control")
-	}
-	if c.IsSet("metrics-listen") {
-		cfg.Control.MetricsListen = c.String("metrics-listen")
-	}
-	if c.IsSet("domid") {
-		cfg.Agent.Domid = c.String("domid")
-		if _, _, err := cfg.Agent.FixedDomid(); err != nil {
-			return nil, fmt.Errorf("--domid: %w", err)
-		}
-	}
-	if c.IsSet("auto-detect") {
-		cfg.Agent.AutoDetect = c.Bool("auto-detect")
-	}
-	if c.IsSet("single-worker") {
-		cfg.Agent.SingleWorker = c.Bool("single-worker")
-	}
-	if c.IsSet("gomaxprocs") {
-		if n := c.Int("gomaxprocs"); n < 0 {
-			return nil, fmt.Errorf("--gomaxprocs %d: want 0 (every CPU) or more", n)
-		}
-		cfg.Agent.GOMAXPROCS = c.Int("gomaxprocs")
-	}
-	if c.IsSet("log-level") {
-		cfg.Log.Level = c.String("log-level")
-	}
-	if c.IsSet("log-format") {
-		cfg.Log.Format = c.String("log-format")
-	}
-	return cfg, nil
-}
-
 func run(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return cli.Exit(fmt.Sprintf("mtwatchd: unexpected argument %q", c.Args().First()), exitUsage)
@@ -130,7 +75,7 @@ func run(c *cli.Context) error {
 		return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
 	}
 	slog.SetDefault(slog.New(logging.Slog(log)))
-	if procs, env := agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS); env {
+	if procs, env := setGOMAXPROCS(cfg.Agent.GOMAXPROCS); env {
 		log.WithField("gomaxprocs", procs).Info("GOMAXPROCS is set in the environment: agent.gomaxprocs is ignored")
 	}
 	notify := func(state string) { daemon.SdNotify(false, state) }
@@ -223,10 +168,6 @@ func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
 		log.WithError(err).Error("reload: keeping the running configuration")
 		return
 	}
-	if _, _, err := logging.New(io.Discard, cfg.Log.Level, cfg.Log.Format); err != nil {
-		log.WithError(err).Error("reload: keeping the running configuration")
-		return
-	}
 	if err := a.Reload(context.Background(), cfg); err != nil {
 		if errors.Is(err, agent.ErrConfig) {
 			log.WithError(err).Error("reload: keeping the running configuration")
@@ -235,7 +176,7 @@ func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
 		log.WithError(err).Error("reload")
 	}
 	before := runtime.GOMAXPROCS(0)
-	if procs, _ := agent.SetGOMAXPROCS(cfg.Agent.GOMAXPROCS); procs != before {
+	if procs, _ := setGOMAXPROCS(cfg.Agent.GOMAXPROCS); procs != before {
 		log.WithField("gomaxprocs", procs).WithField("was", before).Info("reload: gomaxprocs changed")
 	}
 	logging.SetLevel(log, cfg.Log.Level)

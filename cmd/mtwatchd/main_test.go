@@ -673,3 +673,39 @@ func TestDaemonSocketActivation(t *testing.T) {
 		t.Fatalf("systemd's socket was removed: %v", err)
 	}
 }
+
+// TestDaemonConfigValidated: values checked by the configuration's
+// validation, from the file (named by file, line and key) or from a flag
+// (named by the flag), are configuration errors before anything starts,
+// an unusable metrics address included.
+func TestDaemonConfigValidated(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"metrics address in file", []string{"--config", write("m.toml", "[control]\n\nmetrics_listen = \"localhost\"\n")}, "m.toml:3: control.metrics_listen"},
+		{"metrics address flag", []string{"--metrics-listen", "127.0.0.1:99999"}, "--metrics-listen: "},
+		{"log level in file", []string{"--config", write("l.toml", "[log]\nlevel = \"loud\"\n")}, "l.toml:2: log.level"},
+		{"duration in file", []string{"--config", write("d.toml", "[agent]\nstale_grace = \"soon\"\n")}, "d.toml:2: agent.stale_grace"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d := spawn(t, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
+			if code := d.exitCode(10 * time.Second); code != 2 {
+				t.Fatalf("exit %d, want 2; stderr %s", code, d.stderr.String())
+			}
+			if !strings.Contains(d.stderr.String(), tt.want) {
+				t.Fatalf("stderr %q does not name %q", d.stderr.String(), tt.want)
+			}
+		})
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,12 +40,6 @@ import (
 // ErrConfig is wrapped by errors of New that come from the configuration (a
 // plugin refusing its section, an unknown plugin): mtwatchd exits 2 on them.
 var ErrConfig = errors.New("configuration error")
-
-// Reconnection backoff bounds.
-const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
-)
 
 // Options configure an Agent.
 type Options struct {
@@ -75,12 +70,19 @@ type Options struct {
 	BarrierWait time.Duration
 }
 
-// Agent is a running mtwatchd. Its methods are safe for concurrent use.
+// Agent is a running mtwatchd: the domain table, the connection to
+// xenstored, the dispatcher and the plugins, and the goroutines that tie
+// them together. Its methods are safe for concurrent use.
 type Agent struct {
 	opts    Options
-	cfg     *config.Config
 	log     *slog.Logger
 	d       *dispatch.Dispatcher
+	domains *domainTable
+	conn    *connection
+	plugins []*hostedPlugin
+	// bar holds plugin events behind the control-plane events read
+	// before them (barrier.go).
+	bar     *barrier
 	reg     *prometheus.Registry
 	metrics *metrics
 	started time.Time
@@ -96,44 +98,17 @@ type Agent struct {
 	domidFixed bool
 	driver     bool
 
-	stallAt    atomic.Int64 // nanoseconds
-	staleGrace atomic.Int64 // nanoseconds; 0 disables
-	reapStale  atomic.Bool
+	stallAt atomic.Int64 // nanoseconds
 
-	plugins []*hostedPlugin
-
-	// cmu guards the connection and the plugin watches, so that a watch
-	// added while the agent reconnects is registered exactly once.
-	cmu            sync.Mutex
-	cur            *xenstore.Client
-	connectedSince time.Time
-	reconnects     uint64
-	lastErr        string
-	pw             map[string]*pluginWatch // by token
-	closing        bool                    // shutting down: no new XenStore watches
-	tokenSeq       map[string]int          // per plugin
-
-	// mu guards the domain state.
-	mu   sync.Mutex
-	doms map[domid.ID]*domState
-	// frontends mirrors the domains with st.backend, for the backend
-	// watch's callback, which takes no lock; written under mu.
-	frontends *[domid.FirstReserved]atomic.Bool
-	ignored   map[string]string // entries of the mtwatch dir logged as ignored, with the reason
-	nameq     chan domid.ID     // domains whose name to read
-	// nameKick: a domain was introduced or released; every known name is
-	// read again at the name reader's next tick.
-	nameKick atomic.Bool
+	cfgMu sync.Mutex
+	cfg   *config.Config
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
-	wg        sync.WaitGroup // the supervisor
+	wg        sync.WaitGroup // the supervisor and the name reader
 	bgCtx     context.Context
 	bgCancel  context.CancelFunc
 	bg        sync.WaitGroup // the watchdog and status goroutines
-	// bar holds plugin events behind the control-plane events read
-	// before them (barrier.go).
-	bar *barrier
 	// nodeFault, set by tests only, fails the handling of node events
 	// ("node") and the retried rescans ("rescan") where it returns an
 	// error: xenstored's own failures there cannot be had on demand.
@@ -141,20 +116,6 @@ type Agent struct {
 	startOnce sync.Once
 	stopOnce  sync.Once
 	stopErr   error
-}
-
-// domState is what the agent knows of one guest domain.
-type domState struct {
-	node       bool
-	uuid       string
-	introduced bool
-	backend    bool // a driver domain has a backend directory of this frontend
-	name       string
-	nameRead   bool
-	nameQueued bool
-	absent     time.Time // when a node was first seen without introduction
-	stale      bool
-	worker     bool // CreateDomain done and not undone
 }
 
 // New builds an agent and its enabled plugins; nothing runs until Start.
@@ -180,18 +141,12 @@ func New(opts Options) (*Agent, error) {
 		d   *dispatch.Dispatcher
 	)
 	a := &Agent{
-		opts:      opts,
-		cfg:       cfg,
-		log:       opts.Logger,
-		reg:       opts.Registry,
-		started:   time.Now(),
-		notify:    opts.Notify,
-		pw:        map[string]*pluginWatch{},
-		tokenSeq:  map[string]int{},
-		doms:      map[domid.ID]*domState{},
-		frontends: new([domid.FirstReserved]atomic.Bool),
-		ignored:   map[string]string{},
-		nameq:     make(chan domid.ID, domid.FirstReserved),
+		opts:    opts,
+		cfg:     cfg,
+		log:     opts.Logger,
+		reg:     opts.Registry,
+		started: time.Now(),
+		notify:  opts.Notify,
 	}
 	if a.notify == nil {
 		a.notify = func(string) {}
@@ -202,12 +157,10 @@ func New(opts Options) (*Agent, error) {
 	}
 	a.driver = a.domid != domid.Dom0
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
-	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
-	a.reapStale.Store(cfg.Agent.ReapStale)
 	d, err = dispatch.New(dispatch.Config{
 		Logger:         a.log,
 		Capacity:       cfg.Agent.QueueCapacity,
-		StallThreshold: dispatchStall(cfg.Agent.StallThreshold.Duration),
+		StallThreshold: cfg.Agent.StallThreshold.Duration,
 		SingleWorker:   cfg.Agent.SingleWorker,
 	})
 	if err != nil {
@@ -218,6 +171,14 @@ func New(opts Options) (*Agent, error) {
 	if opts.BarrierWait > 0 {
 		a.bar.maxWait = opts.BarrierWait
 	}
+	a.domains = newDomainTable(a.log, d, a.auto)
+	a.domains.setSelf(a.domid)
+	a.domains.setStale(cfg.Agent.StaleGrace.Duration, cfg.Agent.ReapStale)
+	dial := opts.Dial
+	if dial == nil {
+		dial = dialer(a.xsPath)
+	}
+	a.conn = newConnection(a.log, dial, a.notify, a.bar.event)
 	a.metrics = newMetrics(a)
 	if err := a.reg.Register(a.metrics); err != nil {
 		d.Stop(context.Background())
@@ -228,15 +189,6 @@ func New(opts Options) (*Agent, error) {
 		return nil, err
 	}
 	return a, nil
-}
-
-// dispatchStall maps the configured stall threshold to lib/dispatch's:
-// zero in the file means off, zero to the dispatcher means its default.
-func dispatchStall(t time.Duration) time.Duration {
-	if t == 0 {
-		return -1
-	}
-	return t
 }
 
 // Dispatcher returns the agent's dispatcher (for benchmarks and tests).
@@ -252,8 +204,8 @@ func (a *Agent) Registry() *prometheus.Registry { return a.reg }
 
 // Config returns the configuration in force.
 func (a *Agent) Config() *config.Config {
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	a.cfgMu.Lock()
+	defer a.cfgMu.Unlock()
 	return a.cfg
 }
 
@@ -271,36 +223,10 @@ func (a *Agent) Start(ctx context.Context) error {
 func (a *Agent) start(ctx context.Context) error {
 	a.runCtx, a.runCancel = context.WithCancel(context.Background())
 	a.notify("STATUS=connecting to xenstored")
-	fail := func(err error) error {
+	sess, err := a.establish(ctx, true)
+	if err != nil {
 		a.runCancel()
-		a.wg.Wait()
 		return err
-	}
-	c, err := a.dialLoop(ctx)
-	if err != nil {
-		return fail(err)
-	}
-	if err := a.learnDomid(ctx, c); err != nil {
-		c.Close()
-		return fail(err)
-	}
-	// Started once the domid is known: it reads names in dom0 only.
-	a.wg.Add(1)
-	go a.nameReader()
-	if !a.driver {
-		removed, err := node.Repair(ctx, c)
-		for _, p := range removed {
-			a.log.Warn("removed an entry that is not a trusted mtwatch node", "path", p)
-		}
-		if err != nil {
-			c.Close()
-			return fail(fmt.Errorf("agent: %w", err))
-		}
-	}
-	sess, err := a.connect(ctx, c, false)
-	if err != nil {
-		c.Close()
-		return fail(err)
 	}
 	for i, p := range a.plugins {
 		if !p.enabled {
@@ -313,12 +239,18 @@ func (a *Agent) start(ctx context.Context) error {
 				}
 			}
 			sess.close()
-			c.Close()
-			return fail(fmt.Errorf("agent: start plugin %s: %w", p.name, err))
+			a.conn.forget(sess.c, err)
+			a.runCancel()
+			return fmt.Errorf("agent: start plugin %s: %w", p.name, err)
 		}
 		p.running.Store(true)
 	}
-	a.wg.Add(1)
+	// Started once the domid is known: it reads names in dom0 only.
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		a.domains.nameReader(a.runCtx, a.conn.client)
+	}()
 	go a.supervise(sess)
 	a.notify("READY=1\nSTATUS=" + a.statusLine())
 	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", homeOf(a.domid),
@@ -331,6 +263,85 @@ func (a *Agent) start(ctx context.Context) error {
 	a.bg.Add(1)
 	go a.statusLoop()
 	return nil
+}
+
+// establish connects to xenstored and brings the agent up to date with it:
+// it dials with backoff until ctx ends, learns the domain the agent runs in
+// (first only), repairs the mtwatch directory (dom0), registers the agent's
+// watches and the plugins', and reconciles the workers. The first start and
+// every reconnection take this one path, so a reconnection is a start that
+// keeps the workers of the domains that still exist. On failure the client
+// is forgotten with the reason.
+func (a *Agent) establish(ctx context.Context, first bool) (*session, error) {
+	c, err := a.conn.dialBackoff(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*session, error) {
+		a.conn.forget(c, err)
+		return nil, err
+	}
+	if first {
+		if err := a.learnDomid(ctx, c); err != nil {
+			return fail(err)
+		}
+	}
+	// A driver domain has no mtwatch directory: it is dom0's.
+	if !a.driver {
+		removed, err := node.Repair(ctx, c)
+		for _, p := range removed {
+			a.log.Warn("removed an entry that is not a trusted mtwatch node", "path", p)
+		}
+		switch {
+		case err != nil && first:
+			return fail(fmt.Errorf("agent: %w", err))
+		case err != nil:
+			// The rescans that follow put right what a repair would have.
+			a.log.Error("cannot repair the mtwatch directory after reconnecting", "err", err)
+		}
+	}
+	s, err := a.connect(ctx, c, !first)
+	if err != nil {
+		// What the failed session held is dispatched.
+		a.bar.setOwner(nil)
+		return fail(err)
+	}
+	return s, nil
+}
+
+// supervise runs the session's loop and, when xenstored goes away,
+// establishes a new one, as long as the agent runs. Running handlers and
+// the workers of domains that still exist are left alone throughout.
+func (a *Agent) supervise(s *session) {
+	defer a.wg.Done()
+	for {
+		err := s.run(a.runCtx)
+		// Whatever the lost session held is dispatched; its callbacks, if
+		// any still run, raise nothing.
+		a.bar.setOwner(nil)
+		if a.runCtx.Err() != nil {
+			return
+		}
+		a.conn.forget(s.c, err)
+		a.log.Error("lost xenstored; reconnecting", "err", err)
+		a.notify("STATUS=xenstored lost, reconnecting: " + err.Error())
+		for {
+			if s, err = a.establish(a.runCtx, false); err == nil {
+				break
+			}
+			if a.runCtx.Err() != nil {
+				return // shutting down
+			}
+			a.log.Error("reconnect failed", "err", err)
+			select {
+			case <-a.runCtx.Done():
+				return
+			case <-time.After(minBackoff):
+			}
+		}
+		a.log.Info("reconnected to xenstored")
+		a.notify("STATUS=" + a.statusLine())
+	}
 }
 
 // Shutdown tells systemd STOPPING=1, stops taking events, lets the workers
@@ -364,19 +375,9 @@ func (a *Agent) shutdown(ctx context.Context) error {
 	}
 	a.wg.Wait()
 	a.bar.stop()
-	a.cmu.Lock()
-	a.closing = true
-	var xws []*xenstore.Watch
-	for _, w := range a.pw {
-		if w.xw != nil {
-			xws = append(xws, w.xw)
-			w.xw = nil
-		}
-	}
-	a.cmu.Unlock()
 	// Once Unwatch returns, its callback is not running and is not called
 	// again (WatchFunc): no event is dispatched after this.
-	for _, xw := range xws {
+	for _, xw := range a.conn.close() {
 		xw.Unwatch(ctx)
 	}
 
@@ -388,20 +389,7 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		dcancel()
 		dctx, dcancel = context.WithDeadline(ctx, dl.Add(-a.stopReserve()))
 	}
-	for dctx.Err() == nil {
-		st := a.d.Stats()
-		busy := st.Default.Queued > 0 || st.Default.Current != nil
-		for _, ds := range st.Domains {
-			busy = busy || ds.Queued > 0 || ds.Current != nil
-		}
-		if !busy {
-			break
-		}
-		select {
-		case <-dctx.Done():
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
+	a.d.WaitIdle(dctx)
 	// Cancels what still runs and, when draining was cut short, discards
 	// what is queued; does not wait for handlers that ignore their
 	// cancellation (the second Stop below does, within ctx).
@@ -419,11 +407,7 @@ func (a *Agent) shutdown(ctx context.Context) error {
 	} else if derr != nil {
 		errs = append(errs, derr)
 	}
-	a.cmu.Lock()
-	if a.cur != nil {
-		a.cur.Close()
-	}
-	a.cmu.Unlock()
+	a.conn.closeClient()
 	a.reg.Unregister(a.metrics)
 	return errors.Join(errs...)
 }
@@ -449,14 +433,16 @@ func (a *Agent) stopReserve() time.Duration {
 
 // Reload applies cfg where it can change live (stall threshold, stale
 // grace, reap_stale, plugin sections of plugins that support it) and logs
-// the changes that need a restart. An error wrapping ErrConfig means nothing
-// changed; other errors are those of plugins refusing their new section
-// (they keep their running one). The log level is the caller's (mtwatchd
+// the changes that need a restart (config.Config.Reloaded). Every section
+// is checked before anything changes, all or nothing: an error wrapping
+// ErrConfig means nothing changed. Other errors are those of plugins that
+// accepted their new section but failed to apply it (they keep their
+// running one). The log level is the caller's (mtwatchd
 // owns the logger).
 func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
-	a.mu.Lock()
+	a.cfgMu.Lock()
 	old := a.cfg
-	a.mu.Unlock()
+	a.cfgMu.Unlock()
 	// Checked before anything changes: on such an error nothing does.
 	for _, name := range cfg.Plugins() {
 		if !a.knownPlugin(name) {
@@ -464,8 +450,15 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 		}
 	}
 	for _, p := range a.plugins {
-		if _, err := cfg.Plugin(p.name).Enabled(p.reg.EnabledByDefault); err != nil {
+		sec := cfg.Plugin(p.name)
+		on, err := sec.Enabled(p.reg.EnabledByDefault)
+		if err != nil {
 			return fmt.Errorf("agent: reload: %w: %w", ErrConfig, err)
+		}
+		if _, reloads := p.p.(plugin.Reloader); on && p.enabled && reloads {
+			if err := a.checkSection(p, sec); err != nil {
+				return fmt.Errorf("agent: reload: plugin %s: %w: %w", p.name, ErrConfig, err)
+			}
 		}
 	}
 	var errs []error
@@ -487,24 +480,16 @@ func (a *Agent) Reload(ctx context.Context, cfg *config.Config) error {
 			a.log.Info("plugin cannot reload; its section applies at the next restart", "plugin", p.name)
 		}
 	}
-	if old.Agent.Xenstore != cfg.Agent.Xenstore || old.Agent.AutoDetect != cfg.Agent.AutoDetect ||
-		old.Agent.SingleWorker != cfg.Agent.SingleWorker || old.Agent.QueueCapacity != cfg.Agent.QueueCapacity ||
-		old.Agent.Domid != cfg.Agent.Domid || old.Control != cfg.Control {
-		a.log.Warn("changes to agent.xenstore, domid, auto_detect, single_worker, queue_capacity or [control] need a restart")
+	keep, restart := old.Reloaded(cfg)
+	if len(restart) > 0 {
+		a.log.Warn("changes need a restart; the running values stay", "keys", strings.Join(restart, ", "))
 	}
-	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
-	a.d.SetStallThreshold(dispatchStall(cfg.Agent.StallThreshold.Duration))
-	a.staleGrace.Store(int64(cfg.Agent.StaleGrace.Duration))
-	a.reapStale.Store(cfg.Agent.ReapStale)
-	// What needs a restart keeps its running value.
-	keep := *cfg
-	keep.Agent.Xenstore, keep.Agent.AutoDetect = old.Agent.Xenstore, old.Agent.AutoDetect
-	keep.Agent.Domid = old.Agent.Domid
-	keep.Agent.SingleWorker, keep.Agent.QueueCapacity = old.Agent.SingleWorker, old.Agent.QueueCapacity
-	keep.Control = old.Control
-	a.mu.Lock()
-	a.cfg = &keep
-	a.mu.Unlock()
+	a.stallAt.Store(int64(keep.Agent.StallThreshold.Duration))
+	a.d.SetStallThreshold(keep.Agent.StallThreshold.Duration)
+	a.domains.setStale(keep.Agent.StaleGrace.Duration, keep.Agent.ReapStale)
+	a.cfgMu.Lock()
+	a.cfg = keep
+	a.cfgMu.Unlock()
 	a.log.Info("configuration reloaded", "file", cfg.File)
 	return errors.Join(errs...)
 }
@@ -543,6 +528,7 @@ func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 			return fmt.Errorf("agent: read the connection's domid: %w", err)
 		}
 		a.driver = a.domid != domid.Dom0
+		a.domains.setSelf(a.domid)
 	}
 	for _, p := range a.plugins {
 		if p.ic != nil {
@@ -550,43 +536,6 @@ func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 		}
 	}
 	return nil
-}
-
-// dial connects once.
-func (a *Agent) dial(ctx context.Context) (*xenstore.Client, error) {
-	if a.opts.Dial != nil {
-		return a.opts.Dial(ctx)
-	}
-	var opts []xenstore.Option
-	if p := a.xsPath; p != "" {
-		opts = append(opts, xenstore.WithPath(p))
-	}
-	return xenstore.Dial(ctx, opts...)
-}
-
-// dialLoop dials with capped exponential backoff until it succeeds or ctx
-// ends.
-func (a *Agent) dialLoop(ctx context.Context) (*xenstore.Client, error) {
-	wait := minBackoff
-	for attempt := 0; ; attempt++ {
-		c, err := a.dial(ctx)
-		if err == nil {
-			return c, nil
-		}
-		a.cmu.Lock()
-		a.lastErr = err.Error()
-		a.cmu.Unlock()
-		if attempt == 0 {
-			a.log.Warn("cannot connect to xenstored; retrying", "err", err)
-			a.notify("STATUS=xenstored unreachable: " + err.Error())
-		}
-		select {
-		case <-ctx.Done():
-			return nil, fmt.Errorf("agent: connect to xenstored: %w (last error: %v)", ctx.Err(), err)
-		case <-time.After(wait):
-		}
-		wait = min(wait*2, maxBackoff)
-	}
 }
 
 // pid is the agent's process id, for the control API.

@@ -4,229 +4,276 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
+	"log/slog"
 	"sync"
 	"time"
 
-	"github.com/mtwatch/mtwatch/lib/domid"
-	"github.com/mtwatch/mtwatch/lib/node"
+	"github.com/mtwatch/mtwatch/lib/control"
+	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
 
-// Tokens of the agent's own watches. Plugin tokens are "<plugin>/<n>" and
-// plugin names cannot contain the colon.
+// Reconnection backoff bounds.
 const (
-	tokenNodes     = "mtwatchd:nodes"
-	tokenIntroduce = "mtwatchd:introduce"
-	tokenRelease   = "mtwatchd:release"
-	tokenBackend   = "mtwatchd:backend"
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
 )
 
-// backendDir is where a driver domain's backends are, relative to its home.
-const backendDir = "backend"
+// connection is the agent's link to xenstored: it dials with backoff, holds
+// the current client (none while reconnecting) and what the control API
+// says of it, and keeps the plugins' XenStore watches registered on
+// whichever client is current.
+type connection struct {
+	log    *slog.Logger
+	dial   func(ctx context.Context) (*xenstore.Client, error)
+	notify func(state string)
+	// event receives the plugins' watch events, on the client's reading
+	// goroutine (the barrier).
+	event func(path, token string)
 
-// maxNodePaths bounds the distinct node paths a session keeps to look at;
-// past it the whole directory is rescanned instead (the bound the channel
-// watch's queue used to give).
-const maxNodePaths = 1024
-
-// session is one connection to xenstored with the agent's own watches; its
-// run loop is the only writer of domain state while it runs.
-//
-// The agent's watches are WatchFunc watches: their callbacks run on the
-// connection's reading goroutine, in stream order with the plugins' events,
-// and only record what to look at (and raise the barrier) under s.mu; the
-// run loop makes the round trips. A callback never blocks and never calls
-// the client.
-type session struct {
-	a                   *Agent
-	c                   *xenstore.Client
-	nodes, intro, relea *xenstore.Watch // dom0
-	backend             *xenstore.Watch // a driver domain
-	wake                chan struct{}   // capacity 1: work was recorded
-
-	mu   sync.Mutex
-	work sessionWork
+	// mu guards the client and the plugin watches, so that a watch added
+	// while the agent reconnects is registered exactly once.
+	mu         sync.Mutex
+	cur        *xenstore.Client
+	since      time.Time
+	reconnects uint64
+	lastErr    string
+	watches    map[string]*pluginWatch // by token
+	closing    bool                    // shutting down: no new XenStore watches
+	tokenSeq   map[string]int          // per plugin
 }
 
-// sessionWork is what the agent's watch events asked the session to look
-// at since it last looked.
-type sessionWork struct {
-	paths   map[string]struct{} // node events, distinct paths
-	rescan  bool                // the directory itself changed, or too many paths
-	intro   bool                // @introduceDomain
-	release bool                // @releaseDomain
-	backend bool                // a driver domain's backend directory changed
-	seq     uint64              // the last barrier raised by these events
-}
-
-// connect registers the agent's watches and the plugins' on c, then
-// reconciles the workers with c's nodes and introduced domains. Plugin
-// events read meanwhile are held until the reconcile is done (the
-// barrier), so those of a domain the new xenstored knows run on its worker.
-func (a *Agent) connect(ctx context.Context, c *xenstore.Client, reconnect bool) (*session, error) {
-	s := &session{a: a, c: c, wake: make(chan struct{}, 1)}
-	a.bar.setOwner(s)
-	defer a.bar.release(a.bar.raise(s))
-	if err := s.watch(ctx); err != nil {
-		s.close()
-		return nil, fmt.Errorf("agent: %w", err)
+func newConnection(log *slog.Logger, dial func(context.Context) (*xenstore.Client, error), notify func(string), event func(path, token string)) *connection {
+	return &connection{
+		log: log, dial: dial, notify: notify, event: event,
+		watches:  map[string]*pluginWatch{},
+		tokenSeq: map[string]int{},
 	}
-	a.cmu.Lock()
-	a.cur = c
-	a.connectedSince = time.Now()
-	a.lastErr = ""
+}
+
+// dialer returns the dial function of a configured xenstored path (empty:
+// the default).
+func dialer(path string) func(context.Context) (*xenstore.Client, error) {
+	return func(ctx context.Context) (*xenstore.Client, error) {
+		var opts []xenstore.Option
+		if path != "" {
+			opts = append(opts, xenstore.WithPath(path))
+		}
+		return xenstore.Dial(ctx, opts...)
+	}
+}
+
+// dialBackoff dials with capped exponential backoff until it succeeds or
+// ctx ends.
+func (cn *connection) dialBackoff(ctx context.Context) (*xenstore.Client, error) {
+	wait := minBackoff
+	for attempt := 0; ; attempt++ {
+		c, err := cn.dial(ctx)
+		if err == nil {
+			return c, nil
+		}
+		cn.mu.Lock()
+		cn.lastErr = err.Error()
+		cn.mu.Unlock()
+		if attempt == 0 {
+			cn.log.Warn("cannot connect to xenstored; retrying", "err", err)
+			cn.notify("STATUS=xenstored unreachable: " + err.Error())
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("agent: connect to xenstored: %w (last error: %v)", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, maxBackoff)
+	}
+}
+
+// adopt makes c the current client and returns the plugin watches to
+// register on it.
+func (cn *connection) adopt(c *xenstore.Client, reconnect bool) []*pluginWatch {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	cn.cur = c
+	cn.since = time.Now()
+	cn.lastErr = ""
 	if reconnect {
-		a.reconnects++
+		cn.reconnects++
 	}
-	pws := make([]*pluginWatch, 0, len(a.pw))
-	for _, w := range a.pw {
+	pws := make([]*pluginWatch, 0, len(cn.watches))
+	for _, w := range cn.watches {
 		pws = append(pws, w)
 	}
-	a.cmu.Unlock()
-	for _, w := range pws {
-		if err := a.registerXS(ctx, c, w); err != nil {
-			a.log.Error("cannot register watch", "plugin", w.plugin.name, "path", w.path, "watch", w.token, "err", err)
-		}
-	}
-	if err := a.reconcile(ctx, c); err != nil {
-		s.close()
-		return nil, fmt.Errorf("agent: reconcile: %w", err)
-	}
-	return s, nil
+	return pws
 }
 
-// watch registers the agent's own watches: in dom0 the mtwatch directory
-// and the domain introductions and releases; in a driver domain its backend
-// directory. They are registered before the plugins' watches, so xenstored
-// sends the agent's event of a write before theirs and the barrier holds
-// the plugins' events of a new frontend until its worker exists.
-func (s *session) watch(ctx context.Context) error {
-	c := s.c
-	var err error
-	if s.a.driver {
-		s.backend, err = c.WatchFunc(ctx, backendDir, tokenBackend, s.callback(s.onBackend))
-		return err
+// forget closes c, which is no longer current if it was, and records why.
+func (cn *connection) forget(c *xenstore.Client, why error) {
+	cn.mu.Lock()
+	if cn.cur == c {
+		cn.cur = nil
 	}
-	if s.nodes, err = c.WatchFunc(ctx, node.Dir, tokenNodes, s.callback(s.onNode)); err != nil {
-		return err
-	}
-	if s.intro, err = c.WatchFunc(ctx, "@introduceDomain", tokenIntroduce, s.callback(s.onIntroduce)); err != nil {
-		return err
-	}
-	s.relea, err = c.WatchFunc(ctx, "@releaseDomain", tokenRelease, s.callback(s.onRelease))
-	return err
+	cn.lastErr = why.Error()
+	cn.mu.Unlock()
+	c.Close()
 }
 
-// callback wraps on as a WatchFunc function that skips the watch's first
-// event, the one xenstored sends on registration: connect reconciles after
-// registering. Calls of one watch never overlap, so first needs no lock.
-func (s *session) callback(on func(path string)) func(xenstore.Event) {
-	first := true
-	return func(ev xenstore.Event) {
-		if first {
-			first = false
-			return
+// client returns the current client, nil while reconnecting.
+func (cn *connection) client() *xenstore.Client {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.cur
+}
+
+// status is what the control API says of the connection.
+func (cn *connection) status(path string) control.XenstoreStatus {
+	if path == "" {
+		path = "default"
+	}
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	s := control.XenstoreStatus{
+		Path:       path,
+		State:      "disconnected",
+		Reconnects: cn.reconnects,
+		LastError:  cn.lastErr,
+	}
+	if cn.cur != nil {
+		s.State = "connected"
+		s.ConnectedSince = cn.since
+	}
+	return s
+}
+
+// close stops registering XenStore watches and returns those of the
+// plugins, for the caller to remove; the client stays for the plugins'
+// Stop until closeClient.
+func (cn *connection) close() []*xenstore.Watch {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	cn.closing = true
+	var xws []*xenstore.Watch
+	for _, w := range cn.watches {
+		if w.xw != nil {
+			xws = append(xws, w.xw)
+			w.xw = nil
 		}
-		on(ev.Path)
+	}
+	return xws
+}
+
+// closeClient closes the current client, at the very end of a shutdown.
+func (cn *connection) closeClient() {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	if cn.cur != nil {
+		cn.cur.Close()
 	}
 }
 
-// onNode, onIntroduce and onRelease run on the connection's reading
-// goroutine.
-func (s *session) onNode(path string) {
-	s.record(!s.a.single, func(w *sessionWork) {
-		if w.rescan {
-			return
+// newToken returns a token for a watch of plugin name: "<plugin>/<n>",
+// unused by any watch the connection has.
+func (cn *connection) newToken(name string) string {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	for {
+		cn.tokenSeq[name]++
+		token := fmt.Sprintf("%s/%d", name, cn.tokenSeq[name])
+		if _, dup := cn.watches[token]; !dup {
+			return token
 		}
-		if _, below := strings.CutPrefix(path, node.Dir+"/"); !below || len(w.paths) >= maxNodePaths {
-			// The directory itself (removed, perms changed), or a burst
-			// of creates: rescan everything.
-			w.rescan, w.paths = true, nil
-			return
+	}
+}
+
+// add keeps w registered from now on, on the current client (registered
+// now, if there is one) and on every later one.
+func (cn *connection) add(ctx context.Context, w *pluginWatch) error {
+	cn.mu.Lock()
+	cn.watches[w.token] = w
+	c := cn.cur
+	cn.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	if err := cn.register(ctx, c, w); err != nil && !connLost(err) {
+		return err
+	}
+	return nil
+}
+
+// watchesOf returns the watches of plugin p; nil p: every plugin's.
+func (cn *connection) watchesOf(p *hostedPlugin) []*pluginWatch {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	var mine []*pluginWatch
+	for _, w := range cn.watches {
+		if p == nil || w.plugin == p {
+			mine = append(mine, w)
 		}
-		if w.paths == nil {
-			w.paths = make(map[string]struct{})
-		}
-		w.paths[path] = struct{}{}
+	}
+	return mine
+}
+
+// connLost: the registration will be made again on the next connection.
+func connLost(err error) bool {
+	return errors.Is(err, xenstore.ErrConnectionLost) || errors.Is(err, xenstore.ErrClosed)
+}
+
+// pluginWatch is a plugin's watch: the dispatcher registration, and the
+// XenStore watch of the current connection.
+type pluginWatch struct {
+	cn          *connection
+	plugin      *hostedPlugin
+	path, token string
+	reg         *dispatch.Registration
+
+	// Under cn.mu.
+	xw      *xenstore.Watch
+	on      *xenstore.Client // the connection xw is (being) registered on
+	removed bool
+}
+
+// register registers w's XenStore watch on c, its events handed to the
+// barrier, and by it to the dispatcher, on the goroutine that reads the
+// connection (xenstore.WatchFunc): no queue and no goroutine hand-off
+// between xenstored and the domain queues, which took the agent's event
+// rate from half the bare libxenstore watcher's (docs/performance.md).
+// Neither the barrier nor Dispatch ever waits for a handler, so the
+// connection's replies keep flowing to the handlers that make calls. A
+// WatchFunc watch does not overflow: the dispatcher's per-domain queues are
+// the only bound, and report their own overflows. An event of a connection
+// that was just replaced is still dispatched: it only means "look again".
+//
+// A plugin's Watch and a reconnection can both try to register w on the
+// same new connection; the first claims it (w.on), so the second neither
+// fails with EEXIST nor registers twice.
+func (cn *connection) register(ctx context.Context, c *xenstore.Client, w *pluginWatch) error {
+	cn.mu.Lock()
+	if w.on == c || w.removed || cn.closing {
+		cn.mu.Unlock()
+		return nil
+	}
+	w.on = c
+	cn.mu.Unlock()
+	token, event := w.token, cn.event
+	xw, err := c.WatchFunc(ctx, w.path, token, func(ev xenstore.Event) {
+		event(ev.Path, token)
 	})
-}
-
-func (s *session) onIntroduce(string) {
-	s.record(s.a.auto && !s.a.single, func(w *sessionWork) { w.intro = true })
-}
-
-// onBackend: a change under the backend directory may add or remove a
-// frontend; the run loop reads the directory again. The barrier, as for
-// @introduceDomain, makes a new frontend's first device events run on its
-// new worker. A change inside a device of a frontend that has its
-// directory already (a state change, the bulk of the events) adds or
-// removes no frontend, and is neither held nor re-read: a frontend's
-// directory goes only with an event for it or above it.
-func (s *session) onBackend(path string) {
-	if id, deep := frontendOf(path); deep && s.a.frontends[id].Load() {
-		return
-	}
-	s.record(!s.a.single, func(w *sessionWork) { w.backend = true })
-}
-
-// frontendOf parses backend/<type>/<frontend>/<more>: deep when <more> is
-// there.
-func frontendOf(path string) (id domid.ID, deep bool) {
-	rest, ok := strings.CutPrefix(path, backendDir+"/")
-	if !ok {
-		return 0, false
-	}
-	parts := strings.SplitN(rest, "/", 3)
-	if len(parts) < 3 || parts[2] == "" {
-		return 0, false
-	}
-	id, err := domid.ParseGuest(parts[1])
-	return id, err == nil
-}
-
-func (s *session) onRelease(string) {
-	// No barrier: a released domain's events may run on either worker.
-	s.record(false, func(w *sessionWork) { w.release = true })
-}
-
-// record notes work for the run loop and, with barrier, holds the plugin
-// events read from now on until the run loop has done it.
-func (s *session) record(barrier bool, note func(*sessionWork)) {
-	s.mu.Lock()
-	note(&s.work)
-	if barrier {
-		if seq := s.a.bar.raise(s); seq != 0 {
-			s.work.seq = seq
+	cn.mu.Lock()
+	if err != nil {
+		if w.on == c {
+			w.on = nil
 		}
+		cn.mu.Unlock()
+		return err
 	}
-	s.mu.Unlock()
-	select {
-	case s.wake <- struct{}{}:
-	default: // already signalled: the run loop takes everything at once
+	if w.removed || cn.closing || cn.cur != c || w.on != c {
+		cn.mu.Unlock()
+		unwatch(xw)
+		return nil
 	}
-}
-
-// take returns the work recorded so far and forgets it.
-func (s *session) take() sessionWork {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	w := s.work
-	s.work = sessionWork{}
-	return w
-}
-
-// close removes the session's watches; a xenstored that does not answer
-// (stopped, hung) delays it by unwatchTimeout at most, so Shutdown and a
-// reconnection never hang on it.
-func (s *session) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
-	defer cancel()
-	for _, w := range []*xenstore.Watch{s.nodes, s.intro, s.relea, s.backend} {
-		if w != nil {
-			w.Unwatch(ctx)
-		}
-	}
+	w.xw = xw
+	cn.mu.Unlock()
+	return nil
 }
 
 // unwatchTimeout bounds the removal of a watch nobody waits for.
@@ -239,247 +286,114 @@ func unwatch(xw *xenstore.Watch) {
 	xw.Unwatch(ctx)
 }
 
-// supervise runs the session's loop and, when xenstored goes away, redials
-// with capped exponential backoff and reconnects. Running handlers and the
-// workers of domains that still exist are left alone throughout.
-func (a *Agent) supervise(s *session) {
-	defer a.wg.Done()
-	for {
-		err := s.run(a.runCtx)
-		// Whatever the lost session held is dispatched; its callbacks, if
-		// any still run, raise nothing.
-		a.bar.setOwner(nil)
-		if a.runCtx.Err() != nil {
-			return
-		}
-		a.cmu.Lock()
-		if a.cur == s.c {
-			a.cur = nil
-		}
-		a.lastErr = err.Error()
-		a.cmu.Unlock()
-		s.c.Close()
-		a.log.Error("lost xenstored; reconnecting", "err", err)
-		a.notify("STATUS=xenstored lost, reconnecting: " + err.Error())
-		for {
-			c, err := a.dialLoop(a.runCtx)
-			if err != nil {
-				return // shutting down
-			}
-			// A driver domain has no mtwatch directory: it is dom0's.
-			if !a.driver {
-				if _, err := node.Repair(a.runCtx, c); err != nil {
-					a.log.Error("cannot repair the mtwatch directory after reconnecting", "err", err)
-				}
-			}
-			s, err = a.connect(a.runCtx, c, true)
-			if err == nil {
-				break
-			}
-			c.Close()
-			a.cmu.Lock()
-			if a.cur == c {
-				a.cur = nil
-			}
-			a.lastErr = err.Error()
-			a.cmu.Unlock()
-			a.bar.setOwner(nil)
-			a.log.Error("reconnect failed", "err", err)
-			select {
-			case <-a.runCtx.Done():
-				return
-			case <-time.After(minBackoff):
-			}
-		}
-		a.log.Info("reconnected to xenstored")
-		a.notify("STATUS=" + a.statusLine())
+// Unwatch implements plugin.Watch.
+func (w *pluginWatch) Unwatch(ctx context.Context) error {
+	cn := w.cn
+	cn.mu.Lock()
+	if cn.watches[w.token] == w {
+		delete(cn.watches, w.token)
 	}
-}
-
-// run handles the agent's own watch events until the connection fails or
-// ctx ends.
-func (s *session) run(ctx context.Context) error {
-	a := s.a
-	defer s.close()
-	tick := time.NewTicker(a.staleTick())
-	defer tick.Stop()
-	// Handling that failed (a read refused, a rescan that found the
-	// directory still changing under a burst of creates) would leave
-	// workers wrong until some later event: the whole directory and the
-	// introduced domains are rescanned instead, with a capped backoff,
-	// until a rescan succeeds.
-	var rescan <-chan time.Time
-	backoff := minBackoff
-	for {
-		var err error
-		retry := false
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.c.Done():
-			return s.c.Err()
-		case <-events(s.nodes): // yields nothing; closed when the watch ends
-			return s.ended(s.nodes)
-		case <-events(s.intro):
-			return s.ended(s.intro)
-		case <-events(s.relea):
-			return s.ended(s.relea)
-		case <-events(s.backend):
-			return s.ended(s.backend)
-		case <-rescan:
-			rescan = nil
-			retry = true
-			if err = a.fault("rescan"); err == nil {
-				err = a.reconcile(ctx, s.c)
-			}
-			if err == nil {
-				backoff = minBackoff
-			}
-		case <-s.wake:
-			w := s.take()
-			err = s.handle(ctx, w)
-			// Released even on failure: the rescan below will put the
-			// workers right, and holding events until then would delay
-			// every domain's.
-			a.bar.release(w.seq)
-			retry = err != nil
-		case <-tick.C:
-			err = a.checkStale(ctx, s.c)
-			tick.Reset(a.staleTick())
-		}
-		if err != nil {
-			if s.c.Err() != nil {
-				return s.c.Err()
-			}
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			a.log.Error("xenstore request failed", "err", err)
-			if retry && rescan == nil {
-				a.log.Info("rescanning the mtwatch directory", "in", backoff)
-				rescan = time.After(backoff)
-				backoff = min(2*backoff, maxBackoff)
-			}
+	w.removed = true
+	xw := w.xw
+	w.xw = nil
+	cn.mu.Unlock()
+	var err error
+	if xw != nil {
+		if e := xw.Unwatch(ctx); e != nil && !connLost(e) && !errors.Is(e, xenstore.ErrUnwatched) {
+			err = e
 		}
 	}
+	return errors.Join(err, w.reg.Unregister(ctx))
 }
 
-// events is w's channel, nil (never ready) for a watch the session does
-// not have in its mode.
-func events(w *xenstore.Watch) <-chan xenstore.Event {
-	if w == nil {
-		return nil
+func (w *pluginWatch) Path() string               { return w.path }
+func (w *pluginWatch) Token() string              { return w.token }
+func (w *pluginWatch) Stats() dispatch.WatchStats { return w.reg.Stats() }
+
+// store is the plugins' XenStore handle: whatever client is current.
+type store struct{ cn *connection }
+
+var errReconnecting = fmt.Errorf("%w: mtwatchd is reconnecting to xenstored", xenstore.ErrClosed)
+
+func (s store) c() (*xenstore.Client, error) {
+	if c := s.cn.client(); c != nil {
+		return c, nil
 	}
-	return w.Events()
+	return nil, errReconnecting
 }
 
-// fault is the test hook of nodeFault.
-func (a *Agent) fault(op string) error {
-	if f := a.nodeFault.Load(); f != nil {
-		return (*f)(op)
+// wrap makes an error of a lost connection satisfy errors.Is(err,
+// xenstore.ErrClosed), as plugin.Store promises.
+func wrap(err error) error {
+	if err != nil && errors.Is(err, xenstore.ErrConnectionLost) && !errors.Is(err, xenstore.ErrClosed) {
+		return fmt.Errorf("%w: %w", xenstore.ErrClosed, err)
 	}
-	return nil
+	return err
 }
 
-// ended reports why one of the session's watches ended.
-func (s *session) ended(w *xenstore.Watch) error {
-	if err := s.c.Err(); err != nil {
+func (s store) Read(ctx context.Context, path string) ([]byte, error) {
+	c, err := s.c()
+	if err != nil {
+		return nil, err
+	}
+	v, err := c.Read(ctx, path)
+	return v, wrap(err)
+}
+
+func (s store) Write(ctx context.Context, path string, value []byte) error {
+	c, err := s.c()
+	if err != nil {
 		return err
 	}
-	return fmt.Errorf("watch %s ended: %w", w.Path(), w.Err())
+	return wrap(c.Write(ctx, path, value))
 }
 
-// handle does the work recorded by the agent's watch events: node events
-// (many in flight), a rescan, the introduced and released domains.
-func (s *session) handle(ctx context.Context, w sessionWork) error {
-	a := s.a
-	var errs []error
-	if err := a.fault("node"); err != nil && (w.rescan || len(w.paths) > 0) {
+func (s store) Mkdir(ctx context.Context, path string) error {
+	c, err := s.c()
+	if err != nil {
 		return err
 	}
-	if w.backend && !w.rescan {
-		errs = append(errs, a.reconcile(ctx, s.c))
-	}
-	if w.rescan {
-		a.log.Info("rescanning the mtwatch directory after a change of the directory itself or a burst of node events")
-		errs = append(errs, a.reconcile(ctx, s.c))
-	} else if len(w.paths) > 0 {
-		paths := make([]string, 0, len(w.paths))
-		for p := range w.paths {
-			paths = append(paths, p)
-		}
-		errs = append(errs, forEach(ctx, len(paths), func(i int) error {
-			return a.nodeEvent(ctx, s.c, paths[i])
-		}))
-	}
-	if w.intro {
-		errs = append(errs, a.introduced(ctx, s.c))
-	}
-	if w.release {
-		errs = append(errs, a.released(ctx, s.c))
-	}
-	return errors.Join(errs...)
+	return wrap(c.Mkdir(ctx, path))
 }
 
-// client returns the current connection, nil while reconnecting.
-func (a *Agent) client() *xenstore.Client {
-	a.cmu.Lock()
-	defer a.cmu.Unlock()
-	return a.cur
-}
-
-// watchdog sends WATCHDOG=1 every interval, each time only after a XenStore
-// round trip succeeded: a hung reader or a vanished xenstored stops the
-// pings and systemd restarts the agent.
-func (a *Agent) watchdog(interval time.Duration) {
-	defer a.bg.Done()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-a.bgCtx.Done():
-			return
-		case <-t.C:
-		}
-		c := a.client()
-		if c == nil {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(a.bgCtx, interval)
-		probe := node.Dir
-		if a.driver {
-			probe = homeOf(a.domid) // dom0's directory is not ours to read
-		}
-		_, err := c.GetPerms(ctx, probe)
-		cancel()
-		if err == nil {
-			a.notify("WATCHDOG=1")
-		} else if a.bgCtx.Err() == nil {
-			a.log.Warn("watchdog round trip to xenstored failed", "err", err)
-		}
+func (s store) Rm(ctx context.Context, path string) error {
+	c, err := s.c()
+	if err != nil {
+		return err
 	}
+	return wrap(c.Rm(ctx, path))
 }
 
-// statusLoop keeps systemd's STATUS= current.
-func (a *Agent) statusLoop() {
-	defer a.bg.Done()
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	last := ""
-	for {
-		select {
-		case <-a.bgCtx.Done():
-			return
-		case <-t.C:
-		}
-		if s := a.statusLine(); s != last {
-			last = s
-			a.notify("STATUS=" + s)
-		}
+func (s store) Directory(ctx context.Context, path string) ([]string, error) {
+	c, err := s.c()
+	if err != nil {
+		return nil, err
 	}
+	v, err := c.Directory(ctx, path)
+	return v, wrap(err)
 }
 
-func (a *Agent) statusLine() string {
-	st := a.Status()
-	return fmt.Sprintf("%d domains, %d workers, %d stalled; xenstored %s", st.Domains, st.Workers, st.Stalled, st.Xenstore.State)
+func (s store) GetPerms(ctx context.Context, path string) (xenstore.Perms, error) {
+	c, err := s.c()
+	if err != nil {
+		return nil, err
+	}
+	v, err := c.GetPerms(ctx, path)
+	return v, wrap(err)
+}
+
+func (s store) SetPerms(ctx context.Context, path string, perms xenstore.Perms) error {
+	c, err := s.c()
+	if err != nil {
+		return err
+	}
+	return wrap(c.SetPerms(ctx, path, perms))
+}
+
+func (s store) Transaction(ctx context.Context, fn func(tx *xenstore.Tx) error) error {
+	c, err := s.c()
+	if err != nil {
+		return err
+	}
+	return wrap(c.Transaction(ctx, fn))
 }

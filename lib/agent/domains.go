@@ -1,14 +1,20 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/fanout"
+	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -21,50 +27,125 @@ const inflight = 64
 // maxIgnored bounds the memory of entries already logged as ignored.
 const maxIgnored = 4096
 
+// domainTable is what the agent knows of the guest domains, and the rule
+// that gives them workers: it reads the nodes, the introductions or (in a
+// driver domain) the frontends from a connection it is handed, creates and
+// destroys the domain workers of the dispatcher to match, caches the
+// domains' names for the control API and marks (and with reap_stale
+// removes) stale nodes. Helpers whose name ends in Locked must be called
+// with mu held.
+type domainTable struct {
+	log *slog.Logger
+	d   *dispatch.Dispatcher
+	// Fixed before the table is first used: with auto-detection, an
+	// introduced domain has a worker; in a driver domain (self is not
+	// dom0) its frontends do.
+	auto   bool
+	driver bool
+	self   domid.ID
+
+	staleGrace atomic.Int64 // nanoseconds; 0 disables
+	reapStale  atomic.Bool
+
+	mu   sync.Mutex
+	doms map[domid.ID]*domState
+	// frontends mirrors the domains with st.backend, for the backend
+	// watch's callback, which takes no lock; written under mu.
+	frontends *[domid.FirstReserved]atomic.Bool
+	ignored   map[string]string // entries of the mtwatch dir logged as ignored, with the reason
+	nameq     chan domid.ID     // domains whose name to read
+	// nameKick: a domain was introduced or released; every known name is
+	// read again at the name reader's next tick.
+	nameKick atomic.Bool
+}
+
+// domState is what the agent knows of one guest domain.
+type domState struct {
+	node       bool
+	uuid       string
+	introduced bool
+	backend    bool // a driver domain has a backend directory of this frontend
+	name       string
+	nameRead   bool
+	nameQueued bool
+	absent     time.Time // when a node was first seen without introduction
+	stale      bool
+	worker     bool // CreateDomain done and not undone
+}
+
+func newDomainTable(log *slog.Logger, d *dispatch.Dispatcher, auto bool) *domainTable {
+	return &domainTable{
+		log:       log,
+		d:         d,
+		auto:      auto,
+		doms:      map[domid.ID]*domState{},
+		frontends: new([domid.FirstReserved]atomic.Bool),
+		ignored:   map[string]string{},
+		nameq:     make(chan domid.ID, domid.FirstReserved),
+	}
+}
+
+// setSelf fixes the domain the agent runs in, before the table is used.
+func (t *domainTable) setSelf(id domid.ID) { t.self, t.driver = id, id != domid.Dom0 }
+
+// setStale applies agent.stale_grace and agent.reap_stale.
+func (t *domainTable) setStale(grace time.Duration, reap bool) {
+	t.staleGrace.Store(int64(grace))
+	t.reapStale.Store(reap)
+}
+
+// isFrontend: a driver domain has a backend directory of id. It takes no
+// lock, for the backend watch's callback.
+func (t *domainTable) isFrontend(id domid.ID) bool { return t.frontends[id].Load() }
+
 // nodeEvent handles an event of the mtwatch directory. The event only says
 // "look again": what counts is what a read finds, since xenstored merges
 // events and a node can come and go between the event and the read.
-func (a *Agent) nodeEvent(ctx context.Context, c *xenstore.Client, path string) error {
+func (t *domainTable) nodeEvent(ctx context.Context, c *xenstore.Client, path string) error {
 	if id, ok := node.FromPath(path); ok {
-		return a.checkNode(ctx, c, id)
+		return t.checkNode(ctx, c, id)
 	}
 	rest, below := strings.CutPrefix(path, node.Dir+"/")
 	if !below {
 		// The directory itself (removed, or its perms changed): rescan.
-		return a.reconcile(ctx, c)
+		return t.reconcile(ctx, c)
 	}
 	name, _, _ := strings.Cut(rest, "/")
 	if _, err := domid.ParseGuest(name); err == nil {
-		a.ignore(rest, "below a node (nodes have no children)")
+		t.ignore(rest, "below a node (nodes have no children)")
 		return nil
 	}
-	a.ignore(name, "not a guest domid")
+	t.ignore(name, "not a guest domid")
 	return nil
 }
 
 // ignore logs an entry of the directory that does not count, once per
 // entry and reason.
-func (a *Agent) ignore(name, reason string) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.ignored[name] == reason {
-		return
-	}
-	if len(a.ignored) >= maxIgnored {
-		clear(a.ignored)
-	}
-	a.ignored[name] = reason
-	a.log.Warn("ignoring entry of the mtwatch directory", "path", node.Dir+"/"+name, "reason", reason)
+func (t *domainTable) ignore(name, reason string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.ignoreLocked(name, reason)
 }
 
-func (a *Agent) forgetIgnored(name string) {
-	a.mu.Lock()
-	delete(a.ignored, name)
-	a.mu.Unlock()
+func (t *domainTable) ignoreLocked(name, reason string) {
+	if t.ignored[name] == reason {
+		return
+	}
+	if len(t.ignored) >= maxIgnored {
+		clear(t.ignored)
+	}
+	t.ignored[name] = reason
+	t.log.Warn("ignoring entry of the mtwatch directory", "path", node.Dir+"/"+name, "reason", reason)
+}
+
+func (t *domainTable) forgetIgnored(name string) {
+	t.mu.Lock()
+	delete(t.ignored, name)
+	t.mu.Unlock()
 }
 
 // checkNode re-reads the node of id and applies what it finds.
-func (a *Agent) checkNode(ctx context.Context, c *xenstore.Client, id domid.ID) error {
+func (t *domainTable) checkNode(ctx context.Context, c *xenstore.Client, id domid.ID) error {
 	var (
 		n          node.Node
 		nerr       error
@@ -86,27 +167,27 @@ func (a *Agent) checkNode(ctx context.Context, c *xenstore.Client, id domid.ID) 
 	switch {
 	case nerr == nil:
 		if !validValue(n.UUID) {
-			a.ignore(id.String(), fmt.Sprintf("value is not a vm uuid (%d bytes)", len(n.UUID)))
+			t.ignore(id.String(), fmt.Sprintf("value is not a vm uuid (%d bytes)", len(n.UUID)))
 			return nil
 		}
 		present = true
-		a.forgetIgnored(id.String())
+		t.forgetIgnored(id.String())
 	case errors.Is(nerr, fs.ErrNotExist):
-		a.forgetIgnored(id.String())
+		t.forgetIgnored(id.String())
 	case errors.Is(nerr, node.ErrUntrusted):
-		a.ignore(id.String(), nerr.Error())
+		t.ignore(id.String(), nerr.Error())
 	default:
 		return nerr
 	}
-	a.mu.Lock()
-	st := a.doms[id]
+	t.mu.Lock()
+	st := t.doms[id]
 	if st == nil {
 		if !present && !introduced {
-			a.mu.Unlock()
+			t.mu.Unlock()
 			return nil
 		}
 		st = &domState{}
-		a.doms[id] = st
+		t.doms[id] = st
 	}
 	st.node, st.introduced = present, introduced
 	if present {
@@ -114,11 +195,11 @@ func (a *Agent) checkNode(ctx context.Context, c *xenstore.Client, id domid.ID) 
 	} else {
 		st.uuid = ""
 	}
-	a.apply(id, st)
-	needName := !st.nameRead && a.doms[id] == st
-	a.mu.Unlock()
+	t.applyLocked(id, st)
+	needName := !st.nameRead && t.doms[id] == st
+	t.mu.Unlock()
 	if needName {
-		a.readNames(ctx, c, []domid.ID{id})
+		t.readNames([]domid.ID{id})
 	}
 	return nil
 }
@@ -129,24 +210,24 @@ func (a *Agent) checkNode(ctx context.Context, c *xenstore.Client, id domid.ID) 
 func validValue(v string) bool { return v == "" || node.ValidUUID(v) }
 
 // apply creates or destroys the worker of id as the rule wants, and forgets
-// a domain that has neither node nor introduction. Called with a.mu held.
-func (a *Agent) apply(id domid.ID, st *domState) {
-	want := st.node || (a.auto && st.introduced) || st.backend
+// a domain that has neither node nor introduction.
+func (t *domainTable) applyLocked(id domid.ID, st *domState) {
+	want := st.node || (t.auto && st.introduced) || st.backend
 	switch {
 	case want && !st.worker:
-		if err := a.d.CreateDomain(id); err != nil && !errors.Is(err, dispatch.ErrDomainExists) {
-			a.log.Error("cannot create domain worker", "domid", id, "err", err)
+		if err := t.d.CreateDomain(id); err != nil && !errors.Is(err, dispatch.ErrDomainExists) {
+			t.log.Error("cannot create domain worker", "domid", id, "err", err)
 			return
 		}
 		st.worker = true
-		a.log.Debug("domain worker created", "domid", id, "node", st.node, "introduced", st.introduced, "backend", st.backend)
+		t.log.Debug("domain worker created", "domid", id, "node", st.node, "introduced", st.introduced, "backend", st.backend)
 	case !want && st.worker:
-		if err := a.d.DestroyDomain(id); err != nil && !errors.Is(err, dispatch.ErrNoDomain) {
-			a.log.Error("cannot destroy domain worker", "domid", id, "err", err)
+		if err := t.d.DestroyDomain(id); err != nil && !errors.Is(err, dispatch.ErrNoDomain) {
+			t.log.Error("cannot destroy domain worker", "domid", id, "err", err)
 			return
 		}
 		st.worker = false
-		a.log.Debug("domain worker destroyed", "domid", id)
+		t.log.Debug("domain worker destroyed", "domid", id)
 	}
 	if !st.node || st.introduced {
 		st.absent, st.stale = time.Time{}, false
@@ -154,52 +235,50 @@ func (a *Agent) apply(id domid.ID, st *domState) {
 		st.absent = time.Now()
 	}
 	if !st.node && !st.introduced && !st.backend && !st.worker {
-		delete(a.doms, id)
+		delete(t.doms, id)
 	}
 }
 
 // reconcile makes the workers match c's nodes and introduced domains: at
 // start, after a reconnection and whenever the directory itself changed.
-func (a *Agent) reconcile(ctx context.Context, c *xenstore.Client) error {
-	if a.driver {
-		return a.reconcileBackends(ctx, c)
+func (t *domainTable) reconcile(ctx context.Context, c *xenstore.Client) error {
+	if t.driver {
+		return t.reconcileBackends(ctx, c)
 	}
 	l, err := node.Scan(ctx, c)
 	if err != nil {
 		return err
 	}
 	for _, ig := range l.Ignored {
-		a.ignore(ig.Name, ig.Reason)
+		t.ignore(ig.Name, ig.Reason)
 	}
 	nodes := make(map[domid.ID]string, len(l.Nodes))
 	for _, n := range l.Nodes {
 		nodes[n.Domid] = n.UUID
 	}
-	candidates, err := a.domainIDs(ctx, c)
+	candidates, err := t.domainIDs(ctx, c)
 	if err != nil {
 		return err
 	}
-	a.mu.Lock()
-	for id := range a.doms {
+	t.mu.Lock()
+	for id := range t.doms {
 		candidates[id] = struct{}{}
 	}
-	a.mu.Unlock()
+	t.mu.Unlock()
 	for id := range nodes {
 		candidates[id] = struct{}{}
 	}
-	intro, err := a.introducedAmong(ctx, c, candidates)
+	intro, err := t.introducedAmong(ctx, c, candidates)
 	if err != nil {
 		return err
 	}
 	var names []domid.ID
-	a.mu.Lock()
+	t.mu.Lock()
 	for id := range candidates {
 		uuid, hasNode := nodes[id]
-		st := a.doms[id]
+		st := t.doms[id]
 		if hasNode && !validValue(uuid) {
-			a.mu.Unlock()
-			a.ignore(id.String(), fmt.Sprintf("value is not a vm uuid (%d bytes)", len(uuid)))
-			a.mu.Lock()
+			t.ignoreLocked(id.String(), fmt.Sprintf("value is not a vm uuid (%d bytes)", len(uuid)))
 			if st == nil {
 				continue
 			}
@@ -210,16 +289,16 @@ func (a *Agent) reconcile(ctx context.Context, c *xenstore.Client) error {
 				continue
 			}
 			st = &domState{}
-			a.doms[id] = st
+			t.doms[id] = st
 		}
 		st.node, st.uuid, st.introduced = hasNode, uuid, intro[id]
-		a.apply(id, st)
-		if a.doms[id] == st && !st.nameRead {
+		t.applyLocked(id, st)
+		if t.doms[id] == st && !st.nameRead {
 			names = append(names, id)
 		}
 	}
-	a.mu.Unlock()
-	a.readNames(ctx, c, names)
+	t.mu.Unlock()
+	t.readNames(names)
 	return nil
 }
 
@@ -227,13 +306,13 @@ func (a *Agent) reconcile(ctx context.Context, c *xenstore.Client) error {
 // frontends: the domids under backend/<type>/ of its home, whatever the
 // type. Entries that are not guest domids (or are the driver domain
 // itself) route nowhere and are skipped.
-func (a *Agent) reconcileBackends(ctx context.Context, c *xenstore.Client) error {
+func (t *domainTable) reconcileBackends(ctx context.Context, c *xenstore.Client) error {
 	types, err := c.Directory(ctx, backendDir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	lists := make([][]string, len(types))
-	err = forEach(ctx, len(types), func(i int) error {
+	err = fanout.Each(ctx, len(types), inflight, func(i int) error {
 		l, err := c.Directory(ctx, backendDir+"/"+types[i])
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
@@ -247,35 +326,35 @@ func (a *Agent) reconcileBackends(ctx context.Context, c *xenstore.Client) error
 	found := map[domid.ID]bool{}
 	for _, l := range lists {
 		for _, n := range l {
-			if id, err := domid.ParseGuest(n); err == nil && id != a.domid {
+			if id, err := domid.ParseGuest(n); err == nil && id != t.self {
 				found[id] = true
 			}
 		}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for id, st := range a.doms {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, st := range t.doms {
 		if !found[id] {
 			st.backend = false
-			a.frontends[id].Store(false)
-			a.apply(id, st)
+			t.frontends[id].Store(false)
+			t.applyLocked(id, st)
 		}
 	}
 	for id := range found {
-		st := a.doms[id]
+		st := t.doms[id]
 		if st == nil {
 			st = &domState{}
-			a.doms[id] = st
+			t.doms[id] = st
 		}
 		st.backend = true
-		a.apply(id, st)
-		a.frontends[id].Store(true) // once its worker exists
+		t.applyLocked(id, st)
+		t.frontends[id].Store(true) // once its worker exists
 	}
 	return nil
 }
 
 // domainIDs returns the guest domids under /local/domain.
-func (a *Agent) domainIDs(ctx context.Context, c *xenstore.Client) (map[domid.ID]struct{}, error) {
+func (t *domainTable) domainIDs(ctx context.Context, c *xenstore.Client) (map[domid.ID]struct{}, error) {
 	names, err := c.Directory(ctx, "/local/domain")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
@@ -291,13 +370,13 @@ func (a *Agent) domainIDs(ctx context.Context, c *xenstore.Client) (map[domid.ID
 
 // introducedAmong asks xenstored which of ids are introduced, many requests
 // in flight at once.
-func (a *Agent) introducedAmong(ctx context.Context, c *xenstore.Client, ids map[domid.ID]struct{}) (map[domid.ID]bool, error) {
+func (t *domainTable) introducedAmong(ctx context.Context, c *xenstore.Client, ids map[domid.ID]struct{}) (map[domid.ID]bool, error) {
 	list := make([]domid.ID, 0, len(ids))
 	for id := range ids {
 		list = append(list, id)
 	}
 	res := make([]bool, len(list))
-	err := forEach(ctx, len(list), func(i int) (err error) {
+	err := fanout.Each(ctx, len(list), inflight, func(i int) (err error) {
 		res[i], err = c.IsDomainIntroduced(ctx, list[i])
 		return err
 	})
@@ -313,66 +392,66 @@ func (a *Agent) introducedAmong(ctx context.Context, c *xenstore.Client, ids map
 
 // introduced handles @introduceDomain: the domains under /local/domain and
 // the nodes' domains not known as introduced are asked about.
-func (a *Agent) introduced(ctx context.Context, c *xenstore.Client) error {
-	ids, err := a.domainIDs(ctx, c)
+func (t *domainTable) introduced(ctx context.Context, c *xenstore.Client) error {
+	ids, err := t.domainIDs(ctx, c)
 	if err != nil {
 		return err
 	}
-	a.mu.Lock()
-	for id, st := range a.doms {
+	t.mu.Lock()
+	for id, st := range t.doms {
 		if st.introduced {
 			delete(ids, id)
 		} else {
 			ids[id] = struct{}{}
 		}
 	}
-	a.mu.Unlock()
-	a.nameKick.Store(true)
-	return a.setIntroduced(ctx, c, ids)
+	t.mu.Unlock()
+	t.nameKick.Store(true)
+	return t.setIntroduced(ctx, c, ids)
 }
 
 // released handles @releaseDomain: the domains known as introduced are
 // asked about.
-func (a *Agent) released(ctx context.Context, c *xenstore.Client) error {
+func (t *domainTable) released(ctx context.Context, c *xenstore.Client) error {
 	ids := map[domid.ID]struct{}{}
-	a.mu.Lock()
-	for id, st := range a.doms {
+	t.mu.Lock()
+	for id, st := range t.doms {
 		if st.introduced {
 			ids[id] = struct{}{}
 		}
 	}
-	a.mu.Unlock()
-	a.nameKick.Store(true)
-	return a.setIntroduced(ctx, c, ids)
+	t.mu.Unlock()
+	t.nameKick.Store(true)
+	return t.setIntroduced(ctx, c, ids)
 }
 
-func (a *Agent) setIntroduced(ctx context.Context, c *xenstore.Client, ids map[domid.ID]struct{}) error {
-	intro, err := a.introducedAmong(ctx, c, ids)
+func (t *domainTable) setIntroduced(ctx context.Context, c *xenstore.Client, ids map[domid.ID]struct{}) error {
+	intro, err := t.introducedAmong(ctx, c, ids)
 	if err != nil {
 		return err
 	}
 	var names []domid.ID
-	a.mu.Lock()
+	t.mu.Lock()
 	for id, in := range intro {
-		st := a.doms[id]
+		st := t.doms[id]
 		if st == nil {
 			if !in {
 				continue
 			}
 			st = &domState{}
-			a.doms[id] = st
+			t.doms[id] = st
 		}
 		if st.introduced != in {
-			a.log.Debug("domain introduction changed", "domid", id, "introduced", in)
+			t.log.Debug("domain introduction changed", "domid", id, "introduced", in)
 		}
 		st.introduced = in
-		a.apply(id, st)
-		if a.doms[id] == st && !st.nameRead {
+		t.applyLocked(id, st)
+		if t.doms[id] == st && !st.nameRead {
 			names = append(names, id)
 		}
 	}
-	a.mu.Unlock()
-	a.readNames(ctx, c, names)
+	t.mu.Unlock()
+	t.readNames(names)
 	return nil
 }
 
@@ -390,16 +469,16 @@ const (
 // memory, never from XenStore, and names are not worth delaying a worker
 // for. Each id is queued at most once (nameQueued), and the queue holds
 // every possible domid, so it never blocks.
-func (a *Agent) readNames(_ context.Context, _ *xenstore.Client, ids []domid.ID) {
-	if a.driver {
+func (t *domainTable) readNames(ids []domid.ID) {
+	if t.driver {
 		return // other domains' homes are not a driver domain's to read
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	for _, id := range ids {
-		if st := a.doms[id]; st != nil && !st.nameRead && !st.nameQueued {
+		if st := t.doms[id]; st != nil && !st.nameRead && !st.nameQueued {
 			st.nameQueued = true
-			a.nameq <- id
+			t.nameq <- id
 		}
 	}
 }
@@ -411,25 +490,25 @@ func (a *Agent) readNames(_ context.Context, _ *xenstore.Client, ids []domid.ID)
 // owns /local/domain/<id> and could flood such a watch, which would also
 // have to be registered again on every reconnection; reading every known
 // name once per 10 s is at most 32,751 pipelined reads.
-func (a *Agent) refreshNames() {
-	if a.driver {
+func (t *domainTable) refreshNames() {
+	if t.driver {
 		return
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for id, st := range a.doms {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id, st := range t.doms {
 		if !st.nameQueued {
 			st.nameQueued = true
-			a.nameq <- id
+			t.nameq <- id
 		}
 	}
 }
 
 // nameReader caches /local/domain/<id>/name for the domains queued, many
-// reads in flight at once, and queues every known domain again as
-// nameRefresh says.
-func (a *Agent) nameReader() {
-	defer a.wg.Done()
+// reads in flight at once, through the connection client returns (none
+// while reconnecting), and queues every known domain again as nameRefresh
+// says; until ctx ends.
+func (t *domainTable) nameReader(ctx context.Context, client func() *xenstore.Client) {
 	tick := time.NewTicker(nameKickTick)
 	defer tick.Stop()
 	ticks := 0 // since the last refresh
@@ -437,22 +516,22 @@ func (a *Agent) nameReader() {
 	for {
 		batch = batch[:0]
 		select {
-		case <-a.runCtx.Done():
+		case <-ctx.Done():
 			return
 		case <-tick.C:
 			ticks++
-			if a.nameKick.Swap(false) || ticks >= int(nameRefresh/nameKickTick) {
+			if t.nameKick.Swap(false) || ticks >= int(nameRefresh/nameKickTick) {
 				ticks = 0
-				a.refreshNames()
+				t.refreshNames()
 			}
 			continue
-		case id := <-a.nameq:
+		case id := <-t.nameq:
 			batch = append(batch, id)
 		}
 	more:
 		for len(batch) < cap(batch) {
 			select {
-			case id := <-a.nameq:
+			case id := <-t.nameq:
 				batch = append(batch, id)
 			default:
 				break more
@@ -460,31 +539,31 @@ func (a *Agent) nameReader() {
 		}
 		names := make([]string, len(batch))
 		read := make([]bool, len(batch))
-		if c := a.client(); c != nil {
-			forEach(a.runCtx, len(batch), func(i int) error {
-				v, err := c.Read(a.runCtx, "/local/domain/"+batch[i].String()+"/name")
+		if c := client(); c != nil {
+			fanout.Each(ctx, len(batch), inflight, func(i int) error {
+				v, err := c.Read(ctx, "/local/domain/"+batch[i].String()+"/name")
 				if err == nil || errors.Is(err, fs.ErrNotExist) {
 					names[i], read[i] = string(v), true
 				}
 				return nil
 			})
 		}
-		a.mu.Lock()
+		t.mu.Lock()
 		for i, id := range batch {
-			if st := a.doms[id]; st != nil {
+			if st := t.doms[id]; st != nil {
 				st.nameQueued = false // a failed read is retried at the next reconcile
 				if read[i] {
 					st.name, st.nameRead = names[i], true
 				}
 			}
 		}
-		a.mu.Unlock()
+		t.mu.Unlock()
 	}
 }
 
 // staleTick is how often stale nodes are looked for.
-func (a *Agent) staleTick() time.Duration {
-	g := time.Duration(a.staleGrace.Load())
+func (t *domainTable) staleTick() time.Duration {
+	g := time.Duration(t.staleGrace.Load())
 	if g <= 0 {
 		return time.Second
 	}
@@ -495,17 +574,17 @@ func (a *Agent) staleTick() time.Duration {
 // than the grace period, and removes them with reap_stale. A node whose
 // domain is introduced is never removed: xenstored is asked again right
 // before.
-func (a *Agent) checkStale(ctx context.Context, c *xenstore.Client) error {
-	grace := time.Duration(a.staleGrace.Load())
-	reap := a.reapStale.Load()
+func (t *domainTable) checkStale(ctx context.Context, c *xenstore.Client) error {
+	grace := time.Duration(t.staleGrace.Load())
+	reap := t.reapStale.Load()
 	now := time.Now()
 	type victim struct {
 		id   domid.ID
 		uuid string
 	}
 	var victims []victim
-	a.mu.Lock()
-	for id, st := range a.doms {
+	t.mu.Lock()
+	for id, st := range t.doms {
 		if grace <= 0 || !st.node || st.introduced || st.absent.IsZero() {
 			st.stale = false
 			continue
@@ -515,14 +594,14 @@ func (a *Agent) checkStale(ctx context.Context, c *xenstore.Client) error {
 		}
 		if !st.stale {
 			st.stale = true
-			a.log.Warn("stale mtwatch node: its domain has not been introduced for longer than the grace period",
+			t.log.Warn("stale mtwatch node: its domain has not been introduced for longer than the grace period",
 				"domid", id, "path", node.Path(id), "grace", grace, "reap", reap)
 		}
 		if reap {
 			victims = append(victims, victim{id, st.uuid})
 		}
 	}
-	a.mu.Unlock()
+	t.mu.Unlock()
 	for _, v := range victims {
 		in, err := c.IsDomainIntroduced(ctx, v.id)
 		if err != nil {
@@ -539,48 +618,97 @@ func (a *Agent) checkStale(ctx context.Context, c *xenstore.Client) error {
 		if err != nil {
 			return err
 		}
-		a.log.Warn("removed stale mtwatch node", "domid", v.id, "path", node.Path(v.id))
+		t.log.Warn("removed stale mtwatch node", "domid", v.id, "path", node.Path(v.id))
 	}
 	return nil
 }
 
-// forEach calls fn(0..n-1) with at most inflight calls at once; the first
-// error stops new calls and is returned.
-func forEach(ctx context.Context, n int, fn func(i int) error) error {
-	if n == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	next := make(chan int)
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-	)
-	for range min(n, inflight) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := fn(i); err != nil {
-					once.Do(func() { first = err; cancel() })
-				}
-			}
-		}()
-	}
-feed:
-	for i := range n {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
+// counts returns how many guest domains the table knows, how many have a
+// trusted node and how many of those are stale.
+func (t *domainTable) counts() (domains, nodes, stale int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, d := range t.doms {
+		if d.node {
+			nodes++
+		}
+		if d.stale {
+			stale++
 		}
 	}
-	close(next)
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		return ctx.Err()
+	return len(t.doms), nodes, stale
+}
+
+// entries returns the control API's domain list, dom0 first, then the
+// guests the table or the dispatcher (byID) knows, by domid; cur describes
+// a running handler.
+func (t *domainTable) entries(byID map[domid.ID]dispatch.DomainStats, cur func(*dispatch.RunningHandler) *control.Current) []control.Domain {
+	t.mu.Lock()
+	out := make([]control.Domain, 0, len(t.doms)+1)
+	out = append(out, t.entryLocked(domid.Dom0, byID[domid.Dom0], cur))
+	for id := range t.doms {
+		out = append(out, t.entryLocked(id, byID[id], cur))
 	}
-	return first
+	for id, ds := range byID {
+		if _, known := t.doms[id]; !known && id != domid.Dom0 {
+			out = append(out, t.entryLocked(id, ds, cur))
+		}
+	}
+	t.mu.Unlock()
+	slices.SortFunc(out[1:], func(x, y control.Domain) int { return cmp.Compare(x.Domid, y.Domid) })
+	return out
+}
+
+// entry returns the control API's entry of id, if the table or the
+// dispatcher (inDispatch) knows it; dom0 always has one.
+func (t *domainTable) entry(id domid.ID, ds dispatch.DomainStats, inDispatch bool, cur func(*dispatch.RunningHandler) *control.Current) (control.Domain, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, known := t.doms[id]; id != domid.Dom0 && !known && !inDispatch {
+		return control.Domain{}, false
+	}
+	return t.entryLocked(id, ds, cur), true
+}
+
+func (t *domainTable) entryLocked(id domid.ID, ds dispatch.DomainStats, cur func(*dispatch.RunningHandler) *control.Current) control.Domain {
+	d := control.Domain{
+		Domid:         uint16(id),
+		Worker:        control.WorkerNone,
+		Queued:        ds.Queued,
+		Dispatched:    ds.Dispatched,
+		Processed:     ds.Processed,
+		Coalesced:     ds.Coalesced,
+		Filtered:      ds.Filtered,
+		Dropped:       ds.Dropped,
+		LastLatencyUS: ds.LastLatency.Microseconds(),
+		MaxLatencyUS:  ds.MaxLatency.Microseconds(),
+		Current:       cur(ds.Current),
+	}
+	switch {
+	case id == domid.Dom0:
+		d.Worker = control.WorkerDefault
+	case ds.Worker:
+		d.Worker = control.WorkerLive
+	case ds.Draining > 0:
+		d.Worker = control.WorkerDraining
+	}
+	if st := t.doms[id]; st != nil {
+		d.Name, d.UUID, d.Node, d.Introduced, d.Stale = st.name, st.uuid, st.node, st.introduced, st.stale
+		d.Backend = st.backend
+	}
+	if id == domid.Dom0 {
+		d.Name = "Domain-0"
+	}
+	return d
+}
+
+// nameStalls fills in the names of the stalled handlers' domains.
+func (t *domainTable) nameStalls(stalls []control.Stall) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for i := range stalls {
+		if d := t.doms[domid.ID(stalls[i].Domid)]; d != nil {
+			stalls[i].Name = d.name
+		}
+	}
 }

@@ -13,13 +13,13 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/agent"
-	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 	"github.com/mtwatch/mtwatch/plugin"
+	"github.com/mtwatch/mtwatch/plugin/plugintest"
 )
 
 // run is one handler call seen by the recording plugin.
@@ -139,58 +139,42 @@ type harness struct {
 	shutDown bool
 }
 
-// start runs an agent in-process against a private xenstored.
+// start runs an agent in-process against a private xenstored (in, if not
+// nil), on plugintest's host: the agent mtwatchd runs, its configuration
+// parsed by lib/config.
 func start(t *testing.T, in *xenstoredtest.Instance, cfgText string, mutate func(*agent.Options), regs ...plugin.Registration) *harness {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	t.Cleanup(cancel)
-	if in == nil {
-		in = xenstoredtest.Start(t)
-	}
-	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	cfg, err := config.Parse("test.toml", []byte(cfgText))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Agent.Xenstore = in.Socket()
 	logs := &syncBuffer{}
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
-	opts := agent.Options{
-		Config:  cfg,
-		Logger:  slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		Logrus:  lr,
-		Plugins: regs,
-		Version: "test",
-	}
-	if regs == nil {
-		opts.Plugins = []plugin.Registration{}
-	}
-	if mutate != nil {
-		mutate(&opts)
-	}
-	a, err := agent.New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	h := &harness{t: t, in: in, c: c, a: a, logs: logs, ctx: ctx}
+	h := &harness{t: t, logs: logs, ctx: ctx}
+	// Registered first, so it runs last: after the shutdown.
 	t.Cleanup(func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := a.Shutdown(sctx); err != nil && !h.shutDown {
-			t.Errorf("shutdown: %v", err)
-		}
 		if t.Failed() {
 			t.Logf("agent log:\n%s", logs.String())
 		}
 	})
+	lr := logrus.New()
+	lr.SetOutput(io.Discard)
+	host := plugintest.New(t, plugintest.Options{
+		XS:      in,
+		Config:  cfgText,
+		Plugins: regs,
+		Agent: func(o *agent.Options) {
+			o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			o.Logrus = lr
+			o.Version = "test"
+			if mutate != nil {
+				mutate(o)
+			}
+		},
+		ShutdownErr: func(err error) {
+			if err != nil && !h.shutDown {
+				t.Errorf("shutdown: %v", err)
+			}
+		},
+	})
+	h.in, h.c, h.a = host.XS, host.Client, host.Agent
 	return h
 }
 

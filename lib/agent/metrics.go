@@ -10,8 +10,8 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
-// metrics is the agent's Prometheus collector. Counters come from the
-// dispatcher's snapshot at scrape time, so the event path pays nothing for
+// metrics is the agent's Prometheus collector. Counters come from one
+// snapshot of the dispatcher per scrape, so the event path pays nothing for
 // them. Per-domain series are gauges of live domains only (queued events,
 // stall age): cardinality stays bounded by the number of live domains.
 type metrics struct {
@@ -69,7 +69,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.workers, prometheus.GaugeValue, float64(st.Workers))
 	stalls := a.stalls(st)
 	ch <- prometheus.MustNewConstMetric(m.stalled, prometheus.GaugeValue, float64(len(stalls)))
-	s := a.Status()
+	s := a.status(st, stalls)
 	ch <- prometheus.MustNewConstMetric(m.domains, prometheus.GaugeValue, float64(s.Domains))
 	ch <- prometheus.MustNewConstMetric(m.nodes, prometheus.GaugeValue, float64(s.Nodes))
 	ch <- prometheus.MustNewConstMetric(m.stale, prometheus.GaugeValue, float64(s.Stale))

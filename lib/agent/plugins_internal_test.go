@@ -56,15 +56,15 @@ func TestRegisterXSOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer a.Shutdown(context.Background())
-	a.cmu.Lock()
-	w := a.pw[p.w.Token()]
+	a.conn.mu.Lock()
+	w := a.conn.watches[p.w.Token()]
 	xw := w.xw
-	a.cmu.Unlock()
-	if err := a.registerXS(ctx, a.client(), w); err != nil {
+	a.conn.mu.Unlock()
+	if err := a.conn.register(ctx, a.conn.client(), w); err != nil {
 		t.Fatalf("second registration on the same connection: %v", err)
 	}
-	a.cmu.Lock()
-	defer a.cmu.Unlock()
+	a.conn.mu.Lock()
+	defer a.conn.mu.Unlock()
 	if w.xw != xw || xw.Err() != nil {
 		t.Fatal("the watch was replaced or ended")
 	}

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"cmp"
 	"runtime"
 	"slices"
 	"time"
@@ -18,6 +17,12 @@ var _ control.Source = (*Agent)(nil)
 // Status implements control.Source.
 func (a *Agent) Status() control.Status {
 	st := a.d.Stats()
+	return a.status(st, a.stalls(st))
+}
+
+// status builds the status from one snapshot of the dispatcher and the
+// stalls found in it.
+func (a *Agent) status(st dispatch.Stats, stalls []control.Stall) control.Status {
 	stallAt := time.Duration(a.stallAt.Load())
 	s := control.Status{
 		Version:          a.opts.Version,
@@ -29,7 +34,7 @@ func (a *Agent) Status() control.Status {
 		StallThresholdMS: stallAt.Milliseconds(),
 		GOMAXPROCS:       runtime.GOMAXPROCS(0),
 		Workers:          st.Workers,
-		Stalled:          len(a.stalls(st)),
+		Stalled:          len(stalls),
 		DefaultWorker: control.DefaultWorker{
 			Queued:        st.Default.Queued,
 			Processed:     st.Default.Processed,
@@ -44,37 +49,14 @@ func (a *Agent) Status() control.Status {
 			Overflows: st.Totals.Overflows, Purged: st.Totals.Purged,
 			Panics: st.Totals.Panics, Errors: st.Totals.Errors, Stalls: st.Totals.Stalls,
 		},
-		Plugins: a.pluginStatus(),
+		Plugins:  a.pluginStatus(),
+		Xenstore: a.conn.status(a.xsPath),
 	}
-	a.cmu.Lock()
-	s.Xenstore = control.XenstoreStatus{
-		Path:       a.xsPath,
-		State:      "disconnected",
-		Reconnects: a.reconnects,
-		LastError:  a.lastErr,
-	}
-	if a.cur != nil {
-		s.Xenstore.State = "connected"
-		s.Xenstore.ConnectedSince = a.connectedSince
-	}
-	a.cmu.Unlock()
-	if s.Xenstore.Path == "" {
-		s.Xenstore.Path = "default"
-	}
-	a.mu.Lock()
-	s.Domains = len(a.doms)
-	for _, d := range a.doms {
-		if d.node {
-			s.Nodes++
-		}
-		if d.stale {
-			s.Stale++
-		}
-	}
-	a.mu.Unlock()
+	s.Domains, s.Nodes, s.Stale = a.domains.counts()
 	return s
 }
 
+// current describes a running handler for the control API.
 func (a *Agent) current(rh *dispatch.RunningHandler) *control.Current {
 	if rh == nil {
 		return nil
@@ -96,65 +78,13 @@ func (a *Agent) Domains() []control.Domain {
 	for _, ds := range st.Domains {
 		byID[ds.Domid] = ds
 	}
-	a.mu.Lock()
-	out := make([]control.Domain, 0, len(a.doms)+1)
-	out = append(out, a.domain(domid.Dom0, byID[domid.Dom0]))
-	for id := range a.doms {
-		out = append(out, a.domain(id, byID[id]))
-	}
-	for id, ds := range byID {
-		if _, known := a.doms[id]; !known && id != domid.Dom0 {
-			out = append(out, a.domain(id, ds))
-		}
-	}
-	a.mu.Unlock()
-	slices.SortFunc(out[1:], func(x, y control.Domain) int { return cmp.Compare(x.Domid, y.Domid) })
-	return out
+	return a.domains.entries(byID, a.current)
 }
 
 // Domain implements control.Source.
 func (a *Agent) Domain(id uint16) (control.Domain, bool) {
 	ds, inDispatch := a.d.DomainStats(domid.ID(id))
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	_, known := a.doms[domid.ID(id)]
-	if id != 0 && !known && !inDispatch {
-		return control.Domain{}, false
-	}
-	return a.domain(domid.ID(id), ds), true
-}
-
-// domain builds one entry; a.mu held.
-func (a *Agent) domain(id domid.ID, ds dispatch.DomainStats) control.Domain {
-	d := control.Domain{
-		Domid:         uint16(id),
-		Worker:        control.WorkerNone,
-		Queued:        ds.Queued,
-		Dispatched:    ds.Dispatched,
-		Processed:     ds.Processed,
-		Coalesced:     ds.Coalesced,
-		Filtered:      ds.Filtered,
-		Dropped:       ds.Dropped,
-		LastLatencyUS: ds.LastLatency.Microseconds(),
-		MaxLatencyUS:  ds.MaxLatency.Microseconds(),
-		Current:       a.current(ds.Current),
-	}
-	switch {
-	case id == domid.Dom0:
-		d.Worker = control.WorkerDefault
-	case ds.Worker:
-		d.Worker = control.WorkerLive
-	case ds.Draining > 0:
-		d.Worker = control.WorkerDraining
-	}
-	if st := a.doms[id]; st != nil {
-		d.Name, d.UUID, d.Node, d.Introduced, d.Stale = st.name, st.uuid, st.node, st.introduced, st.stale
-		d.Backend = st.backend
-	}
-	if id == domid.Dom0 {
-		d.Name = "Domain-0"
-	}
-	return d
+	return a.domains.entry(domid.ID(id), ds, inDispatch, a.current)
 }
 
 // Stalls implements control.Source.
@@ -183,13 +113,7 @@ func (a *Agent) stalls(st dispatch.Stats) []control.Stall {
 			add(ds.Current, "domain")
 		}
 	}
-	a.mu.Lock()
-	for i := range out {
-		if d := a.doms[domid.ID(out[i].Domid)]; d != nil {
-			out[i].Name = d.name
-		}
-	}
-	a.mu.Unlock()
+	a.domains.nameStalls(out)
 	slices.SortFunc(out, func(x, y control.Stall) int { return x.Started.Compare(y.Started) })
 	return out
 }

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
@@ -55,30 +57,31 @@ type Config struct {
 	index   *lineIndex
 }
 
-// Agent is the [agent] section.
+// Agent is the [agent] section. The doc tags are the reference file's
+// comments (Example).
 type Agent struct {
 	// Xenstore is the xenstored socket or device; "" means the defaults
 	// (XENSTORED_PATH, the xenstored socket, /dev/xen/xenbus).
-	Xenstore   string `toml:"xenstore"`
-	AutoDetect bool   `toml:"auto_detect"`
+	Xenstore string `toml:"xenstore" doc:"XenStore socket or device. \"\" tries $XENSTORED_PATH, then ${XENSTORED_RUNDIR:-/var/run/xenstored}/socket, /run/xenstored/socket and /dev/xen/xenbus. Flag --xenstore, env MTWATCH_XENSTORE."`
 	// Domid is the domain the agent runs in: "auto" (the default) learns
 	// it from the connection, a number sets it. 0 is dom0 mode (the mtwatch
 	// directory, introduced domains); a guest domid is driver-domain mode
 	// (workers follow the frontends of the domain's backend directory).
-	Domid           string   `toml:"domid"`
-	StaleGrace      Duration `toml:"stale_grace"`
-	ReapStale       bool     `toml:"reap_stale"`
-	SingleWorker    bool     `toml:"single_worker"`
-	QueueCapacity   int      `toml:"queue_capacity"`
-	StallThreshold  Duration `toml:"stall_threshold"`
-	ShutdownTimeout Duration `toml:"shutdown_timeout"`
+	Domid           string   `toml:"domid" doc:"The domain mtwatchd runs in. \"auto\" reads the domid node of the connection's home (0 when absent on a privileged connection); a number sets it. 0 is dom0 mode; a guest domid is driver-domain mode: workers follow the frontends with a backend directory under /local/domain/<domid>/backend, and the mtwatch directory and auto_detect do not apply. Flag --domid."`
+	AutoDetect      bool     `toml:"auto_detect" doc:"A domain has a worker while it has a node under /local/domain/0/mtwatch, or, with auto-detection, while it is introduced to xenstored (@introduceDomain / @releaseDomain). false: the node alone decides, as in the original kernel patch. Flag --auto-detect."`
+	StaleGrace      Duration `toml:"stale_grace" doc:"A node whose domain has not been introduced for this long is stale: reported in the control API and the log. \"0s\" disables the check."`
+	ReapStale       bool     `toml:"reap_stale" doc:"Remove stale nodes. A node whose domain is introduced is never removed."`
+	SingleWorker    bool     `toml:"single_worker" doc:"Run every event on the default worker, as Linux's single xenwatch thread and xl devd do. Flag --single-worker."`
+	QueueCapacity   int      `toml:"queue_capacity" doc:"Events pending per domain (dom0 and paths of no domain count as one); beyond it events are dropped and the watch's handler gets an overflow notice so it can resync."`
+	StallThreshold  Duration `toml:"stall_threshold" doc:"A handler running longer than this is reported as stalled (log, GET /v1/stalls, metrics). \"0s\" turns stall detection off."`
+	ShutdownTimeout Duration `toml:"shutdown_timeout" doc:"On SIGTERM: how long queued events, running handlers and the plugins' Stop get in all. Queued events run until the largest grace of the running exec/hotplug plugins plus 1s before the end; then running handlers are cancelled, what is queued is dropped and that reserve is left for the plugins to SIGTERM, SIGKILL and reap their commands. Keep it above that grace plus 1s plus the drain time wanted."`
 	// GOMAXPROCS is how many threads run the agent's Go code at once;
 	// 0 is the Go runtime's default (the CPUs the process may use). The
 	// default, 1, suits an event router whose handlers wait rather than
 	// compute: each event handed to a worker goroutine would otherwise
 	// wake a second thread (docs/performance.md measures it). The
 	// GOMAXPROCS environment variable, when set, overrides it.
-	GOMAXPROCS int `toml:"gomaxprocs"`
+	GOMAXPROCS int `toml:"gomaxprocs" doc:"Threads running the agent's Go code at once; 0 is one per CPU. One suits an event router whose handlers wait rather than compute: with more, each event handed to an idle worker wakes a second thread (docs/mtwatchd.md). The GOMAXPROCS environment variable, if set, overrides it. Flag --gomaxprocs."`
 }
 
 // FixedDomid returns the configured domid, or fixed false for "auto" (and
@@ -97,16 +100,16 @@ func (a Agent) FixedDomid() (id domid.ID, fixed bool, err error) {
 // Log is the [log] section.
 type Log struct {
 	// Level is a logrus level: trace, debug, info, warning, error.
-	Level string `toml:"level"`
+	Level string `toml:"level" doc:"trace, debug, info, warning, error. Flag --log-level."`
 	// Format is "text", "json", or "auto": the journal when stderr is
 	// connected to it, else text.
-	Format string `toml:"format"`
+	Format string `toml:"format" doc:"auto (the journal when stderr is connected to it, else text), text or json. Flag --log-format."`
 }
 
 // Control is the [control] section.
 type Control struct {
-	Socket        string `toml:"socket"`
-	MetricsListen string `toml:"metrics_listen"`
+	Socket        string `toml:"socket" doc:"The control API's unix socket (mode 0600). Under mtwatchd.socket, systemd passes the socket instead. Flag --control, env MTWATCH_CONTROL."`
+	MetricsListen string `toml:"metrics_listen" doc:"HOST:PORT to serve GET /metrics over TCP for Prometheus; \"\" serves it on the control socket only. Flag --metrics-listen."`
 }
 
 // Default returns the configuration used when no file exists.
@@ -157,7 +160,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &Error{File: file, Line: pe.Position.Line, Msg: pe.Message}
+			return nil, &Error{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
 		}
 		// Type mismatches name the key; find its line.
 		return nil, c.errorForDecode(err)
@@ -171,36 +174,80 @@ func Parse(file string, data []byte) (*Config, error) {
 	for name, prim := range raw.Plugins {
 		c.plugins[name] = &Section{cfg: c, name: name, prim: prim, md: md, present: true}
 	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Validate checks what decoding cannot: the domid, gomaxprocs, the queue
+// capacity, the log format and level, and the metrics address. Parse calls
+// it; a caller that changes the configuration afterwards (mtwatchd's flags)
+// calls it again. An error names the file, the line and the key.
+func (c *Config) Validate() error {
+	if _, _, err := c.Agent.FixedDomid(); err != nil {
+		return c.errorAt("agent.domid", "%v", err)
+	}
+	if c.Agent.GOMAXPROCS < 0 {
+		return c.errorAt("agent.gomaxprocs", "gomaxprocs %d: want 0 (every CPU) or more", c.Agent.GOMAXPROCS)
+	}
+	if c.Agent.QueueCapacity <= 0 {
+		return c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)
+	}
 	switch c.Log.Format {
 	case "auto", "text", "json":
 	default:
-		return nil, c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
+		return c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
 	}
-	if _, _, err := c.Agent.FixedDomid(); err != nil {
-		return nil, c.errorAt("agent.domid", "%v", err)
+	if _, err := logrus.ParseLevel(c.Log.Level); err != nil {
+		return c.errorAt("log.level", "log level %q: want trace, debug, info, warning or error", c.Log.Level)
 	}
-	if c.Agent.GOMAXPROCS < 0 {
-		return nil, c.errorAt("agent.gomaxprocs", "gomaxprocs %d: want 0 (every CPU) or more", c.Agent.GOMAXPROCS)
+	if a := c.Control.MetricsListen; a != "" {
+		if err := checkListen(a); err != nil {
+			return c.errorAt("control.metrics_listen", "%q: %v", a, err)
+		}
 	}
-	if c.Agent.QueueCapacity <= 0 {
-		return nil, c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)
+	return nil
+}
+
+// checkListen checks a TCP listen address, HOST:PORT (HOST may be empty),
+// without resolving HOST: that is the listener's business at start.
+func checkListen(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("want HOST:PORT: %w", err)
 	}
-	return c, nil
+	if port == "" {
+		return errors.New("want HOST:PORT: missing port")
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("port %q: %w", port, err)
+	}
+	return nil
 }
 
 // errorForDecode turns a decode error into an Error with the line of the key
 // it names, when it names one.
 func (c *Config) errorForDecode(err error) error {
 	msg := err.Error()
-	// BurntSushi/toml: `toml: line N (last key "a.b"): ...`
+	// BurntSushi/toml: `toml: line N (last key "a.b"): ...`, the line
+	// left out when it is not known.
 	var line int
-	if _, e := fmt.Sscanf(msg, "toml: line %d", &line); e == nil && line > 0 {
-		if i := strings.Index(msg, "): "); i >= 0 {
-			msg = msg[i+3:]
+	fmt.Sscanf(msg, "toml: line %d", &line)
+	key := ""
+	if _, rest, ok := strings.Cut(msg, `(last key "`); ok {
+		if k, after, ok := strings.Cut(rest, `"): `); ok {
+			key, msg = k, after
 		}
-		return &Error{File: c.File, Line: line, Msg: msg}
 	}
-	return &Error{File: c.File, Msg: strings.TrimPrefix(msg, "toml: ")}
+	if i := strings.Index(msg, "): "); i >= 0 && strings.HasPrefix(msg, "toml: line ") {
+		msg = msg[i+3:]
+	}
+	msg = strings.TrimPrefix(msg, "toml: ")
+	if line == 0 && key != "" {
+		line = c.index.find(key)
+	}
+	return &Error{File: c.File, Line: line, Key: key, Msg: msg}
 }
 
 // Plugins returns the names of the [plugins.<name>] sections in the file.
@@ -251,9 +298,8 @@ type Error struct {
 
 func (e *Error) Error() string {
 	var b strings.Builder
-	b.WriteString("config ")
 	if e.File == "" {
-		b.WriteString("(defaults)")
+		b.WriteString("config (defaults)")
 	} else {
 		b.WriteString(e.File)
 	}
@@ -270,3 +316,49 @@ func (e *Error) Error() string {
 
 // Unwrap makes every Error satisfy errors.Is(err, ErrInvalid).
 func (e *Error) Unwrap() error { return ErrInvalid }
+
+// restartKey is a key a reload cannot change: the running process keeps
+// its value until restarted.
+type restartKey struct {
+	name string
+	same func(a, b *Config) bool
+	keep func(dst, src *Config)
+}
+
+func restartOnlyKey[T comparable](name string, field func(*Config) *T) restartKey {
+	return restartKey{
+		name: name,
+		same: func(a, b *Config) bool { return *field(a) == *field(b) },
+		keep: func(dst, src *Config) { *field(dst) = *field(src) },
+	}
+}
+
+// restartOnly lists every restart-only key: the connection and the
+// dispatcher's shape are made once, the listeners and the log format at
+// start.
+var restartOnly = []restartKey{
+	restartOnlyKey("agent.xenstore", func(c *Config) *string { return &c.Agent.Xenstore }),
+	restartOnlyKey("agent.domid", func(c *Config) *string { return &c.Agent.Domid }),
+	restartOnlyKey("agent.auto_detect", func(c *Config) *bool { return &c.Agent.AutoDetect }),
+	restartOnlyKey("agent.single_worker", func(c *Config) *bool { return &c.Agent.SingleWorker }),
+	restartOnlyKey("agent.queue_capacity", func(c *Config) *int { return &c.Agent.QueueCapacity }),
+	restartOnlyKey("control.socket", func(c *Config) *string { return &c.Control.Socket }),
+	restartOnlyKey("control.metrics_listen", func(c *Config) *string { return &c.Control.MetricsListen }),
+	restartOnlyKey("log.format", func(c *Config) *string { return &c.Log.Format }),
+}
+
+// Reloaded returns what a reload from the running configuration c to next
+// applies: next, with the running value of every restart-only key, and the
+// restart-only keys whose value next changes (they apply at the next
+// restart). Plugin sections are next's: whether a plugin reloads is its
+// own business.
+func (c *Config) Reloaded(next *Config) (applied *Config, needRestart []string) {
+	cp := *next
+	for _, k := range restartOnly {
+		if !k.same(c, next) {
+			needRestart = append(needRestart, k.name)
+		}
+		k.keep(&cp, c)
+	}
+	return &cp, needRestart
+}

@@ -23,6 +23,12 @@ func TestParseErrors(t *testing.T) {
 		{"bad gomaxprocs", "[agent]\n\ngomaxprocs = -1\n", "f.toml:3: agent.gomaxprocs"},
 		{"bad domid", "[agent]\ndomid = \"dom5\"\n", "f.toml:2: agent.domid"},
 		{"reserved domid", "[agent]\ndomid = \"32752\"\n", "f.toml:2: agent.domid"},
+		{"duration names its key", "[agent]\nstale_grace = \"soon\"\n", "f.toml:2: agent.stale_grace: "},
+		{"type names its key", "[agent]\n\nauto_detect = 3\n", "f.toml:3: agent.auto_detect: "},
+		{"bad level", "[log]\nformat = \"text\"\nlevel = \"loud\"\n", "f.toml:3: log.level: "},
+		{"metrics without port", "[control]\nmetrics_listen = \"localhost\"\n", "f.toml:2: control.metrics_listen: "},
+		{"metrics bad port", "[control]\nmetrics_listen = \":http-ish\"\n", "f.toml:2: control.metrics_listen: "},
+		{"metrics port out of range", "[control]\nmetrics_listen = \"127.0.0.1:70000\"\n", "f.toml:2: control.metrics_listen: "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -146,5 +152,108 @@ func TestFixedDomid(t *testing.T) {
 		if err != nil || uint16(id) != tt.id || fixed != tt.fixed {
 			t.Errorf("%q: FixedDomid = %d, %v, %v; want %d, %v", tt.text, id, fixed, err, tt.id, tt.fixed)
 		}
+	}
+}
+
+// TestValidateAfterChange: a value set after parsing (a flag) is checked by
+// Validate, naming the key.
+func TestValidateAfterChange(t *testing.T) {
+	c, err := Parse("f.toml", []byte("[agent]\nauto_detect = false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("valid configuration: %v", err)
+	}
+	for _, tt := range []struct {
+		set  func(*Config)
+		want string
+	}{
+		{func(c *Config) { c.Agent.Domid = "x" }, "agent.domid"},
+		{func(c *Config) { c.Agent.GOMAXPROCS = -1 }, "agent.gomaxprocs"},
+		{func(c *Config) { c.Agent.QueueCapacity = -1 }, "agent.queue_capacity"},
+		{func(c *Config) { c.Log.Format = "xml" }, "log.format"},
+		{func(c *Config) { c.Log.Level = "loud" }, "log.level"},
+		{func(c *Config) { c.Control.MetricsListen = "nowhere" }, "control.metrics_listen"},
+	} {
+		cp := *c
+		tt.set(&cp)
+		var ce *Error
+		if err := cp.Validate(); !errors.As(err, &ce) || ce.Key != tt.want {
+			t.Errorf("Validate = %v, want an Error of key %s", err, tt.want)
+		}
+	}
+	for _, ok := range []string{":9100", "127.0.0.1:0", "[::1]:9100", "localhost:9100"} {
+		cp := *c
+		cp.Control.MetricsListen = ok
+		if err := cp.Validate(); err != nil {
+			t.Errorf("metrics_listen %q: %v", ok, err)
+		}
+	}
+}
+
+// TestReloaded: a reload keeps every restart-only key's running value and
+// names exactly the ones that changed.
+func TestReloaded(t *testing.T) {
+	run, err := Parse("f.toml", []byte("[agent]\nstall_threshold = \"1s\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := Parse("f.toml", []byte("[agent]\nstall_threshold = \"2s\"\nqueue_capacity = 7\n[control]\nsocket = \"/x\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	applied, restart := run.Reloaded(next)
+	if got := strings.Join(restart, ","); got != "agent.queue_capacity,control.socket" {
+		t.Fatalf("restart-only keys changed: %s", got)
+	}
+	if applied.Agent.StallThreshold.Duration != 2*time.Second || applied.Agent.QueueCapacity != run.Agent.QueueCapacity ||
+		applied.Control.Socket != run.Control.Socket {
+		t.Fatalf("applied %+v", applied)
+	}
+	if _, restart := run.Reloaded(run); len(restart) != 0 {
+		t.Fatalf("an unchanged file needs a restart for %v", restart)
+	}
+}
+
+// TestExample: every key of a plugin's section is in the reference file,
+// commented out at its default under its doc; a key without a doc tag is an
+// error, so no knob ships undocumented.
+func TestExample(t *testing.T) {
+	type rule struct {
+		Path string `toml:"path" doc:"watched"`
+	}
+	type section struct {
+		Grace Duration          `toml:"grace" doc:"Grace before SIGKILL."`
+		Types []string          `toml:"types" doc:"Types."`
+		Env   map[string]string `toml:"env" doc:"Environment."`
+		Rule  []rule            `toml:"rule" doc:"Rules:"`
+	}
+	text, err := Example([]PluginDefaults{{Name: "p", Enabled: false, Doc: "Does p.", Config: section{
+		Grace: Duration{5 * time.Second}, Types: []string{"vbd"}, Env: map[string]string{"B": "2", "A": "1"},
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"[plugins.p]\n# Does p.\nenabled = false\n",
+		"# Grace before SIGKILL.\n# grace = \"5s\"\n",
+		"# types = [\"vbd\"]\n",
+		"# env = { \"A\" = \"1\", \"B\" = \"2\" }\n",
+		"# Rules:\n# [[plugins.p.rule]]\n#   path = \"\"    # watched\n",
+		"# stall_threshold = \"10s\"\n",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("example lacks %q:\n%s", want, text)
+		}
+	}
+	if _, err := Parse("f.toml", []byte(text)); err != nil {
+		t.Fatalf("the example does not load: %v", err)
+	}
+	type undocumented struct {
+		Knob int `toml:"knob"`
+	}
+	if _, err := Example([]PluginDefaults{{Name: "q", Config: undocumented{}}}); err == nil || !strings.Contains(err.Error(), "knob") {
+		t.Fatalf("a key without a doc tag: %v", err)
 	}
 }

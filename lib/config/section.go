@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -14,6 +15,43 @@ type Section struct {
 	prim    toml.Primitive
 	md      toml.MetaData
 	present bool
+	// alone: the section is a file of its own (ParseSection), its keys at
+	// the top level.
+	alone bool
+}
+
+// ParseSection reads data, from file, as plugin name's section on its own:
+// the keys of [plugins.<name>] at the top level of the file. Its errors
+// name the file, the line and the key relative to the section.
+// plugin/plugintest reads the sections of its tests this way.
+func ParseSection(file, name string, data []byte) (*Section, error) {
+	c := Default()
+	c.File = file
+	c.index = indexLines(data)
+	var prim toml.Primitive
+	md, err := toml.Decode(string(data), &prim)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, &Error{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+		}
+		return nil, c.errorForDecode(err)
+	}
+	s := &Section{cfg: c, name: name, prim: prim, md: md, present: true, alone: true}
+	c.plugins[name] = s
+	return s, nil
+}
+
+// key is the key of the configuration's index and errors of rel, a key
+// relative to the section ("" for the section itself).
+func (s *Section) key(rel string) string {
+	if s.alone {
+		return rel
+	}
+	if rel == "" {
+		return "plugins." + s.name
+	}
+	return "plugins." + s.name + "." + rel
 }
 
 // Name is the plugin's name.
@@ -62,13 +100,17 @@ func (s *Section) Unused() error {
 		return nil
 	}
 	for _, k := range s.md.Undecoded() {
-		if len(k) < 3 || k[0] != "plugins" || k[1] != s.name {
+		rel := []string(k)
+		if !s.alone {
+			if len(k) < 3 || k[0] != "plugins" || k[1] != s.name {
+				continue
+			}
+			rel = k[2:]
+		}
+		if len(rel) == 1 && rel[0] == "enabled" {
 			continue
 		}
-		if len(k) == 3 && k[2] == "enabled" {
-			continue
-		}
-		return s.cfg.errorAt(k.String(), "unknown key %q", strings.Join(k[2:], "."))
+		return s.errorAt(strings.Join(rel, "."), "unknown key %q", strings.Join(rel, "."))
 	}
 	return nil
 }
@@ -76,17 +118,22 @@ func (s *Section) Unused() error {
 // Errorf returns an error naming the file and line of key, relative to the
 // section ("rule[2].path"); a key not in the file names the section.
 func (s *Section) Errorf(key, format string, args ...any) error {
-	full := "plugins." + s.name
-	if key != "" {
-		full += "." + key
+	return s.errorAt(key, format, args...)
+}
+
+// errorAt is Errorf; a key of a section on its own that is not in the file
+// (a default) is named with its section, there being no line to name.
+func (s *Section) errorAt(rel, format string, args ...any) error {
+	if s.alone && s.cfg.index.find(rel) == 0 {
+		return &Error{File: s.cfg.File, Key: fmt.Sprintf("[plugins.%s] %s", s.name, rel), Msg: fmt.Sprintf(format, args...)}
 	}
-	return s.cfg.errorAt(full, format, args...)
+	return s.cfg.errorAt(s.key(rel), format, args...)
 }
 
 func (s *Section) decodeErr(err error) error {
 	e := s.cfg.errorForDecode(err)
 	if ce, ok := e.(*Error); ok && ce.Line == 0 {
-		ce.Line = s.cfg.index.find("plugins." + s.name)
+		ce.Line = s.cfg.index.find(s.key(""))
 		ce.Msg = fmt.Sprintf("[plugins.%s]: %s", s.name, ce.Msg)
 	}
 	return e

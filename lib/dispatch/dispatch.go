@@ -12,11 +12,8 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
-// Defaults for Config fields left zero.
-const (
-	DefaultCapacity       = 1024
-	DefaultStallThreshold = 10 * time.Second
-)
+// DefaultCapacity is the capacity of a Config that leaves it zero.
+const DefaultCapacity = 1024
 
 // Sentinel errors. Returned errors wrap one of them, so callers use errors.Is.
 var (
@@ -46,8 +43,9 @@ type Config struct {
 	// Capacity bounds the events pending per domain (dom0 and paths of no
 	// domain count as one domain). Zero means DefaultCapacity.
 	Capacity int
-	// StallThreshold: a handler running longer is reported. Zero means
-	// DefaultStallThreshold; negative disables stall detection.
+	// StallThreshold: a handler running longer is reported. Zero (or
+	// negative) turns stall detection off, as 0 does in mtwatchd's
+	// stall_threshold.
 	StallThreshold time.Duration
 	// SingleWorker runs every event on the default worker, as Linux's single
 	// xenwatch thread and xl devd do; CreateDomain and DestroyDomain are then
@@ -86,6 +84,7 @@ type Dispatcher struct {
 	goroutines  int           // worker goroutines plus the stall monitor
 	items       int           // events and notices not yet completed
 	drained     chan struct{} // closed once stopping and nothing left
+	idle        chan struct{} // closed when items drops to 0; nil when nobody waits
 	monitorEnd  chan struct{} // closed by Stop to end the stall monitor
 	monitorKick chan struct{} // capacity 1: the stall threshold changed
 	monitorOn   bool          // the stall monitor's goroutine was started
@@ -130,21 +129,22 @@ func New(cfg Config) (*Dispatcher, error) {
 	return d, nil
 }
 
-// stallThreshold applies Config.StallThreshold's rule: zero means the
-// default, negative means off.
+// stallThreshold applies Config.StallThreshold's rule: zero or negative
+// is off, kept as -1.
 func stallThreshold(t time.Duration) time.Duration {
-	if t == 0 {
-		return DefaultStallThreshold
+	if t <= 0 {
+		return -1
 	}
 	return t
 }
 
-// StallThreshold returns the stall threshold in force; negative means off.
+// StallThreshold returns the stall threshold in force; -1 when stall
+// detection is off.
 func (d *Dispatcher) StallThreshold() time.Duration { return time.Duration(d.stallAt.Load()) }
 
 // SetStallThreshold changes the stall threshold while the dispatcher runs
-// (a configuration reload), with Config.StallThreshold's meaning: zero is
-// DefaultStallThreshold, negative turns stall detection off. The monitor
+// (a configuration reload), with Config.StallThreshold's meaning: zero
+// turns stall detection off. The monitor
 // applies it at once: running handlers already past a lowered threshold are
 // reported at its next look. Safe for concurrent use.
 func (d *Dispatcher) SetStallThreshold(t time.Duration) {
@@ -506,6 +506,30 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 	}
 }
 
+// WaitIdle waits until no event or overflow notice is queued, held or
+// running on any worker, and returns nil, or until ctx ends, and returns its
+// error. Events dispatched meanwhile are waited for too: a caller that
+// wants an end stops dispatching first (mtwatchd's shutdown removes its
+// watches, then waits for the workers to drain).
+func (d *Dispatcher) WaitIdle(ctx context.Context) error {
+	d.mu.Lock()
+	if d.items == 0 {
+		d.mu.Unlock()
+		return nil
+	}
+	if d.idle == nil {
+		d.idle = make(chan struct{})
+	}
+	idle := d.idle
+	d.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // checkDrainedLocked closes d.drained once stopping and nothing is left.
 func (d *Dispatcher) checkDrainedLocked() {
 	if d.stopping && d.goroutines == 0 && d.items == 0 {
@@ -593,6 +617,10 @@ func (d *Dispatcher) completeLocked(it *item) {
 	dom := it.dom
 	dom.items--
 	d.items--
+	if d.items == 0 && d.idle != nil {
+		close(d.idle)
+		d.idle = nil
+	}
 	if it.onDefault {
 		dom.onDefault--
 	}

@@ -1100,3 +1100,39 @@ func TestSetStallThreshold(t *testing.T) {
 		})
 	}
 }
+
+// TestWaitIdle: WaitIdle returns once every queued and running event of
+// every worker has run, and with ctx's error while a handler still runs.
+func TestWaitIdle(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	release := rec.blockOn("backend/vif/1/stuck")
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	if err := d.WaitIdle(context.Background()); err != nil {
+		t.Fatalf("WaitIdle with nothing queued: %v", err)
+	}
+	if err := d.CreateDomain(1); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/1/stuck", "be")
+	dispatch(t, d, "backend/vif/1/after", "be")
+	dispatch(t, d, "backend/vif/2/other", "be")
+	recv(t, rec.started, "first event")
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := d.WaitIdle(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitIdle with a handler blocked = %v, want DeadlineExceeded", err)
+	}
+	idle := make(chan error, 1)
+	go func() { idle <- d.WaitIdle(context.Background()) }()
+	notWithin(t, idle, "WaitIdle")
+	release()
+	if err := recv(t, idle, "WaitIdle"); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.paths()
+	slices.Sort(got)
+	if want := []string{"backend/vif/1/after", "backend/vif/1/stuck", "backend/vif/2/other"}; !slices.Equal(got, want) {
+		t.Fatalf("ran %v before WaitIdle returned, want %v", got, want)
+	}
+}

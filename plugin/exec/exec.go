@@ -27,7 +27,11 @@ import (
 const Name = "exec"
 
 func init() {
-	plugin.Register(plugin.Registration{Name: Name, New: New})
+	plugin.Register(plugin.Registration{
+		Name: Name, New: New,
+		Doc:      "Runs a command when a XenStore node matching a rule changes, on the worker of the domain named by the rule's {domid} (plugin/exec/README.md). Off by default.",
+		Defaults: func() any { return Config{Grace: DefaultGrace} },
+	})
 }
 
 // Plugin runs the rules' commands.

@@ -26,18 +26,18 @@ const Placeholder = "{domid}"
 type Config struct {
 	// Grace is the time between SIGTERM and SIGKILL for a command that
 	// timed out.
-	Grace time.Duration `toml:"grace"`
-	Rule  []RuleConfig  `toml:"rule"`
+	Grace time.Duration `toml:"grace" doc:"SIGTERM -> SIGKILL delay for a command past its timeout."`
+	Rule  []RuleConfig  `toml:"rule" doc:"One rule per command (none by default):"`
 }
 
 // RuleConfig is one [[plugins.exec.rule]].
 type RuleConfig struct {
-	Name    string            `toml:"name"`
-	Path    string            `toml:"path"`
-	Command []string          `toml:"command"`
-	Timeout time.Duration     `toml:"timeout"`
-	Env     map[string]string `toml:"env"`
-	Pending string            `toml:"pending"`
+	Name    string            `toml:"name" doc:"letters, digits, _ . -; unique"`
+	Path    string            `toml:"path" doc:"absolute or relative; one {domid} segment matches a guest"`
+	Command []string          `toml:"command" doc:"argv, an absolute program; {domid} and {path} replaced"`
+	Timeout time.Duration     `toml:"timeout" doc:"0s: the default, 1m"`
+	Env     map[string]string `toml:"env" doc:"extra environment"`
+	Pending string            `toml:"pending" doc:"per-path (\"\": the default) or per-watch"`
 }
 
 // rule is a validated rule.

@@ -27,24 +27,29 @@ var DefaultTypes = []string{"vbd", "vif"}
 
 // Config is the [plugins.hotplug] section.
 type Config struct {
-	Types       []string      `toml:"types"`
-	ScriptsDir  string        `toml:"scripts_dir"`
-	AllowedDirs []string      `toml:"allowed_dirs"`
-	Timeout     time.Duration `toml:"timeout"`
-	Grace       time.Duration `toml:"grace"`
-	XLConf      string        `toml:"xl_conf"`
+	Types       []string      `toml:"types" doc:"Backend types whose scripts run."`
+	ScriptsDir  string        `toml:"scripts_dir" doc:"Directory of the scripts."`
+	AllowedDirs []string      `toml:"allowed_dirs" doc:"Directories an absolute script path may be in, besides scripts_dir."`
+	Timeout     time.Duration `toml:"timeout" doc:"A script running longer is killed; the default is libxl's LIBXL_HOTPLUG_TIMEOUT."`
+	Grace       time.Duration `toml:"grace" doc:"SIGTERM -> SIGKILL delay for a script past its timeout."`
+	XLConf      string        `toml:"xl_conf" doc:"Checked at start for run_hotplug_scripts; \"\" skips the check."`
 }
 
-var typeRe = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
-
-func parse(sec plugin.Section) (Config, error) {
-	cfg := Config{
+// defaults is the section at its defaults.
+func defaults() Config {
+	return Config{
 		Types:      slices.Clone(DefaultTypes),
 		ScriptsDir: DefaultScriptsDir,
 		Timeout:    DefaultTimeout,
 		Grace:      DefaultGrace,
 		XLConf:     DefaultXLConf,
 	}
+}
+
+var typeRe = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+func parse(sec plugin.Section) (Config, error) {
+	cfg := defaults()
 	if err := sec.Decode(&cfg); err != nil {
 		return cfg, err
 	}

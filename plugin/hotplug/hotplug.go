@@ -31,7 +31,11 @@ import (
 const Name = "hotplug"
 
 func init() {
-	plugin.Register(plugin.Registration{Name: Name, New: New})
+	plugin.Register(plugin.Registration{
+		Name: Name, New: New,
+		Doc:      "Runs the backend device scripts (/etc/xen/scripts) per domain, with libxl's argv, environment and timeout (plugin/hotplug/README.md). Off by default. Only with run_hotplug_scripts=0 in xl.conf: otherwise libxl runs every script too. dom0's backends only: mtwatchd runs in dom0 and cannot take the place of xl devd in a driver domain.",
+		Defaults: func() any { return defaults() },
+	})
 }
 
 // Xenbus states the plugin acts on (xen/include/public/io/xenbus.h).

@@ -22,17 +22,24 @@ import (
 const Name = "log"
 
 func init() {
-	plugin.Register(plugin.Registration{Name: Name, EnabledByDefault: true, New: New})
+	plugin.Register(plugin.Registration{
+		Name: Name, EnabledByDefault: true, New: New,
+		Doc:      "Logs every event of its paths with the domain it belongs to and the worker it ran on. On by default; it logs at debug, so it is silent unless log.level or its own level says otherwise.",
+		Defaults: func() any { return defaults() },
+	})
 }
 
 // Config is the [plugins.log] section.
 type Config struct {
 	// Level of the event entries: "debug" (default) or "info".
-	Level string `toml:"level"`
+	Level string `toml:"level" doc:"Level of the event entries: debug or info."`
 	// Paths watched, relative to /local/domain/0 or absolute; default
 	// ["backend"].
-	Paths []string `toml:"paths"`
+	Paths []string `toml:"paths" doc:"Paths watched (relative to the agent's home, or absolute)."`
 }
+
+// defaults is the section at its defaults.
+func defaults() Config { return Config{Level: "debug", Paths: []string{"backend"}} }
 
 // Plugin is the log plugin.
 type Plugin struct {
@@ -54,7 +61,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 }
 
 func parse(sec plugin.Section) (Config, logrus.Level, error) {
-	cfg := Config{Level: "debug", Paths: []string{"backend"}}
+	cfg := defaults()
 	if err := sec.Decode(&cfg); err != nil {
 		return cfg, 0, err
 	}

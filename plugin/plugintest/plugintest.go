@@ -1,19 +1,20 @@
-// Package plugintest hosts a plugin in a test the way mtwatchd does, on real
-// components: a private C xenstored, a *xenstore.Client, a
-// *dispatch.Dispatcher with one worker per domain (or a single worker), a
-// plugin.Watcher wiring the client's watch events into the dispatcher, and a
-// plugin.Section read from a TOML snippet. It is for plugins' in-process
-// tests; the agent's own configuration loader and watch manager are tested
-// through bin/mtwatchd.
+// Package plugintest hosts a plugin in a test the way mtwatchd does, as
+// net/http/httptest serves a handler with the production server: the host
+// is a real lib/agent Agent, on a private C xenstored, with a configuration
+// parsed by lib/config. A plugin built on it gets the agent's XenStore
+// connection, its watches (events through the agent's barrier to its
+// dispatcher, a worker per domain) and its metrics registry. Benchmarks,
+// which have no testing.TB, start the same agent with StartAgent.
 package plugintest
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +22,9 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/mtwatch/mtwatch/lib/agent"
+	"github.com/mtwatch/mtwatch/lib/config"
+	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -29,68 +33,149 @@ import (
 	"github.com/mtwatch/mtwatch/plugin"
 )
 
-// Options configure a Host.
+// Options configure a Host, or an agent started by StartAgent.
 type Options struct {
-	// SingleWorker runs every event on the default worker, as xl devd does.
+	// Config is the agent's configuration file, parsed by lib/config; ""
+	// is the defaults. Its agent.xenstore is the host's xenstored whatever
+	// it says.
+	Config string
+	// SingleWorker and Capacity, when set, override agent.single_worker
+	// (every event on the default worker, as xl devd does) and
+	// agent.queue_capacity.
 	SingleWorker bool
-	// Capacity bounds each domain's pending events (0: the dispatcher's
-	// default).
-	Capacity int
+	Capacity     int
+	// Plugins are the registrations the agent builds from Config and
+	// starts, as mtwatchd does with the registry; none by default: a test
+	// builds its plugin with Build or Start.
+	Plugins []plugin.Registration
+	// XS is the xenstored to run on; nil starts a private one (New only).
+	XS *xenstoredtest.Instance
+	// Agent adjusts the agent's options before agent.New (a Dial that
+	// holds a reconnection, a logger, a barrier bound).
+	Agent func(*agent.Options)
+	// ShutdownErr gets the error of the agent's shutdown at the test's end
+	// (New only); nil fails the test on one. A test that shuts the agent
+	// down itself and checks the result sets it.
+	ShutdownErr func(error)
+}
+
+// StartAgent starts an agent in this process on the xenstored at socket,
+// as mtwatchd does: the configuration parsed by lib/config, opts.Plugins
+// built from it and started, READY once the watches are registered and the
+// workers reconciled. The caller shuts it down.
+func StartAgent(ctx context.Context, socket string, opts Options) (*agent.Agent, error) {
+	cfg, err := config.Parse("plugintest.toml", []byte(opts.Config))
+	if err != nil {
+		return nil, err
+	}
+	cfg.Agent.Xenstore = socket
+	if opts.SingleWorker {
+		cfg.Agent.SingleWorker = true
+	}
+	if opts.Capacity > 0 {
+		cfg.Agent.QueueCapacity = opts.Capacity
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ao := agent.Options{
+		Config:  cfg,
+		Plugins: opts.Plugins,
+		Version: "plugintest",
+		Dial: func(ctx context.Context) (*xenstore.Client, error) {
+			return xenstore.Dial(ctx, xenstore.WithPath(socket))
+		},
+	}
+	if ao.Plugins == nil {
+		ao.Plugins = []plugin.Registration{}
+	}
+	if opts.Agent != nil {
+		opts.Agent(&ao)
+	}
+	a, err := agent.New(ao)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.Start(ctx); err != nil {
+		a.Shutdown(context.Background())
+		return nil, err
+	}
+	return a, nil
 }
 
 // Host is a test's plugin host. Its fields are the real components; tests
-// use them directly to drive XenStore and inspect the dispatcher.
+// use them directly to drive XenStore and inspect the agent.
 type Host struct {
-	XS         *xenstoredtest.Instance
+	XS *xenstoredtest.Instance
+	// Client is the test's own connection, to write what a toolstack or a
+	// guest would; the agent has its own.
 	Client     *xenstore.Client
+	Agent      *agent.Agent
 	Dispatcher *dispatch.Dispatcher
-	Metrics    *prometheus.Registry
-	Logger     *logrus.Logger
-	LogHook    *test.Hook // every log entry, for assertions
+	// Metrics has the metrics of the plugins built by the host.
+	Metrics *prometheus.Registry
+	// Logger is the plugins' logger; LogHook has every entry, for
+	// assertions. The agent's own log goes to stderr with go test -v.
+	Logger  *logrus.Logger
+	LogHook *test.Hook
 
-	t  testing.TB
-	mu sync.Mutex
-	ws map[*Watch]struct{}
+	t      testing.TB
+	single bool
 }
 
 // New starts a host for t; everything it started ends with t.
 func New(t testing.TB, opts Options) *Host {
 	t.Helper()
-	in := xenstoredtest.Start(t)
+	in := opts.XS
+	if in == nil {
+		in = xenstoredtest.Start(t)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
 	if err != nil {
 		t.Fatalf("plugintest: dial: %v", err)
 	}
-	d, err := dispatch.New(dispatch.Config{SingleWorker: opts.SingleWorker, Capacity: opts.Capacity, StallThreshold: -1})
-	if err != nil {
-		c.Close()
-		t.Fatalf("plugintest: %v", err)
-	}
+	t.Cleanup(func() { c.Close() })
 	log, hook := test.NewNullLogger()
 	log.SetLevel(logrus.DebugLevel)
+	var agentLog io.Writer = io.Discard
 	if testing.Verbose() {
 		log.SetOutput(os.Stderr)
+		agentLog = os.Stderr
 	}
-	h := &Host{XS: in, Client: c, Dispatcher: d, Metrics: prometheus.NewRegistry(), Logger: log, LogHook: hook, t: t, ws: map[*Watch]struct{}{}}
+	adjust := opts.Agent
+	opts.Agent = func(ao *agent.Options) {
+		ao.Logger = slog.New(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		ao.Logrus = log
+		if adjust != nil {
+			adjust(ao)
+		}
+	}
+	a, err := StartAgent(ctx, in.Socket(), opts)
+	if err != nil {
+		t.Fatalf("plugintest: %v", err)
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		for _, w := range h.Watches() {
-			w.Unwatch(ctx)
+		err := a.Shutdown(ctx)
+		switch {
+		case opts.ShutdownErr != nil:
+			opts.ShutdownErr(err)
+		case err != nil:
+			t.Errorf("plugintest: shutdown: %v", err)
 		}
-		if err := d.Stop(ctx); err != nil {
-			t.Errorf("plugintest: stop dispatcher: %v", err)
-		}
-		c.Close()
 	})
-	return h
+	return &Host{
+		XS: in, Client: c, Agent: a, Dispatcher: a.Dispatcher(), Metrics: prometheus.NewRegistry(),
+		Logger: log, LogHook: hook, t: t, single: a.Config().Agent.SingleWorker,
+	}
 }
 
-// AddDomain creates guest id in xenstored, writes its mtwatch node as the
-// toolstack hooks do and gives it a domain worker, as the agent does on the
-// node's watch event.
+// AddDomain creates guest id in xenstored and writes its mtwatch node as
+// the toolstack hooks do, then waits until the agent has seen the node and
+// (unless it runs a single worker) given the domain its worker.
 func (h *Host) AddDomain(id domid.ID) {
 	h.t.Helper()
 	h.XS.CreateDomain(id)
@@ -99,24 +184,19 @@ func (h *Host) AddDomain(id domid.ID) {
 	if err := node.Create(ctx, h.Client, id, ""); err != nil {
 		h.t.Fatalf("plugintest: mtwatch node of %d: %v", id, err)
 	}
-	if err := h.Dispatcher.CreateDomain(id); err != nil {
-		h.t.Fatalf("plugintest: worker of %d: %v", id, err)
-	}
+	h.Wait(10*time.Second, fmt.Sprintf("the worker of domain %d", id), func() bool {
+		d, ok := h.Agent.Domain(uint16(id))
+		return ok && d.Node && (h.single || d.Worker == control.WorkerLive)
+	})
 }
 
-// InitContext returns what the agent would build plugin name from, with
-// cfg as its section.
+// InitContext returns what the agent builds plugin name from, with cfg as
+// its section, but the plugins' metrics in Metrics, a registry of their
+// own (the agent's are in Agent.Registry()).
 func (h *Host) InitContext(name string, cfg plugin.Section) *plugin.InitContext {
-	return &plugin.InitContext{
-		Name:    name,
-		Log:     h.Logger.WithField("plugin", name),
-		Config:  cfg,
-		Store:   h.Client,
-		Watches: &watcher{h: h, plugin: name},
-		Domid:   domid.Dom0,
-		Home:    "/local/domain/0",
-		Metrics: h.Metrics,
-	}
+	ic := h.Agent.InitContext(name, cfg)
+	ic.Metrics = h.Metrics
+	return ic
 }
 
 // Build builds plugin name from the registry with the section text (keys
@@ -135,7 +215,8 @@ func (h *Host) BuildSection(name string, sec plugin.Section) (plugin.Plugin, err
 }
 
 // Start builds and starts plugin name, failing the test on error; the
-// plugin is stopped when the test ends.
+// plugin is stopped when the test ends, and then its watches removed, as
+// the agent does.
 func (h *Host) Start(name, text string) plugin.Plugin {
 	h.t.Helper()
 	p, err := h.Build(name, text)
@@ -157,24 +238,44 @@ func (h *Host) Start(name, text string) plugin.Plugin {
 	return p
 }
 
-// Section returns a section of plugin name read from text, kept in a file
-// of the test's temporary directory so errors name a real file.
-func (h *Host) Section(name, text string) *Section {
+// Section returns a section of plugin name read by lib/config from text,
+// its keys those of [plugins.<name>], kept in a file of the test's
+// temporary directory so errors name a real file and line. Text that is
+// not TOML gives a section whose Decode returns the error, as a reload of
+// such a file would fail.
+func (h *Host) Section(name, text string) plugin.Section {
 	h.t.Helper()
 	file := filepath.Join(h.t.TempDir(), name+".toml")
 	if err := os.WriteFile(file, []byte(text), 0o644); err != nil {
 		h.t.Fatal(err)
 	}
-	return &Section{file: file, name: name, text: text}
+	sec, err := config.ParseSection(file, name, []byte(text))
+	if err != nil {
+		return unparsed{file, err}
+	}
+	return sec
 }
+
+// unparsed is a section whose text is not TOML.
+type unparsed struct {
+	file string
+	err  error
+}
+
+func (u unparsed) Decode(any) error { return u.err }
+func (u unparsed) File() string     { return u.file }
+func (u unparsed) Errorf(key, format string, args ...any) error {
+	return fmt.Errorf("%s: %s: %s", u.file, key, fmt.Sprintf(format, args...))
+}
+
+// Watch is a plugin's watch on a Host.
+type Watch struct{ plugin.Watch }
 
 // Watches returns the plugin watches registered now.
 func (h *Host) Watches() []*Watch {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	out := make([]*Watch, 0, len(h.ws))
-	for w := range h.ws {
-		out = append(out, w)
+	var out []*Watch
+	for _, w := range h.Agent.Watches() {
+		out = append(out, &Watch{w})
 	}
 	return out
 }
@@ -227,67 +328,3 @@ func (h *Host) Rm(path string) {
 		h.t.Fatalf("plugintest: rm %s: %v", path, err)
 	}
 }
-
-type watcher struct {
-	h      *Host
-	plugin string
-	mu     sync.Mutex
-	n      int
-}
-
-// Watch registers cfg with the dispatcher, then the XenStore watch whose
-// events a goroutine of the watch hands to Dispatch, as the agent's reader
-// does.
-func (w *watcher) Watch(ctx context.Context, cfg dispatch.WatchConfig) (plugin.Watch, error) {
-	if cfg.Token == "" {
-		w.mu.Lock()
-		w.n++
-		cfg.Token = fmt.Sprintf("%s/%d", w.plugin, w.n)
-		w.mu.Unlock()
-	}
-	reg, err := w.h.Dispatcher.Register(cfg)
-	if err != nil {
-		return nil, err
-	}
-	xw, err := w.h.Client.Watch(ctx, cfg.Path, cfg.Token)
-	if err != nil {
-		reg.Unregister(context.WithoutCancel(ctx))
-		return nil, err
-	}
-	pw := &Watch{h: w.h, reg: reg, xw: xw, done: make(chan struct{})}
-	go func() {
-		defer close(pw.done)
-		for ev := range xw.Events() {
-			if err := w.h.Dispatcher.Dispatch(ev.Path, ev.Token); err != nil &&
-				!errors.Is(err, dispatch.ErrUnknownWatch) && !errors.Is(err, dispatch.ErrStopped) {
-				w.h.t.Errorf("plugintest: dispatch %s: %v", ev.Path, err)
-			}
-		}
-	}()
-	w.h.mu.Lock()
-	w.h.ws[pw] = struct{}{}
-	w.h.mu.Unlock()
-	return pw, nil
-}
-
-// Watch is a plugin's watch on a Host.
-type Watch struct {
-	h    *Host
-	reg  *dispatch.Registration
-	xw   *xenstore.Watch
-	done chan struct{}
-}
-
-// Unwatch removes the XenStore watch, then the dispatcher registration.
-func (w *Watch) Unwatch(ctx context.Context) error {
-	w.h.mu.Lock()
-	delete(w.h.ws, w)
-	w.h.mu.Unlock()
-	err := w.xw.Unwatch(ctx)
-	<-w.done
-	return errors.Join(err, w.reg.Unregister(ctx))
-}
-
-func (w *Watch) Path() string               { return w.reg.Path() }
-func (w *Watch) Token() string              { return w.reg.Token() }
-func (w *Watch) Stats() dispatch.WatchStats { return w.reg.Stats() }

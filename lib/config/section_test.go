@@ -1,12 +1,15 @@
-package plugintest
+package config
 
 import (
 	"strings"
 	"testing"
 )
 
-func TestSectionLines(t *testing.T) {
-	s := &Section{file: "f.toml", name: "p", text: `grace = "1s"
+// TestParseSection: a plugin's section in a file of its own (what
+// plugin/plugintest gives its tests) names the lines and keys of that file,
+// relative to the section.
+func TestParseSection(t *testing.T) {
+	s, err := ParseSection("f.toml", "p", []byte(`grace = "1s"
 types = ["a", "b"]
 
 [[rule]]
@@ -17,7 +20,10 @@ path = "/x"
 name = "b"
 path = "/y"
 bogus = 1
-`}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ key, want string }{
 		{"grace", "f.toml:1: grace: m"},
 		{"types[1]", "f.toml:2: types[1]: m"},
@@ -38,8 +44,17 @@ bogus = 1
 	if err := s.Decode(&v); err == nil || !strings.HasPrefix(err.Error(), "f.toml:11: rule.bogus: unknown key") {
 		t.Errorf("Decode: %v", err)
 	}
-	bad := &Section{file: "f.toml", name: "p", text: "a = 1\nb = = 2\n"}
-	if err := bad.Decode(&v); err == nil || !strings.HasPrefix(err.Error(), "f.toml:2: ") {
-		t.Errorf("Decode of a syntax error: %v", err)
+	if _, err := ParseSection("f.toml", "p", []byte("a = 1\nb = = 2\n")); err == nil || !strings.HasPrefix(err.Error(), "f.toml:2: ") {
+		t.Errorf("a syntax error: %v", err)
+	}
+	var w struct {
+		Grace Duration `toml:"grace"`
+	}
+	bad, err := ParseSection("f.toml", "p", []byte("\ngrace = \"soon\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bad.Decode(&w); err == nil || !strings.HasPrefix(err.Error(), "f.toml:2: grace: ") {
+		t.Errorf("a bad duration: %v", err)
 	}
 }
