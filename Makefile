@@ -138,7 +138,7 @@ install: build
 		done; \
 	fi
 	install -d $(DESTDIR)$(DOCDIR)
-	install -m 0644 README.md docs/*.md docs/mtwatchd.toml $(DESTDIR)$(DOCDIR)/
+	install -m 0644 README.md docs/*.md docs/mtwatchd.toml systemd/mtwatchd.service.d/driver-domain.conf $(DESTDIR)$(DOCDIR)/
 	@# The configuration file: every key commented out at its default. An
 	@# existing file is the administrator's and is never replaced.
 	@install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/mtwatch
