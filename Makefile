@@ -7,6 +7,7 @@
 #   make bench     the agent's benchmarks beside their baselines (docs/performance.md)
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
+#   make uninstall remove them again (same variables; the configuration file stays)
 #   make deps      install the Debian packages the tests and the sandbox need
 #   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
 #   make config-example  regenerate docs/mtwatchd.toml from the defaults (likewise)
@@ -156,18 +157,44 @@ install: build
 # names the hook by its directory).
 XAPI_HOOKS := vm-pre-resume vm-post-resume vm-pre-migrate vm-post-migrate \
 	vm-pre-shutdown vm-pre-reboot vm-pre-suspend vm-post-destroy
-.PHONY: install-hooks
+.PHONY: install-hooks uninstall
 install-hooks:
 	@script() { \
 		install -d "$$(dirname "$$2")"; \
-		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$1" > "$$2"; \
-		chmod 0755 "$$2"; \
+		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' "$$1" > "$$2"; \
+		chmod "$$3" "$$2"; \
 		echo "installed $$2"; \
 	}; \
-	script hooks/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch; \
+	script hooks/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch 0755; \
+	script hooks/libvirt/apparmor/mtwatch-hook $(DESTDIR)$(SYSCONFDIR)/apparmor.d/local/mtwatch-hook 0644; \
 	for h in $(XAPI_HOOKS); do \
-		script hooks/xapi.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch; \
+		script hooks/xapi.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch 0755; \
 	done
+	@echo "libvirt: restart libvirtd (or virtxend) to load the hook; with AppArmor, add"
+	@echo "  include <local/mtwatch-hook>"
+	@echo "to $(SYSCONFDIR)/apparmor.d/local/usr.sbin.libvirtd and reload that profile (docs/hooks.md)"
+
+# Removes what make install installed, with the same variables. The
+# configuration file /etc/mtwatch/mtwatchd.toml is the administrator's and
+# stays; so do drop-ins under /etc/systemd/system.
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(BIN_BINARIES)) \
+		$(addprefix $(DESTDIR)$(SBINDIR)/,$(SBIN_BINARIES)) \
+		$(addprefix $(DESTDIR)$(LIBEXECDIR)/,$(LIBEXEC_BINARIES))
+	-rmdir $(DESTDIR)$(LIBEXECDIR) 2>/dev/null
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(wildcard docs/man/*.1))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(wildcard docs/man/*.5))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(wildcard docs/man/*.8)))
+	rm -f $(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(notdir $(wildcard systemd/*.service systemd/*.socket systemd/*.timer)))
+	rm -rf $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/apparmor.d/local/mtwatch-hook
+	for h in $(XAPI_HOOKS); do \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch; \
+		rmdir $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h 2>/dev/null || true; \
+	done
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml ]; then \
+		echo "kept $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml"; \
+	fi
 
 clean:
 	rm -rf bin build
