@@ -23,14 +23,15 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
+	"github.com/mtwatch/mtwatch/internal/buildinfo"
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/logging"
 	_ "github.com/mtwatch/mtwatch/plugin/builtins"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set by the build: see internal/buildinfo.
+var version = buildinfo.Version()
 
 const (
 	exitFailure = 1
