@@ -87,7 +87,7 @@ func run(c *cli.Context) error {
 
 	a, err := agent.New(agent.Options{
 		Config: cfg, Logger: slog.Default(), Logrus: log, Notify: notify,
-		WatchdogInterval: watchdog, Version: version,
+		WatchdogInterval: watchdog, Version: version, Registry: registry(),
 	})
 	if err != nil {
 		code := exitFailure
