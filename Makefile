@@ -9,7 +9,7 @@
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make uninstall remove them again (same variables; the configuration file stays)
 #   make deps      install the Debian packages the tests and the sandbox need
-#   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
+#   make man       regenerate mtwatch(1) and mtwatchd.toml(5) in docs/man (make test fails when stale)
 #   make config-example  regenerate docs/mtwatchd.toml from the defaults (likewise)
 
 GO        ?= go
@@ -89,6 +89,17 @@ test: deps fmt-check vet
 # lib/admin's TestManPageCurrent fails when they are stale.
 man:
 	$(GO) run ./lib/admin/genman docs/man
+	$(GO) run ./internal/confman/gen docs/mtwatchd.toml docs/man/mtwatchd.toml.5
+
+# The configuration file installed (make install, make deb): the reference
+# docs/mtwatchd.toml with the plugins' "enabled" and the section headers
+# commented out too, so the agent runs on its defaults, those of later
+# releases included, until the administrator uncomments a key.
+build/mtwatchd.toml: docs/mtwatchd.toml
+	@mkdir -p build
+	sed -E -e "s/Every key but the plugins'$$/Every key, the plugins'/" \
+		-e 's/^# "enabled" is commented out at its default/# "enabled" too, is commented out at its default/' \
+		-e 's/^(\[[a-z_.]+\]|[a-z_]+ *=)/# \1/' $< > $@.$$$$ && mv $@.$$$$ $@
 
 # docs/mtwatchd.toml is generated from the agent's and the plugins' defaults
 # and committed; plugin/builtins' TestConfigExampleCurrent fails when stale.
@@ -131,14 +142,16 @@ sandbox: deps build
 sandbox-stop:
 	@GO=$(GO) test/sandbox.sh stop
 
-install: build
+install: build build/mtwatchd.toml
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(LIBEXECDIR)
 	$(foreach b,$(BIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(BINDIR)/$(b);)
 	$(foreach b,$(SBIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(SBINDIR)/$(b);)
 	$(foreach b,$(LIBEXEC_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(LIBEXECDIR)/$(b);)
-	@if ls docs/man/*.1 >/dev/null 2>&1; then \
-		install -d $(DESTDIR)$(MANDIR)/man1 && install -m 0644 docs/man/*.1 $(DESTDIR)$(MANDIR)/man1/; \
-	fi
+	@for s in 1 5 8; do \
+		if ls docs/man/*.$$s >/dev/null 2>&1; then \
+			install -d $(DESTDIR)$(MANDIR)/man$$s && install -m 0644 docs/man/*.$$s $(DESTDIR)$(MANDIR)/man$$s/; \
+		fi; \
+	done
 	@if [ -d systemd ] && ls systemd/*.service >/dev/null 2>&1; then \
 		install -d $(DESTDIR)$(SYSTEMDUNITDIR); \
 		for u in systemd/*.service systemd/*.socket systemd/*.timer; do \
@@ -155,7 +168,7 @@ install: build
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml ]; then \
 		echo "kept $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml (the shipped one is $(DOCDIR)/mtwatchd.toml)"; \
 	else \
-		install -m 0644 docs/mtwatchd.toml $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml; \
+		install -m 0644 build/mtwatchd.toml $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml; \
 		echo "installed $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml"; \
 	fi
 	@if [ -d hooks ]; then $(MAKE) --no-print-directory install-hooks; fi
