@@ -8,6 +8,7 @@
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make uninstall remove them again (same variables; the configuration file stays)
+#   make deb       Debian packages in build/: mtwatch, mtwatch-libvirt, mtwatch-xapi
 #   make deps      install the Debian packages the tests and the sandbox need
 #   make man       regenerate mtwatch(1) and mtwatchd.toml(5) in docs/man (make test fails when stale)
 #   make config-example  regenerate docs/mtwatchd.toml from the defaults (likewise)
@@ -20,6 +21,7 @@ LIBEXECDIR ?= $(PREFIX)/lib/mtwatch
 SYSCONFDIR ?= /etc
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR    ?= $(PREFIX)/share/man
+DATADIR   ?= $(PREFIX)/share
 DOCDIR    ?= $(PREFIX)/share/doc/mtwatch
 DESTDIR   ?=
 
@@ -78,12 +80,14 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	$(GO) -C packaging vet ./...
 
 # The harness-backed integration tests start real xenstored instances, so the
 # Debian packages come first (a xenstored still missing fails the tests that
 # need it); -race because concurrency is the point.
 test: deps fmt-check vet
 	$(GO) test -race -count=1 ./...
+	$(GO) -C packaging test -count=1 ./...
 
 # Man pages are generated from the urfave/cli definitions and committed;
 # lib/admin's TestManPageCurrent fails when they are stale.
@@ -160,8 +164,13 @@ install: build build/mtwatchd.toml
 			chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$u); \
 		done; \
 	fi
+	@# Shell completions, written by mtwatch itself.
+	install -d $(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/vendor-completions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	bin/mtwatch completion bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/mtwatch
+	bin/mtwatch completion zsh > $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_mtwatch
+	bin/mtwatch completion fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/mtwatch.fish
 	install -d $(DESTDIR)$(DOCDIR)
-	install -m 0644 README.md docs/*.md docs/mtwatchd.toml systemd/mtwatchd.service.d/driver-domain.conf $(DESTDIR)$(DOCDIR)/
+	install -m 0644 README.md CHANGELOG.md LICENSE docs/*.md docs/mtwatchd.toml systemd/mtwatchd.service.d/driver-domain.conf $(DESTDIR)$(DOCDIR)/
 	@# The configuration file: every key commented out at its default. An
 	@# existing file is the administrator's and is never replaced.
 	@install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/mtwatch
@@ -209,6 +218,7 @@ uninstall:
 		$(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(wildcard docs/man/*.8)))
 	rm -f $(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(notdir $(wildcard systemd/*.service systemd/*.socket systemd/*.timer)))
 	rm -rf $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/mtwatch $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_mtwatch $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/mtwatch.fish
 	rm -f $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/apparmor.d/local/mtwatch-hook
 	for h in $(XAPI_HOOKS); do \
 		rm -f $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch; \
@@ -217,6 +227,18 @@ uninstall:
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml ]; then \
 		echo "kept $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml"; \
 	fi
+
+# Debian packages, build/mtwatch*_<version>_<arch>.deb: make install into a
+# staging tree with Debian's paths, then packaging/mkdeb (nfpm as a library,
+# in a module of its own so that it stays out of mtwatch's module graph)
+# splits it into mtwatch, mtwatch-libvirt and mtwatch-xapi.
+DEB_ARCH ?= $(shell $(GO) env GOARCH)
+.PHONY: deb
+deb:
+	rm -rf build/debroot
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/build/debroot PREFIX=/usr \
+		LIBEXECDIR=/usr/libexec/mtwatch SYSTEMDUNITDIR=/lib/systemd/system
+	cd packaging && $(GO) run . --root $(CURDIR)/build/debroot --version '$(VERSION)' --arch $(DEB_ARCH) --out $(CURDIR)/build
 
 clean:
 	rm -rf bin build

@@ -1,4 +1,4 @@
-package hooks
+package packaging
 
 import (
 	"io/fs"
@@ -15,7 +15,7 @@ func TestInstallUninstall(t *testing.T) {
 	root := t.TempDir()
 	make := func(target string) {
 		t.Helper()
-		cmd := exec.Command("make", "--no-print-directory", "-C", "..", target, "DESTDIR="+root, "PREFIX=/usr")
+		cmd := exec.Command("make", "--no-print-directory", "-C", "../..", target, "DESTDIR="+root, "PREFIX=/usr")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("make %s: %v\n%s", target, err, out)
 		}
