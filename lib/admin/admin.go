@@ -42,7 +42,7 @@ var Version = buildinfo.Version()
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := NewApp()
 	app.Reader, app.Writer, app.ErrWriter = stdin, stdout, stderr
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, splitShortOptions(args))
 	if err == nil {
 		return ExitOK
 	}
