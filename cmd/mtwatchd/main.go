@@ -48,6 +48,8 @@ func main() {
 			"Flags and their environment variables override the configuration file.",
 		Flags:  flags(),
 		Action: run,
+		// mtwatchd has no commands: no "COMMANDS: help" in --help.
+		HideHelpCommand: true,
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
 		},

@@ -8,8 +8,9 @@ import (
 	"testing"
 )
 
-// TestManPage: mtwatchd(8) documents every flag mtwatchd --help shows, and
-// groff renders it without a warning.
+// TestManPage: mtwatchd(8) documents every flag mtwatchd --help shows,
+// --help shows no commands (there are none), and groff renders the page
+// without a warning.
 func TestManPage(t *testing.T) {
 	self, err := os.Executable()
 	if err != nil {
@@ -24,6 +25,10 @@ func TestManPage(t *testing.T) {
 	page, err := os.ReadFile("../../docs/man/mtwatchd.8")
 	if err != nil {
 		t.Fatal(err)
+	}
+	// mtwatchd has no commands, and its help does not offer one.
+	if strings.Contains(string(help), "COMMANDS") || strings.Contains(string(help), "command [command options]") {
+		t.Errorf("mtwatchd --help offers commands:\n%s", help)
 	}
 	flags := regexp.MustCompile(`(?m)^\s+--([a-z][a-z-]*)`).FindAllStringSubmatch(string(help), -1)
 	if len(flags) < 10 {
