@@ -42,3 +42,23 @@ func TestDaemonMetricsProvenance(t *testing.T) {
 	}
 	d.stop()
 }
+
+// TestDaemonStatusNamesXenstorePath: with no path configured, /v1/status
+// names the socket the agent found ($XENSTORED_PATH here), not "default".
+func TestDaemonStatusNamesXenstorePath(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	sock := socketPath(t)
+	d := spawn(t, nil, sock, []string{"MTWATCH_XENSTORE=", "XENSTORED_PATH=" + in.Socket()})
+	d.notify.wait(t, "READY=1")
+	cl := control.NewClient(sock)
+	defer cl.Close()
+	st, err := cl.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Xenstore.Path != in.Socket() {
+		t.Errorf("status names xenstore %q, want %q", st.Xenstore.Path, in.Socket())
+	}
+	d.stop()
+}
