@@ -125,6 +125,10 @@ type domain struct {
 
 	dispatched, processed, coalesced, filtered, dropped uint64
 	lastLat, maxLat                                     int64
+
+	// kept: in single-worker mode, created and not destroyed. The domain
+	// has no worker but keeps its counters, as it would with one.
+	kept bool
 }
 
 // worker is the default worker or one generation of a domain's worker. A
