@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gdamore/tcell/v2"
+	"github.com/rivo/uniseg"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
@@ -312,13 +313,17 @@ func drawTop(s tcell.Screen, st control.Status, rows []topRow, m *topModel, msg 
 	s.Clear()
 	width, height := s.Size()
 	put := func(y int, text string, style tcell.Style) {
+		// One grapheme cluster per cell, or two for a wide one: names in
+		// any script keep the columns aligned.
 		x := 0
-		for _, r := range text {
-			if x >= width {
+		g := uniseg.NewGraphemes(text)
+		for g.Next() {
+			rs, w := g.Runes(), g.Width()
+			if x+w > width {
 				break
 			}
-			s.SetContent(x, y, r, nil, style)
-			x++
+			s.SetContent(x, y, rs[0], rs[1:], style)
+			x += max(w, 1)
 		}
 		for ; x < width; x++ {
 			s.SetContent(x, y, ' ', nil, style)
