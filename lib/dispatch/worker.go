@@ -341,8 +341,17 @@ func (d *Dispatcher) logStallEnd(r *stallReport) {
 	if r == nil {
 		return
 	}
-	d.log.Info("dispatch: stalled watch callback returned",
-		"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
+	d.log.Info("dispatch: stalled watch callback returned", r.attrs()...)
+}
+
+// attrs are the log fields of a stall: the watch, its plugin if known, the
+// event's domain and path, and how long the callback ran.
+func (r stallReport) attrs() []any {
+	a := []any{"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age}
+	if r.w.plugin != "" {
+		a = append(a, "plugin", r.w.plugin)
+	}
+	return a
 }
 
 // monitor reports handlers running longer than the stall threshold. It looks
@@ -373,8 +382,7 @@ func (d *Dispatcher) monitor() {
 		}
 		reports = d.stalled(reports[:0])
 		for _, r := range reports {
-			d.log.Warn("dispatch: watch callback stalled",
-				"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
+			d.log.Warn("dispatch: watch callback stalled", r.attrs()...)
 		}
 	}
 }
