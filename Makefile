@@ -44,7 +44,9 @@ LDFLAGS   ?= -s -w
 GO_LDFLAGS := $(LDFLAGS) -X github.com/mtwatch/mtwatch/internal/buildinfo.version=$(VERSION)
 
 # Only binaries whose main package exists are built: nothing pretends to work.
-BINARIES := $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go))))
+# cmd/mtwatch-bench is a module of its own (its plots' gonum stays out of
+# mtwatch's module graph): make bench builds it.
+BINARIES := $(filter-out mtwatch-bench,$(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go)))))
 # The agent runs as a system daemon; the others are user commands and hooks.
 SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
@@ -81,6 +83,7 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 	$(GO) -C packaging vet ./...
+	$(GO) -C cmd/mtwatch-bench vet ./...
 
 # The harness-backed integration tests start real xenstored instances, so the
 # Debian packages come first (a xenstored still missing fails the tests that
@@ -88,6 +91,7 @@ vet:
 test: deps fmt-check vet
 	$(GO) test -race -count=1 ./...
 	$(GO) -C packaging test -count=1 ./...
+	$(GO) -C cmd/mtwatch-bench test -race -count=1 ./...
 
 # Man pages are generated from the urfave/cli definitions and committed;
 # lib/admin's TestManPageCurrent fails when they are stale.
@@ -128,7 +132,7 @@ fuzz:
 # shortens it (e.g. --runs 1 --flood 3s --scale 1000).
 BENCH_FLAGS ?=
 bench: deps
-	$(GO) build -o build/mtwatch-bench ./cmd/mtwatch-bench
+	$(GO) -C cmd/mtwatch-bench build -o $(CURDIR)/build/mtwatch-bench .
 	build/mtwatch-bench $(BENCH_FLAGS)
 
 # The package benchmarks (lib/xenstore, lib/dispatch, mtwatch-hook, ...).
