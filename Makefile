@@ -113,6 +113,7 @@ build/mtwatchd.toml: docs/mtwatchd.toml
 # and committed; plugin/builtins' TestConfigExampleCurrent fails when stale.
 config-example:
 	$(GO) test ./plugin/builtins -run TestConfigExampleCurrent -count=1 -update
+	$(GO) run ./internal/confman/gen docs/mtwatchd.toml docs/man/mtwatchd.toml.5
 
 # Short fuzzing runs of every fuzz target (not part of make test).
 FUZZTIME ?= 20s

@@ -15,9 +15,9 @@ import (
 
 // An example line in a comment: a key assignment or a table header, as in
 // the commented [[plugins.exec.rule]] block.
-var exampleLine = regexp.MustCompile(`^(\[\[?[a-z_.]+\]\]?|[a-z_]+\s+=\s)`)
+var exampleLine = regexp.MustCompile(`^\s*(\[\[?[a-z_.]+\]\]?|[a-z_]+\s+=\s)`)
 
-var keyLine = regexp.MustCompile(`^([a-z_]+)\s*=\s*(.*)$`)
+var keyLine = regexp.MustCompile(`^([a-z_]+) ?= ?(.*)$`)
 
 // Page returns the man page for the reference configuration src.
 func Page(src []byte) (string, error) {
@@ -53,7 +53,15 @@ func Page(src []byte) (string, error) {
 				flush()
 			}
 		case strings.HasPrefix(text, "#"):
-			comments = append(comments, strings.TrimPrefix(strings.TrimPrefix(text, "#"), " "))
+			c := strings.TrimPrefix(strings.TrimPrefix(text, "#"), " ")
+			if m := keyLine.FindStringSubmatch(c); m != nil && section != "" && !strings.HasPrefix(c, " ") {
+				// A key commented out at its default, as the reference
+				// has most of them.
+				fmt.Fprintf(&b, ".TP\n\\fB%s\\fR = %s\n", esc(m[1]), esc(m[2]))
+				flush()
+				continue
+			}
+			comments = append(comments, c)
 		case strings.HasPrefix(text, "["):
 			if !inOpts {
 				flush()

@@ -24,7 +24,7 @@ func TestManPageCurrent(t *testing.T) {
 	if err != nil || string(committed) != page {
 		t.Fatalf("docs/man/mtwatchd.toml.5 is stale (%v): run make man", err)
 	}
-	for _, m := range regexp.MustCompile(`(?m)^([a-z_]+) =`).FindAllStringSubmatch(string(src), -1) {
+	for _, m := range regexp.MustCompile(`(?m)^(?:# )?([a-z_]+) = `).FindAllStringSubmatch(string(src), -1) {
 		if !strings.Contains(page, `\fB`+esc(m[1])+`\fR = `) {
 			t.Errorf("key %s missing from the page", m[1])
 		}
