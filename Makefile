@@ -28,11 +28,12 @@ DESTDIR   ?=
 # Debian packages: the real xenstored and its C clients, a third client
 # (pyxs) to cross-check against, gcc for the xenemu preload library, curl
 # for the control API test over --unix-socket, systemd for systemd-analyze
-# verify of the units, groff to check the generated man page. Where
+# verify of the units, groff to check the man pages, apparmor to compile
+# the AppArmor rule shipped for libvirtd (never loaded). Where
 # xenstored is, and how xenemu is built and preloaded,
 # lib/xenstore/xenstoredtest alone knows: the tests and the sandbox go
 # through it.
-DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd groff-base
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd groff-base apparmor
 
 # The version every binary reports (--version, mtwatch status,
 # mtwatch_build_info): git describe of the tree, "-dirty" when it has
