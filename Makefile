@@ -7,8 +7,10 @@
 #   make bench     the agent's benchmarks beside their baselines (docs/performance.md)
 #   make sandbox   a private real xenstored on a machine without Xen
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
+#   make uninstall remove them again (same variables; the configuration file stays)
+#   make deb       Debian packages in build/: mtwatch, mtwatch-libvirt, mtwatch-xapi
 #   make deps      install the Debian packages the tests and the sandbox need
-#   make man       regenerate docs/man/*.1 from the CLI definitions (make test fails when stale)
+#   make man       regenerate mtwatch(1) and mtwatchd.toml(5) in docs/man (make test fails when stale)
 #   make config-example  regenerate docs/mtwatchd.toml from the defaults (likewise)
 
 GO        ?= go
@@ -19,20 +21,33 @@ LIBEXECDIR ?= $(PREFIX)/lib/mtwatch
 SYSCONFDIR ?= /etc
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 MANDIR    ?= $(PREFIX)/share/man
+DATADIR   ?= $(PREFIX)/share
 DOCDIR    ?= $(PREFIX)/share/doc/mtwatch
 DESTDIR   ?=
 
 # Debian packages: the real xenstored and its C clients, a third client
 # (pyxs) to cross-check against, gcc for the xenemu preload library, curl
 # for the control API test over --unix-socket, systemd for systemd-analyze
-# verify of the units, groff to check the generated man page. Where
+# verify of the units, groff to check the man pages, apparmor to compile
+# the AppArmor rule shipped for libvirtd (never loaded). Where
 # xenstored is, and how xenemu is built and preloaded,
 # lib/xenstore/xenstoredtest alone knows: the tests and the sandbox go
 # through it.
-DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd groff-base
+DEB_PACKAGES := xen-utils-4.17 xenstore-utils python3-pyxs gcc curl systemd groff-base apparmor
+
+# The version every binary reports (--version, mtwatch status,
+# mtwatch_build_info): git describe of the tree, "-dirty" when it has
+# uncommitted changes; VERSION=... overrides it (a tarball without .git).
+VERSION   ?= $(shell git describe --tags --always --dirty --match 'v[0-9]*' 2>/dev/null || echo dev)
+# Release binaries: the version stamped in, symbol table and DWARF stripped
+# (-s -w; panics still print file:line from the runtime's own tables).
+LDFLAGS   ?= -s -w
+GO_LDFLAGS := $(LDFLAGS) -X github.com/mtwatch/mtwatch/internal/buildinfo.version=$(VERSION)
 
 # Only binaries whose main package exists are built: nothing pretends to work.
-BINARIES := $(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go))))
+# cmd/mtwatch-bench is a module of its own (its plots' gonum stays out of
+# mtwatch's module graph): make bench builds it.
+BINARIES := $(filter-out mtwatch-bench,$(notdir $(patsubst %/,%,$(dir $(wildcard cmd/*/main.go)))))
 # The agent runs as a system daemon; the others are user commands and hooks.
 SBIN_BINARIES    := $(filter mtwatchd,$(BINARIES))
 BIN_BINARIES     := $(filter mtwatch,$(BINARIES))
@@ -46,7 +61,7 @@ all: build
 # dynamic loading plus cgo start-up would cost it a fifth of its run time.
 build:
 	@mkdir -p bin
-	$(if $(BINARIES),CGO_ENABLED=0 $(GO) build -trimpath -o bin/ $(addprefix ./cmd/,$(BINARIES)),@true)
+	$(if $(BINARIES),CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(GO_LDFLAGS)' -o bin/ $(addprefix ./cmd/,$(BINARIES)),@true)
 
 deps:
 	@missing=""; \
@@ -68,22 +83,38 @@ fmt-check:
 
 vet:
 	$(GO) vet ./...
+	$(GO) -C packaging vet ./...
+	$(GO) -C cmd/mtwatch-bench vet ./...
 
 # The harness-backed integration tests start real xenstored instances, so the
 # Debian packages come first (a xenstored still missing fails the tests that
 # need it); -race because concurrency is the point.
 test: deps fmt-check vet
 	$(GO) test -race -count=1 ./...
+	$(GO) -C packaging test -count=1 ./...
+	$(GO) -C cmd/mtwatch-bench test -race -count=1 ./...
 
 # Man pages are generated from the urfave/cli definitions and committed;
 # lib/admin's TestManPageCurrent fails when they are stale.
 man:
 	$(GO) run ./lib/admin/genman docs/man
+	$(GO) run ./internal/confman/gen docs/mtwatchd.toml docs/man/mtwatchd.toml.5
+
+# The configuration file installed (make install, make deb): the reference
+# docs/mtwatchd.toml with the plugins' "enabled" and the section headers
+# commented out too, so the agent runs on its defaults, those of later
+# releases included, until the administrator uncomments a key.
+build/mtwatchd.toml: docs/mtwatchd.toml
+	@mkdir -p build
+	sed -E -e "s/Every key but the plugins'$$/Every key, the plugins'/" \
+		-e 's/^# "enabled" is commented out at its default/# "enabled" too, is commented out at its default/' \
+		-e 's/^(\[[a-z_.]+\]|[a-z_]+ *=)/# \1/' $< > $@.$$$$ && mv $@.$$$$ $@
 
 # docs/mtwatchd.toml is generated from the agent's and the plugins' defaults
 # and committed; plugin/builtins' TestConfigExampleCurrent fails when stale.
 config-example:
 	$(GO) test ./plugin/builtins -run TestConfigExampleCurrent -count=1 -update
+	$(GO) run ./internal/confman/gen docs/mtwatchd.toml docs/man/mtwatchd.toml.5
 
 # Short fuzzing runs of every fuzz target (not part of make test).
 FUZZTIME ?= 20s
@@ -103,7 +134,7 @@ fuzz:
 # shortens it (e.g. --runs 1 --flood 3s --scale 1000).
 BENCH_FLAGS ?=
 bench: deps
-	$(GO) build -o build/mtwatch-bench ./cmd/mtwatch-bench
+	$(GO) -C cmd/mtwatch-bench build -o $(CURDIR)/build/mtwatch-bench .
 	build/mtwatch-bench $(BENCH_FLAGS)
 
 # The package benchmarks (lib/xenstore, lib/dispatch, mtwatch-hook, ...).
@@ -121,14 +152,16 @@ sandbox: deps build
 sandbox-stop:
 	@GO=$(GO) test/sandbox.sh stop
 
-install: build
+install: build build/mtwatchd.toml
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SBINDIR) $(DESTDIR)$(LIBEXECDIR)
 	$(foreach b,$(BIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(BINDIR)/$(b);)
 	$(foreach b,$(SBIN_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(SBINDIR)/$(b);)
 	$(foreach b,$(LIBEXEC_BINARIES),install -m 0755 bin/$(b) $(DESTDIR)$(LIBEXECDIR)/$(b);)
-	@if ls docs/man/*.1 >/dev/null 2>&1; then \
-		install -d $(DESTDIR)$(MANDIR)/man1 && install -m 0644 docs/man/*.1 $(DESTDIR)$(MANDIR)/man1/; \
-	fi
+	@for s in 1 5 8; do \
+		if ls docs/man/*.$$s >/dev/null 2>&1; then \
+			install -d $(DESTDIR)$(MANDIR)/man$$s && install -m 0644 docs/man/*.$$s $(DESTDIR)$(MANDIR)/man$$s/; \
+		fi; \
+	done
 	@if [ -d systemd ] && ls systemd/*.service >/dev/null 2>&1; then \
 		install -d $(DESTDIR)$(SYSTEMDUNITDIR); \
 		for u in systemd/*.service systemd/*.socket systemd/*.timer; do \
@@ -137,15 +170,20 @@ install: build
 			chmod 0644 $(DESTDIR)$(SYSTEMDUNITDIR)/$$(basename $$u); \
 		done; \
 	fi
+	@# Shell completions, written by mtwatch itself.
+	install -d $(DESTDIR)$(DATADIR)/bash-completion/completions $(DESTDIR)$(DATADIR)/zsh/vendor-completions $(DESTDIR)$(DATADIR)/fish/vendor_completions.d
+	bin/mtwatch completion bash > $(DESTDIR)$(DATADIR)/bash-completion/completions/mtwatch
+	bin/mtwatch completion zsh > $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_mtwatch
+	bin/mtwatch completion fish > $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/mtwatch.fish
 	install -d $(DESTDIR)$(DOCDIR)
-	install -m 0644 README.md docs/*.md docs/mtwatchd.toml $(DESTDIR)$(DOCDIR)/
+	install -m 0644 README.md CHANGELOG.md LICENSE docs/*.md docs/mtwatchd.toml systemd/mtwatchd.service.d/driver-domain.conf $(DESTDIR)$(DOCDIR)/
 	@# The configuration file: every key commented out at its default. An
 	@# existing file is the administrator's and is never replaced.
 	@install -d -m 0755 $(DESTDIR)$(SYSCONFDIR)/mtwatch
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml ]; then \
 		echo "kept $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml (the shipped one is $(DOCDIR)/mtwatchd.toml)"; \
 	else \
-		install -m 0644 docs/mtwatchd.toml $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml; \
+		install -m 0644 build/mtwatchd.toml $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml; \
 		echo "installed $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml"; \
 	fi
 	@if [ -d hooks ]; then $(MAKE) --no-print-directory install-hooks; fi
@@ -156,18 +194,57 @@ install: build
 # names the hook by its directory).
 XAPI_HOOKS := vm-pre-resume vm-post-resume vm-pre-migrate vm-post-migrate \
 	vm-pre-shutdown vm-pre-reboot vm-pre-suspend vm-post-destroy
-.PHONY: install-hooks
+.PHONY: install-hooks uninstall
 install-hooks:
 	@script() { \
 		install -d "$$(dirname "$$2")"; \
-		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' "$$1" > "$$2"; \
-		chmod 0755 "$$2"; \
+		sed 's|@LIBEXECDIR@|$(LIBEXECDIR)|g; s|@DOCDIR@|$(DOCDIR)|g' "$$1" > "$$2"; \
+		chmod "$$3" "$$2"; \
 		echo "installed $$2"; \
 	}; \
-	script hooks/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch; \
+	script hooks/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch 0755; \
+	script hooks/libvirt/apparmor/mtwatch-hook $(DESTDIR)$(SYSCONFDIR)/apparmor.d/local/mtwatch-hook 0644; \
 	for h in $(XAPI_HOOKS); do \
-		script hooks/xapi.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch; \
+		script hooks/xapi.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch 0755; \
 	done
+	@echo "libvirt: restart libvirtd (or virtxend) to load the hook; with AppArmor, add"
+	@echo "  include <local/mtwatch-hook>"
+	@echo "to $(SYSCONFDIR)/apparmor.d/local/usr.sbin.libvirtd and reload that profile (docs/hooks.md)"
+
+# Removes what make install installed, with the same variables. The
+# configuration file /etc/mtwatch/mtwatchd.toml is the administrator's and
+# stays; so do drop-ins under /etc/systemd/system.
+uninstall:
+	rm -f $(addprefix $(DESTDIR)$(BINDIR)/,$(BIN_BINARIES)) \
+		$(addprefix $(DESTDIR)$(SBINDIR)/,$(SBIN_BINARIES)) \
+		$(addprefix $(DESTDIR)$(LIBEXECDIR)/,$(LIBEXEC_BINARIES))
+	-rmdir $(DESTDIR)$(LIBEXECDIR) 2>/dev/null
+	rm -f $(addprefix $(DESTDIR)$(MANDIR)/man1/,$(notdir $(wildcard docs/man/*.1))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man5/,$(notdir $(wildcard docs/man/*.5))) \
+		$(addprefix $(DESTDIR)$(MANDIR)/man8/,$(notdir $(wildcard docs/man/*.8)))
+	rm -f $(addprefix $(DESTDIR)$(SYSTEMDUNITDIR)/,$(notdir $(wildcard systemd/*.service systemd/*.socket systemd/*.timer)))
+	rm -rf $(DESTDIR)$(DOCDIR)
+	rm -f $(DESTDIR)$(DATADIR)/bash-completion/completions/mtwatch $(DESTDIR)$(DATADIR)/zsh/vendor-completions/_mtwatch $(DESTDIR)$(DATADIR)/fish/vendor_completions.d/mtwatch.fish
+	rm -f $(DESTDIR)$(SYSCONFDIR)/libvirt/hooks/libxl.d/50-mtwatch $(DESTDIR)$(SYSCONFDIR)/apparmor.d/local/mtwatch-hook
+	for h in $(XAPI_HOOKS); do \
+		rm -f $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h/50-mtwatch; \
+		rmdir $(DESTDIR)$(SYSCONFDIR)/xapi.d/$$h 2>/dev/null || true; \
+	done
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml ]; then \
+		echo "kept $(DESTDIR)$(SYSCONFDIR)/mtwatch/mtwatchd.toml"; \
+	fi
+
+# Debian packages, build/mtwatch*_<version>_<arch>.deb: make install into a
+# staging tree with Debian's paths, then packaging/mkdeb (nfpm as a library,
+# in a module of its own so that it stays out of mtwatch's module graph)
+# splits it into mtwatch, mtwatch-libvirt and mtwatch-xapi.
+DEB_ARCH ?= $(shell $(GO) env GOARCH)
+.PHONY: deb
+deb:
+	rm -rf build/debroot
+	$(MAKE) --no-print-directory install DESTDIR=$(CURDIR)/build/debroot PREFIX=/usr \
+		LIBEXECDIR=/usr/libexec/mtwatch SYSTEMDUNITDIR=/lib/systemd/system
+	cd packaging && $(GO) run . --root $(CURDIR)/build/debroot --version '$(VERSION)' --arch $(DEB_ARCH) --out $(CURDIR)/build
 
 clean:
 	rm -rf bin build

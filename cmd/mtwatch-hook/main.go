@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/buildinfo"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/hook"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -47,6 +48,7 @@ Options:
   --xenstore <path>     XenStore socket or device (or MTWATCH_XENSTORE;
                         default: $XENSTORED_PATH, the xenstored socket,
                         /dev/xen/xenbus)
+  --version             print the version and exit
 
 Exit codes: 0 done or nothing to do, 1 XenStore failure, 2 usage or bad
 input (nothing written). Under libvirt a failure exits 0 unless --strict;
@@ -74,12 +76,17 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.timeout, "timeout", o.timeout, "")
 	fs.BoolVar(&o.strict, "strict", o.strict, "")
 	fs.StringVar(&o.xenstore, "xenstore", o.xenstore, "")
+	showVersion := fs.Bool("version", false, "")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprint(stdout, usage)
 			return hook.ExitOK
 		}
 		return fail(stderr, hook.ModeDirect, o, fmt.Errorf("%w: %v", hook.ErrUsage, err))
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "mtwatch-hook version", buildinfo.Version())
+		return hook.ExitOK
 	}
 	if o.timeout <= 0 {
 		return fail(stderr, hook.ModeDirect, o, fmt.Errorf("%w: --timeout %v: must be positive", hook.ErrUsage, o.timeout))

@@ -17,8 +17,11 @@ import (
 	"github.com/mtwatch/mtwatch/lib/sim"
 )
 
-// display shows progress: a bar on a terminal (with the --live command's
-// output redrawn above it), or a line per domain otherwise.
+// display shows progress: a bar on a terminal, with the --live command's
+// output redrawn above it every interval; otherwise a line per domain, and
+// the --live command's output once at the end of each phase (a log, not a
+// screen: one snapshot per phase says what a snapshot a second would
+// bury).
 type display struct {
 	w        io.Writer
 	mode     string // bar, lines, none
@@ -75,7 +78,7 @@ func (d *display) progress(p sim.Progress) {
 
 // start runs the live command every interval until stop.
 func (d *display) start(ctx context.Context) {
-	if d.liveCmd == "" || d.mode == "none" {
+	if d.liveCmd == "" || d.mode != "bar" {
 		return
 	}
 	ctx, d.cancel = context.WithCancel(ctx)
@@ -93,6 +96,18 @@ func (d *display) start(ctx context.Context) {
 			}
 		}
 	}()
+}
+
+// phaseDone shows the live command's output once in lines mode, when
+// every domain has been through phase.
+func (d *display) phaseDone(phase string) {
+	if d.liveCmd == "" || d.mode != "lines" {
+		return
+	}
+	d.mu.Lock()
+	fmt.Fprintf(d.w, "-- every domain through %s\n", phase)
+	d.mu.Unlock()
+	d.showLive(context.Background())
 }
 
 func (d *display) stop() {

@@ -80,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.jsonOut, "json", "", "write the report as JSON to this file (- for stdout)")
 	fs.StringVar(&o.label, "label", "", "name of the run in the report (e.g. the agent's mode)")
 	fs.StringVar(&o.progress, "progress", "auto", "progress display: auto (a bar on a terminal), bar, lines, none")
-	fs.StringVar(&o.liveCmd, "live", "", "shell command whose output is shown above the progress bar, refreshed (e.g. \"mtwatch list\")")
+	fs.StringVar(&o.liveCmd, "live", "", "shell command whose output is shown above the progress bar, refreshed, or without a terminal once per phase (e.g. \"mtwatch list\")")
 	fs.DurationVar(&o.liveInterval, "live-interval", time.Second, "refresh interval of --live")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -115,6 +115,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	disp := newDisplay(stderr, o.progress, 2*cfg.Domains, o.liveCmd, o.liveInterval)
 	cfg.Progress = disp.progress
+	cfg.PhaseDone = disp.phaseDone
 	disp.start(ctx)
 	rep, err := sim.Run(ctx, cfg)
 	disp.stop()

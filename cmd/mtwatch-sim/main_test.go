@@ -70,3 +70,23 @@ func TestRunWithoutScriptRunner(t *testing.T) {
 		t.Errorf("/local/domain holds %q, want dom0's alone", got)
 	}
 }
+
+// TestLiveOncePerPhase: without a terminal (make demo's output, a CI log)
+// the --live command's output comes once per phase, however long the phase
+// and however short the interval.
+func TestLiveOncePerPhase(t *testing.T) {
+	in := xenstoredtest.Start(t)
+	t.Setenv("XENSTORED_PATH", in.Socket())
+	t.Setenv("XENSTORED_RUNDIR", in.Dir())
+	var out, errb bytes.Buffer
+	run([]string{"--domains", "2", "--device-timeout", "300ms", "--progress", "lines",
+		"--live", "echo snapshot", "--live-interval", "10ms"}, &out, &errb)
+	if n := strings.Count(errb.String(), "\nsnapshot\n"); n != 2 {
+		t.Errorf("%d snapshots, want one per phase (2):\n%s", n, errb.String())
+	}
+	for _, phase := range []string{"create", "destroy"} {
+		if !strings.Contains(errb.String(), "every domain through "+phase) {
+			t.Errorf("no snapshot after %s:\n%s", phase, errb.String())
+		}
+	}
+}

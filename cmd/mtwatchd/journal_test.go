@@ -137,7 +137,12 @@ func TestDaemonJournal(t *testing.T) {
 	j := newJournalSocket(t)
 	sock := socketPath(t)
 	cfg := filepath.Join(t.TempDir(), "mtwatchd.toml")
-	if err := os.WriteFile(cfg, []byte("[plugins.log]\nlevel = \"info\"\n"), 0o644); err != nil {
+	// A command that outlives the stall threshold: its stall entries must
+	// name the plugin.
+	conf := "[agent]\nstall_threshold = \"100ms\"\n[plugins.log]\nlevel = \"info\"\n" +
+		"[plugins.exec]\nenabled = true\n[[plugins.exec.rule]]\nname = \"slow\"\npath = \"/local/domain/{domid}/slow\"\n" +
+		"command = [\"/bin/sleep\", \"0.5\"]\n"
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// stderr is a pipe whose device and inode JOURNAL_STREAM names; what
@@ -194,6 +199,10 @@ exec "$@"`
 	if ready["PRIORITY"] != "6" {
 		t.Errorf("info entry with PRIORITY=%q", ready["PRIORITY"])
 	}
+	// journalctl -t mtwatchd finds every entry.
+	if ready["SYSLOG_IDENTIFIER"] != "mtwatchd" {
+		t.Errorf("SYSLOG_IDENTIFIER=%q, want mtwatchd", ready["SYSLOG_IDENTIFIER"])
+	}
 	in.CreateDomain(5)
 	in.Run("xenstore-write", "backend/vif/5/0/state", "1")
 	ev := j.wait(t, "of the log plugin's event", func(e map[string]string) bool {
@@ -212,6 +221,15 @@ exec "$@"`
 	})
 	if warn["PRIORITY"] != "4" {
 		t.Errorf("warning with PRIORITY=%q: %v", warn["PRIORITY"], warn)
+	}
+	// The exec plugin's slow command stalls domain 5's worker: both stall
+	// entries name the plugin.
+	in.Run("xenstore-write", "/local/domain/5/slow", "1")
+	for _, msg := range []string{"dispatch: watch callback stalled", "dispatch: stalled watch callback returned"} {
+		e := j.wait(t, msg, func(e map[string]string) bool { return e["MESSAGE"] == msg })
+		if e["PLUGIN"] != "exec" || e["DOMID"] != "5" || e["SYSLOG_IDENTIFIER"] != "mtwatchd" {
+			t.Errorf("%q: PLUGIN=%q DOMID=%q SYSLOG_IDENTIFIER=%q, want exec, 5, mtwatchd: %v", msg, e["PLUGIN"], e["DOMID"], e["SYSLOG_IDENTIFIER"], e)
+		}
 	}
 	if bad := j.find(func(e map[string]string) bool { return e["PARSE_ERROR"] != "" }); bad != nil {
 		t.Errorf("malformed datagram: %v", bad)

@@ -23,14 +23,15 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/urfave/cli/v2"
 
+	"github.com/mtwatch/mtwatch/internal/buildinfo"
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/logging"
 	_ "github.com/mtwatch/mtwatch/plugin/builtins"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version is set by the build: see internal/buildinfo.
+var version = buildinfo.Version()
 
 const (
 	exitFailure = 1
@@ -47,6 +48,8 @@ func main() {
 			"Flags and their environment variables override the configuration file.",
 		Flags:  flags(),
 		Action: run,
+		// mtwatchd has no commands: no "COMMANDS: help" in --help.
+		HideHelpCommand: true,
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
 		},
@@ -86,7 +89,7 @@ func run(c *cli.Context) error {
 
 	a, err := agent.New(agent.Options{
 		Config: cfg, Logger: slog.Default(), Logrus: log, Notify: notify,
-		WatchdogInterval: watchdog, Version: version,
+		WatchdogInterval: watchdog, Version: version, Registry: registry(),
 	})
 	if err != nil {
 		code := exitFailure

@@ -19,6 +19,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/mtwatch/mtwatch/internal/buildinfo"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
@@ -32,8 +33,8 @@ const (
 	ExitAgentNotRunning = 3 // the command needs mtwatchd and it is not running
 )
 
-// Version is set by the build (-ldflags "-X ...admin.Version=...").
-var Version = "dev"
+// Version is set by the build: see internal/buildinfo.
+var Version = buildinfo.Version()
 
 // Run runs the mtwatch command line args (args[0] is the program name) and
 // returns its exit code. ctx ends long-running commands (top, watch, xl
@@ -41,7 +42,7 @@ var Version = "dev"
 func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	app := NewApp()
 	app.Reader, app.Writer, app.ErrWriter = stdin, stdout, stderr
-	err := app.RunContext(ctx, args)
+	err := app.RunContext(ctx, splitShortOptions(args))
 	if err == nil {
 		return ExitOK
 	}

@@ -128,6 +128,8 @@ func TestGoldenWithFakeAgent(t *testing.T) {
 		{"stalls-json.golden", []string{"stalls", "--json"}},
 		{"top-batch.golden", []string{"top", "--batch", "--iterations", "2", "--delay", "10ms"}},
 		{"top-batch.golden", []string{"top", "-b", "-i", "2", "-d", "10ms"}}, // xentop's options
+		{"top-batch.golden", []string{"top", "-b", "-n2", "-d", "0.01"}},     // as xentop writes them: seconds, -n1
+		{"top-batch.golden", []string{"top", "-b", "-d0.01", "-i", "2"}},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			r := run(t, append([]string{"--control", sock}, tt.args...)...)
@@ -236,6 +238,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"list", "5", "--json"}, "flag --json must come before the arguments"},
 		{[]string{"status", "x"}, "status takes no arguments"},
 		{[]string{"top", "--delay", "0s"}, "--delay must be positive"},
+		{[]string{"top", "-d", "0"}, "--delay must be positive"},
+		{[]string{"top", "-d", "soon"}, "neither seconds"},
 		{[]string{"completion", "tcsh"}, `unknown shell "tcsh"`},
 		{[]string{"completion"}, "completion takes one of"},
 		{[]string{"watch"}, "watch takes at least one <path>"},
@@ -263,7 +267,7 @@ func TestHelpAndVersion(t *testing.T) {
 	run(t).expect(t, ExitOK)
 	run(t, "--version").expect(t, ExitOK)
 	run(t, "xl", "create", "--help").expect(t, ExitOK)
-	run(t, "xl").expect(t, ExitOK)
+	run(t, "xl", "--help").expect(t, ExitOK)
 	r = run(t, "help", "list")
 	r.expect(t, ExitOK)
 	if !strings.Contains(r.stdout, "mtwatch list") {
@@ -360,6 +364,29 @@ func TestExitCodes(t *testing.T) {
 	for code := range documented {
 		if !tested[code] {
 			t.Errorf("documented exit code %s not tested", code)
+		}
+	}
+}
+
+// TestXLWithoutSubcommand: mtwatch xl alone is a usage error (exit 2) with
+// the help on stderr, as xl alone is, not a success.
+func TestXLWithoutSubcommand(t *testing.T) {
+	r := run(t, "xl")
+	r.expect(t, ExitUsage)
+	if r.stdout != "" || !strings.Contains(r.stderr, "create|shutdown|destroy|reboot") {
+		t.Errorf("stdout %q, stderr %q", r.stdout, r.stderr)
+	}
+}
+
+func TestSplitShortOptions(t *testing.T) {
+	for _, tt := range []struct{ in, want []string }{
+		{[]string{"mtwatch", "top", "-n1", "-d2"}, []string{"mtwatch", "top", "-n", "1", "-d", "2"}},
+		{[]string{"mtwatch", "top", "-d", "1", "-i0.5"}, []string{"mtwatch", "top", "-d", "1", "-i", "0.5"}},
+		{[]string{"mtwatch", "list", "-n1"}, []string{"mtwatch", "list", "-n1"}},
+		{[]string{"mtwatch", "top", "-b", "-name"}, []string{"mtwatch", "top", "-b", "-name"}},
+	} {
+		if got := splitShortOptions(tt.in); !slices.Equal(got, tt.want) {
+			t.Errorf("%q: %q, want %q", tt.in, got, tt.want)
 		}
 	}
 }

@@ -5,10 +5,14 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/rivo/uniseg"
 )
 
 // table prints aligned columns the way xl list does: text columns to the
 // left, numbers to the right, one space apart, the last column unpadded.
+// Widths are terminal cells, not bytes: a domain named "café" or "日本"
+// keeps the columns after it aligned.
 type table struct {
 	head  []string
 	right []bool
@@ -37,20 +41,21 @@ func (t *table) write(w io.Writer) error {
 	width := make([]int, len(t.head))
 	for _, r := range append([][]string{t.head}, t.rows...) {
 		for i, c := range r {
-			width[i] = max(width[i], len(c))
+			width[i] = max(width[i], uniseg.StringWidth(c))
 		}
 	}
 	var b strings.Builder
 	for _, r := range append([][]string{t.head}, t.rows...) {
 		for i, c := range r {
 			last := i == len(r)-1
+			pad := strings.Repeat(" ", width[i]-uniseg.StringWidth(c))
 			switch {
 			case t.right[i]:
-				fmt.Fprintf(&b, "%*s", width[i], c)
+				b.WriteString(pad + c)
 			case last:
 				b.WriteString(c)
 			default:
-				fmt.Fprintf(&b, "%-*s", width[i], c)
+				b.WriteString(c + pad)
 			}
 			if !last {
 				b.WriteByte(' ')

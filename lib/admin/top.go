@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"slices"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gdamore/tcell/v2"
+	"github.com/rivo/uniseg"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
@@ -28,9 +30,10 @@ u queued, p processed, d dropped, s stalled, n name, i id, r reverse the order, 
 
 --batch prints plain frames separated by a blank line, as xentop -b does, for pipes and scripts;
 it is also used when standard output is not a terminal. The short options are xentop's
-(-b, -d, -i; -n as in top). Exits 3 when the agent is not running.`,
+(-b, -d, -i; -n as in top), written as xentop takes them too: -d 2 is two seconds, -n1 one
+update. Exits 3 when the agent is not running.`,
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "delay", Aliases: []string{"d"}, Value: time.Second, Usage: "`DURATION` between updates"},
+			&cli.GenericFlag{Name: "delay", Aliases: []string{"d"}, Value: &seconds{time.Second}, Usage: "`DELAY` between updates: seconds, as xentop's -d 1, or a duration (500ms)"},
 			&cli.IntFlag{Name: "iterations", Aliases: []string{"i", "n"}, Usage: "exit after `N` updates (0: until interrupted or q)"},
 			&cli.BoolFlag{Name: "batch", Aliases: []string{"b"}, Usage: "print plain frames instead of the interactive view"},
 		},
@@ -43,7 +46,7 @@ func runTop(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("top takes no arguments")
 	}
-	delay, n := c.Duration("delay"), c.Int("iterations")
+	delay, n := c.Generic("delay").(*seconds).d, c.Int("iterations")
 	if delay <= 0 {
 		return usagef("top: --delay must be positive, got %v", delay)
 	}
@@ -310,13 +313,17 @@ func drawTop(s tcell.Screen, st control.Status, rows []topRow, m *topModel, msg 
 	s.Clear()
 	width, height := s.Size()
 	put := func(y int, text string, style tcell.Style) {
+		// One grapheme cluster per cell, or two for a wide one: names in
+		// any script keep the columns aligned.
 		x := 0
-		for _, r := range text {
-			if x >= width {
+		g := uniseg.NewGraphemes(text)
+		for g.Next() {
+			rs, w := g.Runes(), g.Width()
+			if x+w > width {
 				break
 			}
-			s.SetContent(x, y, r, nil, style)
-			x++
+			s.SetContent(x, y, rs[0], rs[1:], style)
+			x += max(w, 1)
 		}
 		for ; x < width; x++ {
 			s.SetContent(x, y, ' ', nil, style)
@@ -348,4 +355,45 @@ func drawTop(s tcell.Screen, st control.Status, rows []topRow, m *topModel, msg 
 		put(y, l, style)
 	}
 	s.Show()
+}
+
+// seconds is top's --delay: a number of seconds, as xentop's -d takes it
+// ("-d 1", "-d 0.5"), or a Go duration ("500ms").
+type seconds struct{ d time.Duration }
+
+func (s *seconds) Set(v string) error {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		if math.IsNaN(f) || math.IsInf(f, 0) || f > math.MaxInt64/float64(time.Second) {
+			return fmt.Errorf("%q: not a number of seconds", v)
+		}
+		s.d = time.Duration(f * float64(time.Second))
+		return nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return fmt.Errorf("%q: neither seconds (1, 0.5) nor a duration (500ms)", v)
+	}
+	s.d = d
+	return nil
+}
+
+func (s *seconds) String() string { return s.d.String() }
+
+// splitShortOptions rewrites top's xentop-style glued short options, -n1,
+// -d2, -i5, as -n 1, -d 2, -i 5: Go's flag parsing would read -n1 as a flag
+// named "n1". Only the arguments after the first "top" are touched.
+func splitShortOptions(args []string) []string {
+	i := slices.Index(args, "top")
+	if i < 0 {
+		return args
+	}
+	out := append([]string(nil), args[:i+1]...)
+	for _, a := range args[i+1:] {
+		if len(a) > 2 && a[0] == '-' && strings.ContainsRune("dni", rune(a[1])) && (a[2] >= '0' && a[2] <= '9' || a[2] == '.') {
+			out = append(out, a[:2], a[2:])
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }

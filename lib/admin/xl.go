@@ -42,11 +42,18 @@ after it is passed to xl unchanged, except as each subcommand says.`,
 		// command then never becomes a child of itself, which made the
 		// fish completion recurse forever.
 		HideHelpCommand: true,
-		// Without a subcommand: help; with an unknown one: a usage error
-		// (urfave/cli's own answer would exit 3, "agent not running").
+		// Without a subcommand: the help on stderr and a usage error, as
+		// xl itself answers; with an unknown one: a usage error (urfave/cli's
+		// own answer would exit 3, "agent not running").
 		Action: func(c *cli.Context) error {
 			if c.NArg() == 0 {
-				return cli.ShowSubcommandHelp(c)
+				w := c.App.Writer
+				c.App.Writer = c.App.ErrWriter
+				defer func() { c.App.Writer = w }()
+				if err := cli.ShowSubcommandHelp(c); err != nil {
+					return err
+				}
+				return cli.Exit("", ExitUsage)
 			}
 			return usagef("xl: unknown subcommand %q (create, shutdown, destroy, reboot)", c.Args().First())
 		},

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -126,9 +127,6 @@ func (cn *connection) client() *xenstore.Client {
 
 // status is what the control API says of the connection.
 func (cn *connection) status(path string) control.XenstoreStatus {
-	if path == "" {
-		path = "default"
-	}
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
 	s := control.XenstoreStatus{
@@ -140,6 +138,15 @@ func (cn *connection) status(path string) control.XenstoreStatus {
 	if cn.cur != nil {
 		s.State = "connected"
 		s.ConnectedSince = cn.since
+		// The socket or device that answered, when none was configured.
+		if p := cn.cur.Path(); p != "" {
+			s.Path = p
+		}
+	}
+	if s.Path == "" {
+		// Not connected and none configured: the candidates, in the order
+		// they are tried.
+		s.Path = strings.Join(xenstore.Paths(), ",")
 	}
 	return s
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
@@ -18,7 +19,21 @@ type metrics struct {
 	a       *Agent
 	latency prometheus.Histogram
 
-	events, workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge, barrier *prometheus.Desc
+	workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge, barrier *prometheus.Desc
+	ev                                                                                        eventDescs
+}
+
+// eventDescs are the event counters, split so that every sum means
+// something: each event dispatched to a watch, and each overflow notice,
+// ends in one handler call or one discard, so
+//
+//	dispatched + overflow_notices = handler_calls + discarded (all reasons) + pending
+//
+// and pending (the queued-events gauges) is 0 on an idle agent. Unmatched
+// events never reach a watch; failures and stalls count handler calls
+// again, by what went wrong with them.
+type eventDescs struct {
+	dispatched, unmatched, overflows, calls, discarded, failures, stalls *prometheus.Desc
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -29,7 +44,15 @@ func newMetrics(a *Agent) *metrics {
 			Help:    "Run time of plugin handler calls.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100us .. 26s
 		}),
-		events:     prometheus.NewDesc("mtwatch_events_total", "Watch events by outcome (dispatched, processed, coalesced, filtered, dropped, unmatched, overflows, purged, panics, errors, stalls).", []string{"outcome"}, nil),
+		ev: eventDescs{
+			dispatched: prometheus.NewDesc("mtwatch_events_dispatched_total", "Watch events that matched a registered watch; each ends as one handler call or one discard.", nil, nil),
+			unmatched:  prometheus.NewDesc("mtwatch_events_unmatched_total", "Watch events whose token matched no registered watch (not dispatched).", nil, nil),
+			overflows:  prometheus.NewDesc("mtwatch_overflow_notices_total", "Overflow notices queued for a watch after its domain's queue was full; each ends as one handler call or one discard.", nil, nil),
+			calls:      prometheus.NewDesc("mtwatch_handler_calls_total", "Handler calls run to their end, for events and overflow notices.", nil, nil),
+			discarded:  prometheus.NewDesc("mtwatch_events_discarded_total", "Events (and, for purged, notices) that ended without a handler call: filtered by the watch, coalesced into an identical pending one, dropped on a full domain queue, purged by unregister or stop.", []string{"reason"}, nil),
+			failures:   prometheus.NewDesc("mtwatch_handler_failures_total", "Handler calls that returned an error or panicked (counted in mtwatch_handler_calls_total too).", []string{"reason"}, nil),
+			stalls:     prometheus.NewDesc("mtwatch_handler_stalls_total", "Handler calls that ran past the stall threshold.", nil, nil),
+		},
 		workers:    prometheus.NewDesc("mtwatch_workers", "Domain workers, live or draining.", nil, nil),
 		domains:    prometheus.NewDesc("mtwatch_domains", "Guest domains known (node or introduced).", nil, nil),
 		nodes:      prometheus.NewDesc("mtwatch_nodes", "Trusted mtwatch nodes.", nil, nil),
@@ -38,13 +61,13 @@ func newMetrics(a *Agent) *metrics {
 		reconnects: prometheus.NewDesc("mtwatch_xenstore_reconnects_total", "Reconnections to xenstored.", nil, nil),
 		connected:  prometheus.NewDesc("mtwatch_xenstore_connected", "1 while connected to xenstored.", nil, nil),
 		queued:     prometheus.NewDesc("mtwatch_domain_queued_events", "Events pending for a domain with a worker.", []string{"domid"}, nil),
-		stallAge:   prometheus.NewDesc("mtwatch_domain_stall_age_seconds", "Age of a domain's stalled handler.", []string{"domid"}, nil),
+		stallAge:   prometheus.NewDesc("mtwatch_domain_stall_age_seconds", "Age of the stalled handler of a domain's worker; domid 0 is the default worker, whatever domain its event belongs to.", []string{"domid"}, nil),
 		barrier:    prometheus.NewDesc("mtwatch_barrier_timeouts_total", "Times plugin events held behind a domain introduction or node event were dispatched before the agent had handled it (a bound of the hold was reached).", nil, nil),
 	}
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.events, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge, m.barrier} {
+	for _, d := range []*prometheus.Desc{m.ev.dispatched, m.ev.unmatched, m.ev.overflows, m.ev.calls, m.ev.discarded, m.ev.failures, m.ev.stalls, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge, m.barrier} {
 		ch <- d
 	}
 	m.latency.Describe(ch)
@@ -55,17 +78,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.latency.Collect(ch)
 	st := a.d.Stats()
 	t := st.Totals
-	for _, c := range []struct {
-		name string
-		v    uint64
-	}{
-		{"dispatched", t.Dispatched}, {"processed", t.Processed}, {"coalesced", t.Coalesced},
-		{"filtered", t.Filtered}, {"dropped", t.Dropped}, {"unmatched", t.Unmatched},
-		{"overflows", t.Overflows}, {"purged", t.Purged}, {"panics", t.Panics},
-		{"errors", t.Errors}, {"stalls", t.Stalls},
-	} {
-		ch <- prometheus.MustNewConstMetric(m.events, prometheus.CounterValue, float64(c.v), c.name)
-	}
+	m.ev.collect(ch, t)
 	ch <- prometheus.MustNewConstMetric(m.workers, prometheus.GaugeValue, float64(st.Workers))
 	stalls := a.stalls(st)
 	ch <- prometheus.MustNewConstMetric(m.stalled, prometheus.GaugeValue, float64(len(stalls)))
@@ -86,11 +99,37 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(m.queued, prometheus.GaugeValue, float64(ds.Queued), strconv.Itoa(int(ds.Domid)))
 	}
+	// One series per worker: the default worker's stall (which holds up
+	// every domain without a worker, and dom0) as domid 0; a domain with a
+	// draining generation and a live one stalled at once shows the older.
+	age := map[domid.ID]int64{}
 	for _, sl := range stalls {
-		if sl.Worker == "domain" {
-			ch <- prometheus.MustNewConstMetric(m.stallAge, prometheus.GaugeValue, float64(sl.AgeMS)/1000, strconv.Itoa(int(sl.Domid)))
+		id := domid.ID(sl.Domid)
+		if sl.Worker != "domain" {
+			id = domid.Dom0
 		}
+		age[id] = max(age[id], sl.AgeMS)
 	}
+	for id, ms := range age {
+		ch <- prometheus.MustNewConstMetric(m.stallAge, prometheus.GaugeValue, float64(ms)/1000, strconv.Itoa(int(id)))
+	}
+}
+
+func (e eventDescs) collect(ch chan<- prometheus.Metric, t dispatch.Counters) {
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(e.dispatched, t.Dispatched)
+	counter(e.unmatched, t.Unmatched)
+	counter(e.overflows, t.Overflows)
+	counter(e.calls, t.Processed)
+	counter(e.discarded, t.Filtered, "filtered")
+	counter(e.discarded, t.Coalesced, "coalesced")
+	counter(e.discarded, t.Dropped, "dropped")
+	counter(e.discarded, t.Purged, "purged")
+	counter(e.failures, t.Errors, "error")
+	counter(e.failures, t.Panics, "panic")
+	counter(e.stalls, t.Stalls)
 }
 
 // MetricsHandler serves the agent's registry in the Prometheus text format.

@@ -160,6 +160,7 @@ func (p *hostedPlugin) Watch(ctx context.Context, cfg dispatch.WatchConfig) (plu
 	if cfg.Token == "" {
 		cfg.Token = a.conn.newToken(p.name)
 	}
+	cfg.Plugin = p.name
 	if h := cfg.Handler; h != nil {
 		hist := a.metrics.latency
 		cfg.Handler = func(ctx context.Context, ev dispatch.Event) error {

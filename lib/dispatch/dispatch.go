@@ -329,6 +329,9 @@ func (d *Dispatcher) CreateDomain(id domid.ID) error {
 		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrStopped) // I8
 	}
 	if d.single {
+		// No worker, but the domain's counters last until DestroyDomain,
+		// as a worker's do: they never go back to zero while it exists.
+		d.domainLocked(id).kept = true
 		return nil
 	}
 	dom := d.domainLocked(id)
@@ -369,6 +372,10 @@ func (d *Dispatcher) DestroyDomain(id domid.ID) error {
 		return fmt.Errorf("dispatch: destroy domain %d: %w", id, ErrStopped) // I8
 	}
 	if d.single {
+		if dom := d.doms[id]; dom != nil {
+			dom.kept = false
+			d.maybeFreeLocked(dom)
+		}
 		return nil
 	}
 	dom := d.doms[id]
@@ -469,7 +476,7 @@ func (d *Dispatcher) finishLocked(wk *worker) {
 }
 
 func (d *Dispatcher) maybeFreeLocked(dom *domain) {
-	if dom != d.dom0 && dom.live == nil && dom.first == nil && dom.items == 0 {
+	if dom != d.dom0 && dom.live == nil && dom.first == nil && dom.items == 0 && !dom.kept {
 		delete(d.doms, dom.id)
 	}
 }

@@ -1136,3 +1136,48 @@ func TestWaitIdle(t *testing.T) {
 		t.Fatalf("ran %v before WaitIdle returned, want %v", got, want)
 	}
 }
+
+// TestSingleWorkerCountersKept: in single-worker mode no domain has a
+// worker, yet its per-domain counters must not go back to zero each time
+// its events have all run: they last from CreateDomain to DestroyDomain, as
+// a worker's do in the default mode, so per-domain rates computed from two
+// snapshots (mtwatch top) stay right.
+func TestSingleWorkerCountersKept(t *testing.T) {
+	d := newDispatcher(t, Config{SingleWorker: true})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	if err := d.CreateDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	processed := func() (uint64, bool) {
+		for _, ds := range d.Stats().Domains {
+			if ds.Domid == 3 {
+				return ds.Processed, true
+			}
+		}
+		return 0, false
+	}
+	var last uint64
+	for round := 1; round <= 3; round++ {
+		for i := range 5 {
+			dispatch(t, d, fmt.Sprintf("backend/vif/3/%d", i), "be")
+		}
+		rec.waitRuns(t, 5*round)
+		waitAtMost(t, d, 0)
+		got, ok := processed()
+		if !ok || got != uint64(5*round) || got < last {
+			t.Fatalf("round %d: domain 3 processed %d (listed %v), want %d", round, got, ok, 5*round)
+		}
+		if ds := d.Stats(); ds.Workers != 0 {
+			t.Fatalf("Workers = %d in single-worker mode", ds.Workers)
+		}
+		last = got
+	}
+	if err := d.DestroyDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	// Gone with the domain, as a destroyed worker's counters are.
+	if _, ok := processed(); ok {
+		t.Fatal("domain 3 still listed after DestroyDomain")
+	}
+}

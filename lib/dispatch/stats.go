@@ -65,9 +65,10 @@ type Stats struct {
 	Totals  Counters
 	Workers int // domain workers, live or draining
 	Default WorkerStats
-	// Domains lists dom0 first, then every domain with a worker or with
-	// events not yet completed, by domid. Idle domains without a worker are
-	// forgotten, and so are their counters.
+	// Domains lists dom0 first, then every domain with a worker (in
+	// single-worker mode: created and not destroyed) or with events not yet
+	// completed, by domid. Idle domains without one are forgotten, and so
+	// are their counters.
 	Domains []DomainStats
 }
 

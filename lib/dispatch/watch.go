@@ -74,6 +74,10 @@ type WatchConfig struct {
 	Filter   func(path string, pending int) bool
 	// Timeout, if positive, bounds each handler call through its context.
 	Timeout time.Duration
+	// Plugin, if set, names who registered the watch in the log entries
+	// about it (a stalled callback), so a journal search by PLUGIN finds
+	// them.
+	Plugin string
 }
 
 // Registration is a registered watch: the handle Register returns.
@@ -87,6 +91,7 @@ type Registration struct {
 	countPerWatch bool
 	filter        func(string, int) bool
 	timeout       time.Duration
+	plugin        string
 
 	// Guarded by d.mu.
 	removed  bool
@@ -154,6 +159,7 @@ func (d *Dispatcher) Register(cfg WatchConfig) (*Registration, error) {
 		countPerWatch: cfg.Coalesce == CoalescePerWatch || cfg.Filter != nil,
 		filter:        cfg.Filter,
 		timeout:       cfg.Timeout,
+		plugin:        cfg.Plugin,
 	}
 	if w.domainOf == nil {
 		w.domainOf = domid.FromPath

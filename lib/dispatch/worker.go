@@ -125,6 +125,10 @@ type domain struct {
 
 	dispatched, processed, coalesced, filtered, dropped uint64
 	lastLat, maxLat                                     int64
+
+	// kept: in single-worker mode, created and not destroyed. The domain
+	// has no worker but keeps its counters, as it would with one.
+	kept bool
 }
 
 // worker is the default worker or one generation of a domain's worker. A
@@ -337,8 +341,17 @@ func (d *Dispatcher) logStallEnd(r *stallReport) {
 	if r == nil {
 		return
 	}
-	d.log.Info("dispatch: stalled watch callback returned",
-		"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
+	d.log.Info("dispatch: stalled watch callback returned", r.attrs()...)
+}
+
+// attrs are the log fields of a stall: the watch, its plugin if known, the
+// event's domain and path, and how long the callback ran.
+func (r stallReport) attrs() []any {
+	a := []any{"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age}
+	if r.w.plugin != "" {
+		a = append(a, "plugin", r.w.plugin)
+	}
+	return a
 }
 
 // monitor reports handlers running longer than the stall threshold. It looks
@@ -369,8 +382,7 @@ func (d *Dispatcher) monitor() {
 		}
 		reports = d.stalled(reports[:0])
 		for _, r := range reports {
-			d.log.Warn("dispatch: watch callback stalled",
-				"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age)
+			d.log.Warn("dispatch: watch callback stalled", r.attrs()...)
 		}
 	}
 }

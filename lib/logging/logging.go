@@ -2,7 +2,9 @@
 // and the journal, and a log/slog handler backed by it carries the entries
 // of the lib/ packages, which log through slog. When stderr is the journal
 // (JOURNAL_STREAM, the systemd convention) entries go natively through
-// go-systemd's journal with DOMID, XS_PATH, WATCH and PLUGIN fields.
+// go-systemd's journal with SYSLOG_IDENTIFIER=mtwatchd and DOMID, XS_PATH,
+// WATCH, PLUGIN and ERROR fields. An error is always the field "error"
+// (logrus's WithError), whether logged through logrus or slog ("err").
 package logging
 
 import (
@@ -15,6 +17,14 @@ import (
 	"github.com/coreos/go-systemd/v22/journal"
 	"github.com/sirupsen/logrus"
 )
+
+// Identifier is the journal's SYSLOG_IDENTIFIER of every entry
+// (journalctl -t mtwatchd).
+const Identifier = "mtwatchd"
+
+// TimestampFormat is RFC 3339 with milliseconds: a stall, its handler's
+// start and the event before it often share a second.
+const TimestampFormat = "2006-01-02T15:04:05.000Z07:00"
 
 // Formats.
 const (
@@ -33,9 +43,9 @@ func New(w io.Writer, level, format string) (l *logrus.Logger, toJournal bool, e
 	}
 	switch format {
 	case FormatJSON:
-		l.SetFormatter(&logrus.JSONFormatter{})
+		l.SetFormatter(&logrus.JSONFormatter{TimestampFormat: TimestampFormat})
 	case FormatText, FormatAuto:
-		l.SetFormatter(&logrus.TextFormatter{})
+		l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: TimestampFormat})
 		if format == FormatAuto {
 			if ok, _ := journal.StderrIsJournalStream(); ok && journal.Enabled() {
 				l.AddHook(journalHook{})
@@ -61,7 +71,7 @@ func SetLevel(l *logrus.Logger, level string) error {
 
 // journalFields maps the field names used across mtwatch to journal fields.
 var journalFields = map[string]string{
-	"domid": "DOMID", "path": "XS_PATH", "watch": "WATCH", "plugin": "PLUGIN", "err": "ERROR",
+	"domid": "DOMID", "path": "XS_PATH", "watch": "WATCH", "plugin": "PLUGIN", logrus.ErrorKey: "ERROR",
 }
 
 // JournalField returns the journal field name of a log field.
@@ -86,10 +96,11 @@ type journalHook struct{}
 func (journalHook) Levels() []logrus.Level { return logrus.AllLevels }
 
 func (journalHook) Fire(e *logrus.Entry) error {
-	vars := make(map[string]string, len(e.Data))
+	vars := make(map[string]string, len(e.Data)+1)
 	for k, v := range e.Data {
 		vars[JournalField(k)] = fmt.Sprint(v)
 	}
+	vars["SYSLOG_IDENTIFIER"] = Identifier
 	return journal.Send(e.Message, priority(e.Level), vars)
 }
 
@@ -164,7 +175,13 @@ func add(f logrus.Fields, prefix string, a slog.Attr) {
 	if a.Key == "" {
 		return
 	}
-	f[prefix+a.Key] = v.Any()
+	key := prefix + a.Key
+	if key == "err" {
+		// lib/ logs errors as "err", logrus's WithError as "error": one
+		// name in every output.
+		key = logrus.ErrorKey
+	}
+	f[key] = v.Any()
 }
 
 func (h *handler) WithAttrs(as []slog.Attr) slog.Handler {

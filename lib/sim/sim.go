@@ -59,6 +59,9 @@ type Config struct {
 	// Progress, if set, is called after each domain is created or
 	// destroyed, from the simulator's goroutines (serialised).
 	Progress func(Progress)
+	// PhaseDone, if set, is called when every domain has been through a
+	// phase: after PhaseCreate (before Hold) and after PhaseDestroy.
+	PhaseDone func(phase string)
 	// Label names the run in the report (e.g. the agent's mode).
 	Label string
 }
@@ -165,6 +168,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	start := time.Now()
 
 	err := r.phase(ctx, PhaseCreate, doms, r.create)
+	if cfg.PhaseDone != nil {
+		cfg.PhaseDone(PhaseCreate)
+	}
 	if err == nil && cfg.Hold > 0 {
 		select {
 		case <-ctx.Done():
@@ -182,6 +188,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	if derr := r.phase(tctx, PhaseDestroy, doms, r.destroy); err == nil {
 		err = derr
+	}
+	if cfg.PhaseDone != nil {
+		cfg.PhaseDone(PhaseDestroy)
 	}
 	return newReport(cfg, start, time.Since(start), doms), err
 }

@@ -112,6 +112,7 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 	for _, p := range paths {
 		rwc, dev, err := open(ctx, p)
 		if err == nil {
+			o.path = p
 			return newClient(rwc, dev, o), nil
 		}
 		errs = append(errs, err)
@@ -121,6 +122,11 @@ func Dial(ctx context.Context, opts ...Option) (*Client, error) {
 	}
 	return nil, fmt.Errorf("xenstore: dial: %w", errors.Join(errs...))
 }
+
+// Path is the socket or device the client dialled: the one of Paths that
+// accepted the connection when Dial was given none. "" for a client made
+// by NewClient over a connection of the caller's.
+func (c *Client) Path() string { return c.opt.path }
 
 // Client is a connection to xenstored. It is safe for concurrent use: calls
 // from many goroutines are pipelined on the one connection.

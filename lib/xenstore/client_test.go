@@ -735,6 +735,9 @@ func TestDiscovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustWrite(t, c, "/disc", "1")
+	if c.Path() != in.Socket() {
+		t.Errorf("Path() = %q, want %q", c.Path(), in.Socket())
+	}
 	c.Close()
 
 	t.Setenv("XENSTORED_PATH", "")
@@ -748,6 +751,10 @@ func TestDiscovery(t *testing.T) {
 	}
 	if got := mustRead(t, c, "/disc"); got != "1" {
 		t.Errorf("read %q", got)
+	}
+	// The candidate that answered, not "" for "the default".
+	if c.Path() != filepath.Join(in.Dir(), "socket") {
+		t.Errorf("Path() = %q, want %q", c.Path(), filepath.Join(in.Dir(), "socket"))
 	}
 	c.Close()
 
