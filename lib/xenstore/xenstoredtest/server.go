@@ -449,14 +449,24 @@ func (s *Server) Running() bool {
 	return s.cmd != nil
 }
 
-// Stop terminates xenstored (SIGTERM, then SIGKILL) and waits for it.
+// Stop terminates xenstored (SIGTERM, then SIGKILL; oxenstored SIGKILL at
+// once) and waits for it.
 func (s *Server) Stop() error {
 	s.mu.Lock()
 	cmd, exited, pid := s.cmd, s.exited, s.pid
 	s.mu.Unlock()
+	// oxenstored ignores SIGTERM for as long as a connection has an open
+	// transaction, unsent output or a SET_TARGET (xenstored.ml's main loop
+	// waits for Connections.prevents_quit to empty, connection.ml:
+	// prevents_live_update), and does nothing on the way out that a
+	// non-persistent store needs: it is killed.
+	sigs := []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL}
+	if s.cfg.Kind == Oxenstored {
+		sigs = sigs[1:]
+	}
 	switch {
 	case cmd != nil:
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Process.Signal(sigs[0])
 		select {
 		case <-exited:
 		case <-time.After(startTimeout):
@@ -464,7 +474,7 @@ func (s *Server) Stop() error {
 			<-exited
 		}
 	case pid != 0:
-		if err := stopPid(pid); err != nil {
+		if err := stopPid(pid, sigs); err != nil {
 			return err
 		}
 	default:
@@ -479,8 +489,8 @@ func (s *Server) Stop() error {
 
 // stopPid stops a daemon this process did not start (see Attach): not its
 // child, so it is polled rather than waited for.
-func stopPid(pid int) error {
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+func stopPid(pid int, sigs []syscall.Signal) error {
+	for _, sig := range sigs {
 		if syscall.Kill(pid, sig) != nil {
 			return nil // gone
 		}
