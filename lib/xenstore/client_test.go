@@ -27,13 +27,10 @@ func TestReadWrite(t *testing.T) {
 	t.Parallel()
 	in, c := start(t)
 	ctx := testCtx(t)
-	// The largest value: what fits in one message for the C xenstored,
-	// which holds dom0 to no node-size quota; oxenstored holds every
-	// connection, dom0's included, to quota-maxsize (quota.ml: _check),
-	// 2048 bytes by default, and refuses one byte more with E2BIG.
-	max := xenstore.PayloadMax - len("/rw/max") - 1
+	// The largest value (see MaxValue): oxenstored refuses one byte more
+	// with E2BIG.
+	max := in.MaxValue("/rw/max")
 	if in.Kind() == xenstoredtest.Oxenstored {
-		max = 2048
 		err := c.Write(ctx, "/rw/over", bytes.Repeat([]byte("v"), max+1))
 		if !errors.Is(err, syscall.E2BIG) {
 			t.Errorf("write of %d bytes: %v, want E2BIG", max+1, err)

@@ -115,6 +115,24 @@ type Server struct {
 // between the two ask it, and say why next to the difference.
 func (s *Server) Kind() Kind { return s.cfg.Kind }
 
+// oxenstoredMaxSize is quota-maxsize as the harness configures it.
+const oxenstoredMaxSize = 2048
+
+// MaxValue returns the size of the largest value dom0 may write at path:
+// what fits in one message beside the path for the C xenstored, which
+// holds dom0 to no node-size quota; quota-maxsize for oxenstored, which
+// holds every connection to it (quota.ml: _check) and refuses a byte more
+// with E2BIG.
+func (s *Server) MaxValue(path string) int {
+	if s.cfg.Kind == Oxenstored {
+		return oxenstoredMaxSize
+	}
+	return xsPayloadMax - len(path) - 1
+}
+
+// xsPayloadMax is XENSTORE_PAYLOAD_MAX.
+const xsPayloadMax = 4096
+
 // Socket returns the path of the xenstored socket (XENSTORED_PATH).
 func (s *Server) Socket() string { return filepath.Join(s.cfg.Dir, "socket") }
 
@@ -385,7 +403,7 @@ func (s *Server) oxenstoredConfig() (string, error) {
 		"perms-watch-activate = true",
 		"quota-activate = true",
 		"quota-maxentity = 1000",
-		"quota-maxsize = 2048",
+		"quota-maxsize = " + strconv.Itoa(oxenstoredMaxSize),
 		"quota-maxwatch = 100",
 		"quota-transaction = 10",
 		"quota-maxrequests = 1024",
