@@ -25,7 +25,16 @@ type Instance struct {
 // to install.
 func Start(t testing.TB, args ...string) *Instance {
 	t.Helper()
-	s, err := Launch(context.Background(), Config{Args: args, Trace: true})
+	return StartWith(t, Config{Args: args})
+}
+
+// StartWith is Start with a Config (its Dir and Detach are ignored); the
+// trace is always on. A test that needs settings of one daemon (oxenstored's
+// quotas, say) picks them by KindFromEnv.
+func StartWith(t testing.TB, cfg Config) *Instance {
+	t.Helper()
+	cfg.Dir, cfg.Detach, cfg.Trace = "", false, true
+	s, err := Launch(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("xenstoredtest: %v", err)
 	}

@@ -198,6 +198,9 @@ func Launch(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Kind == Oxenstored && len(cfg.Args) > 0 {
 		return nil, fmt.Errorf("oxenstored takes no xenstored arguments (%q): use Settings", cfg.Args)
 	}
+	if cfg.Kind == C && len(cfg.Settings) > 0 {
+		return nil, fmt.Errorf("the C xenstored has no configuration file (settings %q): use Args", cfg.Settings)
+	}
 	bin, lib, err := programs(cfg.Kind)
 	if err != nil {
 		return nil, err
