@@ -437,8 +437,8 @@ func TestSpecialWatchesAndDomains(t *testing.T) {
 	if err := c.Resume(ctx, 9); err != nil {
 		t.Errorf("resume: %v", err)
 	}
-	// xenstored 4.17 fires @releaseDomain when it finds a domain dead,
-	// not on RELEASE: the release shows in IS_DOMAIN_INTRODUCED.
+	// The release shows in IS_DOMAIN_INTRODUCED (and fires
+	// @releaseDomain: TestReleaseFiresReleaseDomain).
 	if err := c.Release(ctx, 9); err != nil {
 		t.Fatal(err)
 	}
