@@ -297,6 +297,9 @@ func TestKind(t *testing.T) {
 	if v := os.Getenv(EnvXenstored); v != "" {
 		want = v
 	}
+	if Binary(kind) != want {
+		t.Errorf("Binary(%q) = %q, want %q", kind, Binary(kind), want)
+	}
 	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", in.Pid()))
 	if err != nil {
 		t.Fatal(err)

@@ -251,18 +251,26 @@ func Attach(ctx context.Context, dir string) (*Server, error) {
 	return s, nil
 }
 
-// programs finds the daemon of kind k and the xenemu library.
-func programs(k Kind) (bin, lib string, err error) {
-	switch k {
-	case C:
-		bin = DefaultXenstored
-	case Oxenstored:
-		bin = DefaultOxenstored
-	default:
-		return "", "", fmt.Errorf("xenstored kind %q: want %q or %q", k, C, Oxenstored)
+// Binary returns the path of the daemon of kind k: $MTWATCH_XENSTORED if
+// set, else where Debian installs it; "" for an unknown kind.
+func Binary(k Kind) string {
+	if k != C && k != Oxenstored {
+		return ""
 	}
 	if v := os.Getenv(EnvXenstored); v != "" {
-		bin = v
+		return v
+	}
+	if k == Oxenstored {
+		return DefaultOxenstored
+	}
+	return DefaultXenstored
+}
+
+// programs finds the daemon of kind k and the xenemu library.
+func programs(k Kind) (bin, lib string, err error) {
+	bin = Binary(k)
+	if bin == "" {
+		return "", "", fmt.Errorf("xenstored kind %q: want %q or %q", k, C, Oxenstored)
 	}
 	if _, err := os.Stat(bin); err != nil {
 		return "", "", fmt.Errorf("%w: %s not found at %s: install Debian package xen-utils-4.17 "+
