@@ -169,3 +169,33 @@ func TestTransactionConflicts(t *testing.T) {
 		t.Errorf("C xenstored: commit of a write-only conflict: %v, want EAGAIN", err)
 	}
 }
+
+// TestTransactionConflictScope: a transaction reads /tx/a and /tx/b and
+// writes /tx/a while another connection writes /tx/c, a node the
+// transaction never touched: both daemons commit it (a change beside the
+// nodes a transaction used is no conflict on either).
+func TestTransactionConflictScope(t *testing.T) {
+	t.Parallel()
+	in, a := start(t)
+	b := dial(t, in)
+	ctx := testCtx(t)
+	for _, p := range []string{"/tx/a", "/tx/b", "/tx/c"} {
+		mustWrite(t, a, p, "0")
+	}
+	tx, err := a.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/tx/a", "/tx/b"} {
+		if _, err := tx.Read(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(t, b, "/tx/c", "1")
+	if err := tx.Write(ctx, "/tx/a", []byte("from tx")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Errorf("%s: commit after a sibling changed: %v, want success", in.Kind(), err)
+	}
+}
