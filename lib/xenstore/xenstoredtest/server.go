@@ -120,14 +120,16 @@ const oxenstoredMaxSize = 2048
 
 // MaxValue returns the size of the largest value dom0 may write at path:
 // what fits in one message beside the path for the C xenstored, which
-// holds dom0 to no node-size quota; quota-maxsize for oxenstored, which
-// holds every connection to it (quota.ml: _check) and refuses a byte more
-// with E2BIG.
+// holds dom0 to no node-size quota; at most quota-maxsize for oxenstored,
+// which holds every connection to it (quota.ml: _check) and refuses a byte
+// more with E2BIG. (The harness's quota-maxsize: Settings that change it
+// are not looked at.)
 func (s *Server) MaxValue(path string) int {
+	n := xsPayloadMax - len(path) - 1
 	if s.cfg.Kind == Oxenstored {
-		return oxenstoredMaxSize
+		n = min(n, oxenstoredMaxSize)
 	}
-	return xsPayloadMax - len(path) - 1
+	return n
 }
 
 // xsPayloadMax is XENSTORE_PAYLOAD_MAX.
