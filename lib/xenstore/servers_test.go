@@ -35,8 +35,9 @@ func TestSpecialNodes(t *testing.T) {
 }
 
 // TestReleaseFiresReleaseDomain: RELEASE of a known domain fires
-// @releaseDomain on both daemons (process.ml: do_release;
-// xenstored_domain.c: destroy_domain, run when RELEASE frees the domain).
+// @releaseDomain on both daemons (process.ml: do_release; xenstored_domain.c:
+// do_release frees the domain's connection, which owns the domain, and
+// destroy_domain fires it).
 func TestReleaseFiresReleaseDomain(t *testing.T) {
 	t.Parallel()
 	in, c := start(t)
