@@ -229,12 +229,15 @@ func Launch(ctx context.Context, cfg Config) (*Server, error) {
 // starts it again detached.
 func Attach(ctx context.Context, dir string) (*Server, error) {
 	s := &Server{cfg: Config{Dir: dir, Detach: true}}
-	// Launch records the kind: Restart must start the same daemon.
-	k, err := os.ReadFile(s.kindPath())
-	if err != nil {
-		return nil, fmt.Errorf("no xenstored in %s: %w", dir, err)
+	// Launch records the kind: Restart must start the same daemon. A run
+	// directory from before there was a choice holds a C xenstored.
+	s.cfg.Kind = C
+	if k, err := os.ReadFile(s.kindPath()); err == nil {
+		s.cfg.Kind = Kind(strings.TrimSpace(string(k)))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("xenstored in %s: %w", dir, err)
 	}
-	s.cfg.Kind = Kind(strings.TrimSpace(string(k)))
+	var err error
 	if s.bin, s.lib, err = programs(s.cfg.Kind); err != nil {
 		return nil, err
 	}
