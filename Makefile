@@ -6,6 +6,7 @@
 #   make test      install test dependencies if needed, vet, run all tests with -race
 #   make bench     the agent's benchmarks beside their baselines (docs/performance.md)
 #   make sandbox   a private real xenstored on a machine without Xen
+#                  (XENSTORED=oxenstored for the OCaml one, as make demo)
 #   make install   install binaries, hooks and systemd units (DESTDIR, PREFIX honoured)
 #   make uninstall remove them again (same variables; the configuration file stays)
 #   make deb       Debian packages in build/: mtwatch, mtwatch-libvirt, mtwatch-xapi
@@ -86,13 +87,32 @@ vet:
 	$(GO) -C packaging vet ./...
 	$(GO) -C cmd/mtwatch-bench vet ./...
 
+# The daemon of make sandbox and make demo: c (tools/xenstore's xenstored)
+# or oxenstored (the OCaml one, Debian's and XCP-ng's default). The
+# harness reads it from MTWATCH_TEST_XENSTORED.
+XENSTORED ?= c
+
+# The packages whose tests start xenstored through the harness
+# (lib/xenstore/xenstoredtest), the harness's own included, in the modules
+# that have any: make test runs them a second time against oxenstored.
+HARNESS := github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest
+HARNESS_MODULES := . cmd/mtwatch-bench
+harness_packages = $(GO) -C $(1) list -test -f '{{if .ForTest}}{{.ForTest}}{{if eq .ForTest "$(HARNESS)"}} uses{{end}}{{range .Deps}}{{if eq . "$(HARNESS)"}} uses{{end}}{{end}}{{end}}' ./... | awk '$$2 == "uses" { print $$1 }' | sort -u
+
 # The harness-backed integration tests start real xenstored instances, so the
 # Debian packages come first (a xenstored still missing fails the tests that
-# need it); -race because concurrency is the point.
+# need it); -race because concurrency is the point. Every test runs against
+# the C xenstored, whatever the caller's environment selects; those that use
+# the harness run again against oxenstored.
 test: deps fmt-check vet
-	$(GO) test -race -count=1 ./...
-	$(GO) -C packaging test -count=1 ./...
-	$(GO) -C cmd/mtwatch-bench test -race -count=1 ./...
+	MTWATCH_TEST_XENSTORED=c $(GO) test -race -count=1 ./...
+	MTWATCH_TEST_XENSTORED=c $(GO) -C packaging test -count=1 ./...
+	MTWATCH_TEST_XENSTORED=c $(GO) -C cmd/mtwatch-bench test -race -count=1 ./...
+	@for m in $(HARNESS_MODULES); do \
+		pkgs=$$($(call harness_packages,$$m)) && [ -n "$$pkgs" ] || { echo "no package of $$m uses $(HARNESS)" >&2; exit 1; }; \
+		echo "MTWATCH_TEST_XENSTORED=oxenstored $(GO) -C $$m test -race -count=1 <the $$(echo $$pkgs | wc -w) packages of $$m that use the harness>"; \
+		MTWATCH_TEST_XENSTORED=oxenstored $(GO) -C $$m test -race -count=1 $$pkgs || exit 1; \
+	done
 
 # Man pages are generated from the urfave/cli definitions and committed;
 # lib/admin's TestManPageCurrent fails when they are stale.
@@ -144,10 +164,10 @@ bench-go: deps
 # The README's first command; see test/demo/demo.sh. Under two minutes, and
 # nothing is left running when it ends or is interrupted.
 demo: deps build
-	@GO=$(GO) test/demo/demo.sh
+	@GO=$(GO) MTWATCH_TEST_XENSTORED=$(XENSTORED) test/demo/demo.sh
 
 sandbox: deps build
-	@GO=$(GO) BIN=$(CURDIR)/bin test/sandbox.sh start
+	@GO=$(GO) MTWATCH_TEST_XENSTORED=$(XENSTORED) BIN=$(CURDIR)/bin test/sandbox.sh start
 
 sandbox-stop:
 	@GO=$(GO) test/sandbox.sh stop

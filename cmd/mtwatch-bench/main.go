@@ -212,8 +212,10 @@ func conditions() map[string]string {
 			}
 		}
 	}
-	if exe, err := filepath.EvalSymlinks(xenstoredtest.DefaultXenstored); err == nil {
-		c["xenstored"] = exe
+	if kind, err := xenstoredtest.KindFromEnv(); err == nil {
+		if exe, err := filepath.EvalSymlinks(xenstoredtest.Binary(kind)); err == nil {
+			c["xenstored"] = exe
+		}
 	}
 	return c
 }

@@ -497,7 +497,7 @@ func TestDaemonBadInput(t *testing.T) {
 	defer cl.Close()
 	hook(t, in, "create", "5")
 	waitWorkers(t, cl, 5)
-	junk := strings.Repeat("j", 4000)
+	junk := strings.Repeat("j", in.MaxValue(node.Dir+"/5"))
 	for _, name := range []string{"abc", "0", "32752", "0x10"} {
 		in.Run("xenstore-write", node.Dir+"/"+name, "")
 		in.Run("xenstore-write", node.Dir+"/"+name, "again")

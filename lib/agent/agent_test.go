@@ -259,7 +259,7 @@ func TestBadInput(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.waitWorker(5, control.WorkerLive)
-	junk := strings.Repeat("x", 4096-len(node.Dir)-8) // a full payload
+	junk := strings.Repeat("x", h.in.MaxValue(node.Dir+"/5")) // the largest value
 	for _, name := range []string{"abc", "0", "32752", "007", "65535"} {
 		h.in.Run("xenstore-write", node.Dir+"/"+name, "")
 		h.in.Run("xenstore-write", node.Dir+"/"+name, "again")

@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -102,7 +104,10 @@ func TestHostileReplies(t *testing.T) {
 			binary.LittleEndian.PutUint32(b[12:], 1<<31)
 			return b
 		}},
-		{"one over the payload limit", func(h header) []byte { return frame(typeRead, h.reqID, 0, make([]byte, PayloadMax+1)) }},
+		{"one over the reply limit", func(h header) []byte { return frame(typeRead, h.reqID, 0, make([]byte, maxReplyPayload+1)) }},
+		{"event one over the payload limit", func(h header) []byte {
+			return frame(typeWatchEvent, 0, 0, append(make([]byte, PayloadMax-1), 0, 0))
+		}},
 		{"wrong reply type", func(h header) []byte { return frame(typeWrite, h.reqID, 0, []byte("OK\x00")) }},
 		{"event without NUL", func(h header) []byte { return frame(typeWatchEvent, 0, 0, []byte("path-only")) }},
 		{"event without token terminator", func(h header) []byte { return frame(typeWatchEvent, 0, 0, []byte("p\x00tok")) }},
@@ -623,5 +628,50 @@ func TestDirectoryPartMemory(t *testing.T) {
 	}
 	if err := c.Err(); err != nil {
 		t.Errorf("connection ended: %v", err)
+	}
+}
+
+// TestLargeReply: a reply over PayloadMax, as oxenstored sends over a socket
+// for a big directory, and larger than the read buffer, reaches its caller
+// whole, and the connection goes on with the next reply.
+func TestLargeReply(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{PayloadMax + 1, readBufSize, maxReplyPayload} {
+		c, f := newFake(t)
+		var names []byte
+		for i := 0; len(names) < n; i++ {
+			names = append(names, fmt.Sprintf("%d\x00", i)...)
+		}
+		names = names[:n]
+		names[n-1] = 0
+		type result struct {
+			names []string
+			err   error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			got, err := c.Directory(context.Background(), "/big")
+			ch <- result{got, err}
+		}()
+		h, _ := f.next()
+		go f.send(frame(typeDirectory, h.reqID, 0, names))
+		var r result
+		select {
+		case r = <-ch:
+		case <-time.After(5 * time.Second):
+			t.Fatal("directory did not return")
+		}
+		if r.err != nil {
+			t.Fatalf("%d-byte reply: %v", n, r.err)
+		}
+		if want := strings.Count(string(names), "\x00"); len(r.names) != want {
+			t.Fatalf("%d-byte reply: %d names, want %d", n, len(r.names), want)
+		}
+		rc := asyncRead(c, "/after")
+		h, _ = f.next()
+		go f.send(frame(typeRead, h.reqID, 0, []byte("v")))
+		if err := wait(t, rc); err != nil {
+			t.Fatalf("read after a %d-byte reply: %v", n, err)
+		}
 	}
 }

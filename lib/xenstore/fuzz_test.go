@@ -67,7 +67,7 @@ func FuzzFrameDecoder(f *testing.F) {
 				if cl.err == nil && cl.rtyp != cl.typ && cl.rtyp != typeError {
 					t.Fatalf("call %d (%s) got a %s reply", id, cl.typ, cl.rtyp)
 				}
-				if len(cl.reply) > PayloadMax {
+				if len(cl.reply) > maxReplyPayload {
 					t.Fatalf("reply of %d bytes", len(cl.reply))
 				}
 			default:

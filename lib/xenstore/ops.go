@@ -261,8 +261,10 @@ func (c *Client) Introduce(ctx context.Context, id domid.ID, mfn uint64, port ui
 	return domErr("introduce", id, err)
 }
 
-// Release tells xenstored to forget a domain (xenstored fires
-// @releaseDomain when it finds a domain dead, not on RELEASE).
+// Release tells xenstored to forget a domain; it fires @releaseDomain
+// (the C xenstored's do_release frees the domain's connection, which owns
+// the domain since introduce_domain's talloc_steal, and destroy_domain
+// fires it; oxenstored's do_release fires it).
 func (c *Client) Release(ctx context.Context, id domid.ID) error {
 	if err := checkDomid(id); err != nil {
 		return domErr("release", id, err)

@@ -100,6 +100,9 @@ func (c *Client) readMsg(br *bufio.Reader) error {
 	if err != nil {
 		return err
 	}
+	if msg == nil {
+		return c.readLargeReply(br, h)
+	}
 	payload := msg[headerSize:]
 	if h.typ == typeWatchEvent {
 		err := c.dispatchEvent(payload)
@@ -117,8 +120,30 @@ func (c *Client) readMsg(br *bufio.Reader) error {
 	return nil
 }
 
+// readLargeReply reads a reply too large for br's buffer (see
+// maxReplyPayload) into its own.
+func (c *Client) readLargeReply(br *bufio.Reader, h header) error {
+	if _, err := br.Discard(headerSize); err != nil {
+		return err
+	}
+	reply := make([]byte, h.len)
+	if _, err := io.ReadFull(br, reply); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			err = fmt.Errorf("%w: connection closed inside a %d-byte %s payload", errProtocol, h.len, h.typ)
+		}
+		return err
+	}
+	cl, err := c.takeCall(h)
+	if err != nil {
+		return err
+	}
+	c.complete(cl, h.typ, reply)
+	return nil
+}
+
 // peekMsg returns the next whole message, header included, still in br's
-// buffer (readBufSize holds the largest).
+// buffer; a reply larger than the buffer (see maxReplyPayload) comes back
+// as its header alone, with a nil message.
 func peekMsg(br *bufio.Reader) (header, []byte, error) {
 	hb, err := br.Peek(headerSize)
 	if err != nil {
@@ -130,6 +155,9 @@ func peekMsg(br *bufio.Reader) (header, []byte, error) {
 	h, err := parseHeader(hb)
 	if err != nil {
 		return header{}, nil, err
+	}
+	if headerSize+int(h.len) > br.Size() {
+		return h, nil, nil
 	}
 	msg, err := br.Peek(headerSize + int(h.len))
 	if err != nil {

@@ -90,6 +90,16 @@ func putHeader(b []byte, h header) {
 // from the server; the connection is closed when one is seen.
 var errProtocol = errors.New("xenstore protocol violation")
 
+// maxReplyPayload bounds a reply's payload. Over a Unix socket oxenstored
+// does not hold its replies to PayloadMax: it answers DIRECTORY of a node
+// with more than 4096 bytes of names in one oversized reply
+// (tools/ocaml/xenstored/connection.ml, packet_of: only ring connections
+// get E2BIG), and it has no DIRECTORY_PART to page through it. Such a
+// reply is taken, up to this bound against a hostile server; /local/domain
+// of a host full of guests (32752 domids of up to 5 digits) is under 200
+// KiB. Watch events stay bounded by PayloadMax.
+const maxReplyPayload = 1 << 20
+
 // parseHeader decodes a header and checks the length bound before anything
 // is allocated for the payload.
 func parseHeader(b []byte) (header, error) {
@@ -99,8 +109,12 @@ func parseHeader(b []byte) (header, error) {
 		txID:  binary.LittleEndian.Uint32(b[8:]),
 		len:   binary.LittleEndian.Uint32(b[12:]),
 	}
-	if h.len > PayloadMax {
-		return h, fmt.Errorf("%w: %s message with payload length %d over %d", errProtocol, h.typ, h.len, PayloadMax)
+	limit := uint32(maxReplyPayload)
+	if h.typ == typeWatchEvent {
+		limit = PayloadMax
+	}
+	if h.len > limit {
+		return h, fmt.Errorf("%w: %s message with payload length %d over %d", errProtocol, h.typ, h.len, limit)
 	}
 	return h, nil
 }

@@ -64,7 +64,7 @@ sed -e "s|@DIR@|$dir|g" -e "s|@SCRIPTS@|$here/test/demo/scripts|g" -e "s|@TIMEOU
 	"$here/test/demo/mtwatchd.toml.in" >"$dir/mtwatchd.toml"
 
 echo "mtwatch demo: $domains guests, domain $hang's hotplug script hangs (killed after $timeout)"
-echo "sandbox xenstored at $XENSTORED_PATH; logs in $dir"
+echo "sandbox xenstored ($(cat "$dir/sandbox/kind")) at $XENSTORED_PATH; logs in $dir"
 
 run_mode() { # mode [mtwatchd flags...]
 	local mode=$1

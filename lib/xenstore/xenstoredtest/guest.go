@@ -75,7 +75,8 @@ func (s *Server) GuestConn(id domid.ID) (io.ReadWriteCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guest connection of domain %d: mmap %s: %w", id, path, err)
 	}
-	g := &guestConn{id: id, ring: ring, wake: filepath.Join(s.cfg.Dir, "evtchn"), closed: make(chan struct{})}
+	g := &guestConn{id: id, ring: ring, wake: filepath.Join(s.cfg.Dir, "evtchn"),
+		notify: []byte(fmt.Sprintf("g%d\n", id)), closed: make(chan struct{})}
 	if err := s.CreateDomain(id); err != nil {
 		syscall.Munmap(ring)
 		return nil, err
@@ -98,8 +99,9 @@ func (in *Instance) GuestConn(id domid.ID) io.ReadWriteCloser {
 // concurrently (they touch different halves of the page); mu keeps Close
 // from unmapping the page under either.
 type guestConn struct {
-	id   domid.ID
-	wake string // the event-channel FIFO
+	id     domid.ID
+	wake   string // the event-channel FIFO
+	notify []byte // the record that is this guest's event-channel notification
 
 	mu     sync.RWMutex
 	ring   []byte // nil once closed
@@ -205,15 +207,17 @@ func (g *guestConn) sleep(poll *time.Duration) error {
 	}
 }
 
-// kick wakes xenstored, which then looks at every ring. The FIFO is opened
-// non-blocking: xenstored holds it open, and if it is down there is nobody
-// to wake.
+// kick notifies xenstored on the guest's event channel, as the guest's
+// kernel does after it produced a request or consumed a reply: the C
+// xenstored then looks at every ring, oxenstored at this guest's. The FIFO
+// is opened non-blocking: xenstored holds it open, and if it is down there
+// is nobody to wake.
 func (g *guestConn) kick() {
 	f, err := os.OpenFile(g.wake, os.O_WRONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return
 	}
-	f.Write([]byte{1})
+	f.Write(g.notify) // shorter than PIPE_BUF: never interleaved
 	f.Close()
 }
 

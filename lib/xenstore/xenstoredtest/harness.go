@@ -19,11 +19,22 @@ type Instance struct {
 }
 
 // Start launches a private xenstored for t with tracing on, and stops it
-// when t ends. It never skips: a missing xenstored or gcc fails the test with
-// the package to install.
+// when t ends: the kind $MTWATCH_TEST_XENSTORED selects (Kind tells which).
+// args are C xenstored arguments; an oxenstored instance refuses them. It
+// never skips: a missing xenstored or gcc fails the test with the package
+// to install.
 func Start(t testing.TB, args ...string) *Instance {
 	t.Helper()
-	s, err := Launch(context.Background(), Config{Args: args, Trace: true})
+	return StartWith(t, Config{Args: args})
+}
+
+// StartWith is Start with a Config (its Dir and Detach are ignored); the
+// trace is always on. A test that needs settings of one daemon (oxenstored's
+// quotas, say) picks them by KindFromEnv.
+func StartWith(t testing.TB, cfg Config) *Instance {
+	t.Helper()
+	cfg.Dir, cfg.Detach, cfg.Trace = "", false, true
+	s, err := Launch(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("xenstoredtest: %v", err)
 	}
@@ -38,7 +49,14 @@ func Start(t testing.TB, args ...string) *Instance {
 }
 
 func (in *Instance) dumpDiagnostics() {
-	in.t.Logf("xenstored output:\n%s", in.Output())
+	in.t.Logf("%s output:\n%s", in.Kind(), in.Output())
+	if log := in.DaemonLog(); log != "" {
+		lines := strings.Split(log, "\n")
+		if len(lines) > 60 {
+			lines = lines[len(lines)-60:]
+		}
+		in.t.Logf("%s log (tail):\n%s", in.Kind(), strings.Join(lines, "\n"))
+	}
 	trace, err := os.ReadFile(in.TracePath())
 	if err != nil {
 		return

@@ -4,7 +4,10 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -274,5 +277,75 @@ func TestSetDomainAlive(t *testing.T) {
 	// stops it, and it still answers here.
 	if _, err := c.Request(TypeRead, "/local/domain/0"); err != nil && !errors.Is(err, syscall.ENOENT) {
 		t.Fatal(err)
+	}
+}
+
+// TestKind: the daemon running is the one $MTWATCH_TEST_XENSTORED selects,
+// options of the other daemon are refused, and a bad selection is an
+// error, not a fallback.
+func TestKind(t *testing.T) {
+	t.Parallel()
+	kind, err := KindFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := Start(t)
+	if in.Kind() != kind {
+		t.Fatalf("Kind() = %q, want %q", in.Kind(), kind)
+	}
+	want := map[Kind]string{C: DefaultXenstored, Oxenstored: DefaultOxenstored}[kind]
+	if v := os.Getenv(EnvXenstored); v != "" {
+		want = v
+	}
+	if Binary(kind) != want {
+		t.Errorf("Binary(%q) = %q, want %q", kind, Binary(kind), want)
+	}
+	exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", in.Pid()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if wantExe, err := filepath.EvalSymlinks(want); err != nil || exe != wantExe {
+		t.Errorf("daemon runs %s, want %s (%v)", exe, wantExe, err)
+	}
+	ctx := context.Background()
+	if _, err := Launch(ctx, Config{Kind: Oxenstored, Args: []string{"-W", "5"}}); err == nil {
+		t.Error("oxenstored launched with C arguments")
+	}
+	if _, err := Launch(ctx, Config{Kind: C, Settings: []string{"quota-maxwatch = 5"}}); err == nil {
+		t.Error("the C xenstored launched with oxenstored settings")
+	}
+	if _, err := Launch(ctx, Config{Kind: "ocaml"}); err == nil {
+		t.Error("launched an unknown kind")
+	}
+}
+
+// TestBadKind: a misspelt MTWATCH_TEST_XENSTORED fails, naming the choices.
+func TestBadKind(t *testing.T) {
+	t.Setenv(EnvKind, "ocaml")
+	if _, err := Launch(context.Background(), Config{}); err == nil || !strings.Contains(err.Error(), "oxenstored") {
+		t.Fatalf("Launch with %s=ocaml: %v", EnvKind, err)
+	}
+}
+
+// TestOxenstoredSettings: Settings reach oxenstored's configuration (its
+// CONTROL "quota" reports the maximum of entries quota-maxentity sets), and
+// an oxenstored instance keeps its files in its run directory.
+func TestOxenstoredSettings(t *testing.T) {
+	t.Parallel()
+	in := StartWith(t, Config{Kind: Oxenstored, Settings: []string{"quota-maxentity = 77"}})
+	in.CreateDomain(3)
+	c, err := Dial(in.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	q, err := c.Request(0, "quota", "3")
+	if err != nil || !strings.HasSuffix(q, "/77") {
+		t.Errorf("quota 3 = %q, %v, want .../77", q, err)
+	}
+	for _, f := range []string{"pid", "oxenstored.log", "trace", "socket"} {
+		if _, err := os.Stat(filepath.Join(in.Dir(), f)); err != nil {
+			t.Errorf("run directory: %v", err)
+		}
 	}
 }

@@ -1,7 +1,8 @@
-// Package xenstoredtest runs private instances of the real C xenstored on
+// Package xenstoredtest runs private instances of the real xenstored, the C
+// one (the default) or the OCaml oxenstored ($MTWATCH_TEST_XENSTORED), on
 // hosts without a hypervisor, for tests and benchmarks (Start) and for
 // programs such as the sandbox (Launch, Attach; see cmd/sandbox). The
-// hypervisor calls xenstored makes are emulated by the xenemu preload
+// hypervisor calls the daemons make are emulated by the xenemu preload
 // library, whose source this package embeds and builds with gcc on first
 // use; guest domains are introduced over the socket and killed through
 // xenemu's control directory, so @introduceDomain and @releaseDomain behave
@@ -25,16 +26,45 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
-// DefaultXenstored is where Debian's xen-utils-4.17 installs the C xenstored.
-const DefaultXenstored = "/usr/lib/xen-4.17/bin/xenstored"
+// Where Debian's xen-utils-4.17 installs the two daemons.
+const (
+	DefaultXenstored  = "/usr/lib/xen-4.17/bin/xenstored"
+	DefaultOxenstored = "/usr/lib/xen-4.17/bin/oxenstored"
+)
+
+// Kind names a xenstored implementation.
+type Kind string
+
+const (
+	// C is tools/xenstore's xenstored.
+	C Kind = "c"
+	// Oxenstored is tools/ocaml/xenstored, Debian's and XCP-ng's default.
+	Oxenstored Kind = "oxenstored"
+)
 
 // Environment variables that override the defaults.
 const (
-	// EnvXenstored names another xenstored binary.
+	// EnvKind selects the daemon of every instance that does not name
+	// one: "c" (the default) or "oxenstored".
+	EnvKind = "MTWATCH_TEST_XENSTORED"
+	// EnvXenstored names another binary of the selected kind.
 	EnvXenstored = "MTWATCH_XENSTORED"
 	// EnvXenemu names a prebuilt xenemu library, skipping the gcc step.
 	EnvXenemu = "MTWATCH_XENEMU"
 )
+
+// KindFromEnv returns the kind $MTWATCH_TEST_XENSTORED selects, C when it
+// is unset or empty.
+func KindFromEnv() (Kind, error) {
+	switch v := os.Getenv(EnvKind); Kind(v) {
+	case "", C:
+		return C, nil
+	case Oxenstored:
+		return Oxenstored, nil
+	default:
+		return "", fmt.Errorf("%s=%q: want %q or %q", EnvKind, v, C, Oxenstored)
+	}
+}
 
 // ErrNotInstalled is returned when xenstored or gcc is missing; the message
 // names the Debian package to install.
@@ -48,9 +78,16 @@ type Config struct {
 	// Dir is the run directory (socket, pid file, trace, xenemu control
 	// files). Empty means a new temporary directory, removed by Close.
 	Dir string
-	// Args are extra xenstored arguments, e.g. quota options.
+	// Kind is the daemon; empty means KindFromEnv.
+	Kind Kind
+	// Args are extra arguments of the C xenstored, e.g. quota options.
 	Args []string
-	// Trace enables xenstored's -T trace file in Dir.
+	// Settings are extra lines of oxenstored's configuration file
+	// ("key = value", e.g. "quota-maxwatchevents = 8"); they override the
+	// harness's own.
+	Settings []string
+	// Trace enables the trace file in Dir: the C xenstored's -T trace,
+	// oxenstored's access log.
 	Trace bool
 	// Detach lets the daemon outlive this process (Close still stops
 	// it): it runs in a session of its own, without a parent-death
@@ -73,6 +110,30 @@ type Server struct {
 	exited  chan struct{}
 	waitErr error
 }
+
+// Kind returns which daemon this is. Tests whose expectations differ
+// between the two ask it, and say why next to the difference.
+func (s *Server) Kind() Kind { return s.cfg.Kind }
+
+// oxenstoredMaxSize is quota-maxsize as the harness configures it.
+const oxenstoredMaxSize = 2048
+
+// MaxValue returns the size of the largest value dom0 may write at path:
+// what fits in one message beside the path for the C xenstored, which
+// holds dom0 to no node-size quota; at most quota-maxsize for oxenstored,
+// which holds every connection to it (quota.ml: _check) and refuses a byte
+// more with E2BIG. (The harness's quota-maxsize: Settings that change it
+// are not looked at.)
+func (s *Server) MaxValue(path string) int {
+	n := xsPayloadMax - len(path) - 1
+	if s.cfg.Kind == Oxenstored {
+		n = min(n, oxenstoredMaxSize)
+	}
+	return n
+}
+
+// xsPayloadMax is XENSTORE_PAYLOAD_MAX.
+const xsPayloadMax = 4096
 
 // Socket returns the path of the xenstored socket (XENSTORED_PATH).
 func (s *Server) Socket() string { return filepath.Join(s.cfg.Dir, "socket") }
@@ -110,12 +171,39 @@ func (s *Server) Output() string {
 	return s.out.String()
 }
 
-func (s *Server) logPath() string { return filepath.Join(s.cfg.Dir, "xenstored.log") }
-func (s *Server) pidPath() string { return filepath.Join(s.cfg.Dir, "pid") }
+func (s *Server) logPath() string  { return filepath.Join(s.cfg.Dir, "xenstored.log") }
+func (s *Server) pidPath() string  { return filepath.Join(s.cfg.Dir, "pid") }
+func (s *Server) kindPath() string { return filepath.Join(s.cfg.Dir, "kind") }
+
+// DaemonLog returns what the daemon logged to its own log file so far:
+// oxenstored's xenstored-log-file; the C xenstored has none (see Output).
+func (s *Server) DaemonLog() string {
+	if s.cfg.Kind != Oxenstored {
+		return ""
+	}
+	b, _ := os.ReadFile(filepath.Join(s.cfg.Dir, "oxenstored.log"))
+	return string(b)
+}
 
 // Launch builds xenemu if needed and starts xenstored.
 func Launch(ctx context.Context, cfg Config) (*Server, error) {
-	bin, lib, err := programs()
+	if cfg.Kind == "" {
+		k, err := KindFromEnv()
+		if err != nil {
+			return nil, err
+		}
+		cfg.Kind = k
+	}
+	if cfg.Kind != C && cfg.Kind != Oxenstored {
+		return nil, fmt.Errorf("xenstored kind %q: want %q or %q", cfg.Kind, C, Oxenstored)
+	}
+	if cfg.Kind == Oxenstored && len(cfg.Args) > 0 {
+		return nil, fmt.Errorf("oxenstored takes no xenstored arguments (%q): use Settings", cfg.Args)
+	}
+	if cfg.Kind == C && len(cfg.Settings) > 0 {
+		return nil, fmt.Errorf("the C xenstored has no configuration file (settings %q): use Args", cfg.Settings)
+	}
+	bin, lib, err := programs(cfg.Kind)
 	if err != nil {
 		return nil, err
 	}
@@ -140,11 +228,19 @@ func Launch(ctx context.Context, cfg Config) (*Server, error) {
 // with Detach in dir, once it answers. Stop and Close stop it; Restart
 // starts it again detached.
 func Attach(ctx context.Context, dir string) (*Server, error) {
-	bin, lib, err := programs()
-	if err != nil {
+	s := &Server{cfg: Config{Dir: dir, Detach: true}}
+	// Launch records the kind: Restart must start the same daemon. A run
+	// directory from before there was a choice holds a C xenstored.
+	s.cfg.Kind = C
+	if k, err := os.ReadFile(s.kindPath()); err == nil {
+		s.cfg.Kind = Kind(strings.TrimSpace(string(k)))
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("xenstored in %s: %w", dir, err)
+	}
+	var err error
+	if s.bin, s.lib, err = programs(s.cfg.Kind); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: Config{Dir: dir, Detach: true}, bin: bin, lib: lib}
 	b, err := os.ReadFile(s.pidPath())
 	if err != nil {
 		return nil, fmt.Errorf("no xenstored in %s: %w", dir, err)
@@ -160,15 +256,30 @@ func Attach(ctx context.Context, dir string) (*Server, error) {
 	return s, nil
 }
 
-// programs finds xenstored and the xenemu library.
-func programs() (bin, lib string, err error) {
-	bin = DefaultXenstored
+// Binary returns the path of the daemon of kind k: $MTWATCH_XENSTORED if
+// set, else where Debian installs it; "" for an unknown kind.
+func Binary(k Kind) string {
+	if k != C && k != Oxenstored {
+		return ""
+	}
 	if v := os.Getenv(EnvXenstored); v != "" {
-		bin = v
+		return v
+	}
+	if k == Oxenstored {
+		return DefaultOxenstored
+	}
+	return DefaultXenstored
+}
+
+// programs finds the daemon of kind k and the xenemu library.
+func programs(k Kind) (bin, lib string, err error) {
+	bin = Binary(k)
+	if bin == "" {
+		return "", "", fmt.Errorf("xenstored kind %q: want %q or %q", k, C, Oxenstored)
 	}
 	if _, err := os.Stat(bin); err != nil {
-		return "", "", fmt.Errorf("%w: xenstored not found at %s: install Debian package xen-utils-4.17 "+
-			"(apt-get install --no-install-recommends xen-utils-4.17 xenstore-utils)", ErrNotInstalled, bin)
+		return "", "", fmt.Errorf("%w: %s not found at %s: install Debian package xen-utils-4.17 "+
+			"(apt-get install --no-install-recommends xen-utils-4.17 xenstore-utils)", ErrNotInstalled, k, bin)
 	}
 	lib, err = XenemuLibrary()
 	return bin, lib, err
@@ -213,19 +324,44 @@ func (s *Server) command() (*exec.Cmd, *LockedBuffer, error) {
 	if err := os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
 		return nil, nil, err
 	}
-	os.Remove(s.Socket())
-	args := []string{"-N", "-F", s.pidPath()}
-	if s.cfg.Trace {
-		args = append(args, "-T", s.TracePath())
+	if err := os.WriteFile(s.kindPath(), []byte(string(s.cfg.Kind)+"\n"), 0o644); err != nil {
+		return nil, nil, err
 	}
-	args = append(args, s.cfg.Args...)
-	cmd := exec.Command(s.bin, args...)
-	cmd.Dir = s.cfg.Dir
-	cmd.Env = append(os.Environ(),
+	os.Remove(s.Socket())
+	var args []string
+	env := append(os.Environ(),
 		"LD_PRELOAD="+s.lib,
 		"XENEMU_DIR="+s.cfg.Dir,
 		"XENSTORED_RUNDIR="+s.cfg.Dir,
 		"XENSTORED_PATH="+s.Socket())
+	switch s.cfg.Kind {
+	case Oxenstored:
+		conf, err := s.oxenstoredConfig()
+		if err != nil {
+			return nil, nil, err
+		}
+		// Not --no-domain-init: without dom0's domain oxenstored never
+		// polls the event channel (xenstored.ml: spec_fds), so neither
+		// VIRQ_DOM_EXC nor a guest's notification would reach it.
+		args = []string{"--no-fork", "--config-file", conf}
+		if !s.cfg.Trace {
+			args = append(args, "--no-access-log")
+		}
+		// oxenstored binds /var/run/xenstored/socket whatever its
+		// configuration says (define.ml: xs_daemon_socket): xenemu
+		// mounts the run directory there in a mount namespace of the
+		// daemon's own.
+		env = append(env, "XENEMU_RUNDIR_MOUNT="+oxenstoredRunDir)
+	default:
+		args = []string{"-N", "-F", s.pidPath()}
+		if s.cfg.Trace {
+			args = append(args, "-T", s.TracePath())
+		}
+		args = append(args, s.cfg.Args...)
+	}
+	cmd := exec.Command(s.bin, args...)
+	cmd.Dir = s.cfg.Dir
+	cmd.Env = env
 	if s.cfg.Detach {
 		log, err := os.OpenFile(s.logPath(), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
 		if err != nil {
@@ -241,6 +377,59 @@ func (s *Server) command() (*exec.Cmd, *LockedBuffer, error) {
 	// daemon attached to the terminal's group, and Stop can signal it alone.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	return cmd, out, nil
+}
+
+// oxenstoredRunDir is where oxenstored makes its socket and its database.
+const oxenstoredRunDir = "/var/run/xenstored"
+
+// oxenstoredConfig writes the configuration file of an oxenstored instance
+// and the files it names, and returns its path. Everything the daemon
+// writes goes to the run directory: its pid file, its log and access log
+// (by default under /var/log/xen), the store is not persistent. The
+// quotas are those of Debian's /etc/xen/oxenstored.conf, upstream's
+// defaults (tools/ocaml/xenstored/oxenstored.conf.in), so tests see what a
+// Debian dom0 does; Settings override them.
+func (s *Server) oxenstoredConfig() (string, error) {
+	dir := s.cfg.Dir
+	// dom0's store ring and event channel, read as /proc/xen/xsd_kva and
+	// xsd_port on a Xen host: a page nobody writes to, and a port number
+	// without a newline (utils.ml: read_file_single_integer).
+	if err := os.WriteFile(filepath.Join(dir, "xsd_kva"), make([]byte, ringPage), 0o600); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "xsd_port"), []byte("1"), 0o600); err != nil {
+		return "", err
+	}
+	os.Remove(filepath.Join(dir, "oxenstored.log"))
+	lines := []string{
+		"pid-file = " + s.pidPath(),
+		"persistent = false",
+		"xenstored-kva = " + filepath.Join(dir, "xsd_kva"),
+		"xenstored-port = " + filepath.Join(dir, "xsd_port"),
+		"xenstored-log-file = " + filepath.Join(dir, "oxenstored.log"),
+		"access-log-file = " + s.TracePath(),
+		"access-log-read-ops = true",
+		"access-log-transactions-ops = true",
+		"access-log-special-ops = true",
+		"merge-activate = true",
+		"conflict-burst-limit = 5.0",
+		"conflict-max-history-seconds = 0.05",
+		"conflict-rate-limit-is-aggregate = true",
+		"perms-activate = true",
+		"perms-watch-activate = true",
+		"quota-activate = true",
+		"quota-maxentity = 1000",
+		"quota-maxsize = " + strconv.Itoa(oxenstoredMaxSize),
+		"quota-maxwatch = 100",
+		"quota-transaction = 10",
+		"quota-maxrequests = 1024",
+		"quota-path-max = 1024",
+		"quota-maxoutstanding = 1024",
+		"quota-maxwatchevents = 1024",
+	}
+	lines = append(lines, s.cfg.Settings...)
+	path := filepath.Join(dir, "oxenstored.conf")
+	return path, os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
 }
 
 // waitReady polls until a request round trip succeeds, the process exits or
@@ -294,14 +483,24 @@ func (s *Server) Running() bool {
 	return s.cmd != nil
 }
 
-// Stop terminates xenstored (SIGTERM, then SIGKILL) and waits for it.
+// Stop terminates xenstored (SIGTERM, then SIGKILL; oxenstored SIGKILL at
+// once) and waits for it.
 func (s *Server) Stop() error {
 	s.mu.Lock()
 	cmd, exited, pid := s.cmd, s.exited, s.pid
 	s.mu.Unlock()
+	// oxenstored ignores SIGTERM for as long as a connection has an open
+	// transaction, unsent output or a SET_TARGET (xenstored.ml's main loop
+	// waits for Connections.prevents_quit to empty, connection.ml:
+	// prevents_live_update), and does nothing on the way out that a
+	// non-persistent store needs: it is killed.
+	sigs := []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL}
+	if s.cfg.Kind == Oxenstored {
+		sigs = sigs[1:]
+	}
 	switch {
 	case cmd != nil:
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Process.Signal(sigs[0])
 		select {
 		case <-exited:
 		case <-time.After(startTimeout):
@@ -309,7 +508,7 @@ func (s *Server) Stop() error {
 			<-exited
 		}
 	case pid != 0:
-		if err := stopPid(pid); err != nil {
+		if err := stopPid(pid, sigs); err != nil {
 			return err
 		}
 	default:
@@ -324,8 +523,8 @@ func (s *Server) Stop() error {
 
 // stopPid stops a daemon this process did not start (see Attach): not its
 // child, so it is polled rather than waited for.
-func stopPid(pid int) error {
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+func stopPid(pid int, sigs []syscall.Signal) error {
+	for _, sig := range sigs {
 		if syscall.Kill(pid, sig) != nil {
 			return nil // gone
 		}

@@ -7,7 +7,10 @@ while [ -e "$OUT/$MTWATCH_RULE.$DOMID.$n" ]; do n=$((n + 1)); done
 f="$OUT/$MTWATCH_RULE.$DOMID.$n"
 {
 	for a in "$0" "$@"; do printf 'argv %s\n' "$a"; done
-	env | grep -E '^(DOMID|XS_PATH|XS_TOKEN|MTWATCH_[A-Z_]*|MODE|NOTIFY_SOCKET)=' | sort | sed 's/^/env /'
+	# Only what mtwatchd sets (and MODE, the rule's own): other MTWATCH_*
+	# variables are the caller's, inherited, and would make the record
+	# depend on the shell that ran the tests.
+	env | grep -E '^(DOMID|XS_PATH|XS_TOKEN|MTWATCH_RULE|MTWATCH_OVERFLOW|MODE|NOTIFY_SOCKET)=' | sort | sed 's/^/env /'
 	[ -t 0 ] && echo "stdin is a terminal" || true
 } >"$f.tmp"
 mv "$f.tmp" "$f"

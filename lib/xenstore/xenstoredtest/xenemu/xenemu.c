@@ -1,19 +1,30 @@
 /*
- * xenemu: lets the real C xenstored run without a hypervisor, for tests and
- * the sandbox. Loaded with LD_PRELOAD, it replaces the few libxenctrl,
- * libxenevtchn and libxengnttab calls xenstored makes and serves the two
- * /proc/xen files it reads at start.
+ * xenemu: lets the real xenstored, C (xenstored) or OCaml (oxenstored), run
+ * without a hypervisor, for tests and the sandbox. Loaded with LD_PRELOAD, it
+ * replaces the few libxenctrl, libxenevtchn and libxengnttab calls the
+ * daemons make, serves the two /proc/xen files the C xenstored reads at
+ * start, and gives oxenstored the host layout it expects.
  *
  * Domain lifecycle is driven from outside through a control directory
  * ($XENEMU_DIR, else $XENSTORED_RUNDIR):
  *   dead    - one domid per line: domains that no longer exist. Every other
  *             domid exists, so a dom0 INTRODUCE of a guest succeeds.
- *   evtchn  - a FIFO used as the event-channel fd. Writing a byte to it
- *             delivers VIRQ_DOM_EXC, upon which xenstored re-checks its
- *             domains, fires @releaseDomain and removes the nodes of those
- *             listed in "dead", as on a real host when a domain dies.
+ *   evtchn  - a FIFO used as the event-channel fd. A record "g<domid>\n"
+ *             is a notification from guest <domid> (its store ring has
+ *             requests, or room for replies); any other byte delivers
+ *             VIRQ_DOM_EXC, upon which xenstored re-checks its domains,
+ *             fires @releaseDomain and removes the nodes of those listed in
+ *             "dead", as on a real host when a domain dies.
  *   ring-N  - optional, a 4096-byte file: the store ring of guest N, mapped
- *             shared when N is introduced (see xengnttab_map_grant_ref).
+ *             shared when N is introduced (see map_ring).
+ *
+ * oxenstored binds the fixed path /var/run/xenstored/socket. With
+ * $XENEMU_RUNDIR_MOUNT set to that directory, the process moves into a
+ * private mount namespace before main and finds the control directory
+ * mounted there, so every instance has its own socket, reachable from
+ * outside in the control directory. It also raises RLIMIT_NOFILE to
+ * /proc/sys/fs/nr_open at start, which fails without CAP_SYS_RESOURCE:
+ * setrlimit clamps a NOFILE request to the hard limit it may not exceed.
  *
  * The prototypes are declared here so that no Xen headers are needed; only
  * the leading fields of xc_dominfo_t that xenstored reads are written.
@@ -28,7 +39,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -36,10 +50,13 @@
 #define EXPORT __attribute__((visibility("default")))
 #define PAGE_SIZE 4096
 
-/* xenstored binds dom0's store channel and VIRQ_DOM_EXC; any distinct local
- * port numbers do, so hand them out from a counter. */
-static uint32_t next_port = 10;
-static uint32_t virq_port = (uint32_t)-1;
+/* Local event-channel ports. VIRQ_DOM_EXC gets VIRQ_PORT; the interdomain
+ * channel of domain D gets DOM_PORT_BASE + D, so a guest's notification
+ * (a "g<domid>" record on the FIFO) names its port without a lookup table,
+ * and a rebind (INTRODUCE again) keeps it. */
+#define VIRQ_PORT 10u
+#define DOM_PORT_BASE 100u
+#define MAX_DOMID 0x7FF0u /* DOMID_FIRST_RESERVED */
 static int evtchn_fd = -1;
 
 struct fake_handle { int magic; };
@@ -126,11 +143,101 @@ EXPORT int xc_domain_getinfo(void *xch, uint32_t first_domid, unsigned int max_d
 	(void)xch;
 	/* Report exactly the domain asked for, alive, unless it is dead: that is
 	 * all xenstored 4.17 asks (first_domid, 1) and checks. */
-	if (max_doms < 1 || first_domid >= 0x7FF0 || domain_is_dead(first_domid))
+	if (max_doms < 1 || first_domid >= MAX_DOMID || domain_is_dead(first_domid))
 		return 0;
 	memset(di, 0, sizeof(*di));
 	di->domid = first_domid;
 	return 1;
+}
+
+/* xc_domaininfo_t, that is struct xen_domctl_getdomaininfo of Xen 4.17's
+ * public/domctl.h with x86's xen_arch_domainconfig: written whole, so its
+ * size must be exact. */
+struct domctl_getdomaininfo {
+	uint16_t domain;
+	uint16_t pad1;
+	uint32_t flags;
+	uint64_t tot_pages, max_pages, outstanding_pages, shr_pages, paged_pages;
+	uint64_t shared_info_frame, cpu_time;
+	uint32_t nr_online_vcpus, max_vcpu_id, ssidref;
+	uint8_t handle[16];
+	uint32_t cpupool;
+	uint8_t gpaddr_bits, pad2[7];
+	uint32_t emulation_flags, misc_flags;
+};
+_Static_assert(sizeof(struct domctl_getdomaininfo) == 112, "xc_domaininfo_t layout");
+
+#define XEN_DOMINF_RUNNING (1u << 5)
+
+/* oxenstored's Xenctrl.domain_getinfo asks (domid, 1) and fails unless the
+ * one entry returned is that domain: a dead domain is simply absent, as once
+ * Xen has destroyed it. */
+EXPORT int xc_domain_getinfolist(void *xch, uint32_t first_domid, unsigned int max_doms,
+				 void *info)
+{
+	struct domctl_getdomaininfo *di = info;
+	(void)xch;
+	if (max_doms < 1 || first_domid >= MAX_DOMID || domain_is_dead(first_domid)) {
+		errno = ESRCH;
+		return 0;
+	}
+	memset(di, 0, sizeof(*di));
+	di->domain = (uint16_t)first_domid;
+	di->flags = XEN_DOMINF_RUNNING;
+	di->nr_online_vcpus = 1;
+	return 1;
+}
+
+/* struct xc_error of xenctrl.h. The OCaml bindings read it to word the
+ * exception a failed call raises (a dead domain's getinfo). */
+static struct { int code; char message[1024]; } last_error;
+
+EXPORT const void *xc_get_last_error(void *xch)
+{
+	(void)xch;
+	return &last_error;
+}
+
+EXPORT const char *xc_error_code_to_desc(int code)
+{
+	return code == 0 ? "No error details" : "Unknown error";
+}
+
+/* A guest's store ring. If the control directory holds a file ring-<domid>
+ * when the domain is introduced, the ring is that file, mapped shared: a
+ * test then speaks as the guest, writing requests into it and reading the
+ * replies, and writes "g<domid>\n" to evtchn to wake xenstored. Otherwise a
+ * private zeroed page, so the ring always looks empty and xenstored never
+ * reads requests from it. The C xenstored maps it by grant reference
+ * (xengnttab_map_grant_ref), oxenstored by frame number
+ * (xc_map_foreign_range); the frame number is not looked at. */
+static void *map_ring(uint32_t domid)
+{
+	char path[PATH_MAX], name[32];
+	void *p;
+	int fd;
+
+	snprintf(name, sizeof(name), "ring-%u", domid);
+	ctl_path(path, sizeof(path), name);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd >= 0) {
+		p = mmap(NULL, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		close(fd);
+		return p == MAP_FAILED ? NULL : p;
+	}
+	p = mmap(NULL, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	return p == MAP_FAILED ? NULL : p;
+}
+
+EXPORT void *xc_map_foreign_range(void *xch, uint32_t domid, int size, int prot,
+				  unsigned long mfn)
+{
+	(void)xch; (void)prot; (void)mfn;
+	if (size != PAGE_SIZE || domid >= MAX_DOMID) {
+		errno = EINVAL;
+		return NULL;
+	}
+	return map_ring(domid);
 }
 
 /* ---- libxenevtchn ---- */
@@ -178,15 +285,18 @@ EXPORT int xenevtchn_fd(void *xce)
 
 EXPORT int xenevtchn_bind_interdomain(void *xce, uint32_t domid, uint32_t remote_port)
 {
-	(void)xce; (void)domid; (void)remote_port;
-	return (int)next_port++;
+	(void)xce; (void)remote_port;
+	if (domid >= MAX_DOMID) {
+		errno = EINVAL;
+		return -1;
+	}
+	return (int)(DOM_PORT_BASE + domid);
 }
 
 EXPORT int xenevtchn_bind_virq(void *xce, unsigned int virq)
 {
 	(void)xce; (void)virq;
-	virq_port = next_port++;
-	return (int)virq_port;
+	return (int)VIRQ_PORT;
 }
 
 EXPORT int xenevtchn_notify(void *xce, uint32_t port)
@@ -195,15 +305,73 @@ EXPORT int xenevtchn_notify(void *xce, uint32_t port)
 	return 0;
 }
 
+/* Ports read from the FIFO and not yet reported. xenevtchn_pending reports
+ * one port per call, as the kernel's evtchn device does; whatever else it
+ * read waits here, each port at most once (a port's notifications
+ * coalesce, as on Xen), and a byte it writes back into the FIFO keeps the
+ * fd readable so that the daemon calls again. Wake-up bytes ('w') mean
+ * nothing else. */
+#define NPORTS (DOM_PORT_BASE + MAX_DOMID)
+static uint32_t queue[NPORTS];
+static unsigned int q_head, q_len;
+static unsigned char queued[NPORTS];
+static char partial[16]; /* a record cut by the end of a read */
+static size_t partial_len;
+
+static void enqueue(uint32_t port)
+{
+	if (port >= NPORTS || queued[port])
+		return;
+	queued[port] = 1;
+	queue[(q_head + q_len++) % NPORTS] = port;
+}
+
+static void parse(const char *buf, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char c = buf[i];
+		if (partial_len > 0) {
+			if (c != '\n' && partial_len < sizeof(partial) - 1) {
+				partial[partial_len++] = c;
+				continue;
+			}
+			partial[partial_len] = 0;
+			char *end;
+			unsigned long d = strtoul(partial + 1, &end, 10);
+			if (c == '\n' && end != partial + 1 && *end == 0 && d < MAX_DOMID)
+				enqueue(DOM_PORT_BASE + (uint32_t)d);
+			else
+				enqueue(VIRQ_PORT);
+			partial_len = 0;
+			continue;
+		}
+		if (c == 'g')
+			partial[partial_len++] = c;
+		else if (c != 'w')
+			enqueue(VIRQ_PORT);
+	}
+}
+
 EXPORT int xenevtchn_pending(void *xce)
 {
-	char buf[64];
+	char buf[4096];
+	ssize_t n;
+	uint32_t port;
 	(void)xce;
-	/* Drain whatever the control side wrote: one VIRQ_DOM_EXC makes
-	 * xenstored re-check every domain, so several kills coalesce. */
-	while (read(evtchn_fd, buf, sizeof(buf)) > 0)
-		;
-	return (int)virq_port;
+
+	while ((n = read(evtchn_fd, buf, sizeof(buf))) > 0)
+		parse(buf, (size_t)n);
+	if (q_len == 0)
+		/* Only wake-up bytes, or a record cut short: a spurious
+		 * VIRQ_DOM_EXC is harmless, the daemon finds nothing changed. */
+		return (int)VIRQ_PORT;
+	port = queue[q_head];
+	q_head = (q_head + 1) % NPORTS;
+	q_len--;
+	queued[port] = 0;
+	if (q_len > 0 && write(evtchn_fd, "w", 1) < 0 && errno != EAGAIN)
+		die("write evtchn: %s", strerror(errno));
+	return (int)port;
 }
 
 EXPORT int xenevtchn_unmask(void *xce, uint32_t port)
@@ -238,28 +406,10 @@ EXPORT int xengnttab_set_max_grants(void *xgt, uint32_t nr)
 	return 0;
 }
 
-/* A guest's store ring. If the control directory holds a file ring-<domid>
- * when the domain is introduced, the ring is that file, mapped shared: a
- * test then speaks as the guest, writing requests into it and reading the
- * replies, and writes a byte to evtchn to wake xenstored, which looks at
- * every ring on each pass. Otherwise a private zeroed page, so the ring
- * always looks empty and xenstored never reads requests from it. */
 EXPORT void *xengnttab_map_grant_ref(void *xgt, uint32_t domid, uint32_t ref, int prot)
 {
-	char path[PATH_MAX], name[32];
-	void *p;
-	int fd;
 	(void)xgt; (void)ref; (void)prot;
-	snprintf(name, sizeof(name), "ring-%u", domid);
-	ctl_path(path, sizeof(path), name);
-	fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd >= 0) {
-		p = mmap(NULL, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-		close(fd);
-		return p == MAP_FAILED ? NULL : p;
-	}
-	p = mmap(NULL, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	return p == MAP_FAILED ? NULL : p;
+	return map_ring(domid);
 }
 
 EXPORT int xengnttab_unmap(void *xgt, void *start, uint32_t count)
@@ -332,4 +482,74 @@ EXPORT int open64(const char *path, int flags, ...)
 	fd = do_open("open64", path, flags, ap);
 	va_end(ap);
 	return fd;
+}
+
+/* ---- the host layout oxenstored expects ---- */
+
+/* setrlimit: oxenstored sets RLIMIT_NOFILE's soft and hard limits to
+ * /proc/sys/fs/nr_open at start (Poll's set_fd_limit) and dies if refused,
+ * which it is where the hard limit is lower and the process lacks
+ * CAP_SYS_RESOURCE, as in containers. A NOFILE request above the hard limit
+ * is clamped to it: the daemon gets as many descriptors as it may have. */
+typedef int (*setrlimit_fn)(__rlimit_resource_t, const struct rlimit *);
+
+EXPORT int setrlimit(__rlimit_resource_t resource, const struct rlimit *rl)
+{
+	static setrlimit_fn real;
+	struct rlimit cur, clamped;
+
+	if (!real)
+		real = (setrlimit_fn)dlsym(RTLD_NEXT, "setrlimit");
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if (resource == RLIMIT_NOFILE && getrlimit(RLIMIT_NOFILE, &cur) == 0 &&
+	    cur.rlim_max != RLIM_INFINITY && rl->rlim_max > cur.rlim_max) {
+		clamped.rlim_max = cur.rlim_max;
+		clamped.rlim_cur = rl->rlim_cur < cur.rlim_max ? rl->rlim_cur : cur.rlim_max;
+		rl = &clamped;
+	}
+	return real(resource, rl);
+}
+
+/* With $XENEMU_RUNDIR_MOUNT set (to /var/run/xenstored, where oxenstored
+ * binds its socket whatever its configuration says), move into a private
+ * mount namespace before main and mount the control directory there. Its
+ * parent (/var/run, that is /run) gets a private tmpfs first, so the
+ * directory need not exist on the host and a real xenstored's socket there
+ * is never touched; the control directory is held open across that mount in
+ * case it lies under /run. */
+__attribute__((constructor)) static void private_rundir(void)
+{
+	const char *target = getenv("XENEMU_RUNDIR_MOUNT");
+	char src[64], parent[PATH_MAX], *slash;
+	int fd;
+
+	if (!target || !*target)
+		return;
+	if (snprintf(parent, sizeof(parent), "%s", target) >= (int)sizeof(parent) ||
+	    !(slash = strrchr(parent, '/')) || slash == parent)
+		die("XENEMU_RUNDIR_MOUNT=%s: not an absolute path below /", target);
+	*slash = 0;
+	if (unshare(CLONE_NEWNS) < 0)
+		die("unshare(CLONE_NEWNS): %s (a private mount namespace needs CAP_SYS_ADMIN)",
+		    strerror(errno));
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+		die("make / private: %s", strerror(errno));
+	/* Opened inside the new namespace: a bind mount's source must be. */
+	fd = open(ctl_dir(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		die("open %s: %s", ctl_dir(), strerror(errno));
+	if (mount("xenemu", parent, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755") < 0)
+		die("mount tmpfs on %s: %s", parent, strerror(errno));
+	if (mkdir(target, 0755) < 0 && errno != EEXIST)
+		die("mkdir %s: %s", target, strerror(errno));
+	snprintf(src, sizeof(src), "/proc/self/fd/%d", fd);
+	if (mount(src, target, NULL, MS_BIND, NULL) < 0)
+		die("bind %s on %s: %s", ctl_dir(), target, strerror(errno));
+	close(fd);
+	/* Whatever the daemon execs (nothing, short of a live update) must not
+	 * try this again inside the namespace. */
+	unsetenv("XENEMU_RUNDIR_MOUNT");
 }
