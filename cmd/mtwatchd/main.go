@@ -2,8 +2,11 @@
 // workers for handler plugins. This file is only flags, signals, systemd and
 // exit codes; the agent is lib/agent.
 //
-// Exit codes: 0 stopped on request (SIGTERM, SIGINT); 1 runtime failure; 2
-// usage or configuration error.
+// Exit codes: 0 stopped on request (SIGTERM, SIGINT); 1 runtime failure; 78
+// (EX_CONFIG) usage or configuration error. Not 2: the Go runtime exits 2 on
+// an unrecovered panic and on SIGABRT, systemd's watchdog signal, and the
+// unit must restart those while RestartPreventExitStatus keeps a
+// configuration error from being retried in a loop.
 package main
 
 import (
@@ -35,7 +38,7 @@ var version = buildinfo.Version()
 
 const (
 	exitFailure = 1
-	exitUsage   = 2
+	exitConfig  = 78 // EX_CONFIG of sysexits.h
 )
 
 func main() {
@@ -44,14 +47,14 @@ func main() {
 		Name:    "mtwatchd",
 		Usage:   "per-domain XenStore watch workers for Xen dom0",
 		Version: version,
-		Description: "Exit status: 0 stopped on request, 1 runtime failure, 2 usage or configuration error.\n" +
+		Description: "Exit status: 0 stopped on request, 1 runtime failure, 78 usage or configuration error.\n" +
 			"Flags and their environment variables override the configuration file.",
 		Flags:  flags(),
 		Action: run,
 		// mtwatchd has no commands: no "COMMANDS: help" in --help.
 		HideHelpCommand: true,
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
+			return cli.Exit("mtwatchd: "+err.Error(), exitConfig)
 		},
 	}
 	if err := app.Run(os.Args); err != nil {
@@ -61,21 +64,21 @@ func main() {
 			os.Exit(ec.ExitCode())
 		}
 		fmt.Fprintln(os.Stderr, "mtwatchd:", err)
-		os.Exit(exitUsage)
+		os.Exit(exitConfig)
 	}
 }
 
 func run(c *cli.Context) error {
 	if c.NArg() > 0 {
-		return cli.Exit(fmt.Sprintf("mtwatchd: unexpected argument %q", c.Args().First()), exitUsage)
+		return cli.Exit(fmt.Sprintf("mtwatchd: unexpected argument %q", c.Args().First()), exitConfig)
 	}
 	cfg, err := load(c)
 	if err != nil {
-		return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
+		return cli.Exit("mtwatchd: "+err.Error(), exitConfig)
 	}
 	log, _, err := logging.New(os.Stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
-		return cli.Exit("mtwatchd: "+err.Error(), exitUsage)
+		return cli.Exit("mtwatchd: "+err.Error(), exitConfig)
 	}
 	slog.SetDefault(slog.New(logging.Slog(log)))
 	if procs, env := setGOMAXPROCS(cfg.Agent.GOMAXPROCS); env {
@@ -94,7 +97,7 @@ func run(c *cli.Context) error {
 	if err != nil {
 		code := exitFailure
 		if errors.Is(err, agent.ErrConfig) {
-			code = exitUsage
+			code = exitConfig
 		}
 		return cli.Exit("mtwatchd: "+err.Error(), code)
 	}
