@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -115,6 +114,7 @@ func run(c *cli.Context) error {
 	srvCtx, srvStop := context.WithCancel(context.Background())
 	defer srvStop()
 	served := make(chan error, 2)
+	servers := 1
 	go func() { served <- control.Serve(srvCtx, ln, control.NewHandler(a, a.MetricsHandler())) }()
 	if addr := cfg.Control.MetricsListen; addr != "" {
 		mln, err := net.Listen("tcp", addr)
@@ -123,11 +123,8 @@ func run(c *cli.Context) error {
 			a.Shutdown(context.Background())
 			return cli.Exit(fmt.Sprintf("mtwatchd: metrics: %v", err), exitFailure)
 		}
-		mux := http.NewServeMux()
-		mux.Handle("GET /metrics", a.MetricsHandler())
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(mln)
-		go func() { <-srvCtx.Done(); srv.Close() }()
+		servers++
+		go func() { served <- control.ServeMetrics(srvCtx, mln, a.MetricsHandler()) }()
 	}
 
 	// SIGHUP is caught from here on: systemd may send it as soon as READY=1.
@@ -148,7 +145,7 @@ func run(c *cli.Context) error {
 			reload(c, a, log)
 			continue
 		case err := <-served:
-			log.WithError(err).Error("control server failed")
+			log.WithError(err).Error("server failed")
 			a.Shutdown(context.Background())
 			return cli.Exit("mtwatchd: "+err.Error(), exitFailure)
 		case <-ctx.Done():
@@ -161,7 +158,9 @@ func run(c *cli.Context) error {
 		log.WithError(err).Warn("shutdown did not drain in time; running handlers were cancelled")
 	}
 	srvStop()
-	<-served
+	for range servers {
+		<-served
+	}
 	log.Info("mtwatchd stopped")
 	return nil
 }
