@@ -213,7 +213,7 @@ func TestDaemonCrashRestarts(t *testing.T) {
 			t.Parallel()
 			bin := daemonBinary(t, tc.inject)
 			in := xenstoredtest.Start(t)
-			d := spawnBinary(t, bin, in, socketPath(t), []string{"GOTRACEBACK=single", "WATCHDOG_USEC=30000000"})
+			d := spawnBinary(t, bin, nil, in, socketPath(t), []string{"GOTRACEBACK=single", "WATCHDOG_USEC=30000000"})
 			d.notify.wait(t, "READY=1")
 			d.cmd.Process.Signal(tc.signal)
 			ws := d.waitStatus(15 * time.Second)
@@ -230,7 +230,7 @@ func TestDaemonCrashRestarts(t *testing.T) {
 		t.Parallel()
 		bad := filepath.Join(t.TempDir(), "bad.toml")
 		os.WriteFile(bad, []byte("[agent]\nbogus = 1\n"), 0o644)
-		d := spawnBinary(t, daemonBinary(t, ""), nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, "--config", bad)
+		d := spawnBinary(t, daemonBinary(t, ""), nil, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, "--config", bad)
 		ws := d.waitStatus(15 * time.Second)
 		if !ws.Exited() || ws.ExitStatus() != exitConfig {
 			t.Fatalf("ended with %v, want exit status %d", ws, exitConfig)

@@ -42,6 +42,13 @@ const (
 
 func main() {
 	closeInheritedOnExec()
+	// A write to stderr whose reader is gone (a logger or svlogd that died)
+	// must fail with EPIPE, not kill the agent with SIGPIPE as Go does for
+	// fds 1 and 2. Notify rather than Ignore: an ignored signal stays
+	// ignored in every command and script the plugins start, while a
+	// notified one is reset to the default there. Nobody reads the channel:
+	// the runtime drops signals a full channel cannot take.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	app := &cli.App{
 		Name:    "mtwatchd",
 		Usage:   "per-domain XenStore watch workers for Xen dom0",

@@ -112,11 +112,12 @@ func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return spawnBinary(t, self, in, sock, env, args...)
+	return spawnBinary(t, self, nil, in, sock, env, args...)
 }
 
-// spawnBinary is spawn for the binary bin.
-func spawnBinary(t *testing.T, bin string, in *xenstoredtest.Instance, sock string, env []string, args ...string) *agentProc {
+// spawnBinary is spawn for the binary bin; stderr, if not nil, is where
+// the agent's stderr goes instead of d.stderr.
+func spawnBinary(t *testing.T, bin string, stderr *os.File, in *xenstoredtest.Instance, sock string, env []string, args ...string) *agentProc {
 	t.Helper()
 	d := &agentProc{t: t, stderr: &xenstoredtest.LockedBuffer{}, sock: sock, notify: newNotifySocket(t), done: make(chan struct{})}
 	// An empty file: the defaults, whatever /etc holds on this machine.
@@ -132,6 +133,9 @@ func spawnBinary(t *testing.T, bin string, in *xenstoredtest.Instance, sock stri
 	}
 	d.cmd.Env = append(d.cmd.Env, env...)
 	d.cmd.Stderr = d.stderr
+	if stderr != nil {
+		d.cmd.Stderr = stderr
+	}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
