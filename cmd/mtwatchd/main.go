@@ -146,19 +146,55 @@ func run(c *cli.Context) error {
 		}
 		return cli.Exit("mtwatchd: "+err.Error(), exitFailure)
 	}
+	// A reload runs beside this loop, one at a time: a plugin's Reload may
+	// wait (exec, for the running command of a rule it removes), and
+	// neither SIGTERM nor the next SIGHUP may wait with it. SIGHUPs that
+	// come meanwhile make one more reload after it. Stopping cancels it;
+	// everything a reload waits for honours that, so the wait is short.
+	rctx, rcancel := context.WithCancel(context.Background())
+	defer rcancel()
+	var reloading chan struct{} // closed when the running reload ends; nil when none runs
+	again := false
+	startReload := func() {
+		done := make(chan struct{})
+		reloading = done
+		go func() {
+			defer close(done)
+			reload(rctx, c, a, log)
+		}()
+	}
+	stopReload := func() {
+		rcancel()
+		if reloading != nil {
+			<-reloading
+		}
+	}
 	for {
 		select {
 		case <-hup:
-			reload(c, a, log)
+			if reloading != nil {
+				again = true
+			} else {
+				startReload()
+			}
+			continue
+		case <-reloading:
+			reloading = nil
+			if again {
+				again = false
+				startReload()
+			}
 			continue
 		case err := <-served:
 			log.WithError(err).Error("server failed")
+			stopReload()
 			a.Shutdown(context.Background())
 			return cli.Exit("mtwatchd: "+err.Error(), exitFailure)
 		case <-ctx.Done():
 		}
 		break
 	}
+	stopReload()
 	sctx, cancel := context.WithTimeout(context.Background(), a.Config().Agent.ShutdownTimeout.Duration)
 	defer cancel()
 	if err := a.Shutdown(sctx); err != nil {
@@ -173,16 +209,20 @@ func run(c *cli.Context) error {
 }
 
 // reload re-reads the configuration on SIGHUP; an invalid file keeps the
-// running configuration.
-func reload(c *cli.Context, a *agent.Agent, log *logrus.Logger) {
+// running configuration. ctx ends when the agent stops.
+func reload(ctx context.Context, c *cli.Context, a *agent.Agent, log *logrus.Logger) {
 	cfg, err := load(c)
 	if err != nil {
 		log.WithError(err).Error("reload: keeping the running configuration")
 		return
 	}
-	if err := a.Reload(context.Background(), cfg); err != nil {
-		if errors.Is(err, agent.ErrConfig) {
+	if err := a.Reload(ctx, cfg); err != nil {
+		switch {
+		case errors.Is(err, agent.ErrConfig):
 			log.WithError(err).Error("reload: keeping the running configuration")
+			return
+		case ctx.Err() != nil:
+			log.WithError(err).Warn("reload cut short: mtwatchd is stopping")
 			return
 		}
 		log.WithError(err).Error("reload")
