@@ -232,6 +232,7 @@ type pluginWatch struct {
 	plugin      *hostedPlugin
 	path, token string
 	reg         *dispatch.Registration
+	skipInitial bool // dispatch.WatchConfig.SkipInitial
 
 	// Under cn.mu.
 	xw      *xenstore.Watch
@@ -262,7 +263,19 @@ func (cn *connection) register(ctx context.Context, c *xenstore.Client, w *plugi
 	w.on = c
 	cn.mu.Unlock()
 	token, event := w.token, cn.event
+	// xenstored sends the initial event while it handles the WATCH, before
+	// any later change can fire the new watch (C xenstored: do_watch in
+	// tools/xenstore/xenstored_watch.c, send_ack then send_event), and the
+	// connection keeps order: the registration's first event is the
+	// initial one. Only the connection's reader touches first.
+	first := w.skipInitial
 	xw, err := c.WatchFunc(ctx, w.path, token, func(ev xenstore.Event) {
+		if first {
+			first = false
+			if ev.Path == w.path {
+				return
+			}
+		}
 		event(ev.Path, token)
 	})
 	cn.mu.Lock()

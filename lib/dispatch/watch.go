@@ -78,6 +78,12 @@ type WatchConfig struct {
 	// about it (a stalled callback), so a journal search by PLUGIN finds
 	// them.
 	Plugin string
+	// SkipInitial is for whoever registers the XenStore watch (mtwatchd's
+	// agent, for its plugins; the dispatcher itself ignores it): the event
+	// xenstored fires for the watched path as each registration completes
+	// (at start, after every reconnection) is not dispatched. For a watch
+	// that acts on changes only, and would take that event for one.
+	SkipInitial bool
 }
 
 // Registration is a registered watch: the handle Register returns.
