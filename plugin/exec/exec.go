@@ -142,6 +142,10 @@ func (p *Plugin) startRule(ctx context.Context, r *rule) error {
 		Handler:  func(ctx context.Context, ev dispatch.Event) error { return p.handle(ctx, a, ev) },
 		DomainOf: r.domainOf,
 		Coalesce: r.coalesce,
+		// The event of the watch's registration, at start, reload and
+		// reconnection, is no change: a rule on a fixed path would run
+		// for it every time, even for a node that never existed.
+		SkipInitial: true,
 		Filter: func(path string, _ int) bool {
 			_, _, _, ok := r.match(path)
 			return ok

@@ -1,6 +1,7 @@
 package plugins_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -68,5 +69,80 @@ func TestExecReloadNeverDelaysShutdown(t *testing.T) {
 				t.Fatalf("the command's grandchild %d outlived mtwatchd", pid)
 			}
 		})
+	}
+}
+
+// TestExecFixedPathNoRunWithoutChange: through bin/mtwatchd, a rule on a
+// fixed path whose node never existed runs nothing at start, after a
+// reload that registers its watch again, or after a reconnection to a
+// restarted xenstored: xenstored's registration event is no change. A
+// write of the node then runs it once.
+func TestExecFixedPathNoRunWithoutChange(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	out := t.TempDir()
+	const base = "/local/domain/0/mtwatch-test"
+	script := filepath.Join(root, "plugin/exec/testdata/record.sh")
+	rules := func(timeout string) string {
+		var b strings.Builder
+		b.WriteString("[plugins.exec]\nenabled = true\n")
+		for _, r := range [][2]string{{"fixed", base + "/trigger"}, {"sync", base + "/sync"}} {
+			fmt.Fprintf(&b, "\n[[plugins.exec.rule]]\nname = %q\npath = %q\ncommand = [%q, \"{path}\"]\nenv = { OUT = %q }\ntimeout = %q\n",
+				r[0], r[1], script, out, timeout)
+		}
+		return b.String()
+	}
+	a := newAgent(t, in, rules("10s"))
+	a.run()
+	// The sync rule's events run on the default worker after whatever the
+	// fixed rule had queued before them.
+	n := 0
+	sync := func() {
+		t.Helper()
+		n++
+		a.write(fmt.Sprintf("%s/sync/%d", base, n), "")
+		want := fmt.Sprintf("env XS_PATH=%s/sync/%d\n", base, n)
+		a.wait(20*time.Second, "sync rule run "+strconv.Itoa(n), func() bool {
+			files, _ := filepath.Glob(filepath.Join(out, "sync..*"))
+			for _, f := range files {
+				if b, _ := os.ReadFile(f); strings.Contains(string(b), want) {
+					return true
+				}
+			}
+			return false
+		})
+	}
+	runs := func() int {
+		files, _ := filepath.Glob(filepath.Join(out, "fixed..*"))
+		return len(files)
+	}
+	sync()
+	if k := runs(); k != 0 {
+		t.Fatalf("the fixed rule ran %d times at start without a change", k)
+	}
+	if err := os.WriteFile(a.config, []byte(rules("11s")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.wait(10*time.Second, "reload", func() bool { return strings.Contains(a.stderr.String(), "exec rules reloaded") })
+	sync()
+	if k := runs(); k != 0 {
+		t.Fatalf("the fixed rule ran %d times after a reload without a change", k)
+	}
+	in.Restart()
+	a.wait(30*time.Second, "reconnection", func() bool {
+		st := a.status()
+		return st.Xenstore.Reconnects >= 1 && st.Xenstore.State == "connected"
+	})
+	a.redial()
+	sync()
+	if k := runs(); k != 0 {
+		t.Fatalf("the fixed rule ran %d times after a reconnection without a change", k)
+	}
+	a.write(base+"/trigger", "1")
+	waitFile(a, filepath.Join(out, "fixed..0"))
+	sync()
+	if k := runs(); k != 1 {
+		t.Fatalf("the fixed rule ran %d times for one write, want 1", k)
 	}
 }
