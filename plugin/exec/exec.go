@@ -120,6 +120,11 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 
 // Start registers one watch per rule.
 func (p *Plugin) Start(ctx context.Context) error {
+	if dir, err := proc.Confinement(); dir != "" {
+		p.log.WithField("cgroup", dir).Info("commands are confined by cgroup v2")
+	} else {
+		p.log.WithError(err).Warn("commands are confined by their process group only: a process that calls setsid() can outlive its command's timeout and the agent's stop")
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	defer p.publish()

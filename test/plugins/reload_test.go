@@ -146,3 +146,47 @@ func TestExecFixedPathNoRunWithoutChange(t *testing.T) {
 		t.Fatalf("the fixed rule ran %d times for one write, want 1", k)
 	}
 }
+
+// TestExecEscapedEnded: through bin/mtwatchd, a command's grandchild that
+// left its process group and session (double fork, setsid) is ended with
+// the command, by its timeout and by the agent's stop.
+func TestExecEscapedEnded(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct{ name, timeout string }{{"timeout", "500ms"}, {"stop", "60s"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			in := xenstoredtest.Start(t)
+			out := t.TempDir()
+			a := newAgent(t, in, "[agent]\nshutdown_timeout = \"3s\"\n\n"+execRules(out,
+				`escape|/local/domain/{domid}/data/escape|env = { OUT = "$OUT", ACTION = "escape" }`+"\ntimeout = \""+tc.timeout+"\""))
+			a.run()
+			if !strings.Contains(a.stderr.String(), "commands are confined by cgroup v2") {
+				t.Fatalf("commands not confined by cgroup v2 here:\n%s", a.stderr.String())
+			}
+			a.domain(5)
+			a.write("/local/domain/5/data/escape", "1")
+			pid, err := strconv.Atoi(strings.TrimSpace(waitFile(a, filepath.Join(out, "grandchild.5.0"))))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer syscall.Kill(pid, syscall.SIGKILL)
+			if tc.name == "stop" {
+				a.cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-a.exited:
+				case <-time.After(20 * time.Second):
+					t.Fatal("mtwatchd did not exit after SIGTERM")
+				}
+				if code := a.cmd.ProcessState.ExitCode(); code != 0 {
+					t.Errorf("exit status %d after SIGTERM, want 0", code)
+				}
+			}
+			for end := time.Now().Add(5 * time.Second); proctest.Alive(pid) && time.Now().Before(end); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if proctest.Alive(pid) {
+				t.Fatalf("escaped grandchild %d outlived its command's %s", pid, tc.name)
+			}
+		})
+	}
+}
