@@ -19,6 +19,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
 // DefaultGrace is the time a process group gets between SIGTERM and SIGKILL.
@@ -43,8 +44,9 @@ type Spec struct {
 	Timeout time.Duration
 	Grace   time.Duration
 	// Line receives each line the command writes, with the stream's name
-	// ("stdout" or "stderr"). It is called from two goroutines at once and
-	// must be safe for that. Nil discards the output.
+	// ("stdout" or "stderr"), control characters and bytes that are not
+	// UTF-8 escaped (see Printable). It is called from two goroutines at
+	// once and must be safe for that. Nil discards the output.
 	Line func(stream, line string)
 
 	// noCgroup runs without a cgroup, as where there is none (tests).
@@ -316,12 +318,47 @@ func readLines(r io.Reader, stream string, line func(stream, line string)) {
 					_, err = br.ReadSlice('\n')
 				}
 			}
-			line(stream, s)
+			line(stream, Printable(s))
 		}
 		if err != nil && err != bufio.ErrBufferFull {
 			return
 		}
 	}
+}
+
+// Printable escapes what a terminal or the journal would take for
+// something other than text: C0 controls but tab, DEL, C1 controls and
+// bytes that are not UTF-8 become \xNN (\u0080 to \u009f for C1); a
+// backslash stays as it is. A command's output is the command's, or a
+// guest's through it, and must not move the cursor of whoever reads the log
+// on a terminal nor add fields to a journal entry.
+func Printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || (r < 0x20 && r != '\t') || (r >= 0x7f && r < 0xa0) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case (r < 0x20 && r != '\t') || r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case r >= 0x80 && r < 0xa0:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // Env returns the agent's environment as a base for commands, without the
