@@ -12,6 +12,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/plugin"
 )
 
 // Reconnection backoff bounds.
@@ -308,6 +309,19 @@ func unwatch(xw *xenstore.Watch) {
 
 // Unwatch implements plugin.Watch.
 func (w *pluginWatch) Unwatch(ctx context.Context) error {
+	err := w.unwatchXS(ctx)
+	return errors.Join(err, w.reg.Unregister(ctx))
+}
+
+// Detach implements plugin.Detacher.
+func (w *pluginWatch) Detach(ctx context.Context) error {
+	err := w.unwatchXS(ctx)
+	w.reg.Detach()
+	return err
+}
+
+// unwatchXS removes w's XenStore watch.
+func (w *pluginWatch) unwatchXS(ctx context.Context) error {
 	cn := w.cn
 	cn.mu.Lock()
 	if cn.watches[w.token] == w {
@@ -323,8 +337,10 @@ func (w *pluginWatch) Unwatch(ctx context.Context) error {
 			err = e
 		}
 	}
-	return errors.Join(err, w.reg.Unregister(ctx))
+	return err
 }
+
+var _ plugin.Detacher = (*pluginWatch)(nil)
 
 func (w *pluginWatch) Path() string               { return w.path }
 func (w *pluginWatch) Token() string              { return w.token }
