@@ -67,6 +67,11 @@ type active struct {
 	watch plugin.Watch
 	lim   *limiter
 	c     counters
+
+	// retired: a reload removed the rule; a command of it still running
+	// updates no metric (its series are gone). Under mu.
+	mu      sync.Mutex
+	retired bool
 }
 
 type counters struct {
@@ -218,9 +223,21 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 		if keep[name] {
 			continue
 		}
-		if err := a.watch.Unwatch(ctx); err != nil {
+		// A command of the rule that runs now is left to finish: waiting
+		// for it would hold this reload, and every later one, as long as
+		// the command runs. Its result is counted nowhere.
+		var err error
+		if d, ok := a.watch.(plugin.Detacher); ok {
+			err = d.Detach(ctx)
+		} else {
+			err = a.watch.Unwatch(ctx)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("exec: rule %s: %w", name, err))
 		}
+		a.mu.Lock()
+		a.retired = true
+		a.mu.Unlock()
 		delete(p.running, name)
 		p.runs.DeletePartialMatch(prometheus.Labels{"rule": name})
 		p.duration.DeletePartialMatch(prometheus.Labels{"rule": name})
@@ -295,7 +312,7 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 	// coalesces its events behind the wait. Stopping ends the wait.
 	if wait := a.lim.reserve(id, time.Now()); wait > 0 {
 		a.c.rateLimited.Add(1)
-		p.limited.WithLabelValues(r.name).Inc()
+		a.metric(func() { p.limited.WithLabelValues(r.name).Inc() })
 		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
@@ -323,7 +340,7 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 	}
 	a.c.runs.Add(1)
 	a.c.lastNanos.Store(int64(res.Duration))
-	p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds())
+	a.metric(func() { p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds()) })
 	result := resultOK
 	switch {
 	case res.OK():
@@ -338,7 +355,7 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 		a.c.startErrors.Add(1)
 		result = resultError
 	}
-	p.runs.WithLabelValues(r.name, result).Inc()
+	a.metric(func() { p.runs.WithLabelValues(r.name, result).Inc() })
 	fields := logrus.Fields{"path": xsPath, "exit": res.ExitCode, "duration": res.Duration.Round(time.Millisecond)}
 	if res.Signal != 0 {
 		fields["signal"] = res.Signal.String()
@@ -349,6 +366,15 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 	}
 	log.WithFields(fields).WithError(res.Err).Warn("command failed")
 	return fmt.Errorf("exec: rule %s domid %s: %w", r.name, d, res.Err)
+}
+
+// metric updates a metric of the rule unless a reload retired it.
+func (a *active) metric(update func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.retired {
+		update()
+	}
 }
 
 // RuleStatus is one rule in Status.

@@ -489,3 +489,51 @@ func TestLogLines(t *testing.T) {
 		t.Errorf("lines_not_logged %d, want 97", st.LinesNotLogged)
 	}
 }
+
+// TestReloadDoesNotWaitForCommand: a reload that removes a rule whose
+// command runs returns at once; the command runs to its end, and the
+// removed rule's metric series stay gone.
+func TestReloadDoesNotWaitForCommand(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	gate := filepath.Join(out, "gate")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	busy := [3]string{"busy", "/local/domain/{domid}/data", fmt.Sprintf("env = { OUT = %q, ACTION = \"gate\" }", out)}
+	other := [3]string{"other", "/local/domain/{domid}/other", ""}
+	p := h.Start(exec.Name, rules(t, out, busy, other))
+	h.AddDomain(4)
+	h.Write("/local/domain/4/data/a", "1")
+	waitFile(h, filepath.Join(out, "started.4.0"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.(plugin.Reloader).Reload(ctx, h.Section(exec.Name, rules(t, out, other))) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		os.Remove(gate)
+		t.Fatal("Reload waits for the removed rule's running command")
+	}
+	if n := len(h.Watches()); n != 1 {
+		t.Errorf("%d watches after the reload, want 1", n)
+	}
+	os.Remove(gate)
+	// The command ends; the domain's worker is free again for the other
+	// rule.
+	h.Write("/local/domain/4/other", "1")
+	waitFile(h, filepath.Join(out, "other.4.0"))
+	if mf := metric(t, h, "mtwatch_exec_runs_total"); mf != nil {
+		for _, m := range mf.Metric {
+			if strings.Contains(labels(m), "rule=busy") {
+				t.Errorf("removed rule's series back: %s", labels(m))
+			}
+		}
+	}
+}
