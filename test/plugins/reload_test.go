@@ -190,3 +190,36 @@ func TestExecEscapedEnded(t *testing.T) {
 		})
 	}
 }
+
+// TestReloadXenstoredFrozenNeverDelaysShutdown: through bin/mtwatchd, a
+// SIGHUP that adds a rule while xenstored is frozen (its WATCH gets no
+// answer) leaves the signal loop free: SIGTERM still stops the agent
+// within shutdown_timeout.
+func TestReloadXenstoredFrozenNeverDelaysShutdown(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	out := t.TempDir()
+	head := "[agent]\nshutdown_timeout = \"3s\"\n\n"
+	a := newAgent(t, in, head+execRules(out, `one|/local/domain/{domid}/one|env = { OUT = "$OUT" }`))
+	a.run()
+	if err := os.WriteFile(a.config, []byte(head+execRules(out,
+		`one|/local/domain/{domid}/one|env = { OUT = "$OUT" }`,
+		`two|/local/domain/{domid}/two|env = { OUT = "$OUT" }`)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pid := in.Pid()
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	a.cmd.Process.Signal(syscall.SIGHUP)
+	time.Sleep(300 * time.Millisecond) // into the reload's WATCH
+	begin := time.Now()
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-a.exited:
+	case <-time.After(20 * time.Second):
+		t.Fatal("mtwatchd did not exit within 20 s of SIGTERM")
+	}
+	if took := time.Since(begin); took > 5*time.Second {
+		t.Errorf("SIGTERM took %v with shutdown_timeout 3s", took)
+	}
+}
