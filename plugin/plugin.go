@@ -134,6 +134,14 @@ type Watch interface {
 	Stats() dispatch.WatchStats
 }
 
+// Detacher is implemented by the watches the agent gives plugins. Detach
+// removes the watch as Unwatch does, but does not wait for a running
+// handler of it, which runs to its end: for a plugin that must not wait for
+// one (a reload waiting for a command would hold every later reload).
+type Detacher interface {
+	Detach(ctx context.Context) error
+}
+
 // InitContext is what a plugin is built from.
 type InitContext struct {
 	// Name is the plugin's name.

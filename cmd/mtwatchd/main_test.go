@@ -104,20 +104,28 @@ type agentProc struct {
 	err    error
 }
 
-// spawn runs mtwatchd against in with args; env adds variables.
+// spawn runs mtwatchd (this test binary's main) against in with args; env
+// adds variables.
 func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, args ...string) *agentProc {
 	t.Helper()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return spawnBinary(t, self, nil, in, sock, env, args...)
+}
+
+// spawnBinary is spawn for the binary bin; stderr, if not nil, is where
+// the agent's stderr goes instead of d.stderr.
+func spawnBinary(t *testing.T, bin string, stderr *os.File, in *xenstoredtest.Instance, sock string, env []string, args ...string) *agentProc {
+	t.Helper()
 	d := &agentProc{t: t, stderr: &xenstoredtest.LockedBuffer{}, sock: sock, notify: newNotifySocket(t), done: make(chan struct{})}
 	// An empty file: the defaults, whatever /etc holds on this machine.
 	empty := filepath.Join(t.TempDir(), "empty.toml")
 	if err := os.WriteFile(empty, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	d.cmd = exec.Command(self, args...)
+	d.cmd = exec.Command(bin, args...)
 	d.cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1", "NOTIFY_SOCKET="+d.notify.path,
 		"MTWATCH_CONTROL="+sock, "MTWATCH_CONFIG="+empty, "MTWATCH_LOG_FORMAT=text")
 	if in != nil {
@@ -125,6 +133,9 @@ func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, 
 	}
 	d.cmd.Env = append(d.cmd.Env, env...)
 	d.cmd.Stderr = d.stderr
+	if stderr != nil {
+		d.cmd.Stderr = stderr
+	}
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +411,7 @@ func TestDaemonXenstoredRestart(t *testing.T) {
 	}
 }
 
-// TestDaemonConfigErrors: configuration and usage errors exit 2, naming
+// TestDaemonConfigErrors: configuration and usage errors exit 78 (EX_CONFIG), naming
 // file:line:key for the file's.
 func TestDaemonConfigErrors(t *testing.T) {
 	t.Parallel()
@@ -433,8 +444,8 @@ func TestDaemonConfigErrors(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			d := spawn(t, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
-			if code := d.exitCode(10 * time.Second); code != 2 {
-				t.Fatalf("exit %d, want 2; stderr %s", code, d.stderr.String())
+			if code := d.exitCode(10 * time.Second); code != 78 {
+				t.Fatalf("exit %d, want 78; stderr %s", code, d.stderr.String())
 			}
 			if !strings.Contains(d.stderr.String(), tt.want) {
 				t.Fatalf("stderr %q does not name %q", d.stderr.String(), tt.want)
@@ -676,7 +687,7 @@ func TestDaemonSocketActivation(t *testing.T) {
 
 // TestDaemonConfigValidated: values checked by the configuration's
 // validation, from the file (named by file, line and key) or from a flag
-// (named by the flag), are configuration errors before anything starts,
+// (named by the flag), are configuration errors (exit 78) before anything starts,
 // an unusable metrics address included.
 func TestDaemonConfigValidated(t *testing.T) {
 	t.Parallel()
@@ -700,8 +711,8 @@ func TestDaemonConfigValidated(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			d := spawn(t, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
-			if code := d.exitCode(10 * time.Second); code != 2 {
-				t.Fatalf("exit %d, want 2; stderr %s", code, d.stderr.String())
+			if code := d.exitCode(10 * time.Second); code != exitConfig {
+				t.Fatalf("exit %d, want 78; stderr %s", code, d.stderr.String())
 			}
 			if !strings.Contains(d.stderr.String(), tt.want) {
 				t.Fatalf("stderr %q does not name %q", d.stderr.String(), tt.want)

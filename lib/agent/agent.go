@@ -38,7 +38,8 @@ import (
 )
 
 // ErrConfig is wrapped by errors of New that come from the configuration (a
-// plugin refusing its section, an unknown plugin): mtwatchd exits 2 on them.
+// plugin refusing its section, an unknown plugin): mtwatchd exits 78
+// (EX_CONFIG) on them.
 var ErrConfig = errors.New("configuration error")
 
 // Options configure an Agent.

@@ -12,6 +12,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
+	"github.com/mtwatch/mtwatch/plugin"
 )
 
 // Reconnection backoff bounds.
@@ -232,6 +233,7 @@ type pluginWatch struct {
 	plugin      *hostedPlugin
 	path, token string
 	reg         *dispatch.Registration
+	skipInitial bool // dispatch.WatchConfig.SkipInitial
 
 	// Under cn.mu.
 	xw      *xenstore.Watch
@@ -262,7 +264,19 @@ func (cn *connection) register(ctx context.Context, c *xenstore.Client, w *plugi
 	w.on = c
 	cn.mu.Unlock()
 	token, event := w.token, cn.event
+	// xenstored sends the initial event while it handles the WATCH, before
+	// any later change can fire the new watch (C xenstored: do_watch in
+	// tools/xenstore/xenstored_watch.c, send_ack then send_event), and the
+	// connection keeps order: the registration's first event is the
+	// initial one. Only the connection's reader touches first.
+	first := w.skipInitial
 	xw, err := c.WatchFunc(ctx, w.path, token, func(ev xenstore.Event) {
+		if first {
+			first = false
+			if ev.Path == w.path {
+				return
+			}
+		}
 		event(ev.Path, token)
 	})
 	cn.mu.Lock()
@@ -295,6 +309,19 @@ func unwatch(xw *xenstore.Watch) {
 
 // Unwatch implements plugin.Watch.
 func (w *pluginWatch) Unwatch(ctx context.Context) error {
+	err := w.unwatchXS(ctx)
+	return errors.Join(err, w.reg.Unregister(ctx))
+}
+
+// Detach implements plugin.Detacher.
+func (w *pluginWatch) Detach(ctx context.Context) error {
+	err := w.unwatchXS(ctx)
+	w.reg.Detach()
+	return err
+}
+
+// unwatchXS removes w's XenStore watch.
+func (w *pluginWatch) unwatchXS(ctx context.Context) error {
 	cn := w.cn
 	cn.mu.Lock()
 	if cn.watches[w.token] == w {
@@ -310,8 +337,10 @@ func (w *pluginWatch) Unwatch(ctx context.Context) error {
 			err = e
 		}
 	}
-	return errors.Join(err, w.reg.Unregister(ctx))
+	return err
 }
+
+var _ plugin.Detacher = (*pluginWatch)(nil)
 
 func (w *pluginWatch) Path() string               { return w.path }
 func (w *pluginWatch) Token() string              { return w.token }

@@ -174,7 +174,7 @@ func (p *hostedPlugin) Watch(ctx context.Context, cfg dispatch.WatchConfig) (plu
 	if err != nil {
 		return nil, fmt.Errorf("plugin %s: %w", p.name, err)
 	}
-	w := &pluginWatch{cn: a.conn, plugin: p, path: cfg.Path, token: cfg.Token, reg: reg}
+	w := &pluginWatch{cn: a.conn, plugin: p, path: cfg.Path, token: cfg.Token, reg: reg, skipInitial: cfg.SkipInitial}
 	if err := a.conn.add(ctx, w); err != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), unwatchTimeout)
 		w.Unwatch(ctx)

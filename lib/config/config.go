@@ -7,6 +7,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -134,15 +135,29 @@ func Default() *Config {
 // Load reads path. A missing file is an error only if explicit (given on the
 // command line); otherwise the defaults apply.
 func Load(path string, explicit bool) (*Config, error) {
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if errors.Is(err, fs.ErrNotExist) && !explicit {
 		return Default(), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
+	defer f.Close()
+	// Read no more than the bound, whatever the file is (a device, a file
+	// growing meanwhile): a huge file must not take the agent's memory.
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, &Error{File: path, Msg: fmt.Sprintf("larger than %d bytes", MaxFileSize)}
+	}
 	return Parse(path, data)
 }
+
+// MaxFileSize bounds the configuration file: a thousand rules fit in a
+// tenth of it.
+const MaxFileSize = 1 << 20
 
 // Parse decodes data, read from file (used in messages), over the defaults.
 func Parse(file string, data []byte) (*Config, error) {

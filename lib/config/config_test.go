@@ -257,3 +257,28 @@ func TestExample(t *testing.T) {
 		t.Fatalf("a key without a doc tag: %v", err)
 	}
 }
+
+// TestLoadBoundsSize: a file over MaxFileSize, or a device that never
+// ends, is an error naming the file, read no further than the bound.
+func TestLoadBoundsSize(t *testing.T) {
+	big := filepath.Join(t.TempDir(), "big.toml")
+	f, err := os.Create(big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("[agent]\n")
+	f.Truncate(200 << 20) // sparse: 200 MB that take no disk
+	f.Close()
+	for _, path := range []string{big, "/dev/zero"} {
+		_, err := Load(path, true)
+		var ce *Error
+		if !errors.As(err, &ce) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "larger than") {
+			t.Errorf("Load(%s) = %v, want an error naming it and the bound", path, err)
+		}
+	}
+	ok := filepath.Join(t.TempDir(), "ok.toml")
+	os.WriteFile(ok, []byte("[agent]\n"), 0o644)
+	if _, err := Load(ok, true); err != nil {
+		t.Fatal(err)
+	}
+}

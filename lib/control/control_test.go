@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -610,4 +611,56 @@ func errString(err error) string {
 		return "no error"
 	}
 	return err.Error()
+}
+
+// TestServeConnectionCap: the control socket serves at most maxConns
+// connections at once; one more is closed at once, and a slot freed is
+// usable again.
+func TestServeConnectionCap(t *testing.T) {
+	t.Parallel()
+	path := serve(t, fakeSource{}, nil)
+	request := func(c net.Conn) bool {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(c, "GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return false
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	var conns []net.Conn
+	served := 0
+	for range maxConns + 8 {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if request(c) {
+			served++
+			conns = append(conns, c)
+		}
+	}
+	if served != maxConns {
+		t.Fatalf("%d connections served at once, want %d", served, maxConns)
+	}
+	conns[0].Close()
+	for end := time.Now().Add(5 * time.Second); ; {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := request(c)
+		c.Close()
+		if ok {
+			break
+		}
+		if time.Now().After(end) {
+			t.Fatal("a freed slot was not reused")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -25,6 +25,9 @@ const (
 	idleTimeout       = 60 * time.Second
 	shutdownTimeout   = 5 * time.Second
 	maxHeaderBytes    = 16 << 10
+	// maxConns bounds the control socket's open connections; one more is
+	// closed as soon as it is accepted. mtwatch needs a handful at once.
+	maxConns = 128
 )
 
 // NewHandler returns the control API's HTTP handler serving src:
@@ -150,14 +153,19 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, peerKey{}, peerOf(c))
+			return context.WithValue(ctx, peerKey{}, peerOf(c.(*limitConn).Conn))
 		},
 	}
+	return serveHTTP(ctx, newLimitListener(ln, maxConns), srv, "control server")
+}
+
+// serveHTTP runs srv on ln until ctx ends, then shuts it down.
+func serveHTTP(ctx context.Context, ln net.Listener, srv *http.Server, what string) error {
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case err := <-errc:
-		return fmt.Errorf("control server: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	case <-ctx.Done():
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
@@ -166,7 +174,7 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 		srv.Close()
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("control server: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -1181,3 +1181,33 @@ func TestSingleWorkerCountersKept(t *testing.T) {
 		t.Fatal("domain 3 still listed after DestroyDomain")
 	}
 }
+
+// TestDetach: Detach drops the watch's pending events and takes no new
+// ones, like Unregister, but returns while the watch's handler runs; that
+// handler runs to its end.
+func TestDetach(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	w := register(t, d, WatchConfig{Path: "backend", Token: "a", Handler: rec.handle})
+	if err := d.CreateDomain(1); err != nil {
+		t.Fatal(err)
+	}
+	release := rec.blockOn("backend/vif/1/running")
+	dispatch(t, d, "backend/vif/1/running", "a")
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "backend/vif/1/pending", "a")
+	done := make(chan struct{})
+	go func() { w.Detach(); close(done) }()
+	recv(t, done, "Detach while its handler runs")
+	if err := d.Dispatch("backend/vif/1/later", "a"); !errors.Is(err, ErrUnknownWatch) {
+		t.Fatalf("Dispatch after Detach = %v, want ErrUnknownWatch", err)
+	}
+	release()
+	waitAtMost(t, d, 0)
+	if got := rec.paths(); !slices.Equal(got, []string{"backend/vif/1/running"}) {
+		t.Fatalf("ran %v; the detached watch's pending event must be dropped", got)
+	}
+	if err := w.Unregister(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -78,6 +78,12 @@ type WatchConfig struct {
 	// about it (a stalled callback), so a journal search by PLUGIN finds
 	// them.
 	Plugin string
+	// SkipInitial is for whoever registers the XenStore watch (mtwatchd's
+	// agent, for its plugins; the dispatcher itself ignores it): the event
+	// xenstored fires for the watched path as each registration completes
+	// (at start, after every reconnection) is not dispatched. For a watch
+	// that acts on changes only, and would take that event for one.
+	SkipInitial bool
 }
 
 // Registration is a registered watch: the handle Register returns.
@@ -190,25 +196,8 @@ func (d *Dispatcher) Register(cfg WatchConfig) (*Registration, error) {
 // is harmless.
 func (w *Registration) Unregister(ctx context.Context) error {
 	d := w.d
-	d.wmu.Lock()
-	if d.watches[w.token] == w {
-		delete(d.watches, w.token)
-	}
-	d.wmu.Unlock()
-
+	w.remove()
 	d.mu.Lock()
-	if !w.removed {
-		w.removed = true
-		var dom *domain
-		if w.owner != domid.Dom0 {
-			// Only the owner's queues and the default worker hold its
-			// events; an owner with no record has none outside the latter.
-			if dom = d.doms[w.owner]; dom == nil {
-				dom = &domain{}
-			}
-		}
-		d.purgeLocked(dom, func(it *item) bool { return it.w == w })
-	}
 	// Called from one of the watch's own handlers: wait for the others, not
 	// for the caller, nor for other handlers of the watch doing the same.
 	self := false
@@ -241,6 +230,37 @@ func (w *Registration) Unregister(ctx context.Context) error {
 		}
 		d.mu.Lock()
 	}
+}
+
+// Detach removes the watch as Unregister does, without waiting for a
+// running handler of it, which runs to its end: for a caller that must not
+// wait for a handler and does not need it to be over (I4 does not hold
+// until it is). Detaching twice, or after Unregister, is harmless.
+func (w *Registration) Detach() { w.remove() }
+
+// remove forgets the watch and drops its pending events.
+func (w *Registration) remove() {
+	d := w.d
+	d.wmu.Lock()
+	if d.watches[w.token] == w {
+		delete(d.watches, w.token)
+	}
+	d.wmu.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if w.removed {
+		return
+	}
+	w.removed = true
+	var dom *domain
+	if w.owner != domid.Dom0 {
+		// Only the owner's queues and the default worker hold its
+		// events; an owner with no record has none outside the latter.
+		if dom = d.doms[w.owner]; dom == nil {
+			dom = &domain{}
+		}
+	}
+	d.purgeLocked(dom, func(it *item) bool { return it.w == w })
 }
 
 // broadcastLocked wakes the Unregister calls waiting for w's handlers.

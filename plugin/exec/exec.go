@@ -30,7 +30,7 @@ func init() {
 	plugin.Register(plugin.Registration{
 		Name: Name, New: New,
 		Doc:      "Runs a command when a XenStore node matching a rule changes, on the worker of the domain named by the rule's {domid} (plugin/exec/README.md). Off by default.",
-		Defaults: func() any { return Config{Grace: DefaultGrace} },
+		Defaults: func() any { return Config{Grace: DefaultGrace, LogLines: DefaultLogLines} },
 	})
 }
 
@@ -47,6 +47,7 @@ type Plugin struct {
 
 	runs     *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	limited  *prometheus.CounterVec
 
 	// maxGrace is the largest grace of any configuration since New: a
 	// command keeps the grace it started with across a Reload.
@@ -64,11 +65,18 @@ type Plugin struct {
 type active struct {
 	r     *rule
 	watch plugin.Watch
+	lim   *limiter
 	c     counters
+
+	// retired: a reload removed the rule; a command of it still running
+	// updates no metric (its series are gone). Under mu.
+	mu      sync.Mutex
+	retired bool
 }
 
 type counters struct {
 	runs, ok, failed, timedOut, startErrors, overflows atomic.Uint64
+	rateLimited, linesDropped                          atomic.Uint64
 	lastNanos                                          atomic.Int64
 }
 
@@ -103,9 +111,13 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 			Help:    "Run time of the commands of exec rules.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 4, 9),
 		}, []string{"rule"}),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "mtwatch", Subsystem: "exec", Name: "rate_limited_total",
+			Help: "Commands of exec rules that waited for their domain's rate bound (min_interval, burst).",
+		}, []string{"rule"}),
 	}
 	p.noteGrace(rules)
-	if err := proc.Register(ic.Metrics, p.runs, p.duration); err != nil {
+	if err := proc.Register(ic.Metrics, p.runs, p.duration, p.limited); err != nil {
 		return nil, fmt.Errorf("exec: %w", err)
 	}
 	return p, nil
@@ -113,6 +125,11 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 
 // Start registers one watch per rule.
 func (p *Plugin) Start(ctx context.Context) error {
+	if dir, err := proc.Confinement(); dir != "" {
+		p.log.WithField("cgroup", dir).Info("commands are confined by cgroup v2")
+	} else {
+		p.log.WithError(err).Warn("commands are confined by their process group only: a process that calls setsid() can outlive its command's timeout and the agent's stop")
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	defer p.publish()
@@ -136,12 +153,16 @@ func (p *Plugin) publish() {
 }
 
 func (p *Plugin) startRule(ctx context.Context, r *rule) error {
-	a := &active{r: r}
+	a := &active{r: r, lim: newLimiter(r.minInterval, r.burst)}
 	w, err := p.watches.Watch(ctx, dispatch.WatchConfig{
 		Path:     r.watch,
 		Handler:  func(ctx context.Context, ev dispatch.Event) error { return p.handle(ctx, a, ev) },
 		DomainOf: r.domainOf,
 		Coalesce: r.coalesce,
+		// The event of the watch's registration, at start, reload and
+		// reconnection, is no change: a rule on a fixed path would run
+		// for it every time, even for a node that never existed.
+		SkipInitial: true,
 		Filter: func(path string, _ int) bool {
 			_, _, _, ok := r.match(path)
 			return ok
@@ -202,12 +223,25 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 		if keep[name] {
 			continue
 		}
-		if err := a.watch.Unwatch(ctx); err != nil {
+		// A command of the rule that runs now is left to finish: waiting
+		// for it would hold this reload, and every later one, as long as
+		// the command runs. Its result is counted nowhere.
+		var err error
+		if d, ok := a.watch.(plugin.Detacher); ok {
+			err = d.Detach(ctx)
+		} else {
+			err = a.watch.Unwatch(ctx)
+		}
+		if err != nil {
 			errs = append(errs, fmt.Errorf("exec: rule %s: %w", name, err))
 		}
+		a.mu.Lock()
+		a.retired = true
+		a.mu.Unlock()
 		delete(p.running, name)
 		p.runs.DeletePartialMatch(prometheus.Labels{"rule": name})
 		p.duration.DeletePartialMatch(prometheus.Labels{"rule": name})
+		p.limited.DeletePartialMatch(prometheus.Labels{"rule": name})
 	}
 	for _, r := range rules {
 		if keep[r.name] {
@@ -273,6 +307,20 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 
 	log := p.log.WithFields(logrus.Fields{"rule": r.name, "domid": d})
 	argv := r.argv(id, xsPath)
+	// The rate bound waits on the domain's own worker: a guest that makes
+	// a rule fire faster only delays itself, while the dispatcher
+	// coalesces its events behind the wait. Stopping ends the wait.
+	if wait := a.lim.reserve(id, time.Now()); wait > 0 {
+		a.c.rateLimited.Add(1)
+		a.metric(func() { p.limited.WithLabelValues(r.name).Inc() })
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-p.cmds.Context().Done():
+			t.Stop()
+		}
+	}
+	var logged atomic.Int64 // Line runs on two goroutines at once
 	// Once stopping, the command does not start: counted as an error.
 	res := p.cmds.Run(proc.Spec{
 		Path:    argv[0],
@@ -281,12 +329,18 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 		Timeout: r.timeout,
 		Grace:   r.grace,
 		Line: func(stream, line string) {
-			log.WithField("stream", stream).Info(line)
+			if logged.Add(1) <= int64(r.logLines) {
+				log.WithField("stream", stream).Info(line)
+			}
 		},
 	})
+	if n := logged.Load() - int64(r.logLines); n > 0 {
+		a.c.linesDropped.Add(uint64(n))
+		log.WithField("lines", n).Warn("output beyond log_lines not logged")
+	}
 	a.c.runs.Add(1)
 	a.c.lastNanos.Store(int64(res.Duration))
-	p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds())
+	a.metric(func() { p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds()) })
 	result := resultOK
 	switch {
 	case res.OK():
@@ -301,7 +355,7 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 		a.c.startErrors.Add(1)
 		result = resultError
 	}
-	p.runs.WithLabelValues(r.name, result).Inc()
+	a.metric(func() { p.runs.WithLabelValues(r.name, result).Inc() })
 	fields := logrus.Fields{"path": xsPath, "exit": res.ExitCode, "duration": res.Duration.Round(time.Millisecond)}
 	if res.Signal != 0 {
 		fields["signal"] = res.Signal.String()
@@ -314,19 +368,31 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 	return fmt.Errorf("exec: rule %s domid %s: %w", r.name, d, res.Err)
 }
 
+// metric updates a metric of the rule unless a reload retired it.
+func (a *active) metric(update func()) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.retired {
+		update()
+	}
+}
+
 // RuleStatus is one rule in Status.
 type RuleStatus struct {
-	Name        string              `json:"name"`
-	Path        string              `json:"path"`
-	Watch       string              `json:"watch"`
-	Runs        uint64              `json:"runs"`
-	OK          uint64              `json:"ok"`
-	Failed      uint64              `json:"failed"`
-	TimedOut    uint64              `json:"timed_out"`
-	StartErrors uint64              `json:"start_errors"`
-	Overflows   uint64              `json:"overflows"`
-	LastRun     string              `json:"last_duration,omitempty"`
-	Events      dispatch.WatchStats `json:"events"`
+	Name        string `json:"name"`
+	Path        string `json:"path"`
+	Watch       string `json:"watch"`
+	Runs        uint64 `json:"runs"`
+	OK          uint64 `json:"ok"`
+	Failed      uint64 `json:"failed"`
+	TimedOut    uint64 `json:"timed_out"`
+	StartErrors uint64 `json:"start_errors"`
+	Overflows   uint64 `json:"overflows"`
+	RateLimited uint64 `json:"rate_limited"`
+	// LinesNotLogged counts output lines beyond log_lines.
+	LinesNotLogged uint64              `json:"lines_not_logged"`
+	LastRun        string              `json:"last_duration,omitempty"`
+	Events         dispatch.WatchStats `json:"events"`
 }
 
 // Status is what the plugin reports in the control API.
@@ -347,6 +413,7 @@ func (p *Plugin) Status() any {
 			Name: r.name, Path: r.path, Watch: r.watch,
 			Runs: a.c.runs.Load(), OK: a.c.ok.Load(), Failed: a.c.failed.Load(),
 			TimedOut: a.c.timedOut.Load(), StartErrors: a.c.startErrors.Load(), Overflows: a.c.overflows.Load(),
+			RateLimited: a.c.rateLimited.Load(), LinesNotLogged: a.c.linesDropped.Load(),
 			Events: a.watch.Stats(),
 		}
 		if n := a.c.lastNanos.Load(); n > 0 {

@@ -422,3 +422,118 @@ func TestStopGrace(t *testing.T) {
 		t.Fatalf("StopGrace %v after a reload to 7s, want 7s", g)
 	}
 }
+
+// TestRateBound: a rule's commands for one domain start at most burst at
+// once, then one per min_interval, each event still run; another domain's
+// commands do not wait behind that bound.
+func TestRateBound(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	p := h.Start(exec.Name, rules(t, out, [3]string{"data", "/local/domain/{domid}/data",
+		"min_interval = \"1s\"\nburst = 2"}))
+	h.AddDomain(5)
+	h.AddDomain(7)
+	for i := range 4 {
+		h.Write(fmt.Sprintf("/local/domain/5/data/k%d", i), "1")
+	}
+	h.Wait(10*time.Second, "the burst", func() bool { return count(t, out, "data.5.") >= 2 })
+	h.Write("/local/domain/7/data/k", "1")
+	waitFile(h, filepath.Join(out, "data.7.0"))
+	if n := count(t, out, "data.5."); n != 2 {
+		t.Fatalf("domain 5 ran %d commands before its bound let a third start", n)
+	}
+	h.Wait(20*time.Second, "every event run", func() bool { return count(t, out, "data.5.") == 4 })
+	mtime := func(n int) time.Time {
+		fi, err := os.Stat(filepath.Join(out, fmt.Sprintf("data.5.%d", n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.ModTime()
+	}
+	for n := 2; n < 4; n++ {
+		if gap := mtime(n).Sub(mtime(n - 1)); gap < 900*time.Millisecond {
+			t.Errorf("runs %d and %d of domain 5 %v apart, want min_interval (1s)", n-1, n, gap)
+		}
+	}
+	if st := statusOf(t, p, "data"); st.RateLimited != 2 {
+		t.Errorf("rate_limited %d, want 2", st.RateLimited)
+	}
+}
+
+// TestLogLines: a command's output beyond log_lines is counted, not logged.
+func TestLogLines(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	p := h.Start(exec.Name, "log_lines = 3\n[[rule]]\nname = \"chatty\"\npath = \"/local/domain/{domid}/chatty\"\n"+
+		"command = [\"/bin/sh\", \"-c\", \"seq 1 100\"]\n")
+	h.AddDomain(5)
+	h.Write("/local/domain/5/chatty", "1")
+	h.Wait(10*time.Second, "run", func() bool { return statusOf(t, p, "chatty").Runs == 1 })
+	lines, warned := 0, false
+	for _, e := range h.LogHook.AllEntries() {
+		if e.Data["rule"] != "chatty" {
+			continue
+		}
+		if e.Data["stream"] == "stdout" {
+			lines++
+		}
+		if strings.Contains(e.Message, "log_lines") && fmt.Sprint(e.Data["lines"]) == "97" {
+			warned = true
+		}
+	}
+	if lines != 3 || !warned {
+		t.Errorf("%d lines logged (want 3), the other 97 counted in a warning: %v", lines, warned)
+	}
+	if st := statusOf(t, p, "chatty"); st.LinesNotLogged != 97 {
+		t.Errorf("lines_not_logged %d, want 97", st.LinesNotLogged)
+	}
+}
+
+// TestReloadDoesNotWaitForCommand: a reload that removes a rule whose
+// command runs returns at once; the command runs to its end, and the
+// removed rule's metric series stay gone.
+func TestReloadDoesNotWaitForCommand(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	out := t.TempDir()
+	gate := filepath.Join(out, "gate")
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	busy := [3]string{"busy", "/local/domain/{domid}/data", fmt.Sprintf("env = { OUT = %q, ACTION = \"gate\" }", out)}
+	other := [3]string{"other", "/local/domain/{domid}/other", ""}
+	p := h.Start(exec.Name, rules(t, out, busy, other))
+	h.AddDomain(4)
+	h.Write("/local/domain/4/data/a", "1")
+	waitFile(h, filepath.Join(out, "started.4.0"))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- p.(plugin.Reloader).Reload(ctx, h.Section(exec.Name, rules(t, out, other))) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		os.Remove(gate)
+		t.Fatal("Reload waits for the removed rule's running command")
+	}
+	if n := len(h.Watches()); n != 1 {
+		t.Errorf("%d watches after the reload, want 1", n)
+	}
+	os.Remove(gate)
+	// The command ends; the domain's worker is free again for the other
+	// rule.
+	h.Write("/local/domain/4/other", "1")
+	waitFile(h, filepath.Join(out, "other.4.0"))
+	if mf := metric(t, h, "mtwatch_exec_runs_total"); mf != nil {
+		for _, m := range mf.Metric {
+			if strings.Contains(labels(m), "rule=busy") {
+				t.Errorf("removed rule's series back: %s", labels(m))
+			}
+		}
+	}
+}

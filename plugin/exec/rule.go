@@ -17,6 +17,12 @@ import (
 const (
 	DefaultTimeout = time.Minute
 	DefaultGrace   = 5 * time.Second
+	// A rule's commands for one domain: a burst of 20, then one every
+	// 10 ms (100 a second) at most.
+	DefaultMinInterval = 10 * time.Millisecond
+	DefaultBurst       = 20
+	// DefaultLogLines bounds the lines of output logged per command.
+	DefaultLogLines = 50
 )
 
 // Placeholder is the path segment that matches one guest domid.
@@ -27,7 +33,10 @@ type Config struct {
 	// Grace is the time between SIGTERM and SIGKILL for a command that
 	// timed out.
 	Grace time.Duration `toml:"grace" doc:"SIGTERM -> SIGKILL delay for a command past its timeout."`
-	Rule  []RuleConfig  `toml:"rule" doc:"One rule per command (none by default):"`
+	// LogLines bounds the lines of a command's output that are logged;
+	// the rest is counted.
+	LogLines int          `toml:"log_lines" doc:"Lines of a command's output logged per run; the rest is counted."`
+	Rule     []RuleConfig `toml:"rule" doc:"One rule per command (none by default):"`
 }
 
 // RuleConfig is one [[plugins.exec.rule]].
@@ -37,7 +46,12 @@ type RuleConfig struct {
 	Command []string          `toml:"command" doc:"argv, an absolute program; {domid} and {path} replaced"`
 	Timeout time.Duration     `toml:"timeout" doc:"0s: the default, 1m"`
 	Env     map[string]string `toml:"env" doc:"extra environment"`
-	Pending string            `toml:"pending" doc:"per-path (\"\": the default) or per-watch"`
+	Pending string            `toml:"pending" doc:"per-path (\"\": the default) or per-watch, the choice for a path a guest can write"`
+	// MinInterval and Burst bound how often the rule's command starts for
+	// one domain: a token bucket of Burst tokens, one back every
+	// MinInterval.
+	MinInterval time.Duration `toml:"min_interval" doc:"per domain, after a burst: 0s: the default, 10ms"`
+	Burst       int           `toml:"burst" doc:"per domain: 0: the default, 20"`
 }
 
 // rule is a validated rule.
@@ -52,11 +66,16 @@ type rule struct {
 	grace    time.Duration
 	env      map[string]string
 	coalesce dispatch.Coalesce
+	// The rate bound per domain, and the output logged per run.
+	minInterval time.Duration
+	burst       int
+	logLines    int
 }
 
 func (r *rule) equal(o *rule) bool {
 	return r.name == o.name && r.path == o.path && slices.Equal(r.command, o.command) &&
-		r.timeout == o.timeout && r.grace == o.grace && maps.Equal(r.env, o.env) && r.coalesce == o.coalesce
+		r.timeout == o.timeout && r.grace == o.grace && maps.Equal(r.env, o.env) && r.coalesce == o.coalesce &&
+		r.minInterval == o.minInterval && r.burst == o.burst && r.logLines == o.logLines
 }
 
 var (
@@ -77,11 +96,18 @@ func parse(sec plugin.Section) ([]*rule, error) {
 	if cfg.Grace == 0 {
 		cfg.Grace = DefaultGrace
 	}
+	switch {
+	case cfg.LogLines < 0:
+		return nil, sec.Errorf("log_lines", "negative line count %d", cfg.LogLines)
+	case cfg.LogLines == 0:
+		cfg.LogLines = DefaultLogLines
+	}
 	names := map[string]int{}
 	var rules []*rule
 	for i, rc := range cfg.Rule {
 		key := func(k string) string { return fmt.Sprintf("rule[%d].%s", i, k) }
-		r := &rule{name: rc.Name, path: rc.Path, command: rc.Command, timeout: rc.Timeout, grace: cfg.Grace, env: rc.Env}
+		r := &rule{name: rc.Name, path: rc.Path, command: rc.Command, timeout: rc.Timeout, grace: cfg.Grace, env: rc.Env,
+			minInterval: rc.MinInterval, burst: rc.Burst, logLines: cfg.LogLines}
 		switch {
 		case rc.Name == "":
 			return nil, sec.Errorf(fmt.Sprintf("rule[%d]", i), "rule has no name")
@@ -111,6 +137,18 @@ func parse(sec plugin.Section) ([]*rule, error) {
 			return nil, sec.Errorf(key("timeout"), "negative duration %v", rc.Timeout)
 		case rc.Timeout == 0:
 			r.timeout = DefaultTimeout
+		}
+		switch {
+		case rc.MinInterval < 0:
+			return nil, sec.Errorf(key("min_interval"), "negative duration %v", rc.MinInterval)
+		case rc.MinInterval == 0:
+			r.minInterval = DefaultMinInterval
+		}
+		switch {
+		case rc.Burst < 0:
+			return nil, sec.Errorf(key("burst"), "negative burst %d", rc.Burst)
+		case rc.Burst == 0:
+			r.burst = DefaultBurst
 		}
 		for k := range rc.Env {
 			if !envKeyRe.MatchString(k) {

@@ -140,7 +140,7 @@ func TestExecShutdownKillsStubborn(t *testing.T) {
 	}
 }
 
-// TestConfigErrors: a bad plugin section stops mtwatchd with exit status 2
+// TestConfigErrors: a bad plugin section stops mtwatchd with exit status 78
 // and an error naming the file, line and key.
 func TestConfigErrors(t *testing.T) {
 	t.Parallel()
@@ -157,8 +157,8 @@ func TestConfigErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a := newAgent(t, in, tc.text)
-			if code := a.exit(); code != 2 {
-				t.Fatalf("exit status %d, want 2\n%s", code, a.stderr.String())
+			if code := a.exit(); code != 78 {
+				t.Fatalf("exit status %d, want 78\n%s", code, a.stderr.String())
 			}
 			msg := a.stderr.String()
 			if !strings.Contains(msg, a.config+tc.line) || !strings.Contains(msg, tc.want) {

@@ -28,6 +28,11 @@ hang)
 	echo $! >"$OUT/grandchild.$DOMID.$n.tmp"
 	mv "$OUT/grandchild.$DOMID.$n.tmp" "$OUT/grandchild.$DOMID.$n"
 	wait ;;
+escape)
+	# Like hang, but the grandchild leaves the command's process group and
+	# session (a double fork and setsid), as a daemon does.
+	( setsid sh -c 'sleep 600 & echo $! >"$1.tmp"; mv "$1.tmp" "$1"; wait' sh "$OUT/grandchild.$DOMID.$n" </dev/null >/dev/null 2>&1 & )
+	sleep 600 ;;
 stubborn)
 	# Like hang, but both ignore SIGTERM: only SIGKILL ends them.
 	trap '' TERM

@@ -1,7 +1,10 @@
 // Package proc runs the commands of mtwatchd's plugins: each in a process
-// group of its own with stdin on /dev/null, its output logged line by line,
-// and a deadline that ends the whole group (SIGTERM, then SIGKILL after a
-// grace period) so that nothing a hung script started outlives it.
+// group and, where the agent's cgroup v2 is writable, a cgroup of its own,
+// with stdin on /dev/null, its output logged line by line, and a deadline
+// that ends the whole cgroup or group (SIGTERM, then SIGKILL after a grace
+// period) so that nothing a hung script started outlives it, not even a
+// process that left the group with setsid or setpgid (which only the
+// cgroup holds: see Confinement).
 package proc
 
 import (
@@ -16,6 +19,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 )
 
 // DefaultGrace is the time a process group gets between SIGTERM and SIGKILL.
@@ -40,9 +44,13 @@ type Spec struct {
 	Timeout time.Duration
 	Grace   time.Duration
 	// Line receives each line the command writes, with the stream's name
-	// ("stdout" or "stderr"). It is called from two goroutines at once and
-	// must be safe for that. Nil discards the output.
+	// ("stdout" or "stderr"), control characters and bytes that are not
+	// UTF-8 escaped (see Printable). It is called from two goroutines at
+	// once and must be safe for that. Nil discards the output.
 	Line func(stream, line string)
+
+	// noCgroup runs without a cgroup, as where there is none (tests).
+	noCgroup bool
 }
 
 // Result is the outcome of a run.
@@ -82,24 +90,53 @@ func Run(ctx context.Context, spec Spec) Result {
 		outW.Close()
 		return Result{ExitCode: -1, Err: fmt.Errorf("run %s: %w", spec.Path, err)}
 	}
-	cmd := &exec.Cmd{
-		Path:        spec.Path,
-		Args:        spec.Args,
-		Env:         spec.Env,
-		Stdout:      outW,
-		Stderr:      errW,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	var cg *cgroup
+	if !spec.noCgroup {
+		cg = newCgroup()
 	}
-	if cmd.Env == nil {
-		cmd.Env = []string{}
+	newCmd := func() *exec.Cmd {
+		cmd := &exec.Cmd{
+			Path:        spec.Path,
+			Args:        spec.Args,
+			Env:         spec.Env,
+			Stdout:      outW,
+			Stderr:      errW,
+			SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		}
+		if cmd.Env == nil {
+			cmd.Env = []string{}
+		}
+		if cg != nil {
+			cmd.SysProcAttr.UseCgroupFD = true
+			cmd.SysProcAttr.CgroupFD = int(cg.fd.Fd())
+		}
+		return cmd
 	}
 	start := time.Now()
+	cmd := newCmd()
 	err = cmd.Start()
+	if err != nil && cg != nil {
+		// Once more without the cgroup: if that starts, the kernel would
+		// not start a process in one (clone3 or CLONE_INTO_CGROUP missing,
+		// before 5.7), and process groups are all there is from now on. A
+		// command that cannot start at all fails again, and says nothing
+		// about cgroups.
+		cgErr := err
+		cg.release()
+		cg = nil
+		cmd = newCmd()
+		if err = cmd.Start(); err == nil {
+			disableCgroups(fmt.Errorf("cgroup v2: start a process in a cgroup: %w", cgErr))
+		}
+	}
 	outW.Close()
 	errW.Close()
 	if err != nil {
 		outR.Close()
 		errR.Close()
+		if cg != nil {
+			cg.release()
+		}
 		return Result{ExitCode: -1, Duration: time.Since(start), Err: fmt.Errorf("start %s: %w", spec.Path, err)}
 	}
 	pgid := cmd.Process.Pid
@@ -135,11 +172,14 @@ func Run(ctx context.Context, spec Spec) Result {
 		res.Cancelled = true
 	}
 	if res.TimedOut || res.Cancelled {
-		werr, res.Killed = endGroup(pgid, exited, grace)
+		werr, res.Killed = endGroup(pgid, cg, exited, grace)
 	}
 	// A command that exits on its own may leave a daemon behind, as libxl
 	// allows; only a run that is ended takes its whole group down.
 	res.Duration = time.Since(start)
+	if cg != nil {
+		cg.release()
+	}
 
 	// A daemon left behind, or a member that escaped the group (setsid),
 	// may still hold the pipes: give the readers a moment, then stop
@@ -174,13 +214,20 @@ func Run(ctx context.Context, spec Spec) Result {
 	return res
 }
 
-// endGroup sends SIGTERM to the group, waits for the leader and the rest of
-// the group up to grace, then SIGKILLs whatever is left. It returns the
-// leader's wait error and whether SIGKILL was needed.
-func endGroup(pgid int, exited <-chan error, grace time.Duration) (error, bool) {
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	// A stopped member would never see SIGTERM.
-	syscall.Kill(-pgid, syscall.SIGCONT)
+// endGroup sends SIGTERM to the group and the cgroup (if not nil), waits
+// for the leader and the rest up to grace, then SIGKILLs whatever is left.
+// It returns the leader's wait error and whether SIGKILL was needed.
+func endGroup(pgid int, cg *cgroup, exited <-chan error, grace time.Duration) (error, bool) {
+	alive := func() bool { return groupAlive(pgid) }
+	if cg != nil {
+		alive = cg.populated
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGCONT} { // a stopped member would never see SIGTERM
+		syscall.Kill(-pgid, sig)
+		if cg != nil {
+			cg.signal(sig)
+		}
+	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	var werr error
@@ -195,7 +242,7 @@ func endGroup(pgid int, exited <-chan error, grace time.Duration) (error, bool) 
 		// grace period.
 		tick := time.NewTicker(10 * time.Millisecond)
 		defer tick.Stop()
-		for groupAlive(pgid) {
+		for alive() {
 			select {
 			case <-tick.C:
 				continue
@@ -203,13 +250,23 @@ func endGroup(pgid int, exited <-chan error, grace time.Duration) (error, bool) 
 			}
 			break
 		}
-		if !groupAlive(pgid) {
+		if !alive() {
 			return werr, false
 		}
 	}
 	syscall.Kill(-pgid, syscall.SIGKILL)
+	if cg != nil {
+		cg.kill()
+	}
 	if !leaderDone {
 		werr = <-exited
+	}
+	if cg != nil {
+		// SIGKILL is not delivered synchronously: the cgroup empties
+		// shortly after, and must be empty to be removed.
+		for end := time.Now().Add(time.Second); cg.populated() && time.Now().Before(end); {
+			time.Sleep(time.Millisecond)
+		}
 	}
 	return werr, true
 }
@@ -261,12 +318,47 @@ func readLines(r io.Reader, stream string, line func(stream, line string)) {
 					_, err = br.ReadSlice('\n')
 				}
 			}
-			line(stream, s)
+			line(stream, Printable(s))
 		}
 		if err != nil && err != bufio.ErrBufferFull {
 			return
 		}
 	}
+}
+
+// Printable escapes what a terminal or the journal would take for
+// something other than text: C0 controls but tab, DEL, C1 controls and
+// bytes that are not UTF-8 become \xNN (\u0080 to \u009f for C1); a
+// backslash stays as it is. A command's output is the command's, or a
+// guest's through it, and must not move the cursor of whoever reads the log
+// on a terminal nor add fields to a journal entry.
+func Printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if r == utf8.RuneError || (r < 0x20 && r != '\t') || (r >= 0x7f && r < 0xa0) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case (r < 0x20 && r != '\t') || r == 0x7f:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case r >= 0x80 && r < 0xa0:
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteString(s[i : i+n])
+		}
+		i += n
+	}
+	return b.String()
 }
 
 // Env returns the agent's environment as a base for commands, without the

@@ -216,3 +216,20 @@ func TestEnv(t *testing.T) {
 		t.Errorf("SetEnv: %q", got)
 	}
 }
+
+// TestControlBytesEscaped: control characters and bytes that are not
+// UTF-8 in a command's output reach Line escaped; text, tabs and
+// backslashes as they are.
+func TestControlBytesEscaped(t *testing.T) {
+	t.Parallel()
+	var got lines
+	s := sh(`printf 'a\033[2Jb\007\tc\r\n\303\251 \377 \302\233x \\\\x1b\n'`)
+	s.Line = got.add
+	if r := Run(context.Background(), s); !r.OK() {
+		t.Fatalf("result %+v", r)
+	}
+	want := []string{`stdout: a\x1b[2Jb\x07` + "\t" + `c\x0d`, `stdout: é \xff \u009bx \\x1b`}
+	if l := got.get(); !slices.Equal(l, want) {
+		t.Fatalf("lines %q, want %q", l, want)
+	}
+}
