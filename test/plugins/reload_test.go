@@ -160,9 +160,11 @@ func TestExecEscapedEnded(t *testing.T) {
 			a := newAgent(t, in, "[agent]\nshutdown_timeout = \"3s\"\n\n"+execRules(out,
 				`escape|/local/domain/{domid}/data/escape|env = { OUT = "$OUT", ACTION = "escape" }`+"\ntimeout = \""+tc.timeout+"\""))
 			a.run()
-			if !strings.Contains(a.stderr.String(), "commands are confined by cgroup v2") {
-				t.Fatalf("commands not confined by cgroup v2 here:\n%s", a.stderr.String())
-			}
+			// READY arrives over NOTIFY_SOCKET, the log line through a pipe that
+			// os/exec copies on its own goroutine: either may come first.
+			a.wait(5*time.Second, "the cgroup v2 confinement log line", func() bool {
+				return strings.Contains(a.stderr.String(), "commands are confined by cgroup v2")
+			})
 			a.domain(5)
 			a.write("/local/domain/5/data/escape", "1")
 			pid, err := strconv.Atoi(strings.TrimSpace(waitFile(a, filepath.Join(out, "grandchild.5.0"))))
