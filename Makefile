@@ -150,10 +150,12 @@ fuzz:
 # make bench: the agent's figures (docs/performance.md), each beside its
 # baseline in the same run: mtwatch-bench runs mtwatchd's core in-process
 # against a private xenstored and writes docs/performance-agent.json and
-# docs/isolation-cdf.svg; the Markdown tables go to stdout. BENCH_FLAGS
-# shortens it (e.g. --runs 1 --flood 3s --scale 1000).
+# docs/isolation-cdf.svg; the Markdown tables go to stdout. Its devd
+# scenario runs bin/mtwatchd's hotplug plugin beside the unmodified
+# `xl devd` on the same bursts. BENCH_FLAGS shortens it (e.g. --runs 1
+# --flood 3s --scale 1000 --only throughput,isolation).
 BENCH_FLAGS ?=
-bench: deps
+bench: deps build
 	$(GO) -C cmd/mtwatch-bench build -o $(CURDIR)/build/mtwatch-bench .
 	build/mtwatch-bench $(BENCH_FLAGS)
 
