@@ -215,7 +215,7 @@ install: build build/mtwatchd.toml
 # the directory of every XAPI hook that mtwatch-hook acts on (the script
 # names the hook by its directory).
 XAPI_HOOKS := vm-pre-resume vm-post-resume vm-pre-migrate vm-post-migrate \
-	vm-pre-shutdown vm-pre-reboot vm-pre-suspend vm-post-destroy
+	vm-pre-shutdown vm-pre-suspend vm-post-destroy
 .PHONY: install-hooks uninstall
 install-hooks:
 	@script() { \

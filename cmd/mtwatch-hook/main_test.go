@@ -237,7 +237,8 @@ func TestCreateTightensPerms(t *testing.T) {
 func TestXAPIHooksInstalled(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	// XAPI's VM lifecycle hooks (ocaml/xapi/xapi_hooks.ml).
+	// xenopsd's VM lifecycle hooks (ocaml/xenopsd/lib/xenops_hooks.ml), and
+	// a name that is none of them.
 	for _, name := range []string{"vm-pre-destroy", "vm-pre-migrate", "vm-post-migrate", "vm-pre-reboot",
 		"vm-pre-resume", "vm-post-resume", "vm-pre-shutdown", "vm-pre-start", "vm-pre-suspend", "vm-post-destroy"} {
 		a, err := hook.ParseXAPI(name, []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "5"})
