@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mtwatch/mtwatch/internal/testenv"
 )
 
 // TestMain lets the test binary serve as the writer process, as the
@@ -17,6 +19,7 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(envWriter); sock != "" {
 		os.Exit(writerMain(sock))
 	}
+	testenv.Scrub()
 	os.Exit(m.Run())
 }
 

@@ -13,6 +13,8 @@ import (
 
 	"github.com/mtwatch/mtwatch/lib/hook"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+
+	"github.com/mtwatch/mtwatch/internal/testenv"
 )
 
 // The test binary doubles as mtwatch-hook, so the tests run the real main
@@ -21,6 +23,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("MTWATCH_HOOK_AS_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
+	testenv.Scrub()
 	os.Exit(m.Run())
 }
 
