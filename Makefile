@@ -103,15 +103,22 @@ harness_packages = $(GO) -C $(1) list -test -f '{{if .ForTest}}{{.ForTest}}{{if 
 # Debian packages come first (a xenstored still missing fails the tests that
 # need it); -race because concurrency is the point. Every test runs against
 # the C xenstored, whatever the caller's environment selects; those that use
-# the harness run again against oxenstored.
+# the harness run again against oxenstored. The programs' own variables
+# point nowhere while the tests run: a test that let the caller's shell reach
+# the code under test (internal/testenv) fails here, not only on the machine
+# of whoever has MTWATCH_CONTROL set.
+TEST_ENV := MTWATCH_CONTROL=/nonexistent/control.sock MTWATCH_XENSTORE=/nonexistent/socket \
+	MTWATCH_CONFIG=/nonexistent/mtwatchd.toml MTWATCH_DOMID=7 MTWATCH_SINGLE_WORKER=true \
+	MTWATCH_LOG_FORMAT=json MTWATCH_HOOK_STRICT=1 MTWATCH_XL=/nonexistent/xl \
+	XENSTORED_PATH=/nonexistent/socket XENSTORED_RUNDIR=/nonexistent
 test: deps fmt-check vet
-	MTWATCH_TEST_XENSTORED=c $(GO) test -race -count=1 ./...
-	MTWATCH_TEST_XENSTORED=c $(GO) -C packaging test -count=1 ./...
-	MTWATCH_TEST_XENSTORED=c $(GO) -C cmd/mtwatch-bench test -race -count=1 ./...
+	env $(TEST_ENV) MTWATCH_TEST_XENSTORED=c $(GO) test -race -count=1 ./...
+	env $(TEST_ENV) MTWATCH_TEST_XENSTORED=c $(GO) -C packaging test -count=1 ./...
+	env $(TEST_ENV) MTWATCH_TEST_XENSTORED=c $(GO) -C cmd/mtwatch-bench test -race -count=1 ./...
 	@for m in $(HARNESS_MODULES); do \
 		pkgs=$$($(call harness_packages,$$m)) && [ -n "$$pkgs" ] || { echo "no package of $$m uses $(HARNESS)" >&2; exit 1; }; \
 		echo "MTWATCH_TEST_XENSTORED=oxenstored $(GO) -C $$m test -race -count=1 <the $$(echo $$pkgs | wc -w) packages of $$m that use the harness>"; \
-		MTWATCH_TEST_XENSTORED=oxenstored $(GO) -C $$m test -race -count=1 $$pkgs || exit 1; \
+		env $(TEST_ENV) MTWATCH_TEST_XENSTORED=oxenstored $(GO) -C $$m test -race -count=1 $$pkgs || exit 1; \
 	done
 
 # Man pages are generated from the urfave/cli definitions and committed;
