@@ -4,7 +4,9 @@
 // same run, the variants interleaved over several runs: event throughput
 // against a bare libxenstore watcher, isolation of healthy domains from
 // stalled ones, a guest flooding its watched path, and worker churn at
-// 10,000 domains. It prints Markdown tables and writes a JSON file and the
+// 10,000 domains; and device set-up under bin/mtwatchd's hotplug plugin
+// beside the unmodified xl devd on the same bursts (devd.go). It prints
+// Markdown tables and writes a JSON file and the
 // isolation scenario's latency CDF (SVG). `make bench` runs it; the results
 // are in docs/performance.md.
 package main

@@ -126,7 +126,7 @@ func TestDevdSmall(t *testing.T) {
 	jsonOut := filepath.Join(dir, "r.json")
 	var out, errb bytes.Buffer
 	code := run([]string{"--only", "devd", "--runs", "1", "--devd-burst", "6", "--devd-domains", "3",
-		"--devd-delay", "100ms", "--devd-wait", "2s", "--devd-script-timeout", "1s",
+		"--devd-delay", "100ms", "--devd-wait", "4s", "--devd-script-timeout", "1s",
 		"--mtwatchd", bin, "--json", jsonOut, "--svg", ""}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("exit %d\n%s", code, errb.String())
