@@ -4,8 +4,9 @@
 // and their hotplug handshake, teardown, domain death), with the libvirt
 // hook's mtwatch node at the points libvirt runs its hooks. It plays the
 // toolstack and the kernel's backend and frontend drivers; the hotplug
-// scripts are run by whoever would run them on a host (mtwatchd's hotplug
-// plugin), and the simulator measures how long each device waited for them.
+// scripts are run by a script runner outside it (mtwatchd's hotplug plugin,
+// or the real xl devd), as in a driver domain: on a host, libxl runs dom0's
+// scripts itself. The simulator measures how long each device waited.
 package sim
 
 import (
