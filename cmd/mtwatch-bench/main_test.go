@@ -120,7 +120,8 @@ func TestSmallRun(t *testing.T) {
 func TestDevdSmall(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "mtwatchd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../mtwatchd").CombinedOutput(); err != nil {
+	// From mtwatch's own module: this command is a module of its own.
+	if out, err := exec.Command("go", "-C", "../..", "build", "-o", bin, "./cmd/mtwatchd").CombinedOutput(); err != nil {
 		t.Fatalf("build mtwatchd: %v\n%s", err, out)
 	}
 	jsonOut := filepath.Join(dir, "r.json")
