@@ -34,6 +34,15 @@
 #define EMU_CPUS 2
 #define PAGE_SIZE 4096
 
+/* xl devd's scripts inherit its environment (libxl__exec): without this,
+ * every sh and xenstore-write they start would load this library too, a
+ * cost the runner compared with xl devd does not pay. The dynamic loader
+ * has read LD_PRELOAD before any constructor runs. */
+__attribute__((constructor)) static void forget_preload(void)
+{
+	unsetenv("LD_PRELOAD");
+}
+
 struct fake_handle { int magic; };
 static struct fake_handle xc_handle = { 0x786c };
 
