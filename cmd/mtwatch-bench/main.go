@@ -4,7 +4,9 @@
 // same run, the variants interleaved over several runs: event throughput
 // against a bare libxenstore watcher, isolation of healthy domains from
 // stalled ones, a guest flooding its watched path, and worker churn at
-// 10,000 domains. It prints Markdown tables and writes a JSON file and the
+// 10,000 domains; and device set-up under bin/mtwatchd's hotplug plugin
+// beside the unmodified xl devd on the same bursts (devd.go). It prints
+// Markdown tables and writes a JSON file and the
 // isolation scenario's latency CDF (SVG). `make bench` runs it; the results
 // are in docs/performance.md.
 package main
@@ -43,6 +45,12 @@ type options struct {
 	jsonOut       string
 	svgOut        string
 	cbenchSrc     string
+	devdBurst     int
+	devdDomains   int
+	devdDelay     time.Duration
+	devdWait      time.Duration
+	devdTimeout   time.Duration
+	mtwatchd      string
 }
 
 // results is the JSON file.
@@ -53,6 +61,7 @@ type results struct {
 	Isolation  *isolationResult  `json:"isolation,omitempty"`
 	Flood      *floodResult      `json:"flood,omitempty"`
 	Scale      *scaleResult      `json:"scale,omitempty"`
+	Devd       *devdResult       `json:"devd,omitempty"`
 	Error      string            `json:"error,omitempty"`
 }
 
@@ -78,7 +87,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.floodFor, "flood", 30*time.Second, "flood: how long the guest floods its path")
 	fs.DurationVar(&o.floodInterval, "flood-interval", 100*time.Millisecond, "flood: time between rounds of the other domains' events")
 	fs.IntVar(&o.scaleDomains, "scale", 10000, "scale: domains created and destroyed through the node protocol")
-	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale", "scenarios to run, comma-separated")
+	fs.IntVar(&o.devdBurst, "devd-burst", 100, "devd: healthy domains of one vif each in the burst (one more hangs)")
+	fs.IntVar(&o.devdDomains, "devd-domains", 21, "devd: domains of four disks (one of one domain's disks hangs)")
+	fs.DurationVar(&o.devdDelay, "devd-delay", 300*time.Millisecond, "devd: how long the four-disk domains' scripts work")
+	fs.DurationVar(&o.devdWait, "devd-wait", libxlHotplugTimeout+5*time.Second, "devd: how long the simulator waits for a device's hotplug-status")
+	fs.DurationVar(&o.devdTimeout, "devd-script-timeout", libxlHotplugTimeout, "devd: the hotplug plugin's script timeout (xl devd's is libxl's fixed 40 s)")
+	fs.StringVar(&o.mtwatchd, "mtwatchd", "bin/mtwatchd", "devd: the mtwatchd binary (make build)")
+	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale,devd", "scenarios to run, comma-separated")
 	fs.StringVar(&o.jsonOut, "json", "docs/performance-agent.json", "write the results here (empty: none)")
 	fs.StringVar(&o.svgOut, "svg", "docs/isolation-cdf.svg", "write the isolation latency CDF here (empty: none)")
 	fs.StringVar(&o.cbenchSrc, "cbench", "lib/xenstore/bench/cbench.c", "source of the libxenstore watcher")
@@ -94,7 +109,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		o.tpRuns = o.runs
 	}
 	if fs.NArg() > 0 || o.runs < 1 || o.tpRuns < 1 || o.domains < 1 || o.writes < 1 || o.isoDomains < 10 || o.rounds < 1 ||
-		o.interval <= 0 || o.stall <= 0 || o.floodInterval <= 0 || o.floodFor < o.floodInterval || o.scaleDomains < 1 || o.scaleDomains > 32000 {
+		o.interval <= 0 || o.stall <= 0 || o.floodInterval <= 0 || o.floodFor < o.floodInterval || o.scaleDomains < 1 || o.scaleDomains > 32000 ||
+		o.devdBurst < 1 || o.devdBurst > 30000 || o.devdDomains < 2 || o.devdDomains > 30000 || o.devdDelay < 0 || o.devdWait <= 0 || o.devdTimeout <= 0 {
 		fmt.Fprintln(stderr, "mtwatch-bench: bad arguments (see -h)")
 		return 2
 	}
@@ -123,7 +139,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	want := map[string]bool{}
 	for _, s := range strings.Split(o.only, ",") {
 		switch s {
-		case "throughput", "isolation", "flood", "scale":
+		case "throughput", "isolation", "flood", "scale", "devd":
 			want[s] = true
 		default:
 			fmt.Fprintf(stderr, "mtwatch-bench: --only: unknown scenario %q\n", s)
@@ -170,6 +186,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 			res.Scale, err = benchScale(ctx, &o, srv)
 			return err
 		})
+	}
+	// Each run of the devd scenario has its own xenstored.
+	if err == nil && want["devd"] && ctx.Err() == nil {
+		logf("devd ...")
+		res.Devd, err = benchDevd(ctx, &o)
 	}
 	// The scenarios that ran are reported even when a later one failed: the
 	// failure is a finding too.
@@ -301,5 +322,8 @@ func writeMarkdown(w io.Writer, r *results) {
 		}
 		p("\nRSS with %d live workers: %s MiB (%s MiB before the nodes; Go heap %s MiB).", s.Domains,
 			s.RSSMiB.format(fmtMiB), s.BaseRSSMiB.format(fmtMiB), s.HeapMiB.format(fmtMiB))
+	}
+	if d := r.Devd; d != nil {
+		writeDevdMarkdown(w, d)
 	}
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mtwatch/mtwatch/internal/testenv"
 )
 
 // TestMain lets the test binary serve as the writer process, as the
@@ -16,6 +19,7 @@ func TestMain(m *testing.M) {
 	if sock := os.Getenv(envWriter); sock != "" {
 		os.Exit(writerMain(sock))
 	}
+	testenv.Scrub()
 	os.Exit(m.Run())
 }
 
@@ -25,6 +29,8 @@ func TestUsage(t *testing.T) {
 		{"--only", "latency"},
 		{"--scale", "40000"},
 		{"--flood", "1ms"},
+		{"--devd-domains", "1"},
+		{"--devd-wait", "0s"},
 		{"extra"},
 	} {
 		var out, errb bytes.Buffer
@@ -64,7 +70,7 @@ func TestSmallRun(t *testing.T) {
 	dir := t.TempDir()
 	jsonOut, svgOut := filepath.Join(dir, "r.json"), filepath.Join(dir, "cdf.svg")
 	var out, errb bytes.Buffer
-	code := run([]string{"--runs", "1", "--throughput-runs", "0", "--domains", "50", "--writes", "2000", "--iso-domains", "20",
+	code := run([]string{"--only", "throughput,isolation,flood,scale", "--runs", "1", "--throughput-runs", "0", "--domains", "50", "--writes", "2000", "--iso-domains", "20",
 		"--rounds", "3", "--stall", "50ms", "--flood", "300ms", "--scale", "200",
 		"--cbench", "../../lib/xenstore/bench/cbench.c", "--json", jsonOut, "--svg", svgOut}, &out, &errb)
 	if code != 0 {
@@ -105,5 +111,58 @@ func TestSmallRun(t *testing.T) {
 		if !strings.Contains(out.String(), h) {
 			t.Errorf("no %q table in the output", h)
 		}
+	}
+}
+
+// TestDevdSmall runs the devd scenario at a tiny size: the real mtwatchd and
+// the real xl devd, each on its own xenstored, run the same bursts' scripts.
+// A missing xl fails it: the comparison is the point.
+func TestDevdSmall(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "mtwatchd")
+	// From mtwatch's own module: this command is a module of its own.
+	if out, err := exec.Command("go", "-C", "../..", "build", "-o", bin, "./cmd/mtwatchd").CombinedOutput(); err != nil {
+		t.Fatalf("build mtwatchd: %v\n%s", err, out)
+	}
+	jsonOut := filepath.Join(dir, "r.json")
+	var out, errb bytes.Buffer
+	code := run([]string{"--only", "devd", "--runs", "1", "--devd-burst", "6", "--devd-domains", "3",
+		"--devd-delay", "100ms", "--devd-wait", "4s", "--devd-script-timeout", "1s",
+		"--mtwatchd", bin, "--json", jsonOut, "--svg", ""}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, errb.String())
+	}
+	var r results
+	b, err := os.ReadFile(jsonOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Devd == nil || len(r.Devd.Cases) != 2 {
+		t.Fatalf("devd: %+v", r.Devd)
+	}
+	for i, c := range r.Devd.Cases {
+		for _, peer := range []string{peerMtwatch, peerXlDevd} {
+			// Every healthy device connected, after its script ran (the
+			// four-disk case's scripts take 100 ms).
+			floor := 0.0
+			if i == 1 {
+				floor = 100e3
+			}
+			if p50 := c.DeviceP50[peer].Median; p50 <= floor || c.Failed[peer][0] != 0 {
+				t.Errorf("case %d, %s: p50 %v µs, failed %v", i, peer, p50, c.Failed[peer])
+			}
+			if len(c.Hung[peer]) != 1 || c.Hung[peer][0] == "" || strings.HasPrefix(c.Hung[peer][0], "connected") {
+				t.Errorf("case %d, %s: hung device %q", i, peer, c.Hung[peer])
+			}
+		}
+	}
+	if sib := r.Devd.Cases[1].Siblings[peerXlDevd]; len(sib) != 3 {
+		t.Errorf("xl devd: siblings %v, want 3", sib)
+	}
+	if !strings.Contains(out.String(), "beside xl devd") {
+		t.Errorf("no devd table in the output:\n%s", out.String())
 	}
 }

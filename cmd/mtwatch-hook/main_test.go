@@ -13,6 +13,8 @@ import (
 
 	"github.com/mtwatch/mtwatch/lib/hook"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+
+	"github.com/mtwatch/mtwatch/internal/testenv"
 )
 
 // The test binary doubles as mtwatch-hook, so the tests run the real main
@@ -21,6 +23,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv("MTWATCH_HOOK_AS_MAIN") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 	}
+	testenv.Scrub()
 	os.Exit(m.Run())
 }
 
@@ -237,7 +240,8 @@ func TestCreateTightensPerms(t *testing.T) {
 func TestXAPIHooksInstalled(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	// XAPI's VM lifecycle hooks (ocaml/xapi/xapi_hooks.ml).
+	// xenopsd's VM lifecycle hooks (ocaml/xenopsd/lib/xenops_hooks.ml), and
+	// a name that is none of them.
 	for _, name := range []string{"vm-pre-destroy", "vm-pre-migrate", "vm-post-migrate", "vm-pre-reboot",
 		"vm-pre-resume", "vm-post-resume", "vm-pre-shutdown", "vm-pre-start", "vm-pre-suspend", "vm-post-destroy"} {
 		a, err := hook.ParseXAPI(name, []string{"-vmuuid", vmUUID, "-reason", "none", "-vmdomid", "5"})

@@ -20,6 +20,8 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+
+	"github.com/mtwatch/mtwatch/internal/testenv"
 )
 
 // bin holds the binaries under test, built once: the real mtwatch and the
@@ -28,6 +30,7 @@ var bin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
+	testenv.Scrub()
 	dir, err := os.MkdirTemp("", "mtwatch-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -32,7 +32,7 @@ var overrides = []override{
 		"agent.domid", func(cfg *config.Config, c *cli.Context, n string) { cfg.Agent.Domid = c.String(n) }},
 	{&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"MTWATCH_AUTO_DETECT"}, Value: true, Usage: "give introduced domains a worker even without a node; --auto-detect=false: the node alone decides"},
 		"agent.auto_detect", func(cfg *config.Config, c *cli.Context, n string) { cfg.Agent.AutoDetect = c.Bool(n) }},
-	{&cli.BoolFlag{Name: "single-worker", EnvVars: []string{"MTWATCH_SINGLE_WORKER"}, Usage: "run every event on the default worker, like xenwatch and xl devd"},
+	{&cli.BoolFlag{Name: "single-worker", EnvVars: []string{"MTWATCH_SINGLE_WORKER"}, Usage: "run every event on the default worker, as Linux's kernel xenwatch thread runs every watch callback"},
 		"agent.single_worker", func(cfg *config.Config, c *cli.Context, n string) { cfg.Agent.SingleWorker = c.Bool(n) }},
 	{&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"MTWATCH_GOMAXPROCS"}, Value: config.Default().Agent.GOMAXPROCS, Usage: "threads running Go code at once, `N`; 0: one per CPU (the GOMAXPROCS variable overrides it)"},
 		"agent.gomaxprocs", func(cfg *config.Config, c *cli.Context, n string) { cfg.Agent.GOMAXPROCS = c.Int(n) }},

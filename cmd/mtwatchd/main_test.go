@@ -20,6 +20,8 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+
+	"github.com/mtwatch/mtwatch/internal/testenv"
 )
 
 // The test binary doubles as mtwatchd, so the tests run the real main
@@ -29,6 +31,7 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
+	testenv.Scrub()
 	os.Exit(m.Run())
 }
 

@@ -16,7 +16,7 @@ import (
 )
 
 // Benchmarks compare multi-worker mode with single-worker mode (everything on
-// the default worker, like Linux's xenwatch thread and xl devd) in the same
+// the default worker, like Linux's kernel xenwatch thread) in the same
 // run. Results and the command producing them are in docs/performance.md.
 
 func benchDispatcher(b *testing.B, single bool, capacity int) *Dispatcher {

@@ -48,7 +48,8 @@ type Config struct {
 	// stall_threshold.
 	StallThreshold time.Duration
 	// SingleWorker runs every event on the default worker, as Linux's single
-	// xenwatch thread and xl devd do; CreateDomain and DestroyDomain are then
+	// kernel xenwatch thread runs every watch callback (and any single-loop
+	// daemon whose handlers run synchronously); CreateDomain and DestroyDomain are then
 	// accepted but create no worker. It is the baseline of the benchmarks.
 	SingleWorker bool
 }

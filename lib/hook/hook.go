@@ -217,17 +217,22 @@ func checkWellFormed(data []byte) error {
 }
 
 // xapiCreate lists the XAPI hooks that run while the domain exists and name
-// its domid: the node is created, or ensured, there. XAPI has no hook with
-// a domid right after a normal start, so the "pre" hooks of the operations
-// that end a domain matter most: they put its teardown, the part that can
-// block on a dying guest, on its own worker. vm-post-destroy removes it.
+// its domid: the node is created, or ensured, there. xenopsd passes
+// -vmdomid only while a domain of the VM exists (get_hook_args,
+// ocaml/xenopsd/xc/xenops_server_xen.ml), so vm-pre-start (before
+// VM_create), vm-pre-reboot (after the old domain's VM_shutdown and
+// vm-post-destroy, before the new one's VM_start) and vm-post-destroy never
+// get one (the atomics of VM_start, VM_reboot and VM_poweroff in
+// ocaml/xenopsd/lib/xenops_server.ml). XAPI has no hook with a domid right
+// after a normal start, so the "pre" hooks of the operations that end a
+// domain matter most: they put its teardown, the part that can block on a
+// dying guest, on its own worker. vm-post-destroy removes it.
 var xapiCreate = map[string]bool{
 	"vm-pre-resume":   true,
 	"vm-post-resume":  true,
 	"vm-post-migrate": true, // on the destination host
 	"vm-pre-migrate":  true, // on the source host
 	"vm-pre-shutdown": true,
-	"vm-pre-reboot":   true,
 	"vm-pre-suspend":  true,
 }
 

@@ -63,6 +63,7 @@ type DeviceResult struct {
 	Type     string `json:"type"`
 	Devid    int    `json:"devid"`
 	Status   string `json:"status"`
+	Hung     bool   `json:"hung,omitempty"` // given the hang script
 	SetupUS  int64  `json:"setup_us"`
 	RemoveUS int64  `json:"remove_us"`
 	Error    string `json:"error,omitempty"`
@@ -82,7 +83,7 @@ func newReport(cfg Config, start time.Time, wall time.Duration, doms []*domain) 
 		res := Result{Domid: uint16(d.id), UUID: d.uuid, Hung: d.hung,
 			CreateUS: d.created.Microseconds(), DestroyUS: d.destroy.Microseconds(), Errors: d.errs}
 		for _, v := range d.devices {
-			res.Devices = append(res.Devices, DeviceResult{Type: v.kind, Devid: v.devid, Status: v.status,
+			res.Devices = append(res.Devices, DeviceResult{Type: v.kind, Devid: v.devid, Status: v.status, Hung: v.hung,
 				SetupUS: v.setup.Microseconds(), RemoveUS: v.remove.Microseconds(), Error: v.err})
 			if v.status == StatusConnected || v.status == StatusError || v.status == StatusTimeout {
 				if d.hung {

@@ -4,8 +4,9 @@
 // and their hotplug handshake, teardown, domain death), with the libvirt
 // hook's mtwatch node at the points libvirt runs its hooks. It plays the
 // toolstack and the kernel's backend and frontend drivers; the hotplug
-// scripts are run by whoever would run them on a host (mtwatchd's hotplug
-// plugin), and the simulator measures how long each device waited for them.
+// scripts are run by a script runner outside it (mtwatchd's hotplug plugin,
+// or the real xl devd), as in a driver domain: on a host, libxl runs dom0's
+// scripts itself. The simulator measures how long each device waited.
 package sim
 
 import (
@@ -33,8 +34,16 @@ type Config struct {
 	// (default 8): libvirtd and xl start domains in parallel. Each slot has
 	// its own XenStore connection, as each xl process has.
 	Concurrency int
-	// HangDomain (0: none) gets HangScript as its devices' script.
-	HangDomain domid.ID
+	// Devices lists each domain's backend devices by type, "vbd" or "vif"
+	// (default: one of each). libxl adds a domain's disks, then its NICs,
+	// all the devices of a type at once (libxl__add_disks and
+	// libxl__add_nics in libxl_create.c go through a libxl__multidev), so
+	// devices of the same type wait for their scripts side by side.
+	Devices []string
+	// HangDomain (0: none) gets HangScript as its devices' script: all of
+	// them, or its first HangDevices (0: all) in the order of Devices.
+	HangDomain  domid.ID
+	HangDevices int
 	// ScriptsDir is prefixed to script names in the backends' "script"
 	// node, as libxl writes absolute paths (default /etc/xen/scripts).
 	ScriptsDir string
@@ -120,6 +129,17 @@ func (cfg *Config) setDefaults() error {
 	}
 	if cfg.VifScript == "" {
 		cfg.VifScript = "vif-bridge"
+	}
+	if cfg.Devices == nil {
+		cfg.Devices = []string{"vbd", "vif"}
+	}
+	for _, k := range cfg.Devices {
+		if k != "vbd" && k != "vif" {
+			return fmt.Errorf("sim: device type %q: want vbd or vif", k)
+		}
+	}
+	if cfg.HangDevices < 0 || cfg.HangDevices > len(cfg.Devices) {
+		return fmt.Errorf("sim: %d hung devices of a domain with %d", cfg.HangDevices, len(cfg.Devices))
 	}
 	if cfg.HangScript == "" {
 		cfg.HangScript = "hang"
@@ -286,6 +306,7 @@ func (d *domain) lxlPath() string { return "/libxl/" + d.id.String() }
 type device struct {
 	kind   string // vbd or vif
 	devid  int
+	hung   bool          // given the hang script
 	setup  time.Duration // backend InitWait -> hotplug-status=connected
 	remove time.Duration // backend Closed -> hotplug-status removed
 	status string
@@ -318,13 +339,32 @@ func (r *runner) create(ctx context.Context, c *xenstore.Client, d *domain) erro
 	if err := buildPost(ctx, c, d); err != nil {
 		return fmt.Errorf("build of domain %d: %w", d.id, err)
 	}
-	// libxl adds the disks, then (after the device model) the NICs.
-	// A device whose script fails fails the creation, as in libxl; the
-	// devices added so far are torn down with the domain.
-	for _, v := range []*device{{kind: "vbd", devid: 51712}, {kind: "vif", devid: 0}} {
-		d.devices = append(d.devices, v)
-		if err := r.deviceAdd(ctx, c, d, v); err != nil {
-			v.err = err.Error()
+	// libxl adds the disks, then (after the device model) the NICs, the
+	// devices of a type at once. A device whose script fails fails the
+	// creation, as in libxl, once its siblings are done; the devices added
+	// so far are torn down with the domain.
+	all := r.devices(d)
+	for _, kind := range []string{"vbd", "vif"} {
+		var batch []*device
+		for _, v := range all {
+			if v.kind == kind {
+				batch = append(batch, v)
+			}
+		}
+		d.devices = append(d.devices, batch...)
+		errs := make([]error, len(batch))
+		var wg sync.WaitGroup
+		for i, v := range batch {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if errs[i] = r.deviceAdd(ctx, c, d, v); errs[i] != nil {
+					v.err = errs[i].Error()
+				}
+			}()
+		}
+		wg.Wait()
+		if err := errors.Join(errs...); err != nil {
 			d.created = time.Since(t0)
 			return err
 		}
@@ -339,6 +379,24 @@ func (r *runner) create(ctx context.Context, c *xenstore.Client, d *domain) erro
 	}
 	d.created = time.Since(t0)
 	return nil
+}
+
+// devices returns d's devices in the order of cfg.Devices, numbered as
+// libxl numbers them (vifs from 0, disks xvda, xvdb, ...), the hung domain's
+// first HangDevices (or all) marked hung.
+func (r *runner) devices(d *domain) []*device {
+	var devs []*device
+	n := map[string]int{}
+	for i, kind := range r.cfg.Devices {
+		v := &device{kind: kind, devid: n[kind]}
+		if kind == "vbd" {
+			v.devid = 51712 + 16*n[kind]
+		}
+		n[kind]++
+		v.hung = d.hung && (r.cfg.HangDevices == 0 || i < r.cfg.HangDevices)
+		devs = append(devs, v)
+	}
+	return devs
 }
 
 // libxl's permission sets for a guest's nodes.
@@ -430,12 +488,12 @@ func buildPost(ctx context.Context, c *xenstore.Client, d *domain) error {
 	return c.Introduce(ctx, d.id, 1, 1)
 }
 
-func (r *runner) script(d *domain, kind string) string {
+func (r *runner) script(v *device) string {
 	name := r.cfg.BlockScript
-	if kind == "vif" {
+	if v.kind == "vif" {
 		name = r.cfg.VifScript
 	}
-	if d.hung {
+	if v.hung {
 		name = r.cfg.HangScript
 	}
 	return r.cfg.ScriptsDir + "/" + name
@@ -448,7 +506,7 @@ func (r *runner) deviceAdd(ctx context.Context, c *xenstore.Client, d *domain, v
 	be, fe := v.backend(d), v.frontend(d)
 	bents := [][2]string{
 		{"frontend", fe}, {"frontend-id", d.id.String()}, {"online", "1"},
-		{"state", stateInitialising}, {"script", r.script(d, v.kind)},
+		{"state", stateInitialising}, {"script", r.script(v)},
 	}
 	fents := [][2]string{
 		{"backend", be}, {"backend-id", "0"}, {"state", stateInitialising},

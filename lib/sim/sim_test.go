@@ -341,6 +341,44 @@ func TestRunHungDomain(t *testing.T) {
 	assertClean(t, s.c, 4)
 }
 
+// One hung device of four: its siblings of the same type are added beside
+// it, as libxl's multidev adds them, so they connect and only the domain's
+// creation fails.
+func TestRunHungDeviceSiblings(t *testing.T) {
+	s := newSandbox(t)
+	fakeHotplug(t, s.in)
+	cfg := s.config(3)
+	cfg.Devices = []string{"vif", "vif", "vif", "vif"}
+	cfg.HangDomain, cfg.HangDevices = 2, 1
+	cfg.DeviceTimeout = 500 * time.Millisecond
+	rep, err := sim.Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rep.Results {
+		if len(r.Devices) != 4 {
+			t.Fatalf("domain %d: %d devices, want 4: %+v", r.Domid, len(r.Devices), r)
+		}
+		for i, v := range r.Devices {
+			hung := r.Domid == 2 && i == 0
+			want := sim.StatusConnected
+			if hung {
+				want = sim.StatusTimeout
+			}
+			if v.Type != "vif" || v.Devid != i || v.Hung != hung || v.Status != want {
+				t.Errorf("domain %d device %d: %+v, want vif %d hung=%v %s", r.Domid, i, v, i, hung, want)
+			}
+			if !hung && v.SetupUS >= 500_000 {
+				t.Errorf("domain %d device %d waited %dµs: behind its hung sibling?", r.Domid, i, v.SetupUS)
+			}
+		}
+		if (r.Domid == 2) != (len(r.Errors) > 0) {
+			t.Errorf("domain %d errors: %v", r.Domid, r.Errors)
+		}
+	}
+	assertClean(t, s.c, 3)
+}
+
 func TestRunInterruptedStillTearsDown(t *testing.T) {
 	s := newSandbox(t)
 	fakeHotplug(t, s.in)
@@ -371,6 +409,8 @@ func TestConfigErrors(t *testing.T) {
 		want string
 	}{
 		{"hang outside", func(c *sim.Config) { c.HangDomain = 9 }, "hang domain 9"},
+		{"device type", func(c *sim.Config) { c.Devices = []string{"vif", "9pfs"} }, "device type \"9pfs\""},
+		{"hang devices", func(c *sim.Config) { c.HangDomain, c.HangDevices = 1, 3 }, "3 hung devices of a domain with 2"},
 		{"reserved", func(c *sim.Config) { c.FirstDomid = 32750 }, "not a guest"},
 		{"no dial", func(c *sim.Config) { c.Dial = nil }, "required"},
 	} {

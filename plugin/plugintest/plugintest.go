@@ -40,7 +40,8 @@ type Options struct {
 	// it says.
 	Config string
 	// SingleWorker and Capacity, when set, override agent.single_worker
-	// (every event on the default worker, as xl devd does) and
+	// (every event on the default worker, as Linux's kernel xenwatch thread
+	// runs every watch callback) and
 	// agent.queue_capacity.
 	SingleWorker bool
 	Capacity     int

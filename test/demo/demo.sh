@@ -3,8 +3,10 @@
 # xenstored (real, under the hypervisor emulation), bin/mtwatchd with the
 # hotplug and exec plugins, and mtwatch-sim creating and destroying guests
 # the way libxl does, one of them with a hotplug script that hangs. Run
-# twice, with per-domain workers and with --single-worker (one thread, as
-# xl devd and Linux's xenwatch), then the two side by side.
+# twice, with per-domain workers and with --single-worker (one loop running
+# every handler in turn, as Linux's kernel xenwatch thread), then the two
+# side by side. (xl devd is not such a loop: it runs each script as its own
+# child process; make bench compares the plugin with it.)
 #
 # Environment: DEMO_DOMAINS (20), DEMO_HANG_DOMAIN (3), DEMO_SCRIPT_TIMEOUT
 # (8s, the hotplug plugin's timeout that ends the hanging script).

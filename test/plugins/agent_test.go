@@ -21,6 +21,8 @@ import (
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
+
+	"github.com/mtwatch/mtwatch/internal/testenv"
 )
 
 var (
@@ -30,6 +32,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	testenv.Scrub()
 	dir, err := os.MkdirTemp("", "mtwatchd-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -125,7 +125,8 @@ func TestHotplug(t *testing.T) {
 
 // TestHotplugHungDomain: a script hung for domain A while domain B's vif and
 // vbd complete with a worker per domain, and wait for A's timeout with
-// --single-worker, as under xl devd. The same test in both modes.
+// --single-worker, as behind one loop that runs its handlers in line (the
+// kernel's xenwatch). The same test in both modes.
 func TestHotplugHungDomain(t *testing.T) {
 	t.Parallel()
 	for _, single := range []bool{false, true} {
