@@ -23,9 +23,12 @@ func TestEach(t *testing.T) {
 		{"fewer than width", 3, 64, -1, func(c int) bool { return c == 3 }, nil},
 		{"many", 1000, 8, -1, func(c int) bool { return c == 1000 }, nil},
 		{"width below one", 5, 0, -1, func(c int) bool { return c == 5 }, nil},
-		// The calls in flight when the first fails still finish; no new one
-		// starts: at most failAt + width calls.
-		{"stops after an error", 1000, 4, 10, func(c int) bool { return c > 10 && c <= 10+4 }, boom},
+		// One at a time, nothing starts after the failing call.
+		{"stops after an error, width one", 1000, 1, 10, func(c int) bool { return c == 10+1 }, boom},
+		// Wider, the calls in flight still finish, and the others may take
+		// more indices while the failing call waits for a CPU between
+		// being taken and running: the bound is "stops", not failAt+width.
+		{"stops after an error", 1000, 4, 10, func(c int) bool { return c > 10 && c < 1000 }, boom},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
