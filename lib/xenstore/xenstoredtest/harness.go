@@ -3,6 +3,7 @@ package xenstoredtest
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -57,11 +58,11 @@ func (in *Instance) dumpDiagnostics() {
 		}
 		in.t.Logf("%s log (tail):\n%s", in.Kind(), strings.Join(lines, "\n"))
 	}
-	trace, err := os.ReadFile(in.TracePath())
+	trace, err := readTail(in.TracePath(), traceKept)
 	if err != nil {
 		return
 	}
-	// Keep the whole trace beyond the run dir's removal, and show its end.
+	// Keep the trace's tail beyond the run dir's removal, and show its end.
 	if f, err := os.CreateTemp("", "mtwatch-xenstored-trace-*"); err == nil {
 		f.Write(trace)
 		f.Close()
@@ -130,4 +131,28 @@ func (in *Instance) Run(name string, args ...string) string {
 		in.t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, msg)
 	}
 	return strings.TrimRight(string(out), "\n")
+}
+
+// traceKept is how much of a failed test's trace is kept: its end, where
+// the failure is.
+const traceKept = 16 << 20
+
+// readTail reads at most the last n bytes of the file at path.
+func readTail(path string, n int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	k, err := f.ReadAt(b, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return b[:k], nil
 }

@@ -349,3 +349,63 @@ func TestOxenstoredSettings(t *testing.T) {
 		}
 	}
 }
+
+// TestTraceCapped: the C xenstored's trace is emptied past traceCap while
+// the daemon runs, and goes on being written.
+func TestTraceCapped(t *testing.T) {
+	// C alone, whatever MTWATCH_TEST_XENSTORED says: oxenstored rotates its
+	// access log itself.
+	old := traceCap
+	traceCap = 64 << 10
+	t.Cleanup(func() { traceCap = old })
+	in := StartWith(t, Config{Kind: C})
+	path := in.TracePath()
+	c, err := Dial(in.Socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 2000; i++ {
+		if err := c.Write(fmt.Sprintf("/tool/cap/%d", i), strings.Repeat("x", 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 2,000 writes trace far more than 64 KiB; the check every 250 ms lets
+	// it pass the cap by what xenstored writes in that time.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fi, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Size() <= traceCap {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("trace %d bytes 5 s after the writes, cap %d", fi.Size(), traceCap)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := c.Write("/tool/cap/after", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(path); err != nil || !strings.Contains(string(b), "/tool/cap/after") {
+		t.Fatalf("trace not written after being emptied (%v): %.200q", err, b)
+	}
+}
+
+func TestReadTail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, []byte("0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		n    int64
+		want string
+	}{{4, "6789"}, {10, "0123456789"}, {100, "0123456789"}, {0, ""}} {
+		b, err := readTail(path, tc.n)
+		if err != nil || string(b) != tc.want {
+			t.Errorf("readTail(%d) = %q, %v; want %q", tc.n, b, err, tc.want)
+		}
+	}
+}

@@ -315,7 +315,35 @@ func (s *Server) Start(ctx context.Context) error {
 		s.mu.Unlock()
 		close(exited)
 	}()
+	if s.cfg.Trace && s.cfg.Kind == C {
+		go s.capTrace(exited, traceCap)
+	}
 	return s.waitReady(ctx, exited)
+}
+
+// traceCap bounds the C xenstored's trace file. It logs every request and
+// every write-rate-limit credit: a test that floods the store for minutes
+// writes tens of gigabytes, and the tests run side by side on one disk.
+// oxenstored rotates its access log itself (access-log-nb-lines).
+var traceCap int64 = 256 << 20 // a variable for its test, read at Start
+
+// capTrace empties the trace whenever it grows past limit, until the
+// daemon exits. xenstored appends (reopen_log in xenstored_core.c opens it
+// O_APPEND), so it goes on writing at the new end; what a failing test
+// shows is the trace's tail, which survives.
+func (s *Server) capTrace(exited <-chan struct{}, limit int64) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-exited:
+			return
+		case <-tick.C:
+			if fi, err := os.Stat(s.TracePath()); err == nil && fi.Size() > limit {
+				_ = os.Truncate(s.TracePath(), 0)
+			}
+		}
+	}
 }
 
 // command prepares the daemon's process: the one place that knows its
