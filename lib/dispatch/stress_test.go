@@ -277,8 +277,9 @@ func TestCheckerCatchesViolations(t *testing.T) {
 }
 
 func TestStress(t *testing.T) {
-	for _, single := range []bool{false, true} {
-		t.Run(fmt.Sprintf("single=%v", single), func(t *testing.T) {
+	for _, mode := range []struct{ single, staging bool }{{false, false}, {true, false}, {false, true}} {
+		single := mode.single
+		t.Run(fmt.Sprintf("single=%v,staging=%v", single, mode.staging), func(t *testing.T) {
 			seed := *stressSeed
 			if seed == 0 {
 				seed = uint64(time.Now().UnixNano())
@@ -288,15 +289,17 @@ func TestStress(t *testing.T) {
 			if single {
 				ops /= 4
 			}
-			stress(t, seed, ops, single)
+			stress(t, seed, ops, single, mode.staging)
 		})
 	}
 }
 
 // stress runs random interleavings of Dispatch, CreateDomain, DestroyDomain,
 // Unregister (from outside and from handlers) and re-Register against
-// handlers with random delays, and checks the invariants.
-func stress(t *testing.T, seed uint64, ops int, single bool) {
+// handlers with random delays, and checks the invariants. With staging, a
+// guest's events always run on a worker of the guest (promoted, or flushed
+// by FlushStaged or by the short staging timeout), never the default one.
+func stress(t *testing.T, seed uint64, ops int, single, staging bool) {
 	const (
 		domains   = 40
 		watchSets = 4
@@ -304,7 +307,8 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	// Capacity is large enough that no event is dropped, so loss is a bug;
 	// paths are unique, so nothing coalesces.
-	d, err := New(Config{Logger: slogNew(newLogCapture()), Capacity: ops + 1, SingleWorker: single, StallThreshold: time.Second})
+	d, err := New(Config{Logger: slogNew(newLogCapture()), Capacity: ops + 1, SingleWorker: single, StallThreshold: time.Second,
+		Staging: staging, StagingTimeout: 2 * time.Millisecond, StagingLimit: ops + 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -414,6 +418,10 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 			} else if err == nil {
 				t.Fatalf("DestroyDomain(%d) of a dead domain succeeded", id)
 			}
+		case staging && r < 12:
+			if _, err := d.FlushStaged(domid.ID(1 + rng.IntN(domains))); err != nil {
+				t.Fatalf("FlushStaged: %v", err)
+			}
 		case r < 11 && rng.IntN(8) == 0:
 			i := rng.IntN(watchSets)
 			wmu.Lock()
@@ -444,7 +452,7 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 				path = fmt.Sprintf("backend/vif/%d/%d", dom, seq)
 			}
 			worker := domid.Dom0
-			if live[dom] {
+			if live[dom] || staging {
 				worker = dom
 			}
 			// Record before dispatching: the handler may run at once.

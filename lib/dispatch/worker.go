@@ -118,6 +118,13 @@ type domain struct {
 	// the default worker.
 	waiting *worker
 
+	// inc names the incarnation the generations belong to ("" unknown).
+	inc string
+	// staged holds the events that arrived while the domain had no live
+	// worker (Config.Staging), in order; stagedAt is when the first came.
+	staged   list
+	stagedAt int64
+
 	items     int     // events and notices not yet completed
 	onDefault int     // of which queued or running on the default worker
 	queued    int     // pending events (not notices), bounded by the capacity
@@ -142,6 +149,9 @@ type worker struct {
 	running bool // a goroutine runs the worker
 	gated   bool // must not start yet (ordering across creation)
 	down    bool // destroyed; finishes once drained
+	// graceUntil: a superseded generation's context is cancelled at this
+	// d.now() (0: at once), also when it first runs later.
+	graceUntil int64
 	// The context of the generation's handlers, made when its goroutine
 	// first starts (a worker that never runs costs nothing) and kept until
 	// the generation is destroyed or the dispatcher stops: one per
@@ -223,7 +233,11 @@ func (d *Dispatcher) handlerCtxLocked(wk *worker) context.Context {
 		wk.ctx = workerCtx{Context: ctx, wk: wk}
 		wk.cancel = cancel
 		if wk.down {
-			cancel()
+			if g := time.Duration(wk.graceUntil - d.now()); g > 0 {
+				d.cancelAfterLocked(cancel, g)
+			} else {
+				cancel()
+			}
 		}
 	}
 	return &wk.ctx

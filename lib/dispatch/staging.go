@@ -1,0 +1,232 @@
+package dispatch
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/mtwatch/mtwatch/lib/domid"
+)
+
+// This file holds Config.Staging (events of a guest domid wait for its worker
+// instead of running on the default worker) and incarnations (a reused
+// domid's new worker does not wait for the old one's).
+
+// stageFullLocked reports whether an event of dom would have to be staged
+// while the staged events of all domids reach their bound.
+func (d *Dispatcher) stageFullLocked(dom *domain) bool {
+	return d.staging && dom != d.dom0 && dom.live == nil && d.stagedTotal >= d.stageLimit
+}
+
+// stageLocked appends it to its domain's staging queue.
+func (d *Dispatcher) stageLocked(it *item) {
+	dom := it.dom
+	if dom.staged.head == nil {
+		dom.stagedAt = d.now()
+		d.staged[dom] = struct{}{}
+		d.startStagerLocked()
+		if d.onStage != nil {
+			d.onStage(dom.id)
+		}
+	}
+	dom.staged.push(it)
+	if it.dropped == 0 {
+		d.stagedTotal++
+		d.totals.Staged++
+	}
+}
+
+// unstageLocked does the bookkeeping of it leaving its domain's staging
+// queue (already unlinked).
+func (d *Dispatcher) unstageLocked(it *item) {
+	if it.dropped == 0 {
+		d.stagedTotal--
+	}
+	if it.dom.staged.head == nil {
+		delete(d.staged, it.dom)
+	}
+}
+
+// takeStagedLocked moves dom's staged events, in order, to the end of l.
+func (d *Dispatcher) takeStagedLocked(dom *domain, l *list) int {
+	n := 0
+	for it := dom.staged.pop(); it != nil; it = dom.staged.pop() {
+		d.unstageLocked(it)
+		l.push(it)
+		n++
+	}
+	return n
+}
+
+// promoteLocked hands dom's staged events to its new worker wk, ahead of
+// anything dispatched after its creation.
+func (d *Dispatcher) promoteLocked(dom *domain, wk *worker) {
+	if n := d.takeStagedLocked(dom, &wk.list); n > 0 {
+		d.totals.Promoted += uint64(n)
+	}
+	d.kickLocked(wk)
+}
+
+// FlushStaged runs the staged events of id, in order, on a drain generation
+// of id whose handlers get an already cancelled context, as the last events
+// of a destroyed domain do; never on the default worker. The caller has
+// established that id is not a domain (no node, no /libxl/<domid>, not
+// introduced). It returns how many events and notices it flushed; 0 if id
+// has a live worker or nothing staged.
+func (d *Dispatcher) FlushStaged(id domid.ID) (int, error) {
+	if !id.IsGuest() {
+		return 0, fmt.Errorf("dispatch: flush domain %d: %w", id, ErrInvalidDomain)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return 0, fmt.Errorf("dispatch: flush domain %d: %w", id, ErrStopped) // I8
+	}
+	dom := d.doms[id]
+	if dom == nil || dom.live != nil {
+		return 0, nil
+	}
+	return d.flushLocked(dom), nil
+}
+
+// flushLocked moves dom's staged events to a new, destroyed generation
+// ordered after dom's others, exactly as if a worker had been created and
+// destroyed at once.
+func (d *Dispatcher) flushLocked(dom *domain) int {
+	if dom.staged.head == nil || dom.live != nil {
+		return 0
+	}
+	wk := &worker{dom: dom, down: true}
+	n := d.takeStagedLocked(dom, &wk.list)
+	d.totals.Flushed += uint64(n)
+	switch {
+	case dom.tail != nil:
+		wk.gated = true
+		dom.tail.next = wk
+	case dom.onDefault > 0:
+		wk.gated = true
+		dom.waiting = wk
+	}
+	if dom.first == nil {
+		dom.first = wk
+	}
+	dom.tail = wk
+	d.workers++
+	d.compactLocked(dom)
+	d.kickLocked(wk) // a no-op if compaction merged it into its predecessor
+	d.settleLocked(dom)
+	return n
+}
+
+// retireLocked replaces old, the record of a domid whose generations belong
+// to another incarnation, with a fresh record; old stays in d.retired until
+// its generations have drained. Its staged events arrived after its last
+// worker went down, so they are the new incarnation's: they move along.
+func (d *Dispatcher) retireLocked(old *domain) *domain {
+	nd := &domain{id: old.id}
+	d.doms[old.id] = nd
+	d.retired[old] = struct{}{}
+	var l list
+	d.takeStagedLocked(old, &l)
+	for it := l.pop(); it != nil; it = l.pop() {
+		d.unpendLocked(it)
+		old.items--
+		it.dom = nd
+		nd.items++
+		if it.dropped > 0 {
+			nd.notices = append(nd.notices, it)
+		} else {
+			d.pendLocked(it.w, nd, it.w.key(nd, it.path))
+		}
+		d.stageLocked(it)
+		d.totals.Staged-- // staged once, counted once
+	}
+	if nd.staged.head != nil {
+		nd.stagedAt = old.stagedAt
+	}
+	d.settleLocked(old)
+	return nd
+}
+
+// startStagerLocked starts the goroutine that enforces the staging timeout,
+// unless it runs: it exits once nothing is staged (I7).
+func (d *Dispatcher) startStagerLocked() {
+	if d.stagerOn || d.stopping {
+		return
+	}
+	d.stagerOn = true
+	d.goroutines++
+	go d.stager()
+}
+
+// stager flushes the staged events of every domid that got no worker within
+// the staging timeout of its first staged event. It sleeps until the
+// earliest deadline: later staged domids have later deadlines, so only Stop
+// needs to wake it.
+func (d *Dispatcher) stager() {
+	t := time.NewTimer(d.stageTimeout)
+	defer t.Stop()
+	for {
+		d.mu.Lock()
+		now, next := d.now(), int64(-1)
+		for dom := range d.staged {
+			deadline := dom.stagedAt + int64(d.stageTimeout)
+			if deadline > now {
+				if next < 0 || deadline < next {
+					next = deadline
+				}
+				continue
+			}
+			n := d.flushLocked(dom)
+			d.log.Warn("dispatch: staged events flushed: no worker appeared for the domain; they run with a cancelled context",
+				"domid", dom.id, "events", n, "staging_timeout", d.stageTimeout)
+		}
+		if next < 0 || d.stopping {
+			d.stagerOn = false
+			d.goroutines--
+			d.checkDrainedLocked()
+			d.mu.Unlock()
+			return
+		}
+		d.mu.Unlock()
+		t.Reset(time.Duration(next - now))
+		select {
+		case <-t.C:
+		case <-d.stageKick:
+			t.Stop()
+		}
+	}
+}
+
+// stopStagingLocked, at Stop: staged events are flushed (their handlers get
+// a cancelled context, as every handler does from now on), the stager is
+// woken to exit, and pending grace timers are stopped (d.cancel has already
+// cancelled every context they would cancel).
+func (d *Dispatcher) stopStagingLocked() {
+	for dom := range d.staged {
+		d.flushLocked(dom)
+	}
+	select {
+	case d.stageKick <- struct{}{}:
+	default:
+	}
+	for t := range d.graceTimers {
+		t.Stop()
+	}
+	clear(d.graceTimers)
+}
+
+// cancelAfterLocked calls cancel after g; Stop makes it moot.
+func (d *Dispatcher) cancelAfterLocked(cancel func(), g time.Duration) {
+	if d.stopping {
+		cancel()
+		return
+	}
+	var t *time.Timer
+	t = time.AfterFunc(g, func() {
+		d.mu.Lock()
+		delete(d.graceTimers, t) // t is set: it was assigned before d.mu was released
+		d.mu.Unlock()
+		cancel()
+	})
+	d.graceTimers[t] = struct{}{}
+}
