@@ -67,7 +67,7 @@ func TestStagingPromotesInOrder(t *testing.T) {
 		t.Fatalf("domain 3 ran %+v, want %+v", got, want)
 	}
 	s := d.Stats()
-	if s.Totals.Staged != 3 || s.Totals.Promoted != 3 || s.Totals.Flushed != 0 {
+	if s.Totals.Staged != 3 || s.Totals.Promoted != 3 || s.Totals.Flushed != 0 || s.Totals.GuestOnDefault != 0 {
 		t.Fatalf("totals %+v, want 3 staged and promoted", s.Totals)
 	}
 	if !slices.Equal(staged, []domid.ID{3}) {

@@ -24,6 +24,9 @@ type Counters struct {
 	Staged     uint64 // events that waited for their domain's worker (Config.Staging)
 	Promoted   uint64 // staged events handed to the new worker of their domain
 	Flushed    uint64 // staged events run on a drain generation: their domain got no worker
+	// GuestOnDefault counts handler calls of a guest domain's events (and
+	// notices) on the default worker: what Config.Staging keeps at zero.
+	GuestOnDefault uint64
 }
 
 // RunningHandler describes a running handler call.

@@ -490,6 +490,9 @@ func stress(t *testing.T, seed uint64, ops int, single, staging bool) {
 	if s.Totals.Processed == 0 || s.Totals.Dropped != 0 || s.Totals.Panics != 0 {
 		t.Fatalf("stats after stress: %+v", s.Totals)
 	}
+	if staging && (s.Totals.GuestOnDefault != 0 || s.Totals.Staged == 0) {
+		t.Fatalf("staging: %d guest events ran on the default worker, %d staged", s.Totals.GuestOnDefault, s.Totals.Staged)
+	}
 	t.Logf("%d ops: %+v", ops, s.Totals)
 	noLeak(t)
 }

@@ -281,6 +281,9 @@ func (d *Dispatcher) endLocked(wk *worker, it *item, err error, panicked bool) *
 	lat := end - it.enq
 	w, dom := it.w, it.dom
 	d.totals.Processed++
+	if wk == d.def && dom != d.dom0 {
+		d.totals.GuestOnDefault++
+	}
 	w.processed++
 	dom.processed++
 	dom.lastLat, dom.maxLat = lat, max(dom.maxLat, lat)
