@@ -518,7 +518,8 @@ func (d *Dispatcher) compactLocked(dom *domain) {
 	for p := dom.first; p != nil && p.next != nil; {
 		q := p.next
 		switch {
-		case !q.down:
+		case !q.down || q.keepCtx != p.keepCtx:
+			// Live, or its events get another context than p's.
 			p = q
 			continue
 		case p.after.head == nil:

@@ -35,8 +35,9 @@
 // With Config.Staging, no event of a guest domid runs on the default worker:
 // events of a domid with no live worker wait in its bounded staging queue
 // and are promoted, in order, to its next worker, or flushed to a drain
-// generation of the domid (cancelled context) when FlushStaged says it is no
-// domain or when the staging timeout passes. I1 and I3 then read "on the
+// generation of the domid of their own when FlushStaged says no worker will
+// come (with a cancelled context if the domid is no domain) or when the
+// staging timeout passes. I1 and I3 then read "on the
 // domid's worker" where they say "on the default worker". A domid's worker
 // generations belong to an incarnation (CreateIncarnation): I1 holds within
 // an incarnation, and a new incarnation of a reused domid does not wait for

@@ -67,12 +67,14 @@ func (d *Dispatcher) promoteLocked(dom *domain, wk *worker) {
 }
 
 // FlushStaged runs the staged events of id, in order, on a drain generation
-// of id whose handlers get an already cancelled context, as the last events
-// of a destroyed domain do; never on the default worker. The caller has
-// established that id is not a domain (no node, no /libxl/<domid>, not
-// introduced). It returns how many events and notices it flushed; 0 if id
-// has a live worker or nothing staged.
-func (d *Dispatcher) FlushStaged(id domid.ID) (int, error) {
+// of id of their own, never on the default worker, when the caller has
+// established that no worker will come for them. gone says id is no domain
+// (no node, no /libxl/<domid>, no /local/domain/<domid>, not introduced):
+// the handlers then get an already cancelled context, as the last events of
+// a destroyed domain do; otherwise (a domain that no configured source gives
+// a worker) a live one. It returns how many events and notices it flushed;
+// 0 if id has a live worker or nothing staged.
+func (d *Dispatcher) FlushStaged(id domid.ID, gone bool) (int, error) {
 	if !id.IsGuest() {
 		return 0, fmt.Errorf("dispatch: flush domain %d: %w", id, ErrInvalidDomain)
 	}
@@ -85,17 +87,17 @@ func (d *Dispatcher) FlushStaged(id domid.ID) (int, error) {
 	if dom == nil || dom.live != nil {
 		return 0, nil
 	}
-	return d.flushLocked(dom), nil
+	return d.flushLocked(dom, gone), nil
 }
 
 // flushLocked moves dom's staged events to a new, destroyed generation
-// ordered after dom's others, exactly as if a worker had been created and
-// destroyed at once.
-func (d *Dispatcher) flushLocked(dom *domain) int {
+// ordered after dom's others, as if a worker had been created and destroyed
+// at once; with a live context unless gone.
+func (d *Dispatcher) flushLocked(dom *domain, gone bool) int {
 	if dom.staged.head == nil || dom.live != nil {
 		return 0
 	}
-	wk := &worker{dom: dom, down: true}
+	wk := &worker{dom: dom, down: true, keepCtx: !gone}
 	n := d.takeStagedLocked(dom, &wk.list)
 	d.totals.Flushed += uint64(n)
 	switch {
@@ -176,8 +178,8 @@ func (d *Dispatcher) stager() {
 				}
 				continue
 			}
-			n := d.flushLocked(dom)
-			d.log.Warn("dispatch: staged events flushed: no worker appeared for the domain; they run with a cancelled context",
+			n := d.flushLocked(dom, false)
+			d.log.Warn("dispatch: staged events flushed: no worker appeared for the domain; they run on a worker of their own",
 				"domid", dom.id, "events", n, "staging_timeout", d.stageTimeout)
 		}
 		if next < 0 || d.stopping {
@@ -203,7 +205,7 @@ func (d *Dispatcher) stager() {
 // cancelled every context they would cancel).
 func (d *Dispatcher) stopStagingLocked() {
 	for dom := range d.staged {
-		d.flushLocked(dom)
+		d.flushLocked(dom, true)
 	}
 	select {
 	case d.stageKick <- struct{}{}:
@@ -229,4 +231,17 @@ func (d *Dispatcher) cancelAfterLocked(cancel func(), g time.Duration) {
 		cancel()
 	})
 	d.graceTimers[t] = struct{}{}
+}
+
+// FlushAllStaged flushes the staged events of every domid, as FlushStaged
+// does: for a caller about to wait for the workers to drain (WaitIdle) while
+// no worker will come any more, such as mtwatchd shutting down.
+func (d *Dispatcher) FlushAllStaged() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n := 0
+	for dom := range d.staged {
+		n += d.flushLocked(dom, false)
+	}
+	return n
 }

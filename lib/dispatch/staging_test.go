@@ -121,9 +121,10 @@ func TestStagingBounds(t *testing.T) {
 	waitAtMost(t, d, 0)
 }
 
-// TestStagingFlush: staged events of a domid that is no domain run on a drain
-// generation with a cancelled context, never on the default worker: on
-// FlushStaged, and by themselves after the staging timeout.
+// TestStagingFlush: staged events of a domid that gets no worker run on a
+// drain generation of their own, never on the default worker: on
+// FlushStaged (a cancelled context for a domid that is no domain, a live one
+// otherwise), and by themselves after the staging timeout.
 func TestStagingFlush(t *testing.T) {
 	logs := newLogCapture()
 	d := newDispatcher(t, Config{Staging: true, StagingTimeout: 100 * time.Millisecond, Logger: slogNew(logs)})
@@ -139,7 +140,7 @@ func TestStagingFlush(t *testing.T) {
 	blockDefault(t, d, rec)
 	dispatch(t, d, "backend/vif/3/a", "be")
 	dispatch(t, d, "backend/vif/3/b", "be")
-	if n, err := d.FlushStaged(3); n != 2 || err != nil {
+	if n, err := d.FlushStaged(3, true); n != 2 || err != nil {
 		t.Fatalf("FlushStaged(3) = %d, %v; want 2", n, err)
 	}
 	got := pathsOf(rec.waitRuns(t, 3), "backend/vif/3/")
@@ -161,10 +162,14 @@ func TestStagingFlush(t *testing.T) {
 	logs.waitMessage(t, "staged events flushed")
 	waitAtMost(t, d, 1) // the blocked dom0 event
 	mu.Lock()
-	for _, p := range []string{"backend/vif/3/a", "backend/vif/3/b", "backend/vif/4/a"} {
+	for _, p := range []string{"backend/vif/3/a", "backend/vif/3/b"} {
 		if !errors.Is(ctxErr[p], context.Canceled) {
-			t.Errorf("%s ran with context error %v, want cancelled", p, ctxErr[p])
+			t.Errorf("%s ran with context error %v, want cancelled (no domain)", p, ctxErr[p])
 		}
+	}
+	// Whether 4 is a domain is unknown after a timeout: a live context.
+	if err := ctxErr["backend/vif/4/a"]; err != nil {
+		t.Errorf("timed-out flush ran with context error %v, want a live context", err)
 	}
 	mu.Unlock()
 	if s := d.Stats(); s.Totals.Flushed != 3 || s.Workers != 0 {
@@ -174,13 +179,30 @@ func TestStagingFlush(t *testing.T) {
 		id   domid.ID
 		want error
 	}{{0, ErrInvalidDomain}, {domid.FirstReserved, ErrInvalidDomain}} {
-		if _, err := d.FlushStaged(tc.id); !errors.Is(err, tc.want) {
+		if _, err := d.FlushStaged(tc.id, true); !errors.Is(err, tc.want) {
 			t.Errorf("FlushStaged(%d) = %v, want %v", tc.id, err, tc.want)
 		}
 	}
-	if n, err := d.FlushStaged(9); n != 0 || err != nil {
+	if n, err := d.FlushStaged(9, true); n != 0 || err != nil {
 		t.Errorf("FlushStaged of an unknown domid = %d, %v", n, err)
 	}
+	dispatch(t, d, "backend/vif/7/a", "be")
+	if n, err := d.FlushStaged(7, false); n != 1 || err != nil {
+		t.Fatalf("FlushStaged(7, false) = %d, %v", n, err)
+	}
+	dispatch(t, d, "backend/vif/5/a", "be")
+	dispatch(t, d, "backend/vif/6/a", "be")
+	if n := d.FlushAllStaged(); n != 2 {
+		t.Fatalf("FlushAllStaged = %d, want 2", n)
+	}
+	waitAtMost(t, d, 1)
+	mu.Lock()
+	for _, p := range []string{"backend/vif/7/a", "backend/vif/5/a", "backend/vif/6/a"} {
+		if err, ran := ctxErr[p]; !ran || err != nil {
+			t.Errorf("%s: ran %v, context error %v; want a live context", p, ran, err)
+		}
+	}
+	mu.Unlock()
 }
 
 // TestStagingFlushFollowsDrain: staged events of a destroyed domain that is
@@ -200,7 +222,7 @@ func TestStagingFlushFollowsDrain(t *testing.T) {
 		t.Fatal(err)
 	}
 	dispatch(t, d, "backend/vif/3/e3", "be")
-	if n, _ := d.FlushStaged(3); n != 1 {
+	if n, _ := d.FlushStaged(3, true); n != 1 {
 		t.Fatalf("flushed %d, want 1", n)
 	}
 	rec.noRunsBeyond(t, 1, "an event overtaking the blocked one")
@@ -351,7 +373,7 @@ func TestStopFlushesStaged(t *testing.T) {
 			t.Fatalf("%+v ran on the default worker", rn)
 		}
 	}
-	if _, err := d.FlushStaged(3); !errors.Is(err, ErrStopped) {
+	if _, err := d.FlushStaged(3, true); !errors.Is(err, ErrStopped) {
 		t.Fatalf("FlushStaged after Stop: %v", err)
 	}
 	noLeak(t)

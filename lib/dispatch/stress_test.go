@@ -419,7 +419,7 @@ func stress(t *testing.T, seed uint64, ops int, single, staging bool) {
 				t.Fatalf("DestroyDomain(%d) of a dead domain succeeded", id)
 			}
 		case staging && r < 12:
-			if _, err := d.FlushStaged(domid.ID(1 + rng.IntN(domains))); err != nil {
+			if _, err := d.FlushStaged(domid.ID(1+rng.IntN(domains)), rng.IntN(2) == 0); err != nil {
 				t.Fatalf("FlushStaged: %v", err)
 			}
 		case r < 11 && rng.IntN(8) == 0:

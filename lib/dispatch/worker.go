@@ -152,6 +152,9 @@ type worker struct {
 	// graceUntil: a superseded generation's context is cancelled at this
 	// d.now() (0: at once), also when it first runs later.
 	graceUntil int64
+	// keepCtx: a generation made by flushing staged events of a domain
+	// that exists keeps a live context although it is down.
+	keepCtx bool
 	// The context of the generation's handlers, made when its goroutine
 	// first starts (a worker that never runs costs nothing) and kept until
 	// the generation is destroyed or the dispatcher stops: one per
@@ -232,7 +235,7 @@ func (d *Dispatcher) handlerCtxLocked(wk *worker) context.Context {
 		ctx, cancel := context.WithCancel(d.ctx)
 		wk.ctx = workerCtx{Context: ctx, wk: wk}
 		wk.cancel = cancel
-		if wk.down {
+		if wk.down && !wk.keepCtx {
 			if g := time.Duration(wk.graceUntil - d.now()); g > 0 {
 				d.cancelAfterLocked(cancel, g)
 			} else {
