@@ -2,8 +2,8 @@ package agent_test
 
 import (
 	"strings"
-	"syscall"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
