@@ -2,8 +2,10 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -302,4 +304,87 @@ func rssOf(b *testing.B, ctx context.Context, bin string, in *xenstoredtest.Serv
 	}
 	b.Fatal("no VmRSS")
 	return 0
+}
+
+// BenchmarkLibxlToWorkerLatency: from the commit of a libxl-shaped domain
+// make transaction (/local/domain/<id>, /libxl/<id> dom0-only, the vm path)
+// to the domain's worker being live, one domain at a time, with 1,000 other
+// domains' /libxl entries; side by side with a hook's node write (the node
+// source) in the same run. The goal is 5 ms at p99.
+func BenchmarkLibxlToWorkerLatency(b *testing.B) {
+	const others = 1000
+	in := benchXenstored(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	for i := 1; i <= others; i++ {
+		if err := c.Mkdir(ctx, "/libxl/"+strconv.Itoa(i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	a := quietAgent(b, in.Socket(), "[agent]\nsources = [\"node\", \"libxl\"]\ncanary_interval = \"0s\"\n")
+	if err := a.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer a.Shutdown(ctx)
+	d := a.Dispatcher()
+	if w := d.Stats().Workers; w != others {
+		b.Fatalf("%d workers at start, want %d", w, others)
+	}
+	idOf := func(i int) domid.ID { return domid.ID(others + 1 + i%(int(domid.FirstReserved)-others-2)) }
+	wait := func(id domid.ID, live bool) {
+		for {
+			if st, ok := d.DomainStats(id); (ok && st.Worker) == live {
+				return
+			}
+			if ctx.Err() != nil {
+				b.Fatal("worker never changed")
+			}
+			time.Sleep(20 * time.Microsecond) // see BenchmarkNodeToWorkerLatency
+		}
+	}
+	for _, how := range []string{"libxl", "node"} {
+		b.Run("how="+how, func(b *testing.B) {
+			lat := make([]time.Duration, 0, b.N)
+			for i := 0; i < b.N; i++ {
+				id := idOf(i)
+				home := "/local/domain/" + id.String()
+				t0 := time.Now()
+				var err error
+				if how == "libxl" {
+					err = c.Transaction(ctx, func(tx *xenstore.Tx) error {
+						for _, p := range []string{home, "/libxl/" + id.String(), "/libxl/" + id.String() + "/device"} {
+							if err := tx.Mkdir(ctx, p); err != nil {
+								return err
+							}
+						}
+						return tx.Write(ctx, home+"/vm", []byte("/vm/6f1c3d2e-0000-4000-8000-000000000001"))
+					})
+				} else {
+					err = c.Write(ctx, node.Path(id), nil)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				wait(id, true)
+				lat = append(lat, time.Since(t0))
+				b.StopTimer()
+				for _, p := range []string{"/libxl/" + id.String(), home, node.Path(id)} {
+					if err := c.Rm(ctx, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						b.Fatal(err)
+					}
+				}
+				wait(id, false)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-us")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-us")
+		})
+	}
 }
