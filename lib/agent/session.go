@@ -66,7 +66,10 @@ type sessionWork struct {
 	release bool                  // @releaseDomain
 	backend bool                  // a driver domain's backend directory changed
 	libxl   map[domid.ID]struct{} // /libxl/<domid> created, removed or changed perms
-	relibxl bool                  // /libxl itself changed, or too many domids
+	// holds: the dispatcher holds these domids' events (Hold) until the
+	// session has looked at them; the last hold's number.
+	holds   map[domid.ID]uint64
+	relibxl bool // /libxl itself changed, or too many domids
 }
 
 // connect registers the agent's watches and the plugins' on c, then
@@ -135,7 +138,18 @@ func (s *session) callback(on func(path string)) func(xenstore.Event) {
 // onNode, onIntroduce and onRelease run on the connection's reading
 // goroutine.
 func (s *session) onNode(path string) {
+	var (
+		id   domid.ID
+		seq  uint64
+		isID bool
+	)
+	if id, isID = node.FromPath(path); isID {
+		seq = s.a.d.Hold(id) // as for /libxl/<domid>
+	}
 	s.record(func(w *sessionWork) {
+		if isID {
+			w.hold(id, seq)
+		}
 		if w.rescan {
 			return
 		}
@@ -174,7 +188,11 @@ func (s *session) onLibxl(path string) {
 	if deep && more != "" && s.a.domains.hasLibxl(id) {
 		return
 	}
+	// Until the run loop has looked, id's events wait: if the domid was
+	// reused, they are the new incarnation's, not the live worker's.
+	seq := s.a.d.Hold(id)
 	s.record(func(w *sessionWork) {
+		w.hold(id, seq)
 		if w.relibxl {
 			return
 		}
@@ -232,6 +250,17 @@ func (s *session) record(note func(*sessionWork)) {
 	}
 }
 
+// hold notes the dispatcher's hold seq of id, for release once handled.
+func (w *sessionWork) hold(id domid.ID, seq uint64) {
+	if seq == 0 {
+		return
+	}
+	if w.holds == nil {
+		w.holds = make(map[domid.ID]uint64)
+	}
+	w.holds[id] = seq
+}
+
 // take returns the work recorded so far and forgets it.
 func (s *session) take() sessionWork {
 	s.mu.Lock()
@@ -259,6 +288,9 @@ func (s *session) close() {
 func (s *session) run(ctx context.Context) error {
 	a := s.a
 	defer s.close()
+	// Holds this session took and did not release: the next session
+	// reconciles.
+	defer a.d.ReleaseAll()
 	if a.canary != nil {
 		// The canary runs on the session's client, so it times the path
 		// the plugins' events take; it ends with the session.
@@ -313,7 +345,13 @@ func (s *session) run(ctx context.Context) error {
 				backoff = minBackoff
 			}
 		case <-s.wake:
-			err = s.handle(ctx, s.take())
+			w := s.take()
+			err = s.handle(ctx, w)
+			// Released even on failure: the rescan below puts the workers
+			// right, and holding events until then would delay them.
+			for id, seq := range w.holds {
+				a.d.Release(id, seq)
+			}
 			retry = err != nil
 		case <-tick.C:
 			err = a.domains.checkStale(ctx, s.c)

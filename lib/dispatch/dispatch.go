@@ -355,7 +355,7 @@ func (d *Dispatcher) routeLocked(it *item) {
 	switch {
 	case dom == d.dom0 || d.single:
 		d.toDefaultLocked(it)
-	case dom.live != nil:
+	case dom.live != nil && !dom.held:
 		dom.live.list.push(it)
 		d.kickLocked(dom.live)
 	case d.staging:
@@ -590,7 +590,7 @@ func (d *Dispatcher) finishLocked(wk *worker) {
 }
 
 func (d *Dispatcher) maybeFreeLocked(dom *domain) {
-	if dom != d.dom0 && dom.live == nil && dom.first == nil && dom.items == 0 && !dom.kept {
+	if dom != d.dom0 && dom.live == nil && dom.first == nil && dom.items == 0 && !dom.kept && !dom.held {
 		if d.doms[dom.id] == dom {
 			delete(d.doms, dom.id)
 		}

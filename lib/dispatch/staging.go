@@ -14,7 +14,7 @@ import (
 // stageFullLocked reports whether an event of dom would have to be staged
 // while the staged events of all domids reach their bound.
 func (d *Dispatcher) stageFullLocked(dom *domain) bool {
-	return d.staging && dom != d.dom0 && dom.live == nil && d.stagedTotal >= d.stageLimit
+	return d.staging && dom != d.dom0 && (dom.live == nil || dom.held) && d.stagedTotal >= d.stageLimit
 }
 
 // stageLocked appends it to its domain's staging queue.
@@ -124,7 +124,8 @@ func (d *Dispatcher) flushLocked(dom *domain, gone bool) int {
 // its generations have drained. Its staged events arrived after its last
 // worker went down, so they are the new incarnation's: they move along.
 func (d *Dispatcher) retireLocked(old *domain) *domain {
-	nd := &domain{id: old.id}
+	nd := &domain{id: old.id, held: old.held, holdSeq: old.holdSeq}
+	old.held = false
 	d.doms[old.id] = nd
 	d.retired[old] = struct{}{}
 	var l list
@@ -244,4 +245,64 @@ func (d *Dispatcher) FlushAllStaged() int {
 		n += d.flushLocked(dom, false)
 	}
 	return n
+}
+
+// Hold makes the events of guest id wait in its staging queue from now on,
+// even while it has a live worker, until Release(id, seq) with the seq this
+// call returns and no later Hold. The caller reads, in the event stream's
+// order, that id's worker may be about to change (its /libxl/<domid> or its
+// node was written: a reused domid's new incarnation, or its end) and has
+// yet to find out: the events after that point belong to whatever worker it
+// decides on (CreateIncarnation promotes them), not to the one live now.
+// It never blocks. A no-op without Config.Staging.
+func (d *Dispatcher) Hold(id domid.ID) uint64 {
+	if !d.staging || !id.IsGuest() {
+		return 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return 0
+	}
+	dom := d.domainLocked(id)
+	dom.holdSeq++
+	dom.held = true
+	return dom.holdSeq
+}
+
+// Release ends the Hold that returned seq, unless a later Hold of id came
+// since: the events it staged go to id's live worker, in order, if it has
+// one; otherwise they wait for a worker or a flush as staged events do.
+func (d *Dispatcher) Release(id domid.ID, seq uint64) {
+	if seq == 0 {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if dom := d.doms[id]; dom != nil && dom.held && dom.holdSeq == seq {
+		d.releaseLocked(dom)
+	}
+}
+
+// ReleaseAll ends every Hold: the caller that would have released them is
+// gone (a lost connection; the next one reconciles).
+func (d *Dispatcher) ReleaseAll() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, dom := range d.doms {
+		if dom.held {
+			d.releaseLocked(dom)
+		}
+	}
+}
+
+func (d *Dispatcher) releaseLocked(dom *domain) {
+	dom.held = false
+	if wk := dom.live; wk != nil {
+		if n := d.takeStagedLocked(dom, &wk.list); n > 0 {
+			d.totals.Promoted += uint64(n)
+		}
+		d.kickLocked(wk)
+	}
+	d.maybeFreeLocked(dom)
 }

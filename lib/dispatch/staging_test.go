@@ -378,3 +378,58 @@ func TestStopFlushesStaged(t *testing.T) {
 	}
 	noLeak(t)
 }
+
+// TestHoldRelease: while held, a live domain's events are staged; Release
+// hands them to its worker in order, unless a later Hold came; a new
+// incarnation created meanwhile gets them instead of the old worker.
+func TestHoldRelease(t *testing.T) {
+	d := newDispatcher(t, Config{Staging: true})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	release := rec.blockOn("backend/vif/3/e0")
+	if err := d.CreateIncarnation(3, "a"); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vif/3/e0", "be") // runs, blocked
+	rec.waitRuns(t, 1)
+	dispatch(t, d, "backend/vif/3/e1", "be") // queued on a
+	s1 := d.Hold(3)
+	dispatch(t, d, "backend/vif/3/e2", "be") // staged
+	s2 := d.Hold(3)
+	d.Release(3, s1) // a later hold came: still held
+	dispatch(t, d, "backend/vif/3/e3", "be")
+	if st, _ := d.DomainStats(3); st.Staged != 2 || st.Queued != 3 {
+		t.Fatalf("domain 3 while held: %+v", st)
+	}
+	d.Release(3, s2)
+	release()
+	got := pathsOf(rec.waitRuns(t, 4), "backend/vif/3/")
+	want := []run{{Path: "backend/vif/3/e0", Worker: 3}, {Path: "backend/vif/3/e1", Worker: 3},
+		{Path: "backend/vif/3/e2", Worker: 3}, {Path: "backend/vif/3/e3", Worker: 3}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ran %+v, want %+v", got, want)
+	}
+
+	// The domid is reused before the old incarnation's end was seen.
+	release = rec.blockOn("backend/vif/3/old")
+	dispatch(t, d, "backend/vif/3/old", "be")
+	rec.waitRuns(t, 5)
+	s := d.Hold(3)
+	dispatch(t, d, "backend/vif/3/new", "be") // would queue behind "old" on a
+	if err := d.CreateIncarnation(3, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if rn := rec.waitRuns(t, 6)[5]; rn.Path != "backend/vif/3/new" {
+		t.Fatalf("sixth run %+v, want the new incarnation's event while the old one hangs", rn)
+	}
+	d.Release(3, s)
+	dispatch(t, d, "backend/vif/3/new2", "be")
+	if rn := rec.waitRuns(t, 7)[6]; rn.Path != "backend/vif/3/new2" {
+		t.Fatalf("seventh run %+v", rn)
+	}
+	release()
+	waitAtMost(t, d, 0)
+	if s := d.Stats(); s.Workers != 1 || s.Totals.GuestOnDefault != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}

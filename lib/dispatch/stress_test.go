@@ -385,11 +385,15 @@ func stress(t *testing.T, seed uint64, ops int, single, staging bool) {
 	}
 
 	live := make(map[domid.ID]bool)
+	holds := make(map[domid.ID]uint64)
 	var seq int64
 	for op := range ops {
 		if op%2000 == 1999 {
 			// Let the workers catch up now and then, so that not
-			// everything is a backlog that Unregister purges.
+			// everything is a backlog that Unregister purges. Held
+			// events wait for their release, by design.
+			d.ReleaseAll()
+			clear(holds)
 			waitAtMost(t, d, 50)
 		}
 		if op%500 == 0 {
@@ -421,6 +425,14 @@ func stress(t *testing.T, seed uint64, ops int, single, staging bool) {
 		case staging && r < 12:
 			if _, err := d.FlushStaged(domid.ID(1+rng.IntN(domains)), rng.IntN(2) == 0); err != nil {
 				t.Fatalf("FlushStaged: %v", err)
+			}
+		case staging && r < 14:
+			id := domid.ID(1 + rng.IntN(domains))
+			if seq, held := holds[id]; held {
+				d.Release(id, seq)
+				delete(holds, id)
+			} else {
+				holds[id] = d.Hold(id)
 			}
 		case r < 11 && rng.IntN(8) == 0:
 			i := rng.IntN(watchSets)
@@ -476,6 +488,7 @@ func stress(t *testing.T, seed uint64, ops int, single, staging bool) {
 			}
 		}
 	}
+	d.ReleaseAll()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := d.Stop(ctx); err != nil {

@@ -124,6 +124,10 @@ type domain struct {
 	// worker (Config.Staging), in order; stagedAt is when the first came.
 	staged   list
 	stagedAt int64
+	// held: events are staged even while live is set (Hold); holdSeq
+	// numbers the holds.
+	held    bool
+	holdSeq uint64
 
 	items     int     // events and notices not yet completed
 	onDefault int     // of which queued or running on the default worker
