@@ -34,7 +34,7 @@ type stormResult struct {
 
 // storm runs bin/mtwatchd with the hotplug plugin (no hook, no wrapper:
 // workers come from /libxl/<domid>) and an exec rule whose command hangs
-// dom0's default worker for 60 s, with a CPU hog beside it, and boots then
+// dom0's default worker, with a CPU hog beside it, and boots then
 // destroys 100 domains from 4 concurrent libxl-order toolstacks (lib/sim).
 // The handler would run for 10 minutes (at least the 60 s asked for, and
 // longer than a run on a loaded host); storm returns once every domain's
