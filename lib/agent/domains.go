@@ -89,6 +89,17 @@ type domState struct {
 	// inc is the incarnation the worker was created for (lib/dispatch):
 	// the VM uuid, "" when unknown.
 	inc string
+	// released: the agent saw the domain introduced, then not any more.
+	released bool
+}
+
+// setIntroduced records whether the domain is introduced, and whether it
+// was seen released (introduced, then not).
+func (st *domState) setIntroduced(in bool) {
+	if st.introduced != in {
+		st.released = !in
+	}
+	st.introduced = in
 }
 
 // incarnation names the domain's incarnation: the node's VM uuid, else the
@@ -230,7 +241,8 @@ func (t *domainTable) checkNode(ctx context.Context, c *xenstore.Client, id domi
 		st = &domState{}
 		t.doms[id] = st
 	}
-	st.node, st.introduced = present, introduced
+	st.node = present
+	st.setIntroduced(introduced)
 	if present {
 		st.uuid = n.UUID
 	} else {
@@ -351,7 +363,8 @@ func (t *domainTable) reconcile(ctx context.Context, c *xenstore.Client) error {
 			st = &domState{}
 			t.doms[id] = st
 		}
-		st.node, st.uuid, st.introduced = hasNode, uuid, intro[id]
+		st.node, st.uuid = hasNode, uuid
+		st.setIntroduced(intro[id])
 		st.libxl, st.vm = hasLibxl, lx.vm
 		t.libxls[id].Store(hasLibxl)
 		t.applyLocked(id, st)
@@ -506,7 +519,7 @@ func (t *domainTable) setIntroduced(ctx context.Context, c *xenstore.Client, ids
 		if st.introduced != in {
 			t.log.Debug("domain introduction changed", "domid", id, "introduced", in)
 		}
-		st.introduced = in
+		st.setIntroduced(in)
 		t.applyLocked(id, st)
 		if t.doms[id] == st && !st.nameRead {
 			names = append(names, id)
@@ -1003,8 +1016,10 @@ func provablyDead(ctx context.Context, c *xenstore.Client, id domid.ID) (bool, e
 
 // reapDead removes at once the nodes of domains that are provably dead, and
 // with them their workers (a guest shut down from inside under xl leaves its
-// node behind: no hook runs). A node whose domain is introduced, or has
-// /libxl/<domid> or /local/domain/<domid>, is left to stale_grace.
+// node behind: no hook runs): seen introduced, then released, and without
+// /libxl/<domid> and /local/domain/<domid>. Any other node whose domain is
+// not introduced (never seen introduced: not built yet, or released while
+// the agent was not running) is left to stale_grace.
 func (t *domainTable) reapDead(ctx context.Context, c *xenstore.Client) error {
 	if t.driver {
 		return nil
@@ -1016,7 +1031,7 @@ func (t *domainTable) reapDead(ctx context.Context, c *xenstore.Client) error {
 	var cands []cand
 	t.mu.Lock()
 	for id, st := range t.doms {
-		if st.node && !st.introduced && !st.libxl {
+		if st.node && st.released && !st.introduced && !st.libxl {
 			cands = append(cands, cand{id, st.uuid})
 		}
 	}
