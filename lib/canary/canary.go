@@ -75,6 +75,7 @@ type Canary struct {
 	mu        sync.Mutex
 	seq       uint64
 	pending   bool // a write waits for its event
+	writing   bool // a write waits for its reply
 	sentAt    time.Time
 	timer     *time.Timer // raises the alarm when the pending write is late
 	samples   uint64
@@ -128,7 +129,19 @@ func (c *Canary) Run(ctx context.Context, xs *xenstore.Client) error {
 	if err := xs.SetPerms(ctx, c.cfg.Path, perms); err != nil {
 		return fmt.Errorf("canary: set perms of %s: %w", c.cfg.Path, err)
 	}
-	w, err := xs.WatchFunc(ctx, c.cfg.Path, Token, func(xenstore.Event) { c.event(time.Now()) })
+	// The watch's first event is the one xenstored sends on registration.
+	// No write is made before it came: xenstored merges identical pending
+	// events (XSA-326), so a write's event could otherwise merge into it,
+	// or it could pass for the write's.
+	first, registered := true, make(chan struct{})
+	w, err := xs.WatchFunc(ctx, c.cfg.Path, Token, func(xenstore.Event) {
+		if first {
+			first = false
+			close(registered)
+			return
+		}
+		c.event(time.Now())
+	})
 	if err != nil {
 		return fmt.Errorf("canary: %w", err)
 	}
@@ -138,6 +151,13 @@ func (c *Canary) Run(ctx context.Context, xs *xenstore.Client) error {
 		w.Unwatch(uctx) //nolint:errcheck // best effort: the connection may be gone
 		c.reset()
 	}()
+	select {
+	case <-registered:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-xs.Done():
+		return fmt.Errorf("canary: %w", xs.Err())
+	}
 	t := time.NewTicker(c.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -164,7 +184,7 @@ func (c *Canary) probe(ctx context.Context, xs *xenstore.Client) error {
 	}
 	c.seq++
 	seq := c.seq
-	c.pending = true
+	c.pending, c.writing = true, true
 	c.sentAt = time.Now()
 	c.timer = time.AfterFunc(c.cfg.Threshold, func() { c.late(seq) })
 	c.mu.Unlock()
@@ -172,8 +192,12 @@ func (c *Canary) probe(ctx context.Context, xs *xenstore.Client) error {
 	err := xs.Write(ctx, c.cfg.Path, []byte(strconv.FormatUint(seq, 10)))
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.writing = false
 	if err == nil {
 		c.lastErr = ""
+		if !c.pending {
+			c.timer.Stop()
+		}
 		return nil
 	}
 	c.lastErr = err.Error()
@@ -192,9 +216,11 @@ func (c *Canary) probe(ctx context.Context, xs *xenstore.Client) error {
 }
 
 // event runs on the connection's reading goroutine: it must not block.
-// The watch's first event (registration) and spurious ones find no write
-// pending and are ignored; xenstored does not merge the event of a write
-// into an older one here, since only one write is ever pending.
+// Spurious events (xenstored may send them) find no write pending and are
+// ignored; xenstored does not merge the event of a write into an older one
+// here, since only one write is ever pending. The timer keeps running while
+// the write's reply has not come: a spurious event that took the write's
+// place must not hide a xenstored that stopped answering.
 func (c *Canary) event(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -202,7 +228,9 @@ func (c *Canary) event(now time.Time) {
 		return
 	}
 	c.pending = false
-	c.timer.Stop()
+	if !c.writing {
+		c.timer.Stop()
+	}
 	lat := now.Sub(c.sentAt)
 	c.samples++
 	c.last, c.max = lat, max(c.max, lat)
@@ -220,11 +248,13 @@ func (c *Canary) event(now time.Time) {
 	}
 }
 
-// late runs on the timer's goroutine when write seq has waited Threshold.
+// late runs on the timer's goroutine when write seq has waited Threshold,
+// for its event or for its reply (an event that is no write's, a spurious
+// one, may have cleared pending, but xenstored has not answered).
 func (c *Canary) late(seq uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.pending || c.seq != seq || c.alarm {
+	if !(c.pending || c.writing) || c.seq != seq || c.alarm {
 		return
 	}
 	c.alarm = true
@@ -241,6 +271,7 @@ func (c *Canary) reset() {
 		c.pending = false
 		c.timer.Stop()
 	}
+	c.writing = false
 }
 
 // Status returns a snapshot.
@@ -252,7 +283,7 @@ func (c *Canary) Status() Status {
 		Samples: c.samples, LastLatency: c.last, MaxLatency: c.max,
 		Alarm: c.alarm, Alarms: c.alarms, LastError: c.lastErr,
 	}
-	if c.pending {
+	if c.pending || c.writing {
 		s.PendingFor = time.Since(c.sentAt)
 	}
 	return s
