@@ -80,6 +80,7 @@ func (a *Agent) connect(ctx context.Context, c *xenstore.Client, reconnect bool)
 	s := &session{a: a, c: c, wake: make(chan struct{}, 1)}
 	if err := s.watch(ctx); err != nil {
 		s.close()
+		a.d.ReleaseAll() // what its callbacks held
 		return nil, fmt.Errorf("agent: %w", err)
 	}
 	for _, w := range a.conn.adopt(c, reconnect) {
@@ -89,6 +90,7 @@ func (a *Agent) connect(ctx context.Context, c *xenstore.Client, reconnect bool)
 	}
 	if err := a.domains.reconcile(ctx, c); err != nil {
 		s.close()
+		a.d.ReleaseAll() // what its callbacks held
 		return nil, fmt.Errorf("agent: reconcile: %w", err)
 	}
 	return s, nil
@@ -287,10 +289,11 @@ func (s *session) close() {
 // ctx ends.
 func (s *session) run(ctx context.Context) error {
 	a := s.a
-	defer s.close()
 	// Holds this session took and did not release: the next session
-	// reconciles.
+	// reconciles. Deferred first, so it runs once the watches are gone and
+	// no callback can take another.
 	defer a.d.ReleaseAll()
+	defer s.close()
 	if a.canary != nil {
 		// The canary runs on the session's client, so it times the path
 		// the plugins' events take; it ends with the session.

@@ -504,6 +504,7 @@ func (d *Dispatcher) downLocked(dom *domain, grace time.Duration) {
 	}
 	d.compactLocked(dom)
 	d.settleLocked(dom)
+	d.orphanedLocked(dom)
 }
 
 // compactLocked merges dom's destroyed generations that wait behind an

@@ -172,6 +172,9 @@ func (d *Dispatcher) stager() {
 		d.mu.Lock()
 		now, next := d.now(), int64(-1)
 		for dom := range d.staged {
+			if dom.live != nil {
+				continue // held (Hold): its Release hands them on
+			}
 			deadline := dom.stagedAt + int64(d.stageTimeout)
 			if deadline > now {
 				if next < 0 || deadline < next {
@@ -179,9 +182,10 @@ func (d *Dispatcher) stager() {
 				}
 				continue
 			}
-			n := d.flushLocked(dom, false)
-			d.log.Warn("dispatch: staged events flushed: no worker appeared for the domain; they run on a worker of their own",
-				"domid", dom.id, "events", n, "staging_timeout", d.stageTimeout)
+			if n := d.flushLocked(dom, false); n > 0 {
+				d.log.Warn("dispatch: staged events flushed: no worker appeared for the domain; they run on a worker of their own",
+					"domid", dom.id, "events", n, "staging_timeout", d.stageTimeout)
+			}
 		}
 		if next < 0 || d.stopping {
 			d.stagerOn = false
@@ -304,5 +308,23 @@ func (d *Dispatcher) releaseLocked(dom *domain) {
 		}
 		d.kickLocked(wk)
 	}
+	d.orphanedLocked(dom)
 	d.maybeFreeLocked(dom)
+}
+
+// orphanedLocked: dom's staged events, held while it had a live worker,
+// now wait for a worker it does not have: the staging timeout and OnStage
+// apply to them as to newly staged ones.
+func (d *Dispatcher) orphanedLocked(dom *domain) {
+	if dom.staged.head == nil || dom.live != nil || dom.held {
+		return
+	}
+	d.startStagerLocked()
+	select {
+	case d.stageKick <- struct{}{}: // their deadline may be past
+	default:
+	}
+	if d.onStage != nil {
+		d.onStage(dom.id)
+	}
 }

@@ -433,3 +433,35 @@ func TestHoldRelease(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// TestHeldThenDestroyed: events held while the domain had a worker, which is
+// then destroyed, are not forgotten: the caller is told (OnStage) and the
+// staging timeout flushes them.
+func TestHeldThenDestroyed(t *testing.T) {
+	var mu sync.Mutex
+	var staged []domid.ID
+	d := newDispatcher(t, Config{Staging: true, StagingTimeout: 50 * time.Millisecond, OnStage: func(id domid.ID) {
+		mu.Lock()
+		staged = append(staged, id)
+		mu.Unlock()
+	}})
+	rec := newRecorder()
+	register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle})
+	if err := d.CreateDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	seq := d.Hold(3)
+	dispatch(t, d, "backend/vif/3/e", "be")
+	if err := d.DestroyDomain(3); err != nil {
+		t.Fatal(err)
+	}
+	d.Release(3, seq)
+	if rn := rec.waitRuns(t, 1)[0]; rn.Path != "backend/vif/3/e" || rn.Worker != 3 {
+		t.Fatalf("ran %+v", rn)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(staged) < 2 {
+		t.Fatalf("OnStage calls %v: want one when staged and one when orphaned", staged)
+	}
+}
