@@ -41,7 +41,9 @@
 // domid's worker" where they say "on the default worker". A domid's worker
 // generations belong to an incarnation (CreateIncarnation): I1 holds within
 // an incarnation, and a new incarnation of a reused domid does not wait for
-// the old one's handlers.
+// the old one's handlers. Hold stages a domain's events even while it has a
+// live worker, until Release: for a caller that has read, in stream order,
+// that the worker may be about to change.
 //
 // Handlers that run longer than the stall threshold are reported; handler
 // panics are recovered and counted; Stop cancels running handlers and drains.
