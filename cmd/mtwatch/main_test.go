@@ -62,13 +62,14 @@ type host struct {
 	env  []string
 }
 
-// agentConfig: no stale reporting (its timing would leak into the golden
-// files), a short stall threshold, and an exec rule whose command hangs
+// agentConfig: no stale reporting and no canary (their timing would leak
+// into the golden files), a short stall threshold, and an exec rule whose command hangs
 // while a domain's "stall" node reads "hang": a handler stuck on a guest.
 // (The rule also fires when the domain's tree is removed; the command must
 // not hang then.)
 const agentConfig = `[agent]
 stale_grace = "0s"
+canary_interval = "0s"
 stall_threshold = "100ms"
 shutdown_timeout = "2s"
 

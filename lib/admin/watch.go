@@ -27,9 +27,10 @@ func watchCommand() *cli.Command {
 to and which worker mtwatchd runs it on, with the agent's own routing code (the default
 DomainOf of a plugin watch, lib/domid.FromPath): the tool to debug a plugin's routing.
 
-With the agent running, the worker is the domain's when it has a live or draining worker, else
-"default"; without it, the worker shown is the domain's (as if it had one), and stderr says so.
-Dom0's paths and paths of no domain always run on the default worker. An event of a domain's
+A guest's event runs on that guest's worker: its live one, or, before it has one, the worker it
+waits for (or one of its own, when none comes); only in single-worker mode does it run on the
+default worker. Without the agent the worker shown is the domain's, and stderr says so. Dom0's
+paths and paths of no domain always run on the default worker. An event of a domain's
 mtwatch node also says node=<domid>: the agent re-reads that node and starts or retires the
 domain's worker (lib/node.FromPath).`,
 		Flags: []cli.Flag{
@@ -73,11 +74,10 @@ type workerView struct {
 	timeout time.Duration
 	warn    io.Writer
 
-	mu      sync.Mutex
-	at      time.Time
-	down    bool
-	single  bool
-	workers map[uint16]bool
+	mu     sync.Mutex
+	at     time.Time
+	down   bool
+	single bool
 }
 
 func (v *workerView) hasWorker(ctx context.Context, id domid.ID) bool {
@@ -89,7 +89,9 @@ func (v *workerView) hasWorker(ctx context.Context, id domid.ID) bool {
 	if v.down {
 		return true // shown as the domain's; stderr said why
 	}
-	return !v.single && v.workers[uint16(id)]
+	// A guest's events never run on the default worker outside
+	// single-worker mode: without a worker they wait for one.
+	return !v.single
 }
 
 func (v *workerView) refresh(ctx context.Context) {
@@ -97,10 +99,6 @@ func (v *workerView) refresh(ctx context.Context) {
 	defer cancel()
 	v.at = time.Now()
 	st, err := v.cl.Status(ctx)
-	var doms []control.Domain
-	if err == nil {
-		doms, err = v.cl.Domains(ctx)
-	}
 	if err != nil {
 		if !v.down {
 			why := err.Error()
@@ -114,12 +112,6 @@ func (v *workerView) refresh(ctx context.Context) {
 	}
 	v.down = false
 	v.single = st.Mode == control.ModeSingleWorker
-	v.workers = map[uint16]bool{}
-	for _, d := range doms {
-		if d.Worker == control.WorkerLive || d.Worker == control.WorkerDraining {
-			v.workers[d.Domid] = true
-		}
-	}
 }
 
 func runWatch(c *cli.Context) error {

@@ -62,14 +62,12 @@ func (w *watchRun) next(t *testing.T) string {
 }
 
 // wantRoute is what the agent's routing says for path (domid.FromPath, dom0
-// and no domain on the default worker), given which domains have workers.
-func wantRoute(path string, workers map[domid.ID]bool) string {
+// and no domain on the default worker, a guest on its own worker, live or
+// awaited).
+func wantRoute(path string) string {
 	dom, worker := "-", "default"
 	if id, ok := domid.FromPath(path); ok && id.IsGuest() {
-		dom = id.String()
-		if workers == nil || workers[id] {
-			worker = id.String()
-		}
+		dom, worker = id.String(), id.String()
 	}
 	line := path + " domain=" + dom + " worker=" + worker
 	if id, ok := node.FromPath(path); ok {
@@ -81,7 +79,7 @@ func wantRoute(path string, workers map[domid.ID]bool) string {
 var watchPaths = []string{
 	"backend/vif/5/0/state",
 	"backend/vbd/7/51712/state",
-	"backend/vif/9/0/state", // a stale node, no worker
+	"backend/vif/9/0/state", // a stale node, no worker: waits for one, never the default worker
 	"backend/vif/0/0/state", // dom0: default
 	"backend/vif/12abc/0",   // not a domid: default (the RFC routed it to 12)
 	"backend/vif/007/0",     // not canonical: default
@@ -110,7 +108,7 @@ func TestWatchRoutingWithoutAgent(t *testing.T) {
 	}
 	for _, p := range paths {
 		s.in.Run("xenstore-write", p, "1")
-		if got, want := w.next(t), wantRoute(p, nil); got != want {
+		if got, want := w.next(t), wantRoute(p); got != want {
 			t.Errorf("event %s:\n got %q\nwant %q", p, got, want)
 		}
 	}
@@ -127,7 +125,6 @@ func TestWatchRoutingWithAgent(t *testing.T) {
 	sock := serveAgent(t, fakeAgent{}) // workers: 3, 5, 7 live; 9 none
 	w := startWatch(t, s, sock, "--json", "--count", strconv.Itoa(1+len(watchPaths)), "/local/domain")
 	w.next(t)
-	workers := map[domid.ID]bool{3: true, 5: true, 7: true}
 	for _, p := range watchPaths {
 		if !strings.HasPrefix(p, "/") {
 			p = "/local/domain/0/" + p
@@ -146,7 +143,7 @@ func TestWatchRoutingWithAgent(t *testing.T) {
 		if r.Node != nil {
 			got += " node=" + strconv.Itoa(int(*r.Node))
 		}
-		if want := wantRoute(p, workers); got != want || r.Token != "/local/domain" {
+		if want := wantRoute(p); got != want || r.Token != "/local/domain" {
 			t.Errorf("event %s:\n got %q (token %q)\nwant %q", p, got, r.Token, want)
 		}
 	}

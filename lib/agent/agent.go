@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
+	"github.com/mtwatch/mtwatch/lib/canary"
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
@@ -66,9 +67,6 @@ type Options struct {
 	// Dial connects to xenstored; nil means xenstore.Dial with the
 	// configured path. Tests use it to hold a reconnection.
 	Dial func(ctx context.Context) (*xenstore.Client, error)
-	// BarrierWait bounds how long plugin events are held behind a domain
-	// introduction or a node event not yet handled; zero means 250 ms.
-	BarrierWait time.Duration
 }
 
 // Agent is a running mtwatchd: the domain table, the connection to
@@ -81,9 +79,9 @@ type Agent struct {
 	domains *domainTable
 	conn    *connection
 	plugins []*hostedPlugin
-	// bar holds plugin events behind the control-plane events read
-	// before them (barrier.go).
-	bar     *barrier
+	// canary times writes of a private node to their watch events; nil
+	// when agent.canary_interval is 0.
+	canary  *canary.Canary
 	reg     *prometheus.Registry
 	metrics *metrics
 	started time.Time
@@ -152,38 +150,61 @@ func New(opts Options) (*Agent, error) {
 	if a.notify == nil {
 		a.notify = func(string) {}
 	}
-	a.single, a.auto, a.xsPath = cfg.Agent.SingleWorker, cfg.Agent.AutoDetect, cfg.Agent.Xenstore
+	a.single, a.auto, a.xsPath = cfg.Agent.SingleWorker, cfg.Agent.HasSource(config.SourceIntroduce), cfg.Agent.Xenstore
 	if a.domid, a.domidFixed, err = cfg.Agent.FixedDomid(); err != nil {
 		return nil, fmt.Errorf("agent: %w: %w", ErrConfig, err)
 	}
 	a.driver = a.domid != domid.Dom0
 	a.stallAt.Store(int64(cfg.Agent.StallThreshold.Duration))
+	// The domain table is made first: the dispatcher tells it of domids
+	// whose events wait for a worker (OnStage).
+	a.domains = newDomainTable(a.log, nil, a.auto)
 	d, err = dispatch.New(dispatch.Config{
 		Logger:         a.log,
 		Capacity:       cfg.Agent.QueueCapacity,
 		StallThreshold: cfg.Agent.StallThreshold.Duration,
 		SingleWorker:   cfg.Agent.SingleWorker,
+		// A guest's events wait for its worker instead of running on the
+		// default worker, however late the worker's source is handled.
+		Staging:        true,
+		StagingTimeout: cfg.Agent.StagingTimeout.Duration,
+		OnStage:        a.domains.staged,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w: %w", ErrConfig, err)
 	}
 	a.d = d
-	a.bar = newBarrier(d.Dispatch, a.log)
-	if opts.BarrierWait > 0 {
-		a.bar.maxWait = opts.BarrierWait
-	}
-	a.domains = newDomainTable(a.log, d, a.auto)
+	a.domains.d = d
+	a.domains.setSources(cfg.Agent.HasSource(config.SourceNode), cfg.Agent.HasSource(config.SourceLibxl))
 	a.domains.setSelf(a.domid)
 	a.domains.setStale(cfg.Agent.StaleGrace.Duration, cfg.Agent.ReapStale)
 	dial := opts.Dial
 	if dial == nil {
 		dial = dialer(a.xsPath)
 	}
-	a.conn = newConnection(a.log, dial, a.notify, a.bar.event)
+	a.conn = newConnection(a.log, dial, a.notify, a.dispatch)
+	if iv := cfg.Agent.CanaryInterval.Duration; iv > 0 {
+		cc := canary.Config{Interval: iv, Threshold: cfg.Agent.CanaryThreshold.Duration, Logger: a.log}
+		if a.driver {
+			// A driver domain cannot write dom0's home: its own.
+			cc.Path, cc.Owner = homeOf(a.domid)+"/mtwatch-canary", a.domid
+		}
+		if a.canary, err = canary.New(cc); err != nil {
+			d.Stop(context.Background())
+			return nil, fmt.Errorf("agent: %w: %w", ErrConfig, err)
+		}
+	}
 	a.metrics = newMetrics(a)
 	if err := a.reg.Register(a.metrics); err != nil {
 		d.Stop(context.Background())
 		return nil, fmt.Errorf("agent: metrics: %w", err)
+	}
+	if a.canary != nil {
+		if err := a.reg.Register(a.canary); err != nil {
+			a.reg.Unregister(a.metrics)
+			d.Stop(context.Background())
+			return nil, fmt.Errorf("agent: metrics: %w", err)
+		}
 	}
 	if err := a.buildPlugins(); err != nil {
 		d.Stop(context.Background())
@@ -195,10 +216,16 @@ func New(opts Options) (*Agent, error) {
 // Dispatcher returns the agent's dispatcher (for benchmarks and tests).
 func (a *Agent) Dispatcher() *dispatch.Dispatcher { return a.d }
 
-// BarrierTimeouts returns how often plugin events held behind a domain
-// introduction or a node event were dispatched before the agent had handled
-// it, because a bound of the hold was reached.
-func (a *Agent) BarrierTimeouts() uint64 { return a.bar.timeouts() }
+// dispatch hands a plugin watch's event to the dispatcher, on the
+// connection's reading goroutine: it never waits for a handler. An event of
+// a guest whose worker does not exist yet waits for it in the dispatcher
+// (staging), so nothing here needs to hold events back.
+func (a *Agent) dispatch(path, token string) {
+	if err := a.d.Dispatch(path, token); err != nil &&
+		!errors.Is(err, dispatch.ErrUnknownWatch) && !errors.Is(err, dispatch.ErrStopped) {
+		a.log.Error("dispatch failed", "path", path, "watch", token, "err", err)
+	}
+}
 
 // Registry returns the Prometheus registry the agent's metrics are in.
 func (a *Agent) Registry() *prometheus.Registry { return a.reg }
@@ -303,8 +330,6 @@ func (a *Agent) establish(ctx context.Context, first bool) (*session, error) {
 	}
 	s, err := a.connect(ctx, c, !first)
 	if err != nil {
-		// What the failed session held is dispatched.
-		a.bar.setOwner(nil)
 		return fail(err)
 	}
 	return s, nil
@@ -317,9 +342,6 @@ func (a *Agent) supervise(s *session) {
 	defer a.wg.Done()
 	for {
 		err := s.run(a.runCtx)
-		// Whatever the lost session held is dispatched; its callbacks, if
-		// any still run, raise nothing.
-		a.bar.setOwner(nil)
 		if a.runCtx.Err() != nil {
 			return
 		}
@@ -375,7 +397,6 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		a.runCancel()
 	}
 	a.wg.Wait()
-	a.bar.stop()
 	// Once Unwatch returns, its callback is not running and is not called
 	// again (WatchFunc): no event is dispatched after this.
 	for _, xw := range a.conn.close() {
@@ -390,6 +411,9 @@ func (a *Agent) shutdown(ctx context.Context) error {
 		dcancel()
 		dctx, dcancel = context.WithDeadline(ctx, dl.Add(-a.stopReserve()))
 	}
+	// No worker will come for a staged event any more: they run now, with
+	// a cancelled context, rather than wait for the staging timeout.
+	a.d.FlushAllStaged()
 	a.d.WaitIdle(dctx)
 	// Cancels what still runs and, when draining was cut short, discards
 	// what is queued; does not wait for handlers that ignore their
@@ -410,6 +434,9 @@ func (a *Agent) shutdown(ctx context.Context) error {
 	}
 	a.conn.closeClient()
 	a.reg.Unregister(a.metrics)
+	if a.canary != nil {
+		a.reg.Unregister(a.canary)
+	}
 	return errors.Join(errs...)
 }
 

@@ -30,7 +30,7 @@ type connection struct {
 	dial   func(ctx context.Context) (*xenstore.Client, error)
 	notify func(state string)
 	// event receives the plugins' watch events, on the client's reading
-	// goroutine (the barrier).
+	// goroutine (Agent.dispatch).
 	event func(path, token string)
 
 	// mu guards the client and the plugin watches, so that a watch added
@@ -242,11 +242,11 @@ type pluginWatch struct {
 }
 
 // register registers w's XenStore watch on c, its events handed to the
-// barrier, and by it to the dispatcher, on the goroutine that reads the
+// dispatcher on the goroutine that reads the
 // connection (xenstore.WatchFunc): no queue and no goroutine hand-off
 // between xenstored and the domain queues, which took the agent's event
 // rate from half the bare libxenstore watcher's (docs/performance.md).
-// Neither the barrier nor Dispatch ever waits for a handler, so the
+// Dispatch never waits for a handler, so the
 // connection's replies keep flowing to the handlers that make calls. A
 // WatchFunc watch does not overflow: the dispatcher's per-domain queues are
 // the only bound, and report their own overflows. An event of a connection

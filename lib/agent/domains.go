@@ -38,11 +38,14 @@ type domainTable struct {
 	log *slog.Logger
 	d   *dispatch.Dispatcher
 	// Fixed before the table is first used: with auto-detection, an
-	// introduced domain has a worker; in a driver domain (self is not
-	// dom0) its frontends do.
-	auto   bool
-	driver bool
-	self   domid.ID
+	// introduced domain has a worker; with useNode, a domain with a
+	// trusted node; with useLibxl, a domain with a dom0-only /libxl/<domid>;
+	// in a driver domain (self is not dom0) its frontends do.
+	auto     bool
+	useNode  bool
+	useLibxl bool
+	driver   bool
+	self     domid.ID
 
 	staleGrace atomic.Int64 // nanoseconds; 0 disables
 	reapStale  atomic.Bool
@@ -52,8 +55,16 @@ type domainTable struct {
 	// frontends mirrors the domains with st.backend, for the backend
 	// watch's callback, which takes no lock; written under mu.
 	frontends *[domid.FirstReserved]atomic.Bool
-	ignored   map[string]string // entries of the mtwatch dir logged as ignored, with the reason
-	nameq     chan domid.ID     // domains whose name to read
+	// libxls mirrors st.libxl, for the /libxl watch's callback.
+	libxls  *[domid.FirstReserved]atomic.Bool
+	ignored map[string]string // entries of the mtwatch dir logged as ignored, with the reason
+	// Domids whose events wait in the dispatcher for a worker (OnStage),
+	// for the session to check: each queued at most once (stagedSet), so
+	// the queue, which holds every domid, never blocks.
+	stagedq    chan domid.ID
+	stagedSet  *[domid.FirstReserved]atomic.Bool
+	stagedKick chan struct{} // capacity 1
+	nameq      chan domid.ID // domains whose name to read
 	// nameKick: a domain was introduced or released; every known name is
 	// read again at the name reader's next tick.
 	nameKick atomic.Bool
@@ -71,19 +82,60 @@ type domState struct {
 	absent     time.Time // when a node was first seen without introduction
 	stale      bool
 	worker     bool // CreateDomain done and not undone
+	// libxl: /libxl/<domid> exists, owned by dom0 with perms n0; vm: the
+	// uuid of /local/domain/<domid>/vm, read with it.
+	libxl bool
+	vm    string
+	// inc is the incarnation the worker was created for (lib/dispatch):
+	// the VM uuid, "" when unknown.
+	inc string
+	// released: the agent saw the domain introduced, then not any more.
+	released bool
+}
+
+// setIntroduced records whether the domain is introduced, and whether it
+// was seen released (introduced, then not).
+func (st *domState) setIntroduced(in bool) {
+	if st.introduced != in {
+		st.released = !in
+	}
+	st.introduced = in
+}
+
+// incarnation names the domain's incarnation: the node's VM uuid, else the
+// one /local/domain/<domid>/vm names (libxl and xenopsd write it in the
+// domain's first transaction), else unknown.
+func (st *domState) incarnation() string {
+	if st.uuid != "" {
+		return st.uuid
+	}
+	return st.vm
 }
 
 func newDomainTable(log *slog.Logger, d *dispatch.Dispatcher, auto bool) *domainTable {
 	return &domainTable{
-		log:       log,
-		d:         d,
-		auto:      auto,
-		doms:      map[domid.ID]*domState{},
-		frontends: new([domid.FirstReserved]atomic.Bool),
-		ignored:   map[string]string{},
-		nameq:     make(chan domid.ID, domid.FirstReserved),
+		log:        log,
+		d:          d,
+		auto:       auto,
+		useNode:    true,
+		doms:       map[domid.ID]*domState{},
+		frontends:  new([domid.FirstReserved]atomic.Bool),
+		libxls:     new([domid.FirstReserved]atomic.Bool),
+		ignored:    map[string]string{},
+		nameq:      make(chan domid.ID, domid.FirstReserved),
+		stagedq:    make(chan domid.ID, domid.FirstReserved),
+		stagedSet:  new([domid.FirstReserved]atomic.Bool),
+		stagedKick: make(chan struct{}, 1),
 	}
 }
+
+// setSources fixes which of the node and /libxl sources give workers,
+// before the table is used (agent.sources; introductions are auto).
+func (t *domainTable) setSources(node, libxl bool) { t.useNode, t.useLibxl = node, libxl }
+
+// hasLibxl: id has a trusted /libxl/<domid>. It takes no lock, for the
+// /libxl watch's callback.
+func (t *domainTable) hasLibxl(id domid.ID) bool { return id.IsGuest() && t.libxls[id].Load() }
 
 // setSelf fixes the domain the agent runs in, before the table is used.
 func (t *domainTable) setSelf(id domid.ID) { t.self, t.driver = id, id != domid.Dom0 }
@@ -189,7 +241,8 @@ func (t *domainTable) checkNode(ctx context.Context, c *xenstore.Client, id domi
 		st = &domState{}
 		t.doms[id] = st
 	}
-	st.node, st.introduced = present, introduced
+	st.node = present
+	st.setIntroduced(introduced)
 	if present {
 		st.uuid = n.UUID
 	} else {
@@ -212,15 +265,26 @@ func validValue(v string) bool { return v == "" || node.ValidUUID(v) }
 // apply creates or destroys the worker of id as the rule wants, and forgets
 // a domain that has neither node nor introduction.
 func (t *domainTable) applyLocked(id domid.ID, st *domState) {
-	want := st.node || (t.auto && st.introduced) || st.backend
+	want := (t.useNode && st.node) || (t.useLibxl && st.libxl) || (t.auto && st.introduced) || st.backend
+	inc := st.incarnation()
 	switch {
+	case want && st.worker && inc != "" && st.inc != "" && inc != st.inc:
+		// The domid was reused and the old domain's end went unseen
+		// (xenstored merged the events): the new incarnation's worker
+		// does not wait for the old one's handlers.
+		if err := t.d.CreateIncarnation(id, inc); err != nil {
+			t.log.Error("cannot create domain worker", "domid", id, "incarnation", inc, "err", err)
+			return
+		}
+		st.inc = inc
+		t.log.Info("domain worker of a new incarnation; the old one's handlers are cancelled after a grace", "domid", id, "uuid", inc)
 	case want && !st.worker:
-		if err := t.d.CreateDomain(id); err != nil && !errors.Is(err, dispatch.ErrDomainExists) {
+		if err := t.d.CreateIncarnation(id, inc); err != nil && !errors.Is(err, dispatch.ErrDomainExists) {
 			t.log.Error("cannot create domain worker", "domid", id, "err", err)
 			return
 		}
-		st.worker = true
-		t.log.Debug("domain worker created", "domid", id, "node", st.node, "introduced", st.introduced, "backend", st.backend)
+		st.worker, st.inc = true, inc
+		t.log.Debug("domain worker created", "domid", id, "node", st.node, "libxl", st.libxl, "introduced", st.introduced, "backend", st.backend, "uuid", inc)
 	case !want && st.worker:
 		if err := t.d.DestroyDomain(id); err != nil && !errors.Is(err, dispatch.ErrNoDomain) {
 			t.log.Error("cannot destroy domain worker", "domid", id, "err", err)
@@ -234,7 +298,7 @@ func (t *domainTable) applyLocked(id domid.ID, st *domState) {
 	} else if st.absent.IsZero() {
 		st.absent = time.Now()
 	}
-	if !st.node && !st.introduced && !st.backend && !st.worker {
+	if !st.node && !st.introduced && !st.backend && !st.worker && !st.libxl {
 		delete(t.doms, id)
 	}
 }
@@ -260,12 +324,19 @@ func (t *domainTable) reconcile(ctx context.Context, c *xenstore.Client) error {
 	if err != nil {
 		return err
 	}
+	libxls, err := t.scanLibxl(ctx, c)
+	if err != nil {
+		return err
+	}
 	t.mu.Lock()
 	for id := range t.doms {
 		candidates[id] = struct{}{}
 	}
 	t.mu.Unlock()
 	for id := range nodes {
+		candidates[id] = struct{}{}
+	}
+	for id := range libxls {
 		candidates[id] = struct{}{}
 	}
 	intro, err := t.introducedAmong(ctx, c, candidates)
@@ -284,14 +355,18 @@ func (t *domainTable) reconcile(ctx context.Context, c *xenstore.Client) error {
 			}
 			hasNode, uuid = st.node, st.uuid // changes nothing
 		}
+		lx, hasLibxl := libxls[id]
 		if st == nil {
-			if !hasNode && !intro[id] {
+			if !hasNode && !intro[id] && !hasLibxl {
 				continue
 			}
 			st = &domState{}
 			t.doms[id] = st
 		}
-		st.node, st.uuid, st.introduced = hasNode, uuid, intro[id]
+		st.node, st.uuid = hasNode, uuid
+		st.setIntroduced(intro[id])
+		st.libxl, st.vm = hasLibxl, lx.vm
+		t.libxls[id].Store(hasLibxl)
 		t.applyLocked(id, st)
 		if t.doms[id] == st && !st.nameRead {
 			names = append(names, id)
@@ -444,7 +519,7 @@ func (t *domainTable) setIntroduced(ctx context.Context, c *xenstore.Client, ids
 		if st.introduced != in {
 			t.log.Debug("domain introduction changed", "domid", id, "introduced", in)
 		}
-		st.introduced = in
+		st.setIntroduced(in)
 		t.applyLocked(id, st)
 		if t.doms[id] == st && !st.nameRead {
 			names = append(names, id)
@@ -575,6 +650,9 @@ func (t *domainTable) staleTick() time.Duration {
 // domain is introduced is never removed: xenstored is asked again right
 // before.
 func (t *domainTable) checkStale(ctx context.Context, c *xenstore.Client) error {
+	if err := t.reapDead(ctx, c); err != nil {
+		return err
+	}
 	grace := time.Duration(t.staleGrace.Load())
 	reap := t.reapStale.Load()
 	now := time.Now()
@@ -683,6 +761,7 @@ func (t *domainTable) entryLocked(id domid.ID, ds dispatch.DomainStats, cur func
 		LastLatencyUS: ds.LastLatency.Microseconds(),
 		MaxLatencyUS:  ds.MaxLatency.Microseconds(),
 		Current:       cur(ds.Current),
+		Staged:        ds.Staged,
 	}
 	switch {
 	case id == domid.Dom0:
@@ -694,7 +773,10 @@ func (t *domainTable) entryLocked(id domid.ID, ds dispatch.DomainStats, cur func
 	}
 	if st := t.doms[id]; st != nil {
 		d.Name, d.UUID, d.Node, d.Introduced, d.Stale = st.name, st.uuid, st.node, st.introduced, st.stale
-		d.Backend = st.backend
+		d.Backend, d.Libxl = st.backend, st.libxl
+		if d.UUID == "" {
+			d.UUID = st.vm
+		}
 	}
 	if id == domid.Dom0 {
 		d.Name = "Domain-0"
@@ -711,4 +793,275 @@ func (t *domainTable) nameStalls(stalls []control.Stall) {
 			stalls[i].Name = d.name
 		}
 	}
+}
+
+// libxlPath is /libxl/<domid>.
+func libxlPath(id domid.ID) string { return libxlDir + "/" + id.String() }
+
+// libxlInfo is what a read of /libxl/<domid> found.
+type libxlInfo struct {
+	vm string // the VM uuid of /local/domain/<domid>/vm, "" when unknown
+}
+
+// readLibxl reads whether id has a trusted /libxl/<domid>: owned by dom0
+// with no access for anybody else (perms exactly n0), as libxl__domain_make
+// (xen tools/libs/light/libxl_create.c) and xenopsd's Domain.make (xen-api
+// ocaml/xenopsd/xc/domain.ml) create it; a node a guest could write gives
+// nothing. With it, the VM uuid that /local/domain/<domid>/vm names
+// ("/vm/<uuid>", written in the same transaction).
+func readLibxl(ctx context.Context, c *xenstore.Client, id domid.ID) (info libxlInfo, ok bool, err error) {
+	var (
+		vm   []byte
+		verr error
+		wg   sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		vm, verr = c.Read(ctx, homeOf(id)+"/vm")
+	}()
+	perms, err := c.GetPerms(ctx, libxlPath(id))
+	wg.Wait()
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return libxlInfo{}, false, nil
+	case err != nil:
+		return libxlInfo{}, false, err
+	case len(perms) != 1 || perms[0] != (xenstore.Perm{Domid: domid.Dom0, Access: xenstore.AccessNone}):
+		return libxlInfo{}, false, fmt.Errorf("%s has perms %s, want n0: %w", libxlPath(id), perms, node.ErrUntrusted)
+	}
+	if verr == nil {
+		if u, found := strings.CutPrefix(string(vm), "/vm/"); found && node.ValidUUID(u) {
+			info.vm = u
+		}
+	}
+	return info, true, nil
+}
+
+// scanLibxl reads every /libxl/<domid> (dom0 with the libxl source only).
+func (t *domainTable) scanLibxl(ctx context.Context, c *xenstore.Client) (map[domid.ID]libxlInfo, error) {
+	if !t.useLibxl || t.driver {
+		return nil, nil
+	}
+	names, err := c.Directory(ctx, libxlDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	var ids []domid.ID
+	for _, n := range names {
+		if id, err := domid.ParseGuest(n); err == nil {
+			ids = append(ids, id)
+		}
+	}
+	infos := make([]libxlInfo, len(ids))
+	oks := make([]bool, len(ids))
+	err = fanout.Each(ctx, len(ids), inflight, func(i int) error {
+		var err error
+		infos[i], oks[i], err = readLibxl(ctx, c, ids[i])
+		if errors.Is(err, node.ErrUntrusted) {
+			t.log.Warn("ignoring a /libxl entry that is not dom0's alone", "domid", ids[i], "err", err)
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[domid.ID]libxlInfo, len(ids))
+	for i, id := range ids {
+		if oks[i] {
+			out[id] = infos[i]
+		}
+	}
+	return out, nil
+}
+
+// checkLibxl re-reads /libxl/<domid> of id after an event for it.
+func (t *domainTable) checkLibxl(ctx context.Context, c *xenstore.Client, id domid.ID) error {
+	info, ok, err := readLibxl(ctx, c, id)
+	if errors.Is(err, node.ErrUntrusted) {
+		t.log.Warn("ignoring a /libxl entry that is not dom0's alone", "domid", id, "err", err)
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	st := t.doms[id]
+	if st == nil {
+		if !ok {
+			t.mu.Unlock()
+			t.libxls[id].Store(false)
+			return nil
+		}
+		st = &domState{}
+		t.doms[id] = st
+	}
+	st.libxl, st.vm = ok, info.vm
+	t.libxls[id].Store(ok)
+	t.applyLocked(id, st)
+	needName := ok && !st.nameRead && t.doms[id] == st
+	t.mu.Unlock()
+	if needName {
+		t.readNames([]domid.ID{id})
+	}
+	return nil
+}
+
+// staged is the dispatcher's OnStage: events of guest id wait for a worker.
+// It runs with the dispatcher locked, so it only queues id for the session
+// (checkStaged) and never blocks.
+func (t *domainTable) staged(id domid.ID) {
+	if !id.IsGuest() || t.stagedSet[id].Swap(true) {
+		return
+	}
+	t.stagedq <- id // room for every domid, each queued once
+	select {
+	case t.stagedKick <- struct{}{}:
+	default:
+	}
+}
+
+// checkStaged decides, for each domid whose events wait for a worker, what
+// becomes of them: nothing yet if a source gives it a worker (the worker
+// promotes them when the source's event is handled); else they are flushed
+// at once: if the domid is a domain all the same (/local/domain/<domid>,
+// an untrusted /libxl/<domid>, or introduced, with that source off), they
+// run in order on a worker of their own with a live context; if it is no
+// domain (a dead domain's late events), with a cancelled context, as a
+// destroyed domain's last events run. Never on the default worker.
+func (t *domainTable) checkStaged(ctx context.Context, c *xenstore.Client) error {
+	var ids []domid.ID
+	for more := true; more; {
+		select {
+		case id := <-t.stagedq:
+			t.stagedSet[id].Store(false) // staged again later: checked again
+			ids = append(ids, id)
+		default:
+			more = false
+		}
+	}
+	return fanout.Each(ctx, len(ids), inflight, func(i int) error {
+		id := ids[i]
+		t.mu.Lock()
+		st := t.doms[id]
+		worker := st != nil && st.worker
+		hasNode := st != nil && st.node
+		t.mu.Unlock()
+		if worker {
+			return nil
+		}
+		var (
+			lx          bool
+			lerr        error
+			home, intro bool
+			herr, ierr  error
+			wg          sync.WaitGroup
+		)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, lx, lerr = readLibxl(ctx, c, id)
+		}()
+		go func() {
+			defer wg.Done()
+			intro, ierr = c.IsDomainIntroduced(ctx, id)
+		}()
+		_, herr = c.GetPerms(ctx, homeOf(id))
+		wg.Wait()
+		untrusted := errors.Is(lerr, node.ErrUntrusted)
+		if untrusted {
+			lerr = nil
+		}
+		home = herr == nil
+		if herr != nil && !errors.Is(herr, fs.ErrNotExist) {
+			return herr
+		}
+		if err := errors.Join(lerr, ierr); err != nil {
+			t.stagedRetry(id)
+			return err
+		}
+		if (t.useNode && hasNode) || (t.useLibxl && lx) || (t.auto && intro) {
+			return nil // its worker is on the way
+		}
+		exists := home || intro || lx || untrusted || hasNode
+		n, err := t.d.FlushStaged(id, !exists)
+		if n > 0 {
+			t.log.Debug("staged events flushed: no worker source for the domid", "domid", id, "events", n, "domain_exists", exists)
+		}
+		return err
+	})
+}
+
+// stagedRetry queues id again after a failed check.
+func (t *domainTable) stagedRetry(id domid.ID) { t.staged(id) }
+
+// provablyDead reports whether guest id is gone for good: not introduced
+// (the caller knows), and neither /libxl/<domid> nor /local/domain/<domid>
+// exists: libxl removes both in devices_destroy_cb (xen
+// tools/libs/light/libxl_domain.c) and xenopsd in Domain.destroy, and
+// xenstored removes a released domain's own nodes.
+func provablyDead(ctx context.Context, c *xenstore.Client, id domid.ID) (bool, error) {
+	for _, p := range []string{libxlPath(id), homeOf(id)} {
+		_, err := c.GetPerms(ctx, p)
+		if err == nil {
+			return false, nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return false, err
+		}
+	}
+	return true, nil
+}
+
+// reapDead removes at once the nodes of domains that are provably dead, and
+// with them their workers (a guest shut down from inside under xl leaves its
+// node behind: no hook runs): seen introduced, then released, and without
+// /libxl/<domid> and /local/domain/<domid>. Any other node whose domain is
+// not introduced (never seen introduced: not built yet, or released while
+// the agent was not running) is left to stale_grace.
+func (t *domainTable) reapDead(ctx context.Context, c *xenstore.Client) error {
+	if t.driver {
+		return nil
+	}
+	type cand struct {
+		id   domid.ID
+		uuid string
+	}
+	var cands []cand
+	t.mu.Lock()
+	for id, st := range t.doms {
+		if st.node && st.released && !st.introduced && !st.libxl {
+			cands = append(cands, cand{id, st.uuid})
+		}
+	}
+	t.mu.Unlock()
+	return fanout.Each(ctx, len(cands), inflight, func(i int) error {
+		v := cands[i]
+		in, err := c.IsDomainIntroduced(ctx, v.id)
+		if err != nil || in {
+			return err
+		}
+		dead, err := provablyDead(ctx, c, v.id)
+		if err != nil || !dead {
+			return err
+		}
+		if v.uuid != "" {
+			_, err = node.DestroyIf(ctx, c, v.id, v.uuid)
+		} else {
+			err = node.Destroy(ctx, c, v.id)
+		}
+		if err != nil {
+			return err
+		}
+		t.log.Info("removed the mtwatch node of a dead domain (released, no /libxl/<domid>, no /local/domain/<domid>)",
+			"domid", v.id, "path", node.Path(v.id))
+		t.mu.Lock()
+		if st := t.doms[v.id]; st != nil && st.uuid == v.uuid {
+			st.node, st.uuid = false, ""
+			t.applyLocked(v.id, st)
+		}
+		t.mu.Unlock()
+		return nil
+	})
 }

@@ -19,8 +19,8 @@ type metrics struct {
 	a       *Agent
 	latency prometheus.Histogram
 
-	workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge, barrier *prometheus.Desc
-	ev                                                                                        eventDescs
+	workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge *prometheus.Desc
+	ev                                                                               eventDescs
 }
 
 // eventDescs are the event counters, split so that every sum means
@@ -34,6 +34,9 @@ type metrics struct {
 // again, by what went wrong with them.
 type eventDescs struct {
 	dispatched, unmatched, overflows, calls, discarded, failures, stalls *prometheus.Desc
+	// Staging: a guest's events that waited for its worker, and what
+	// became of them; a guest's handler calls on the default worker.
+	staged, unstaged, guestOnDefault *prometheus.Desc
 }
 
 func newMetrics(a *Agent) *metrics {
@@ -45,13 +48,16 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100us .. 26s
 		}),
 		ev: eventDescs{
-			dispatched: prometheus.NewDesc("mtwatch_events_dispatched_total", "Watch events that matched a registered watch; each ends as one handler call or one discard.", nil, nil),
-			unmatched:  prometheus.NewDesc("mtwatch_events_unmatched_total", "Watch events whose token matched no registered watch (not dispatched).", nil, nil),
-			overflows:  prometheus.NewDesc("mtwatch_overflow_notices_total", "Overflow notices queued for a watch after its domain's queue was full; each ends as one handler call or one discard.", nil, nil),
-			calls:      prometheus.NewDesc("mtwatch_handler_calls_total", "Handler calls run to their end, for events and overflow notices.", nil, nil),
-			discarded:  prometheus.NewDesc("mtwatch_events_discarded_total", "Events (and, for purged, notices) that ended without a handler call: filtered by the watch, coalesced into an identical pending one, dropped on a full domain queue, purged by unregister or stop.", []string{"reason"}, nil),
-			failures:   prometheus.NewDesc("mtwatch_handler_failures_total", "Handler calls that returned an error or panicked (counted in mtwatch_handler_calls_total too).", []string{"reason"}, nil),
-			stalls:     prometheus.NewDesc("mtwatch_handler_stalls_total", "Handler calls that ran past the stall threshold.", nil, nil),
+			dispatched:     prometheus.NewDesc("mtwatch_events_dispatched_total", "Watch events that matched a registered watch; each ends as one handler call or one discard.", nil, nil),
+			unmatched:      prometheus.NewDesc("mtwatch_events_unmatched_total", "Watch events whose token matched no registered watch (not dispatched).", nil, nil),
+			overflows:      prometheus.NewDesc("mtwatch_overflow_notices_total", "Overflow notices queued for a watch after its domain's queue was full; each ends as one handler call or one discard.", nil, nil),
+			calls:          prometheus.NewDesc("mtwatch_handler_calls_total", "Handler calls run to their end, for events and overflow notices.", nil, nil),
+			discarded:      prometheus.NewDesc("mtwatch_events_discarded_total", "Events (and, for purged, notices) that ended without a handler call: filtered by the watch, coalesced into an identical pending one, dropped on a full domain queue, purged by unregister or stop.", []string{"reason"}, nil),
+			failures:       prometheus.NewDesc("mtwatch_handler_failures_total", "Handler calls that returned an error or panicked (counted in mtwatch_handler_calls_total too).", []string{"reason"}, nil),
+			stalls:         prometheus.NewDesc("mtwatch_handler_stalls_total", "Handler calls that ran past the stall threshold.", nil, nil),
+			staged:         prometheus.NewDesc("mtwatch_events_staged_total", "A guest's events (counted in mtwatch_events_dispatched_total) that waited for its worker instead of running on the default worker.", nil, nil),
+			unstaged:       prometheus.NewDesc("mtwatch_events_unstaged_total", "Staged events handed on: promoted to the guest's worker when it came, or flushed to a worker of their own when none would.", []string{"to"}, nil),
+			guestOnDefault: prometheus.NewDesc("mtwatch_guest_events_on_default_worker_total", "Handler calls of a guest's events on the default worker: 0 outside single-worker mode.", nil, nil),
 		},
 		workers:    prometheus.NewDesc("mtwatch_workers", "Domain workers, live or draining.", nil, nil),
 		domains:    prometheus.NewDesc("mtwatch_domains", "Guest domains known (node or introduced).", nil, nil),
@@ -62,12 +68,11 @@ func newMetrics(a *Agent) *metrics {
 		connected:  prometheus.NewDesc("mtwatch_xenstore_connected", "1 while connected to xenstored.", nil, nil),
 		queued:     prometheus.NewDesc("mtwatch_domain_queued_events", "Events pending for a domain with a worker.", []string{"domid"}, nil),
 		stallAge:   prometheus.NewDesc("mtwatch_domain_stall_age_seconds", "Age of the stalled handler of a domain's worker; domid 0 is the default worker, whatever domain its event belongs to.", []string{"domid"}, nil),
-		barrier:    prometheus.NewDesc("mtwatch_barrier_timeouts_total", "Times plugin events held behind a domain introduction or node event were dispatched before the agent had handled it (a bound of the hold was reached).", nil, nil),
 	}
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.ev.dispatched, m.ev.unmatched, m.ev.overflows, m.ev.calls, m.ev.discarded, m.ev.failures, m.ev.stalls, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge, m.barrier} {
+	for _, d := range []*prometheus.Desc{m.ev.dispatched, m.ev.unmatched, m.ev.overflows, m.ev.calls, m.ev.discarded, m.ev.failures, m.ev.stalls, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge, m.ev.staged, m.ev.unstaged, m.ev.guestOnDefault} {
 		ch <- d
 	}
 	m.latency.Describe(ch)
@@ -92,7 +97,6 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		conn = 1
 	}
 	ch <- prometheus.MustNewConstMetric(m.connected, prometheus.GaugeValue, conn)
-	ch <- prometheus.MustNewConstMetric(m.barrier, prometheus.CounterValue, float64(a.bar.timeouts()))
 	for _, ds := range st.Domains {
 		if ds.Domid == domid.Dom0 || !ds.Worker {
 			continue
@@ -100,7 +104,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.queued, prometheus.GaugeValue, float64(ds.Queued), strconv.Itoa(int(ds.Domid)))
 	}
 	// One series per worker: the default worker's stall (which holds up
-	// every domain without a worker, and dom0) as domid 0; a domain with a
+	// dom0's events and paths of no domain) as domid 0; a domain with a
 	// draining generation and a live one stalled at once shows the older.
 	age := map[domid.ID]int64{}
 	for _, sl := range stalls {
@@ -130,6 +134,10 @@ func (e eventDescs) collect(ch chan<- prometheus.Metric, t dispatch.Counters) {
 	counter(e.failures, t.Errors, "error")
 	counter(e.failures, t.Panics, "panic")
 	counter(e.stalls, t.Stalls)
+	counter(e.staged, t.Staged)
+	counter(e.unstaged, t.Promoted, "worker")
+	counter(e.unstaged, t.Flushed, "flush")
+	counter(e.guestOnDefault, t.GuestOnDefault)
 }
 
 // MetricsHandler serves the agent's registry in the Prometheus text format.

@@ -50,7 +50,9 @@ func TestMetrics(t *testing.T) {
 		"mtwatch_stalled_handlers 0",
 		"mtwatch_xenstore_connected 1",
 		"mtwatch_xenstore_reconnects_total 0",
-		"mtwatch_barrier_timeouts_total 0",
+		"mtwatch_guest_events_on_default_worker_total 0",
+		`mtwatch_events_unstaged_total{to="flush"} 0`,
+		"mtwatch_canary_alarm 0",
 		`mtwatch_domain_queued_events{domid="5"} 0`,
 	} {
 		if !strings.Contains(text, want) {

@@ -87,7 +87,7 @@ func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitCo
 
 // InitContext returns what the agent would build plugin name from, with
 // sec as its section: its XenStore connection, its watches (kept across
-// reconnections, their events through the barrier to the dispatcher), its
+// reconnections, their events to the dispatcher), its
 // metrics registry and its domid, learnt at Start. plugin/plugintest builds
 // the plugin under test from it on a running agent; a plugin built this way
 // is the caller's to start and stop, and is not in the control API's

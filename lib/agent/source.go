@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -48,11 +49,22 @@ func (a *Agent) status(st dispatch.Stats, stalls []control.Stall) control.Status
 			Filtered: st.Totals.Filtered, Dropped: st.Totals.Dropped,
 			Overflows: st.Totals.Overflows, Purged: st.Totals.Purged,
 			Panics: st.Totals.Panics, Errors: st.Totals.Errors, Stalls: st.Totals.Stalls,
+			Staged: st.Totals.Staged, Promoted: st.Totals.Promoted, Flushed: st.Totals.Flushed,
+			GuestOnDefault: st.Totals.GuestOnDefault,
 		},
 		Plugins:  a.pluginStatus(),
 		Xenstore: a.conn.status(a.xsPath),
 	}
 	s.Domains, s.Nodes, s.Stale = a.domains.counts()
+	s.Sources = a.sources()
+	if a.canary != nil {
+		cs := a.canary.Status()
+		s.Canary = &control.Canary{
+			IntervalMS: cs.Interval.Milliseconds(), ThresholdMS: cs.Threshold.Milliseconds(),
+			Samples: cs.Samples, LastLatencyUS: cs.LastLatency.Microseconds(), MaxLatencyUS: cs.MaxLatency.Microseconds(),
+			Alarm: cs.Alarm, Alarms: cs.Alarms, PendingMS: cs.PendingFor.Milliseconds(), LastError: cs.LastError,
+		}
+	}
 	return s
 }
 
@@ -115,5 +127,26 @@ func (a *Agent) stalls(st dispatch.Stats) []control.Stall {
 	}
 	a.domains.nameStalls(out)
 	slices.SortFunc(out, func(x, y control.Stall) int { return x.Started.Compare(y.Started) })
+	return out
+}
+
+// sources lists what gives a guest a worker, in the agent's mode.
+func (a *Agent) sources() []string {
+	if a.single {
+		return nil
+	}
+	if a.driver {
+		return []string{"backend"}
+	}
+	var out []string
+	if a.domains.useNode {
+		out = append(out, config.SourceNode)
+	}
+	if a.domains.useLibxl {
+		out = append(out, config.SourceLibxl)
+	}
+	if a.auto {
+		out = append(out, config.SourceIntroduce)
+	}
 	return out
 }

@@ -83,6 +83,31 @@ type Agent struct {
 	// wake a second thread (docs/performance.md measures it). The
 	// GOMAXPROCS environment variable, when set, overrides it.
 	GOMAXPROCS int `toml:"gomaxprocs" doc:"Threads running the agent's Go code at once; 0 is one per CPU. One suits an event router whose handlers wait rather than compute: with more, each event handed to an idle worker wakes a second thread (docs/mtwatchd.md). The GOMAXPROCS environment variable, if set, overrides it. Flag --gomaxprocs."`
+	// Sources are what gives a guest domain a worker in dom0 (SourceNode,
+	// SourceLibxl, SourceIntroduce; the last also needs AutoDetect).
+	Sources []string `toml:"sources" doc:"What gives a guest domain a worker in dom0, any of: \"node\", a trusted /local/domain/0/mtwatch/<domid> (the hooks); \"libxl\", a /libxl/<domid> owned by dom0 with perms exactly n0, which libxl (libxl__domain_make) and xenopsd (Domain.make) create in the domain's very first transaction, so xl, libvirt-libxl and XAPI domains get their worker before any device event, with no hook; \"introduce\", introduced to xenstored (also needs auto_detect)."`
+	// StagingTimeout bounds how long a guest's events wait for its worker.
+	StagingTimeout Duration `toml:"staging_timeout" doc:"Events of a guest domid that has no worker yet wait for it (at most queue_capacity per domid), never on the default worker. If the domid is no domain (no node, no /libxl/<domid>, no /local/domain/<domid>, not introduced) they run at once on a worker of their own with a cancelled context; whatever still waits after this runs on a worker of its own."`
+	// CanaryInterval: how often the canary node is written (0: no canary);
+	// CanaryThreshold: the write to watch-event latency past which it warns.
+	CanaryInterval  Duration `toml:"canary_interval" doc:"The canary: a private node (/local/domain/0/mtwatch-canary, perms n0) written this often; the time from each write to its watch event is in the control API and the histogram mtwatch_canary_latency_seconds. A slow canary with idle handlers means xenstored, or the kernel's single xenwatch thread over /dev/xen/xenbus, is slow. \"0s\" turns the canary off."`
+	CanaryThreshold Duration `toml:"canary_threshold" doc:"A canary write whose watch event takes longer than this raises the alarm (logged once per episode, mtwatch_canary_alarm)."`
+}
+
+// Worker sources (Agent.Sources).
+const (
+	SourceNode      = "node"
+	SourceLibxl     = "libxl"
+	SourceIntroduce = "introduce"
+)
+
+// HasSource reports whether the worker source name is on; "introduce" also
+// needs auto_detect.
+func (a Agent) HasSource(name string) bool {
+	if name == SourceIntroduce && !a.AutoDetect {
+		return false
+	}
+	return slices.Contains(a.Sources, name)
 }
 
 // FixedDomid returns the configured domid, or fixed false for "auto" (and
@@ -124,6 +149,10 @@ func Default() *Config {
 			StallThreshold:  Duration{10 * time.Second},
 			ShutdownTimeout: Duration{10 * time.Second},
 			GOMAXPROCS:      1,
+			Sources:         []string{SourceNode, SourceLibxl, SourceIntroduce},
+			StagingTimeout:  Duration{10 * time.Second},
+			CanaryInterval:  Duration{5 * time.Second},
+			CanaryThreshold: Duration{time.Second},
 		},
 		Log:     Log{Level: "info", Format: "auto"},
 		Control: Control{Socket: "/run/mtwatch/control.sock"},
@@ -208,6 +237,25 @@ func (c *Config) Validate() error {
 	}
 	if c.Agent.QueueCapacity <= 0 {
 		return c.errorAt("agent.queue_capacity", "queue_capacity %d: must be positive", c.Agent.QueueCapacity)
+	}
+	if len(c.Agent.Sources) == 0 {
+		return c.errorAt("agent.sources", "sources is empty: want some of %q, %q, %q", SourceNode, SourceLibxl, SourceIntroduce)
+	}
+	for i, src := range c.Agent.Sources {
+		switch src {
+		case SourceNode, SourceLibxl, SourceIntroduce:
+		default:
+			return c.errorAt("agent.sources", "source %q: want %q, %q or %q", src, SourceNode, SourceLibxl, SourceIntroduce)
+		}
+		if slices.Contains(c.Agent.Sources[:i], src) {
+			return c.errorAt("agent.sources", "source %q given twice", src)
+		}
+	}
+	if c.Agent.StagingTimeout.Duration <= 0 {
+		return c.errorAt("agent.staging_timeout", "staging_timeout %v: must be positive", c.Agent.StagingTimeout.Duration)
+	}
+	if c.Agent.CanaryInterval.Duration > 0 && c.Agent.CanaryThreshold.Duration <= 0 {
+		return c.errorAt("agent.canary_threshold", "canary_threshold %v: must be positive", c.Agent.CanaryThreshold.Duration)
 	}
 	switch c.Log.Format {
 	case "auto", "text", "json":
@@ -360,6 +408,14 @@ var restartOnly = []restartKey{
 	restartOnlyKey("control.socket", func(c *Config) *string { return &c.Control.Socket }),
 	restartOnlyKey("control.metrics_listen", func(c *Config) *string { return &c.Control.MetricsListen }),
 	restartOnlyKey("log.format", func(c *Config) *string { return &c.Log.Format }),
+	{
+		name: "agent.sources",
+		same: func(a, b *Config) bool { return slices.Equal(a.Agent.Sources, b.Agent.Sources) },
+		keep: func(dst, src *Config) { dst.Agent.Sources = slices.Clone(src.Agent.Sources) },
+	},
+	restartOnlyKey("agent.staging_timeout", func(c *Config) *Duration { return &c.Agent.StagingTimeout }),
+	restartOnlyKey("agent.canary_interval", func(c *Config) *Duration { return &c.Agent.CanaryInterval }),
+	restartOnlyKey("agent.canary_threshold", func(c *Config) *Duration { return &c.Agent.CanaryThreshold }),
 }
 
 // Reloaded returns what a reload from the running configuration c to next

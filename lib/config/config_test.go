@@ -4,6 +4,8 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -29,6 +31,11 @@ func TestParseErrors(t *testing.T) {
 		{"metrics without port", "[control]\nmetrics_listen = \"localhost\"\n", "f.toml:2: control.metrics_listen: "},
 		{"metrics bad port", "[control]\nmetrics_listen = \":http-ish\"\n", "f.toml:2: control.metrics_listen: "},
 		{"metrics port out of range", "[control]\nmetrics_listen = \"127.0.0.1:70000\"\n", "f.toml:2: control.metrics_listen: "},
+		{"unknown source", "[agent]\nsources = [\"node\", \"xl\"]\n", `f.toml:2: agent.sources: source "xl"`},
+		{"source twice", "[agent]\nsources = [\"libxl\", \"libxl\"]\n", `f.toml:2: agent.sources: source "libxl" given twice`},
+		{"no source", "[agent]\n\nsources = []\n", "f.toml:3: agent.sources: sources is empty"},
+		{"zero staging timeout", "[agent]\nstaging_timeout = \"0s\"\n", "f.toml:2: agent.staging_timeout"},
+		{"zero canary threshold", "[agent]\ncanary_threshold = \"0s\"\n", "f.toml:2: agent.canary_threshold"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -128,7 +135,7 @@ func TestDocExampleIsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := Default()
-	if c.Agent != d.Agent || c.Log != d.Log || c.Control != d.Control {
+	if !reflect.DeepEqual(c.Agent, d.Agent) || c.Log != d.Log || c.Control != d.Control {
 		t.Fatalf("docs/mtwatchd.toml differs from the defaults:\n%+v\n%+v", c, d)
 	}
 }
@@ -211,6 +218,13 @@ func TestReloaded(t *testing.T) {
 		applied.Control.Socket != run.Control.Socket {
 		t.Fatalf("applied %+v", applied)
 	}
+	srcs, err := Parse("f.toml", []byte("[agent]\nstall_threshold = \"1s\"\nsources = [\"libxl\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied, restart := run.Reloaded(srcs); strings.Join(restart, ",") != "agent.sources" || !slices.Equal(applied.Agent.Sources, run.Agent.Sources) {
+		t.Fatalf("sources: restart %v, applied %v", restart, applied.Agent.Sources)
+	}
 	if _, restart := run.Reloaded(run); len(restart) != 0 {
 		t.Fatalf("an unchanged file needs a restart for %v", restart)
 	}
@@ -280,5 +294,27 @@ func TestLoadBoundsSize(t *testing.T) {
 	os.WriteFile(ok, []byte("[agent]\n"), 0o644)
 	if _, err := Load(ok, true); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSources(t *testing.T) {
+	for _, tc := range []struct {
+		data string
+		want map[string]bool
+	}{
+		{"", map[string]bool{SourceNode: true, SourceLibxl: true, SourceIntroduce: true}},
+		{"[agent]\nauto_detect = false\n", map[string]bool{SourceNode: true, SourceLibxl: true}},
+		{"[agent]\nsources = [\"node\"]\n", map[string]bool{SourceNode: true}},
+		{"[agent]\nsources = [\"introduce\", \"libxl\"]\n", map[string]bool{SourceLibxl: true, SourceIntroduce: true}},
+	} {
+		c, err := Parse("f.toml", []byte(tc.data))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, src := range []string{SourceNode, SourceLibxl, SourceIntroduce} {
+			if got := c.Agent.HasSource(src); got != tc.want[src] {
+				t.Errorf("%q: HasSource(%s) = %v", tc.data, src, got)
+			}
+		}
 	}
 }

@@ -51,6 +51,10 @@ type Status struct {
 	DefaultWorker DefaultWorker  `json:"default_worker"`
 	Totals        Totals         `json:"totals"`
 	Plugins       []PluginStatus `json:"plugins"`
+	// Sources are what gives a guest a worker (agent.sources in force).
+	Sources []string `json:"sources,omitempty"`
+	// Canary is nil when the canary is off.
+	Canary *Canary `json:"canary,omitempty"`
 }
 
 // XenstoreStatus is the agent's connection to xenstored.
@@ -87,6 +91,30 @@ type Totals struct {
 	Panics     uint64 `json:"panics"`
 	Errors     uint64 `json:"errors"`
 	Stalls     uint64 `json:"stalls"`
+	// Staged: events of a guest that waited for its worker; Promoted: of
+	// those, handed to the worker when it came; Flushed: run on a drain
+	// worker because no worker came. GuestOnDefault: a guest's events run
+	// on the default worker (single-worker mode only).
+	Staged         uint64 `json:"staged"`
+	Promoted       uint64 `json:"promoted"`
+	Flushed        uint64 `json:"flushed"`
+	GuestOnDefault uint64 `json:"guest_on_default"`
+}
+
+// Canary is the write to watch-event probe: a private node written every
+// interval, timed from the write to its watch event.
+type Canary struct {
+	IntervalMS    int64  `json:"interval_ms"`
+	ThresholdMS   int64  `json:"threshold_ms"`
+	Samples       uint64 `json:"samples"`
+	LastLatencyUS int64  `json:"last_latency_us"`
+	MaxLatencyUS  int64  `json:"max_latency_us"`
+	// Alarm: the last write's event came later than the threshold, or has
+	// not come for that long (PendingMS).
+	Alarm     bool   `json:"alarm"`
+	Alarms    uint64 `json:"alarms"`
+	PendingMS int64  `json:"pending_ms"`
+	LastError string `json:"last_error,omitempty"`
 }
 
 // PluginStatus is one plugin in Status.
@@ -116,6 +144,10 @@ type Domain struct {
 	// Backend: in a driver domain, the domain is a frontend with a
 	// backend directory under the driver domain's home.
 	Backend bool `json:"backend,omitempty"`
+	// Libxl: a dom0-owned /libxl/<domid> with perms n0 exists.
+	Libxl bool `json:"libxl,omitempty"`
+	// Staged: events waiting for the domain's worker.
+	Staged int `json:"staged,omitempty"`
 	// Worker is WorkerLive, WorkerDraining, WorkerNone or WorkerDefault.
 	Worker        string   `json:"worker"`
 	Queued        int      `json:"queued"`

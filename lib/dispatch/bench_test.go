@@ -320,3 +320,70 @@ func BenchmarkCreateDestroy(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkReusedDomid: a domid's old incarnation has a handler that hangs
+// for hang; the domid is reused, and the new incarnation's first event is
+// dispatched before its worker exists (staged) and then the worker is
+// created. Reported: from that Dispatch to the start of its handler. With
+// incarnations the new worker does not wait for the old one; the baseline
+// (CreateDomain, one chain of generations per domid) waits for the hang.
+func BenchmarkReusedDomid(b *testing.B) {
+	const hang = 50 * time.Millisecond
+	for _, mode := range []string{"incarnation", "same-chain"} {
+		b.Run(mode, func(b *testing.B) {
+			d, err := New(Config{Logger: slog.New(slog.DiscardHandler), Staging: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { d.Stop(context.Background()) })
+			started := make(chan string, 4)
+			register(b, d, WatchConfig{Path: "backend", Token: "be", Handler: func(ctx context.Context, ev Event) error {
+				started <- ev.Path
+				if ev.Path == "backend/vif/7/hang" {
+					time.Sleep(hang)
+				}
+				return nil
+			}})
+			create := func(inc string) {
+				var err error
+				if mode == "incarnation" {
+					err = d.CreateIncarnation(7, inc)
+				} else {
+					err = d.CreateDomain(7)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			lats := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				create(strconv.Itoa(2 * i))
+				dispatch(b, d, "backend/vif/7/hang", "be")
+				<-started
+				if err := d.DestroyDomain(7); err != nil {
+					b.Fatal(err)
+				}
+				t0 := time.Now()
+				dispatch(b, d, "backend/vif/7/first", "be")
+				create(strconv.Itoa(2*i + 1))
+				if p := <-started; p != "backend/vif/7/first" {
+					b.Fatalf("ran %s", p)
+				}
+				lats = append(lats, time.Since(t0))
+				if err := d.DestroyDomain(7); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				waitAtMost(b, d, 0)
+				b.StartTimer()
+			}
+			b.StopTimer()
+			slices.Sort(lats)
+			q := func(p float64) float64 { return float64(lats[int(p*float64(len(lats)-1))].Microseconds()) }
+			b.ReportMetric(q(0.50), "p50-µs")
+			b.ReportMetric(q(0.99), "p99-µs")
+			b.ReportMetric(float64(lats[len(lats)-1].Microseconds()), "max-µs")
+		})
+	}
+}

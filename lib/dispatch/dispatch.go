@@ -1,6 +1,7 @@
 package dispatch
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -12,8 +13,20 @@ import (
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
-// DefaultCapacity is the capacity of a Config that leaves it zero.
-const DefaultCapacity = 1024
+// Defaults for Config fields left zero.
+const (
+	// DefaultCapacity is the capacity of a Config that leaves it zero.
+	DefaultCapacity = 1024
+	// DefaultStagingTimeout: how long events of a guest domid wait for its
+	// worker before they are flushed (see Config.Staging).
+	DefaultStagingTimeout = 10 * time.Second
+	// DefaultStagingDomains: how many domids' capacities of staged events
+	// the dispatcher holds in all, by default.
+	DefaultStagingDomains = 64
+	// DefaultSupersedeGrace: how long the handlers of an incarnation that a
+	// new one replaced keep their context.
+	DefaultSupersedeGrace = 2 * time.Second
+)
 
 // Sentinel errors. Returned errors wrap one of them, so callers use errors.Is.
 var (
@@ -52,6 +65,33 @@ type Config struct {
 	// daemon whose handlers run synchronously); CreateDomain and DestroyDomain are then
 	// accepted but create no worker. It is the baseline of the benchmarks.
 	SingleWorker bool
+	// Staging keeps every event of a guest domid off the default worker:
+	// while the domid has no live worker its events wait in its staging
+	// queue (bounded by Capacity, and by StagingLimit for all domids
+	// together: past either the event is dropped into the usual overflow
+	// notice, which is staged too). CreateDomain promotes them, in order,
+	// to the new worker. Staged events of a domid that gets no worker are
+	// flushed: FlushStaged, or StagingTimeout after the first of them,
+	// runs them in order on a drain generation of the domid, whose handlers
+	// get an already cancelled context, as the last events of a destroyed
+	// domain do. They never run on the default worker.
+	Staging bool
+	// StagingTimeout: zero means DefaultStagingTimeout.
+	StagingTimeout time.Duration
+	// StagingLimit bounds the staged events of all domids together. Zero
+	// means DefaultStagingDomains times Capacity.
+	StagingLimit int
+	// SupersedeGrace: when CreateIncarnation replaces a live worker of
+	// another incarnation (its destroy was missed), the old generation's
+	// handlers keep their context this long, then it is cancelled (the
+	// plugins then signal their process groups). Zero means
+	// DefaultSupersedeGrace; negative cancels at once.
+	SupersedeGrace time.Duration
+	// OnStage, if set, is called when a guest domid's staging queue gets
+	// its first event, so that the caller can check whether the domid is a
+	// domain at all and FlushStaged it if not. It runs with the dispatcher
+	// locked: it must not block or call the Dispatcher.
+	OnStage func(domid.ID)
 }
 
 // Dispatcher routes watch events to domain workers. Its methods are safe for
@@ -92,6 +132,20 @@ type Dispatcher struct {
 	totals      Counters
 	workers     int // domain worker generations, live or draining
 
+	// Staging (Config.Staging). retired holds the records of domids' older
+	// incarnations that still have events; d.doms has the current one.
+	staging        bool
+	onStage        func(domid.ID)
+	stageTimeout   time.Duration
+	stageLimit     int
+	supersedeGrace time.Duration
+	staged         map[*domain]struct{} // current records with staged events
+	stagedTotal    int                  // staged events (not notices)
+	retired        map[*domain]struct{}
+	stagerOn       bool          // the staging timer's goroutine runs
+	stageKick      chan struct{} // capacity 1: a new staged domain or Stop
+	graceTimers    map[*time.Timer]struct{}
+
 	itemPool sync.Pool
 }
 
@@ -99,6 +153,9 @@ type Dispatcher struct {
 func New(cfg Config) (*Dispatcher, error) {
 	if cfg.Capacity < 0 {
 		return nil, fmt.Errorf("dispatch: negative capacity %d", cfg.Capacity)
+	}
+	if cfg.StagingTimeout < 0 || cfg.StagingLimit < 0 {
+		return nil, fmt.Errorf("dispatch: negative staging timeout %v or limit %d", cfg.StagingTimeout, cfg.StagingLimit)
 	}
 	d := &Dispatcher{
 		log:         cfg.Logger,
@@ -112,6 +169,12 @@ func New(cfg Config) (*Dispatcher, error) {
 		drained:     make(chan struct{}),
 		monitorEnd:  make(chan struct{}),
 		monitorKick: make(chan struct{}, 1),
+		staging:     cfg.Staging && !cfg.SingleWorker,
+		onStage:     cfg.OnStage,
+		stageKick:   make(chan struct{}, 1),
+		staged:      make(map[*domain]struct{}),
+		retired:     make(map[*domain]struct{}),
+		graceTimers: make(map[*time.Timer]struct{}),
 	}
 	if d.log == nil {
 		d.log = slog.Default()
@@ -119,6 +182,9 @@ func New(cfg Config) (*Dispatcher, error) {
 	if d.capacity == 0 {
 		d.capacity = DefaultCapacity
 	}
+	d.stageTimeout = cmp.Or(cfg.StagingTimeout, DefaultStagingTimeout)
+	d.stageLimit = cmp.Or(cfg.StagingLimit, DefaultStagingDomains*d.capacity)
+	d.supersedeGrace = cmp.Or(cfg.SupersedeGrace, DefaultSupersedeGrace)
 	d.stallAt.Store(int64(stallThreshold(cfg.StallThreshold)))
 	d.itemPool.New = func() any { return new(item) }
 	d.ctx, d.cancel = context.WithCancel(context.Background())
@@ -236,17 +302,22 @@ func (d *Dispatcher) enqueueLocked(w *Registration, dom *domain, path string) {
 		w.coalesced++
 		return
 	}
-	if dom.queued >= d.capacity {
+	if dom.queued >= d.capacity || d.stageFullLocked(dom) {
 		d.overflowLocked(dom, w)
 		return
 	}
+	d.pendLocked(w, dom, key)
+	d.routeLocked(d.newItem(item{w: w, dom: dom, path: path}))
+}
+
+// pendLocked counts a new pending event of w for dom under key.
+func (d *Dispatcher) pendLocked(w *Registration, dom *domain, key pendKey) {
 	d.pend[key]++
 	if w.countPerWatch && !key.perWatch {
 		d.pend[w.watchKey(dom)]++
 	}
 	d.pendPeak = max(d.pendPeak, len(d.pend))
 	dom.queued++
-	d.routeLocked(d.newItem(item{w: w, dom: dom, path: path}))
 }
 
 func (d *Dispatcher) newItem(v item) *item {
@@ -284,9 +355,11 @@ func (d *Dispatcher) routeLocked(it *item) {
 	switch {
 	case dom == d.dom0 || d.single:
 		d.toDefaultLocked(it)
-	case dom.live != nil:
+	case dom.live != nil && !dom.held:
 		dom.live.list.push(it)
 		d.kickLocked(dom.live)
+	case d.staging:
+		d.stageLocked(it)
 	case dom.tail != nil:
 		// The domain went down but its last worker still drains: hold the
 		// event until then, so it cannot overtake the drained ones.
@@ -321,6 +394,21 @@ func (d *Dispatcher) kickLocked(wk *worker) {
 // on the default worker run before the new worker runs anything, as do the
 // events of an earlier, destroyed worker of id that is still draining (I1).
 func (d *Dispatcher) CreateDomain(id domid.ID) error {
+	return d.CreateIncarnation(id, "")
+}
+
+// CreateIncarnation is CreateDomain for one incarnation of the domid: inc
+// names it (the VM's uuid, or when the toolstack created /libxl/<domid>),
+// "" when unknown. A domid is reused when a guest config fixes it or the
+// counter wraps at 32752, and the new domain must not wait for the old
+// one's handlers: when inc differs from the incarnation of id's earlier
+// generations, the new worker is not gated on them (I1 holds within an
+// incarnation), and a live worker of the old incarnation (whose destroy was
+// missed) is taken down, its handlers' context cancelled after the
+// SupersedeGrace. Staged events of id are promoted to the new worker. With
+// an unknown incarnation on either side the generations are ordered, as
+// CreateDomain orders them.
+func (d *Dispatcher) CreateIncarnation(id domid.ID, inc string) error {
 	if !id.IsGuest() {
 		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrInvalidDomain)
 	}
@@ -336,8 +424,19 @@ func (d *Dispatcher) CreateDomain(id domid.ID) error {
 		return nil
 	}
 	dom := d.domainLocked(id)
+	other := inc != "" && dom.inc != "" && inc != dom.inc
 	if dom.live != nil {
-		return fmt.Errorf("dispatch: create domain %d: %w", id, ErrDomainExists)
+		if !other {
+			return fmt.Errorf("dispatch: create domain %d: %w", id, ErrDomainExists)
+		}
+		d.downLocked(dom, d.supersedeGrace)
+		dom = d.domainLocked(id) // downLocked may have forgotten an idle record
+	}
+	if other && dom.first != nil {
+		dom = d.retireLocked(dom)
+	}
+	if inc != "" {
+		dom.inc = inc
 	}
 	wk := &worker{dom: dom}
 	switch {
@@ -356,6 +455,7 @@ func (d *Dispatcher) CreateDomain(id domid.ID) error {
 	dom.tail = wk
 	dom.live = wk
 	d.workers++
+	d.promoteLocked(dom, wk)
 	return nil
 }
 
@@ -383,15 +483,28 @@ func (d *Dispatcher) DestroyDomain(id domid.ID) error {
 	if dom == nil || dom.live == nil {
 		return fmt.Errorf("dispatch: destroy domain %d: %w", id, ErrNoDomain)
 	}
+	d.downLocked(dom, 0)
+	return nil
+}
+
+// downLocked takes dom's live worker down; its handlers' context is
+// cancelled after grace (at once if grace <= 0).
+func (d *Dispatcher) downLocked(dom *domain, grace time.Duration) {
 	wk := dom.live
 	dom.live = nil
 	wk.down = true
-	if wk.cancel != nil {
+	switch {
+	case grace > 0:
+		wk.graceUntil = d.now() + int64(grace)
+		if wk.cancel != nil {
+			d.cancelAfterLocked(wk.cancel, grace)
+		}
+	case wk.cancel != nil:
 		wk.cancel()
 	}
 	d.compactLocked(dom)
 	d.settleLocked(dom)
-	return nil
+	d.orphanedLocked(dom)
 }
 
 // compactLocked merges dom's destroyed generations that wait behind an
@@ -406,7 +519,8 @@ func (d *Dispatcher) compactLocked(dom *domain) {
 	for p := dom.first; p != nil && p.next != nil; {
 		q := p.next
 		switch {
-		case !q.down:
+		case !q.down || q.keepCtx != p.keepCtx:
+			// Live, or its events get another context than p's.
 			p = q
 			continue
 		case p.after.head == nil:
@@ -477,8 +591,11 @@ func (d *Dispatcher) finishLocked(wk *worker) {
 }
 
 func (d *Dispatcher) maybeFreeLocked(dom *domain) {
-	if dom != d.dom0 && dom.live == nil && dom.first == nil && dom.items == 0 && !dom.kept {
-		delete(d.doms, dom.id)
+	if dom != d.dom0 && dom.live == nil && dom.first == nil && dom.items == 0 && !dom.kept && !dom.held {
+		if d.doms[dom.id] == dom {
+			delete(d.doms, dom.id)
+		}
+		delete(d.retired, dom)
 	}
 }
 
@@ -495,6 +612,7 @@ func (d *Dispatcher) Stop(ctx context.Context) error {
 		d.stopping = true
 		d.cancel()
 		close(d.monitorEnd)
+		d.stopStagingLocked()
 		d.checkDrainedLocked()
 	}
 	d.mu.Unlock()
@@ -566,11 +684,19 @@ func (d *Dispatcher) purgeLocked(dom *domain, match func(*item) bool) int {
 			wk.list.removeIf(match, drop)
 			wk.after.removeIf(match, drop)
 		}
+		dom.staged.removeIf(match, func(it *item) {
+			d.unstageLocked(it)
+			drop(it)
+		})
 	}
-	if dom != nil {
+	if dom != nil && len(d.retired) == 0 {
 		scanDom(dom)
 	} else {
+		// An older incarnation's record may hold events of dom too.
 		for _, dom := range d.doms {
+			scanDom(dom)
+		}
+		for dom := range d.retired {
 			scanDom(dom)
 		}
 	}

@@ -241,6 +241,9 @@ func TestOrderAcrossDestroy(t *testing.T) {
 	if _, ok := d.DomainStats(3); ok {
 		t.Fatal("domain 3 still known after its worker drained and its events ran")
 	}
+	if s := d.Stats(); s.Totals.GuestOnDefault != 2 {
+		t.Fatalf("GuestOnDefault = %d, want e3 and e4", s.Totals.GuestOnDefault)
+	}
 	if s := d.Stats(); s.Workers != 0 {
 		t.Fatalf("Workers = %d after destroy, want 0", s.Workers)
 	}

@@ -32,6 +32,19 @@
 //   - I8 stopping: once Stop has begun, Dispatch, Register, CreateDomain and
 //     DestroyDomain fail with ErrStopped.
 //
+// With Config.Staging, no event of a guest domid runs on the default worker:
+// events of a domid with no live worker wait in its bounded staging queue
+// and are promoted, in order, to its next worker, or flushed to a drain
+// generation of the domid of their own when FlushStaged says no worker will
+// come (with a cancelled context if the domid is no domain) or when the
+// staging timeout passes. I1 and I3 then read "on the
+// domid's worker" where they say "on the default worker". A domid's worker
+// generations belong to an incarnation (CreateIncarnation): I1 holds within
+// an incarnation, and a new incarnation of a reused domid does not wait for
+// the old one's handlers. Hold stages a domain's events even while it has a
+// live worker, until Release: for a caller that has read, in stream order,
+// that the worker may be about to change.
+//
 // Handlers that run longer than the stall threshold are reported; handler
 // panics are recovered and counted; Stop cancels running handlers and drains.
 package dispatch

@@ -21,6 +21,12 @@ type Counters struct {
 	Panics     uint64 // handler panics recovered
 	Errors     uint64 // handler errors
 	Stalls     uint64 // callbacks that ran longer than the stall threshold
+	Staged     uint64 // events that waited for their domain's worker (Config.Staging)
+	Promoted   uint64 // staged events handed to the new worker of their domain
+	Flushed    uint64 // staged events run on a drain generation: their domain got no worker
+	// GuestOnDefault counts handler calls of a guest domain's events (and
+	// notices) on the default worker: what Config.Staging keeps at zero.
+	GuestOnDefault uint64
 }
 
 // RunningHandler describes a running handler call.
@@ -54,6 +60,7 @@ type DomainStats struct {
 	Worker                                              bool // the domain has a live worker
 	Draining                                            int  // destroyed worker generations still draining
 	Queued                                              int  // pending events (not notices), bounded by the capacity
+	Staged                                              int  // events and notices waiting for the domain's worker
 	Dispatched, Processed, Coalesced, Filtered, Dropped uint64
 	LastLatency                                         time.Duration // Dispatch to handler return, last event
 	MaxLatency                                          time.Duration
@@ -130,6 +137,7 @@ func (d *Dispatcher) domainStatsLocked(dom *domain, now int64) DomainStats {
 		Dropped:     dom.dropped,
 		LastLatency: time.Duration(dom.lastLat),
 		MaxLatency:  time.Duration(dom.maxLat),
+		Staged:      dom.staged.n,
 	}
 	if dom == d.dom0 {
 		st.Current = d.runningHandlerLocked(d.def, now)
@@ -140,6 +148,18 @@ func (d *Dispatcher) domainStatsLocked(dom *domain, now int64) DomainStats {
 		}
 		if st.Current == nil {
 			st.Current = d.runningHandlerLocked(wk, now)
+		}
+	}
+	// The generations of the domid's older incarnations still draining.
+	for old := range d.retired {
+		if old.id != dom.id || dom == d.dom0 {
+			continue
+		}
+		for wk := old.first; wk != nil; wk = wk.next {
+			st.Draining++
+			if st.Current == nil {
+				st.Current = d.runningHandlerLocked(wk, now)
+			}
 		}
 	}
 	return st

@@ -277,8 +277,9 @@ func TestCheckerCatchesViolations(t *testing.T) {
 }
 
 func TestStress(t *testing.T) {
-	for _, single := range []bool{false, true} {
-		t.Run(fmt.Sprintf("single=%v", single), func(t *testing.T) {
+	for _, mode := range []struct{ single, staging bool }{{false, false}, {true, false}, {false, true}} {
+		single := mode.single
+		t.Run(fmt.Sprintf("single=%v,staging=%v", single, mode.staging), func(t *testing.T) {
 			seed := *stressSeed
 			if seed == 0 {
 				seed = uint64(time.Now().UnixNano())
@@ -288,15 +289,17 @@ func TestStress(t *testing.T) {
 			if single {
 				ops /= 4
 			}
-			stress(t, seed, ops, single)
+			stress(t, seed, ops, single, mode.staging)
 		})
 	}
 }
 
 // stress runs random interleavings of Dispatch, CreateDomain, DestroyDomain,
 // Unregister (from outside and from handlers) and re-Register against
-// handlers with random delays, and checks the invariants.
-func stress(t *testing.T, seed uint64, ops int, single bool) {
+// handlers with random delays, and checks the invariants. With staging, a
+// guest's events always run on a worker of the guest (promoted, or flushed
+// by FlushStaged or by the short staging timeout), never the default one.
+func stress(t *testing.T, seed uint64, ops int, single, staging bool) {
 	const (
 		domains   = 40
 		watchSets = 4
@@ -304,7 +307,8 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	// Capacity is large enough that no event is dropped, so loss is a bug;
 	// paths are unique, so nothing coalesces.
-	d, err := New(Config{Logger: slogNew(newLogCapture()), Capacity: ops + 1, SingleWorker: single, StallThreshold: time.Second})
+	d, err := New(Config{Logger: slogNew(newLogCapture()), Capacity: ops + 1, SingleWorker: single, StallThreshold: time.Second,
+		Staging: staging, StagingTimeout: 2 * time.Millisecond, StagingLimit: ops + 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -381,11 +385,15 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 	}
 
 	live := make(map[domid.ID]bool)
+	holds := make(map[domid.ID]uint64)
 	var seq int64
 	for op := range ops {
 		if op%2000 == 1999 {
 			// Let the workers catch up now and then, so that not
-			// everything is a backlog that Unregister purges.
+			// everything is a backlog that Unregister purges. Held
+			// events wait for their release, by design.
+			d.ReleaseAll()
+			clear(holds)
 			waitAtMost(t, d, 50)
 		}
 		if op%500 == 0 {
@@ -413,6 +421,18 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 				delete(live, id)
 			} else if err == nil {
 				t.Fatalf("DestroyDomain(%d) of a dead domain succeeded", id)
+			}
+		case staging && r < 12:
+			if _, err := d.FlushStaged(domid.ID(1+rng.IntN(domains)), rng.IntN(2) == 0); err != nil {
+				t.Fatalf("FlushStaged: %v", err)
+			}
+		case staging && r < 14:
+			id := domid.ID(1 + rng.IntN(domains))
+			if seq, held := holds[id]; held {
+				d.Release(id, seq)
+				delete(holds, id)
+			} else {
+				holds[id] = d.Hold(id)
 			}
 		case r < 11 && rng.IntN(8) == 0:
 			i := rng.IntN(watchSets)
@@ -444,7 +464,7 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 				path = fmt.Sprintf("backend/vif/%d/%d", dom, seq)
 			}
 			worker := domid.Dom0
-			if live[dom] {
+			if live[dom] || staging {
 				worker = dom
 			}
 			// Record before dispatching: the handler may run at once.
@@ -468,6 +488,7 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 			}
 		}
 	}
+	d.ReleaseAll()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := d.Stop(ctx); err != nil {
@@ -481,6 +502,9 @@ func stress(t *testing.T, seed uint64, ops int, single bool) {
 	s := d.Stats()
 	if s.Totals.Processed == 0 || s.Totals.Dropped != 0 || s.Totals.Panics != 0 {
 		t.Fatalf("stats after stress: %+v", s.Totals)
+	}
+	if staging && (s.Totals.GuestOnDefault != 0 || s.Totals.Staged == 0) {
+		t.Fatalf("staging: %d guest events ran on the default worker, %d staged", s.Totals.GuestOnDefault, s.Totals.Staged)
 	}
 	t.Logf("%d ops: %+v", ops, s.Totals)
 	noLeak(t)

@@ -118,6 +118,17 @@ type domain struct {
 	// the default worker.
 	waiting *worker
 
+	// inc names the incarnation the generations belong to ("" unknown).
+	inc string
+	// staged holds the events that arrived while the domain had no live
+	// worker (Config.Staging), in order; stagedAt is when the first came.
+	staged   list
+	stagedAt int64
+	// held: events are staged even while live is set (Hold); holdSeq
+	// numbers the holds.
+	held    bool
+	holdSeq uint64
+
 	items     int     // events and notices not yet completed
 	onDefault int     // of which queued or running on the default worker
 	queued    int     // pending events (not notices), bounded by the capacity
@@ -142,6 +153,12 @@ type worker struct {
 	running bool // a goroutine runs the worker
 	gated   bool // must not start yet (ordering across creation)
 	down    bool // destroyed; finishes once drained
+	// graceUntil: a superseded generation's context is cancelled at this
+	// d.now() (0: at once), also when it first runs later.
+	graceUntil int64
+	// keepCtx: a generation made by flushing staged events of a domain
+	// that exists keeps a live context although it is down.
+	keepCtx bool
 	// The context of the generation's handlers, made when its goroutine
 	// first starts (a worker that never runs costs nothing) and kept until
 	// the generation is destroyed or the dispatcher stops: one per
@@ -222,8 +239,12 @@ func (d *Dispatcher) handlerCtxLocked(wk *worker) context.Context {
 		ctx, cancel := context.WithCancel(d.ctx)
 		wk.ctx = workerCtx{Context: ctx, wk: wk}
 		wk.cancel = cancel
-		if wk.down {
-			cancel()
+		if wk.down && !wk.keepCtx {
+			if g := time.Duration(wk.graceUntil - d.now()); g > 0 {
+				d.cancelAfterLocked(cancel, g)
+			} else {
+				cancel()
+			}
 		}
 	}
 	return &wk.ctx
@@ -267,6 +288,9 @@ func (d *Dispatcher) endLocked(wk *worker, it *item, err error, panicked bool) *
 	lat := end - it.enq
 	w, dom := it.w, it.dom
 	d.totals.Processed++
+	if wk == d.def && dom != d.dom0 {
+		d.totals.GuestOnDefault++
+	}
 	w.processed++
 	dom.processed++
 	dom.lastLat, dom.maxLat = lat, max(dom.maxLat, lat)

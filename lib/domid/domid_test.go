@@ -134,7 +134,28 @@ func TestFromPath(t *testing.T) {
 		{"@introduceDomain", 0, false},
 		{"@releaseDomain", 0, false},
 		{"/vm/1234-5678", 0, false},
-		{"/libxl/5", 0, false},
+		{"/vm/1234-5678/domains/5", 0, false},
+		{"/libxl/5", 5, true},
+		{"/libxl/5/device/vif/0", 5, true},
+		{"/libxl/05", 0, false},
+		{"/libxl/32752", 0, false},
+		{"/libxl/", 0, false},
+		{"/libxl", 0, false},
+		{"libxl/5", 0, false},
+		// dom0 as the frontend of driver domain 3: driver domain 3's event.
+		{"/local/domain/3/backend/vif/0/1/state", 3, true},
+		{"/local/domain/3/backend/vif/0", 3, true},
+		// dom0's own backend of a dom0 frontend stays dom0's.
+		{"/local/domain/0/backend/vbd/0/51712", 0, true},
+		{"backend/vbd/0/51712", 0, true},
+		// The device model of guest 9, in dom0 or in stub domain 4.
+		{"/local/domain/0/device-model/9/state", 9, true},
+		{"/local/domain/4/device-model/9", 9, true},
+		{"device-model/9/backends/vfb", 9, true},
+		{"/local/domain/0/device-model/9x/state", 0, false},
+		{"/local/domain/0/device-model/32752", 0, false},
+		{"/local/domain/0/device-model", 0, true},
+		{"device-model", 0, false},
 		{"device/vif/0", 0, false},
 		{"", 0, false},
 		{"/", 0, false},
@@ -175,7 +196,8 @@ func FuzzParse(f *testing.F) {
 // in the path, so a guest cannot get an event routed to another domain.
 func FuzzFromPath(f *testing.F) {
 	for _, s := range []string{"backend/vbd/5/51712", "/local/domain/0/backend/vif/12/0",
-		"/local/domain/7/x", "mtwatch/5", "/local/domain/0/mtwatch/9", "backend/vif/12abc/0"} {
+		"/local/domain/7/x", "mtwatch/5", "/local/domain/0/mtwatch/9", "backend/vif/12abc/0",
+		"/local/domain/3/backend/vif/0/1", "/local/domain/0/device-model/9/state", "/libxl/5/device"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, p string) {

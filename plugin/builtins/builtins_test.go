@@ -2,6 +2,7 @@ package builtins_test
 
 import (
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
@@ -32,7 +33,7 @@ func TestConfigExampleCurrent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the generated file does not load: %v", err)
 	}
-	if d := config.Default(); c.Agent != d.Agent || c.Log != d.Log || c.Control != d.Control {
+	if d := config.Default(); !reflect.DeepEqual(c.Agent, d.Agent) || c.Log != d.Log || c.Control != d.Control {
 		t.Fatalf("the generated file is not the defaults:\n%+v\n%+v", c, d)
 	}
 	for _, r := range regs {

@@ -2,7 +2,7 @@
 // net/http/httptest serves a handler with the production server: the host
 // is a real lib/agent Agent, on a private C xenstored, with a configuration
 // parsed by lib/config. A plugin built on it gets the agent's XenStore
-// connection, its watches (events through the agent's barrier to its
+// connection, its watches (events through the agent to its
 // dispatcher, a worker per domain) and its metrics registry. Benchmarks,
 // which have no testing.TB, start the same agent with StartAgent.
 package plugintest
@@ -52,7 +52,7 @@ type Options struct {
 	// XS is the xenstored to run on; nil starts a private one (New only).
 	XS *xenstoredtest.Instance
 	// Agent adjusts the agent's options before agent.New (a Dial that
-	// holds a reconnection, a logger, a barrier bound).
+	// holds a reconnection, a logger).
 	Agent func(*agent.Options)
 	// ShutdownErr gets the error of the agent's shutdown at the test's end
 	// (New only); nil fails the test on one. A test that shuts the agent

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
@@ -16,14 +15,12 @@ import (
 // before it writes its backend devices, so @introduceDomain precedes the
 // domain's device events in the agent's event stream. However quickly they
 // follow, every backend event runs on its own domain's worker, never on the
-// default worker: the agent holds plugin events read after an introduction
-// until it has created the new workers.
+// default worker: events read before the agent has created the new
+// workers wait for them in the dispatcher (staging).
 func TestIntroducedDomainEventsRunOnItsWorker(t *testing.T) {
 	t.Parallel()
 	rec, reg := newRecorder(nil)
-	// The wait bound is not what is tested: a loaded test host must not
-	// reach it.
-	h := start(t, nil, "", func(o *agent.Options) { o.BarrierWait = 10 * time.Second }, reg)
+	h := start(t, nil, "", nil, reg)
 	const n = 40
 	for i := range n {
 		id := domid.ID(100 + i)
@@ -53,23 +50,23 @@ func TestIntroducedDomainEventsRunOnItsWorker(t *testing.T) {
 	if len(wrong) > 0 {
 		t.Fatalf("%d of %d events of just-introduced domains ran on another worker: %s", len(wrong), n, strings.Join(wrong, ", "))
 	}
-	if to := h.a.BarrierTimeouts(); to != 0 {
-		t.Errorf("barrier gave up %d times", to)
+	if st := h.a.Dispatcher().Stats(); st.Totals.GuestOnDefault != 0 {
+		t.Errorf("%d guest events ran on the default worker", st.Totals.GuestOnDefault)
 	}
 }
 
 // TestHungNewDomainDoesNotDelayAnother: the first device event of a
 // just-introduced domain hangs (a hotplug script waiting on a dead
 // target); the events of domains introduced right after it still run at
-// once, on their own workers. Without the barrier the hung event can land
-// on the default worker and everything queued there, and the workers
-// created behind it, waits.
+// once, on their own workers. Were the hung event to land on the default
+// worker, everything queued there, and the workers created behind it,
+// would wait.
 func TestHungNewDomainDoesNotDelayAnother(t *testing.T) {
 	t.Parallel()
 	rec, reg := newRecorder(func(ev dispatch.Event, _ domid.ID) bool {
 		return strings.HasSuffix(ev.Path, "/hang")
 	})
-	h := start(t, nil, "", func(o *agent.Options) { o.BarrierWait = 10 * time.Second }, reg)
+	h := start(t, nil, "", nil, reg)
 	for i := range 8 {
 		hung, ok := domid.ID(200+2*i), domid.ID(201+2*i)
 		h.in.CreateDomain(hung)
@@ -98,13 +95,12 @@ func TestHungNewDomainDoesNotDelayAnother(t *testing.T) {
 	}
 }
 
-// TestBarrierAfterReconnect: after xenstored restarts, the new
-// connection's session owns the barrier: a domain introduced on the new
-// xenstored gets its device events on its own worker, as before.
-func TestBarrierAfterReconnect(t *testing.T) {
+// TestStagingAfterReconnect: after xenstored restarts, a domain introduced
+// on the new xenstored gets its device events on its own worker, as before.
+func TestStagingAfterReconnect(t *testing.T) {
 	t.Parallel()
 	rec, reg := newRecorder(nil)
-	h := start(t, nil, "", func(o *agent.Options) { o.BarrierWait = 10 * time.Second }, reg)
+	h := start(t, nil, "", nil, reg)
 	h.in.Restart()
 	deadline := time.Now().Add(20 * time.Second)
 	for h.a.Status().Xenstore.Reconnects == 0 || h.a.Status().Xenstore.State != "connected" {
