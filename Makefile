@@ -13,7 +13,7 @@
 #   make deps      install the Debian packages the tests and the sandbox need
 #   make man       regenerate mtwatch(1) and mtwatchd.toml(5) in docs/man (make test fails when stale)
 #   make config-example  regenerate docs/mtwatchd.toml from the defaults and the flag table
-#                  in docs/mtwatchd.md from mtwatchd's flags (likewise)
+#                  in docs/mtwatchd.md and mtwatchd(8) from mtwatchd's flags (likewise)
 
 GO        ?= go
 PREFIX    ?= /usr/local
@@ -140,8 +140,9 @@ build/mtwatchd.toml: docs/mtwatchd.toml
 
 # docs/mtwatchd.toml is generated from the agent's and the plugins' defaults
 # and committed; plugin/builtins' TestConfigExampleCurrent fails when stale.
-# Likewise the flag table in docs/mtwatchd.md, from cmd/mtwatchd/flags.go
-# (cmd/mtwatchd's TestFlagDocCurrent).
+# Likewise the flag table in docs/mtwatchd.md and the synopsis and flag
+# entries of docs/man/mtwatchd.8, from cmd/mtwatchd/flags.go (cmd/mtwatchd's
+# TestFlagDocCurrent).
 config-example:
 	$(GO) test ./plugin/builtins -run TestConfigExampleCurrent -count=1 -update
 	$(GO) test ./cmd/mtwatchd -run TestFlagDocCurrent -count=1 -update

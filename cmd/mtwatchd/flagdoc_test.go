@@ -24,8 +24,9 @@ const (
 
 // flagDoc is one row of the generated flag table.
 type flagDoc struct {
-	name, placeholder, env, key, def, usage string
-	bool, boolDefault                       bool
+	name, placeholder, env, key, def string
+	usage, rawUsage                  string // without and with urfave/cli's `quotes`
+	bool, boolDefault                bool
 }
 
 // flagDocs describes the flags fs, mtwatchd's flags() with the keys of
@@ -43,7 +44,8 @@ func flagDocs(fs []cli.Flag, ovs []override) ([]flagDoc, error) {
 			return nil, fmt.Errorf("--%s: %T has no usage to document", f.Names()[0], f)
 		}
 		d := flagDoc{name: f.Names()[0], key: keys[f.Names()[0]]}
-		d.placeholder, d.usage = unquoteUsage(df.GetUsage())
+		d.rawUsage = df.GetUsage()
+		d.placeholder, d.usage = unquoteUsage(d.rawUsage)
 		if envs := df.GetEnvVars(); len(envs) == 1 {
 			d.env = envs[0]
 		} else {
@@ -130,8 +132,79 @@ func flagTable(docs []flagDoc) string {
 	return b.String()
 }
 
-// TestFlagDocCurrent: the flag table of docs/mtwatchd.md is what flags.go
-// generates (make config-example rewrites it with go test -update), it has
+// The markers around the generated blocks of docs/man/mtwatchd.8.
+const (
+	manSynopsisBegin = `.\" synopsis:begin`
+	manSynopsisEnd   = `.\" synopsis:end`
+	manFlagsBegin    = `.\" flags:begin`
+	manFlagsEnd      = `.\" flags:end`
+)
+
+// manSynopsis renders the SYNOPSIS block of mtwatchd(8).
+func manSynopsis(docs []flagDoc) string {
+	var b strings.Builder
+	b.WriteString(`.\" Generated from cmd/mtwatchd/flags.go by make config-example.` + "\n")
+	line := `\fBmtwatchd\fR`
+	for _, d := range docs {
+		item := `[\fB\-\-` + roffEsc(d.name) + `\fR`
+		switch {
+		case d.bool && d.boolDefault:
+			item += `=\fBfalse\fR`
+		case d.placeholder != "":
+			item += ` \fI` + roffEsc(d.placeholder) + `\fR`
+		}
+		item += "]"
+		if len(line)+1+len(item) > 100 {
+			b.WriteString(line + "\n")
+			line = item
+			continue
+		}
+		line += " " + item
+	}
+	b.WriteString(line + "\n")
+	return b.String()
+}
+
+// manOptions renders the OPTIONS entries of mtwatchd(8), one per flag.
+func manOptions(docs []flagDoc) string {
+	var b strings.Builder
+	b.WriteString(`.\" Generated from cmd/mtwatchd/flags.go by make config-example.` + "\n")
+	for _, d := range docs {
+		b.WriteString(".TP\n" + `\fB\-\-` + roffEsc(d.name) + `\fR`)
+		if d.placeholder != "" {
+			b.WriteString(` \fI` + roffEsc(d.placeholder) + `\fR`)
+		}
+		// The placeholder in italics, as the synopsis has it.
+		usage := roffEsc(d.rawUsage)
+		if before, rest, ok := strings.Cut(usage, "`"); ok {
+			if name, after, ok := strings.Cut(rest, "`"); ok {
+				usage = before + `\fI` + name + `\fR` + after
+			}
+		}
+		fmt.Fprintf(&b, "\n%s.\n", usage)
+		fmt.Fprintf(&b, `Environment \fB%s\fR`, roffEsc(d.env))
+		if d.key != "" {
+			fmt.Fprintf(&b, `, key \fB%s\fR`, roffEsc(d.key))
+		}
+		fmt.Fprintf(&b, `, default \fB%s\fR.`+"\n", roffEsc(d.def))
+	}
+	return b.String()
+}
+
+// roffEsc escapes text for roff, as internal/confman does: backslashes,
+// hyphens (minus signs in option names) and a leading dot or quote.
+func roffEsc(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\e`)
+	s = strings.ReplaceAll(s, "-", `\-`)
+	if strings.HasPrefix(s, ".") || strings.HasPrefix(s, "'") {
+		s = `\&` + s
+	}
+	return s
+}
+
+// TestFlagDocCurrent: the flag table of docs/mtwatchd.md and the synopsis
+// and flag entries of docs/man/mtwatchd.8 are what flags.go generates (make
+// config-example rewrites them with go test -update), the table has
 // a row for every flag mtwatchd --help shows, and docs/operations.md points
 // to it rather than keeping a copy.
 func TestFlagDocCurrent(t *testing.T) {
@@ -142,6 +215,9 @@ func TestFlagDocCurrent(t *testing.T) {
 	table := flagTable(docs)
 	path := filepath.Join("..", "..", "docs", "mtwatchd.md")
 	goldenfile.CheckBlock(t, path, flagsBegin, flagsEnd, table)
+	man := filepath.Join("..", "..", "docs", "man", "mtwatchd.8")
+	goldenfile.CheckBlock(t, man, manSynopsisBegin, manSynopsisEnd, manSynopsis(docs))
+	goldenfile.CheckBlock(t, man, manFlagsBegin, manFlagsEnd, manOptions(docs))
 
 	self, err := os.Executable()
 	if err != nil {
