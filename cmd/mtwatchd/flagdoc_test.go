@@ -66,7 +66,7 @@ func flagDocs(fs []cli.Flag, ovs []override) ([]flagDoc, error) {
 			d.def = v
 			// --help shows the flag's own default: it must be the file's.
 			if shown := df.GetValue(); d.bool && strconv.FormatBool(d.boolDefault) != d.def || !d.bool && shown != "" && shown != d.def {
-				return nil, fmt.Errorf("--%s: --help shows default %q, %s defaults to %s", d.name, df.GetDefaultText(), d.key, d.def)
+				return nil, fmt.Errorf("--%s: the flag defaults to %q, %s to %s: take its Value from config.Default()", d.name, df.GetDefaultText(), d.key, d.def)
 			}
 		case d.bool:
 			d.def = strconv.FormatBool(d.boolDefault)
@@ -276,8 +276,8 @@ func TestFlagDocRejects(t *testing.T) {
 		want string
 	}{
 		{"unknown key", row(&cli.StringFlag{Name: "x", EnvVars: []string{"X"}, Usage: "`V`"}, "agent.no_such_key"), "agent.no_such_key"},
-		{"bool default differs", row(&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"X"}}, "agent.auto_detect"), "defaults to true"},
-		{"value default differs", row(&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"X"}, Value: 4, Usage: "`N`"}, "agent.gomaxprocs"), "defaults to 1"},
+		{"bool default differs", row(&cli.BoolFlag{Name: "auto-detect", EnvVars: []string{"X"}}, "agent.auto_detect"), "agent.auto_detect to true"},
+		{"value default differs", row(&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"X"}, Value: 4, Usage: "`N`"}, "agent.gomaxprocs"), "agent.gomaxprocs to 1"},
 		{"no placeholder", row(&cli.StringFlag{Name: "log-level", EnvVars: []string{"X"}, Usage: "level"}, "log.level"), "PLACEHOLDER"},
 		{"no environment variable", row(&cli.StringFlag{Name: "log-level", Usage: "`L`"}, "log.level"), "environment"},
 	} {
