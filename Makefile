@@ -11,7 +11,8 @@
 #   make uninstall remove them again (same variables; the configuration file stays)
 #   make deb       Debian packages in build/: mtwatch, mtwatch-libvirt, mtwatch-xapi
 #   make deps      install the Debian packages the tests and the sandbox need
-#   make man       regenerate mtwatch(1) and mtwatchd.toml(5) in docs/man (make test fails when stale)
+#   make man       regenerate mtwatch(1), mtwatchd(8)'s flags and mtwatchd.toml(5) in docs/man
+#                  (make test fails when stale)
 #   make config-example  regenerate docs/mtwatchd.toml from the defaults and the flag table
 #                  in docs/mtwatchd.md and mtwatchd(8) from mtwatchd's flags (likewise)
 
@@ -126,6 +127,7 @@ test: deps fmt-check vet
 # lib/admin's TestManPageCurrent fails when they are stale.
 man:
 	$(GO) run ./lib/admin/genman docs/man
+	$(GO) test ./cmd/mtwatchd -run TestFlagDocCurrent -count=1 -update
 	$(GO) run ./internal/confman/gen docs/mtwatchd.toml docs/man/mtwatchd.toml.5
 
 # The configuration file installed (make install, make deb): the reference
