@@ -11,8 +11,10 @@
 #   make uninstall remove them again (same variables; the configuration file stays)
 #   make deb       Debian packages in build/: mtwatch, mtwatch-libvirt, mtwatch-xapi
 #   make deps      install the Debian packages the tests and the sandbox need
-#   make man       regenerate mtwatch(1) and mtwatchd.toml(5) in docs/man (make test fails when stale)
-#   make config-example  regenerate docs/mtwatchd.toml from the defaults (likewise)
+#   make man       regenerate mtwatch(1), mtwatchd(8)'s flags and mtwatchd.toml(5) in docs/man
+#                  (make test fails when stale)
+#   make config-example  regenerate docs/mtwatchd.toml from the defaults and the flag table
+#                  in docs/mtwatchd.md and mtwatchd(8) from mtwatchd's flags (likewise)
 
 GO        ?= go
 PREFIX    ?= /usr/local
@@ -125,6 +127,7 @@ test: deps fmt-check vet
 # lib/admin's TestManPageCurrent fails when they are stale.
 man:
 	$(GO) run ./lib/admin/genman docs/man
+	$(GO) test ./cmd/mtwatchd -run TestFlagDocCurrent -count=1 -update
 	$(GO) run ./internal/confman/gen docs/mtwatchd.toml docs/man/mtwatchd.toml.5
 
 # The configuration file installed (make install, make deb): the reference
@@ -139,8 +142,12 @@ build/mtwatchd.toml: docs/mtwatchd.toml
 
 # docs/mtwatchd.toml is generated from the agent's and the plugins' defaults
 # and committed; plugin/builtins' TestConfigExampleCurrent fails when stale.
+# Likewise the flag table in docs/mtwatchd.md and the synopsis and flag
+# entries of docs/man/mtwatchd.8, from cmd/mtwatchd/flags.go (cmd/mtwatchd's
+# TestFlagDocCurrent).
 config-example:
 	$(GO) test ./plugin/builtins -run TestConfigExampleCurrent -count=1 -update
+	$(GO) test ./cmd/mtwatchd -run TestFlagDocCurrent -count=1 -update
 	$(GO) run ./internal/confman/gen docs/mtwatchd.toml docs/man/mtwatchd.toml.5
 
 # Short fuzzing runs of every fuzz target (not part of make test).

@@ -36,9 +36,9 @@ var overrides = []override{
 		"agent.single_worker", func(cfg *config.Config, c *cli.Context, n string) { cfg.Agent.SingleWorker = c.Bool(n) }},
 	{&cli.IntFlag{Name: "gomaxprocs", EnvVars: []string{"MTWATCH_GOMAXPROCS"}, Value: config.Default().Agent.GOMAXPROCS, Usage: "threads running Go code at once, `N`; 0: one per CPU (the GOMAXPROCS variable overrides it)"},
 		"agent.gomaxprocs", func(cfg *config.Config, c *cli.Context, n string) { cfg.Agent.GOMAXPROCS = c.Int(n) }},
-	{&cli.StringFlag{Name: "log-level", EnvVars: []string{"MTWATCH_LOG_LEVEL"}, Usage: "trace, debug, info, warning or error (default info)"},
+	{&cli.StringFlag{Name: "log-level", EnvVars: []string{"MTWATCH_LOG_LEVEL"}, Usage: "log `LEVEL`: trace, debug, info (the default), warning or error"},
 		"log.level", func(cfg *config.Config, c *cli.Context, n string) { cfg.Log.Level = c.String(n) }},
-	{&cli.StringFlag{Name: "log-format", EnvVars: []string{"MTWATCH_LOG_FORMAT"}, Usage: "auto (journal when stderr is it, else text), text or json"},
+	{&cli.StringFlag{Name: "log-format", EnvVars: []string{"MTWATCH_LOG_FORMAT"}, Usage: "log `FORMAT`: auto (the default: the journal when stderr is it, else text), text or json"},
 		"log.format", func(cfg *config.Config, c *cli.Context, n string) { cfg.Log.Format = c.String(n) }},
 }
 

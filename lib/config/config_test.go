@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -269,6 +270,35 @@ func TestExample(t *testing.T) {
 	}
 	if _, err := Example([]PluginDefaults{{Name: "q", Config: undocumented{}}}); err == nil || !strings.Contains(err.Error(), "knob") {
 		t.Fatalf("a key without a doc tag: %v", err)
+	}
+}
+
+// TestDefaultOf: a key's default is written as the reference file writes
+// it; a key outside [agent], [log] and [control], or no key, is an error.
+func TestDefaultOf(t *testing.T) {
+	for _, tc := range []struct{ key, want string }{
+		{"agent.gomaxprocs", "1"},
+		{"agent.domid", `"auto"`},
+		{"agent.auto_detect", "true"},
+		{"agent.stall_threshold", `"10s"`},
+		{"agent.sources", `["node", "libxl", "introduce"]`},
+		{"log.level", `"info"`},
+		{"control.metrics_listen", `""`},
+		{"agent.bogus", ""},
+		{"plugins.log.enabled", ""},
+		{"agent", ""},
+		{"", ""},
+	} {
+		got, err := DefaultOf(tc.key)
+		if tc.want == "" {
+			if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), strconv.Quote(tc.key)) {
+				t.Errorf("DefaultOf(%q) = %q, %v; want an error naming it", tc.key, got, err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("DefaultOf(%q) = %q, %v; want %q", tc.key, got, err, tc.want)
+		}
 	}
 }
 

@@ -182,3 +182,30 @@ func comment(b *strings.Builder, text string) {
 		b.WriteString(line + "\n")
 	}
 }
+
+// DefaultOf returns the default of the [agent], [log] or [control] key
+// ("agent.gomaxprocs") as the reference file writes it: "1", "\"auto\"".
+// Generated documentation of the flags takes their defaults from here, so
+// it cannot disagree with the file.
+func DefaultOf(key string) (string, error) {
+	table, name, ok := strings.Cut(key, ".")
+	d := Default()
+	var sec reflect.Value
+	switch table {
+	case "agent":
+		sec = reflect.ValueOf(d.Agent)
+	case "log":
+		sec = reflect.ValueOf(d.Log)
+	case "control":
+		sec = reflect.ValueOf(d.Control)
+	}
+	if ok && sec.IsValid() {
+		t := sec.Type()
+		for i := range t.NumField() {
+			if k, _, _ := strings.Cut(t.Field(i).Tag.Get("toml"), ","); k == name && t.Field(i).IsExported() {
+				return value(sec.Field(i))
+			}
+		}
+	}
+	return "", fmt.Errorf("config: default of %q: %w: no such key of [agent], [log] or [control]", key, ErrInvalid)
+}
