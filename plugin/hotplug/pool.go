@@ -8,15 +8,17 @@ import (
 )
 
 // pool admits jobs to run under a host-wide cap. Teardown is admitted before
-// set-up (a remove frees what an add may be waiting for), and within each
-// class domains take turns, one job each: a domain with 40 disks queued
-// does not starve one with a single disk. A job admitted runs on its own
+// set-up (a remove frees what an add may be waiting for); within each class
+// the next slot goes to the waiting domain with the fewest jobs running,
+// the one waiting longest among equals: a domain with 40 disks queued does
+// not starve one with a single disk. A job admitted runs on its own
 // goroutine; done gives its slot to the next one.
 type pool struct {
 	mu      sync.Mutex
 	cap     int
 	running int
 	peak    int
+	byDom   map[domid.ID]int // jobs running per domain
 	stopped bool
 	classes [2]fairQueue // teardown, set-up
 	start   func(*job)   // runs an admitted job on a new goroutine
@@ -34,7 +36,7 @@ type fairQueue struct {
 }
 
 func newPool(limit int, start func(*job)) *pool {
-	p := &pool{cap: limit, start: start}
+	p := &pool{cap: limit, start: start, byDom: map[domid.ID]int{}}
 	for i := range p.classes {
 		p.classes[i].byDom = map[domid.ID][]*job{}
 	}
@@ -79,8 +81,14 @@ func (p *pool) nextLocked() *job {
 		if len(q.order) == 0 {
 			continue
 		}
-		dom := q.order[0]
-		q.order = q.order[1:]
+		best := 0
+		for i, d := range q.order {
+			if p.byDom[d] < p.byDom[q.order[best]] {
+				best = i
+			}
+		}
+		dom := q.order[best]
+		q.order = slices.Delete(q.order, best, best+1)
 		js := q.byDom[dom]
 		j := js[0]
 		if len(js) == 1 {
@@ -90,6 +98,7 @@ func (p *pool) nextLocked() *job {
 			q.order = append(q.order, dom) // its next job waits its turn
 		}
 		j.queued = false
+		p.byDom[dom]++
 		return j
 	}
 	return nil
@@ -102,9 +111,12 @@ func (p *pool) launch(run []*job) {
 }
 
 // done releases the slot of a job that ended and admits the next ones.
-func (p *pool) done() {
+func (p *pool) done(j *job) {
 	p.mu.Lock()
 	p.running--
+	if p.byDom[j.k.dom]--; p.byDom[j.k.dom] <= 0 {
+		delete(p.byDom, j.k.dom)
+	}
 	run := p.admitLocked()
 	p.mu.Unlock()
 	p.launch(run)

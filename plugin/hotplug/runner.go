@@ -25,7 +25,7 @@ func (p *Plugin) startJob(j *job) {
 	go func() {
 		defer p.jobs.Done()
 		p.runJob(j)
-		p.pool.done()
+		p.pool.done(j)
 		p.post(j.k)
 	}()
 }
