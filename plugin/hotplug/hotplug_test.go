@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
 	"github.com/mtwatch/mtwatch/internal/proctest"
@@ -289,7 +290,8 @@ func TestStartupScan(t *testing.T) {
 	f.status(early, 20*time.Second)
 }
 
-// TestTypes: qdisk backends get no script by default; a type is opt-in.
+// TestTypes: qdisk backends get no script by default, and are reported as
+// needing the QEMU that xl devd starts; a type is opt-in.
 func TestTypes(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -305,6 +307,17 @@ func TestTypes(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		if got := f.records(q, "add") == 1; got != tc.runs {
 			t.Errorf("%q: qdisk script ran: %v", tc.extra, got)
+		}
+		// Not run: reported, as it needs the QEMU xl devd starts.
+		if st := f.p.Status().(Status); tc.runs != (len(st.NeedQEMU) == 0) {
+			t.Errorf("%q: need_qemu %v", tc.extra, st.NeedQEMU)
+		}
+		warned := false
+		for _, e := range f.h.LogHook.AllEntries() {
+			warned = warned || (e.Level == logrus.WarnLevel && strings.Contains(e.Message, "keep xl devd running for qdisk backends") && e.Data["device"] == q)
+		}
+		if warned == tc.runs {
+			t.Errorf("%q: warned %v", tc.extra, warned)
 		}
 	}
 }
