@@ -576,3 +576,20 @@ func TestHotplugCrashExactlyOnce(t *testing.T) {
 	}
 	t.Logf("%d devices: %d ran again after the crash, %d waited for, %d ran once", len(devs), again, waited, once)
 }
+
+// TestHotplugLateInitWait: a backend that reaches InitWait 11 s after its
+// directory appeared still gets its add (xl devd gives up on a device that
+// takes more than 10 s to get there, and then ignores it).
+func TestHotplugLateInitWait(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	a, _ := hotplugAgent(t, in, "")
+	a.run()
+	a.domain(8)
+	dev := a.device("vbd", 8, 768, "connect")
+	time.Sleep(11 * time.Second)
+	a.write(dev+"/state", "2")
+	if s := a.hotplugStatus(dev); s != "connected" {
+		t.Errorf("hotplug-status %q", s)
+	}
+}
