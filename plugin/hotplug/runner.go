@@ -331,7 +331,9 @@ func (p *Plugin) waitAdopted(j *job, set *settings) bool {
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	timedOut := false
-	for r.alive() || groupAlive(r.PID) {
+	// Only the script itself is waited for: one that exits may leave a
+	// daemon behind in its group, as libxl allows.
+	for r.alive() {
 		select {
 		case <-p.group.Context().Done():
 			p.killGroup(r.PID, set.cfg.Grace)
