@@ -285,6 +285,13 @@ func (p *Plugin) submitAdd(d *device, inc string) error {
 	rec := record{Action: "add", Phase: phaseRunning, Inc: inc, nodes: d.nodes}
 	ctx, cancel := context.WithTimeout(p.group.Context(), 10*time.Second)
 	defer cancel()
+	// The record's node is created first, outside the transaction: a
+	// transaction creating it would change its parent, and every add
+	// starting at the same time would conflict with every other (EAGAIN).
+	if err := p.store.Mkdir(ctx, journalPath(d.k)); err != nil {
+		p.forget(d.k)
+		return fmt.Errorf("hotplug: create %s: %w", journalPath(d.k), err)
+	}
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
 		if _, err := tx.Read(ctx, base+"/state"); err != nil {
 			return err

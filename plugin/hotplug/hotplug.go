@@ -472,6 +472,9 @@ func (p *Plugin) filter(path string, _ int) bool {
 }
 
 func (p *Plugin) handle(_ context.Context, ev dispatch.Event) error {
+	if p.group.Context().Err() != nil {
+		return nil // stopped: the next start looks at everything again
+	}
 	if ev.Overflow {
 		// Events were dropped, maybe after filter marked them pending:
 		// forget the marks and look at every device of the domain.

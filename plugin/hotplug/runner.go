@@ -166,7 +166,10 @@ func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.
 			if rec.Inc == "" {
 				return // a remove of a device set up before the plugin ran
 			}
-			if err := p.store.Write(context.WithoutCancel(p.group.Context()), journalPath(j.k), rec.encode()); err != nil {
+			// Bounded: the script's timeout is armed once this returns.
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(p.group.Context()), 5*time.Second)
+			defer cancel()
+			if err := p.store.Write(ctx, journalPath(j.k), rec.encode()); err != nil {
 				log.WithError(err).Warn("cannot journal the hotplug script's pid")
 			}
 		},
@@ -292,6 +295,19 @@ func (p *Plugin) endRemove(j *job, ok bool) {
 	})
 	if err != nil {
 		j.log.WithError(err).Warn("cannot clean up after the hotplug remove")
+	}
+	// The domain's journal directory, once empty, goes too: a record
+	// created meanwhile makes the transaction conflict and see it.
+	dir := journalDir + "/" + j.k.typ + "/" + j.k.dom.String()
+	err = p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		kids, err := tx.Directory(ctx, dir)
+		if err != nil || len(kids) > 0 {
+			return err
+		}
+		return tx.Rm(ctx, dir)
+	})
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		j.log.WithError(err).Warn("cannot remove the domain's empty hotplug journal directory")
 	}
 }
 
