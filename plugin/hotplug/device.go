@@ -209,6 +209,13 @@ func (p *Plugin) step(k devKey, scan bool) (again bool, err error) {
 func (p *Plugin) recover(k devKey, v view, rec record) (bool, error) {
 	d := &device{k: k, inc: rec.Inc, added: true, nodes: rec.nodes}
 	same := v.hasState && v.marker == rec.Inc
+	if rec.Phase == phaseRunning && rec.PID == 0 {
+		// Crashed between the script's start and the record of its pid:
+		// the script carries its incarnation in its environment.
+		if pid, st, ok := findByInc(rec.Inc); ok {
+			rec.PID, rec.Start, rec.Began = pid, st, time.Now().Unix()
+		}
+	}
 	log := p.devLog(k).WithFields(logrus.Fields{"action": rec.Action, "phase": rec.Phase, "pid": rec.PID})
 	switch {
 	case rec.alive():

@@ -1,6 +1,7 @@
 package hotplug
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -206,3 +207,35 @@ func groupAlive(pgid int) bool {
 
 // began returns when the record's script started.
 func (r record) began() time.Time { return time.Unix(r.Began, 0) }
+
+// incEnv is the variable every script gets with its incarnation: a crash
+// between a script's start and the journal's record of its pid leaves a
+// record without one, and the next start finds the script by it.
+const incEnv = "MTWATCH_HOTPLUG_INCARNATION"
+
+// findByInc returns the script running for incarnation inc: the process
+// group leader whose environment holds incEnv=inc, and its start time.
+func findByInc(inc string) (pid int, start int64, ok bool) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, 0, false
+	}
+	want := []byte(incEnv + "=" + inc + "\x00")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		env, err := os.ReadFile("/proc/" + e.Name() + "/environ")
+		if err != nil || !bytes.Contains(append([]byte{0}, env...), append([]byte{0}, want...)) {
+			continue
+		}
+		if pgid, err := syscall.Getpgid(p); err != nil || pgid != p {
+			continue // a child of the script: its leader is the script
+		}
+		if st, ok := procStart(p); ok {
+			return p, st, true
+		}
+	}
+	return 0, 0, false
+}

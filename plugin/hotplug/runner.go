@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -149,10 +150,14 @@ func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.
 	if !j.add {
 		rec.Action = "remove"
 	}
+	env := ex.env
+	if j.inc != "" {
+		env = proc.SetEnv(slices.Clone(env), incEnv, j.inc)
+	}
 	res := p.group.Run(proc.Spec{
 		Path:    ex.prog,
 		Args:    ex.argv,
-		Env:     ex.env,
+		Env:     env,
 		Timeout: set.cfg.Timeout,
 		Grace:   set.cfg.Grace,
 		Line: func(stream, line string) {
