@@ -82,6 +82,26 @@ type StopGracer interface {
 	StopGrace() time.Duration
 }
 
+// Staller is implemented by plugins whose work can stall outside a watch
+// handler (a script running off the workers, a device stuck in set-up).
+// Stalls lists those running longer than threshold (the agent's stall
+// threshold); a plugin with a threshold of its own may apply that instead.
+// It must be cheap, must not block on XenStore, and is safe for concurrent
+// use. The agent adds them to GET /v1/stalls, mtwatch stalls and metrics.
+type Staller interface {
+	Stalls(threshold time.Duration) []Stall
+}
+
+// Stall is one stalled piece of a plugin's work.
+type Stall struct {
+	Domid domid.ID
+	// Path is the XenStore path the work is about (a device's backend).
+	Path    string
+	Started time.Time
+	// Detail says what is stalled, for a person.
+	Detail string
+}
+
 // Section is a plugin's configuration section, [plugins.<name>], without its
 // "enabled" key, which the agent handles.
 type Section interface {
@@ -129,6 +149,10 @@ type Watch interface {
 	// pending events of the watch are purged and a running handler of it is
 	// waited for (unless Unwatch runs from that handler).
 	Unwatch(ctx context.Context) error
+	// Post queues an event for path on the watch as if xenstored had sent
+	// it (dispatch.Registration.Post): a plugin's way to have the domain's
+	// worker look at something that happened off the workers.
+	Post(path string) error
 	Path() string
 	Token() string
 	Stats() dispatch.WatchStats

@@ -300,7 +300,7 @@ func cleanEnv() []string {
 func startMtwatchd(ctx context.Context, bin string, timeout time.Duration, srv *xenstoredtest.Server, scripts, dir string, env []string) (func() error, error) {
 	conf := filepath.Join(dir, "mtwatchd.toml")
 	text := fmt.Sprintf("[agent]\nshutdown_timeout = \"10s\"\n\n[log]\nlevel = \"warning\"\n\n"+
-		"[plugins.hotplug]\nenabled = true\nscripts_dir = %q\ntimeout = %q\n# no libxl runs the scripts here\nxl_conf = \"\"\n",
+		"[plugins.hotplug]\nenabled = true\nscripts_dir = %q\ntimeout = %q\n# no libxl runs the scripts here: run them (auto would watch in dom0)\nmode = \"run\"\n",
 		scripts, timeout.String())
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, err

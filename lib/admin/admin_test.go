@@ -88,8 +88,10 @@ func (fakeAgent) Domain(id uint16) (control.Domain, bool) {
 	return control.Domain{}, false
 }
 func (fakeAgent) Stalls() []control.Stall {
-	return []control.Stall{{Domid: 7, Name: "stuck", Worker: "domain", Watch: "hotplug", Token: "hotplug/2",
-		Path: "backend/vbd/7/51712/state", Started: t0, AgeMS: 93000}}
+	return []control.Stall{{Domid: 7, Name: "stuck", Worker: "domain", Watch: "exec", Token: "exec/2",
+		Path: "/local/domain/7/memory/target", Started: t0, AgeMS: 93000},
+		{Domid: 8, Name: "web", Worker: "plugin", Watch: "hotplug", Path: "backend/vbd/8/51712", Started: t0.Add(time.Second),
+			AgeMS: 92000, Detail: "device stuck in set-up: backend state 2 (at InitWait without hotplug-status), frontend state 1"}}
 }
 
 // serveAgent serves src on a fresh control socket, as mtwatchd does.

@@ -95,7 +95,9 @@ func stallsCommand() *cli.Command {
 		Name:  "stalls",
 		Usage: "list running handlers past the stall threshold, oldest first",
 		Description: `Lists the handler calls running longer than the agent's stall threshold: domain,
-worker, watch, path and age. Exits 3 when the agent is not running.`,
+worker, watch, path and age; and plugins' work stalled off the workers (worker "plugin",
+the plugin's name as watch, what is stalled after the path): a hotplug script, a device
+stuck in set-up or teardown. Exits 3 when the agent is not running.`,
 		Flags:        []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print the control API's JSON"}},
 		OnUsageError: onUsageError,
 		Action: func(c *cli.Context) error {
@@ -119,7 +121,11 @@ worker, watch, path and age. Exits 3 when the agent is not running.`,
 			}
 			t := newTable("Name", ">ID", "Worker", "Watch", ">Age", "Path")
 			for _, s := range stalls {
-				t.add(orDash(s.Name), strconv.Itoa(int(s.Domid)), s.Worker, s.Watch, fmtAge(s.AgeMS), s.Path)
+				path := s.Path
+				if s.Detail != "" {
+					path += "  " + s.Detail
+				}
+				t.add(orDash(s.Name), strconv.Itoa(int(s.Domid)), s.Worker, s.Watch, fmtAge(s.AgeMS), path)
 			}
 			return t.write(c.App.Writer)
 		},

@@ -342,6 +342,9 @@ func (w *pluginWatch) unwatchXS(ctx context.Context) error {
 
 var _ plugin.Detacher = (*pluginWatch)(nil)
 
+// Post implements plugin.Watch.
+func (w *pluginWatch) Post(path string) error { return w.reg.Post(path) }
+
 func (w *pluginWatch) Path() string               { return w.path }
 func (w *pluginWatch) Token() string              { return w.token }
 func (w *pluginWatch) Stats() dispatch.WatchStats { return w.reg.Stats() }

@@ -72,7 +72,7 @@ func TestDriverDomain(t *testing.T) {
 	dial := driverDial(t, in, driver)
 	in.CreateDomain(fa)
 	in.CreateDomain(fb)
-	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nxl_conf = \"\"\ntimeout = \"5s\"\ngrace = \"100ms\"\n",
+	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\ntimeout = \"5s\"\ngrace = \"100ms\"\n",
 		driverScripts(t, in, driver))
 	h := start(t, in, cfg, func(o *agent.Options) { o.Dial = dial },
 		plugin.Registration{Name: hotplug.Name, New: hotplug.New})
@@ -110,10 +110,12 @@ func TestDriverDomain(t *testing.T) {
 	a := device("vbd", fa, 768, "hang")
 	h.write(home+a+"/state", "2")
 	h.waitWorker(fa, control.WorkerLive)
-	// A's add script hangs, on A's worker.
-	h.waitDomain(fa, "running A's script", func(d control.Domain, _ bool) bool {
-		return d.Current != nil && d.Backend && d.Worker == control.WorkerLive
+	// A's add script hangs, started by A's worker (mode auto runs scripts
+	// in a driver domain).
+	h.waitDomain(fa, "A's worker", func(d control.Domain, _ bool) bool {
+		return d.Processed > 0 && d.Backend && d.Worker == control.WorkerLive
 	})
+	h.waitHotplug("A's script running", func(st hotplug.Status) bool { return len(st.Running) == 1 })
 
 	bVif := device("vif", fb, 0, "connect")
 	bVbd := device("vbd", fb, 768, "connect")

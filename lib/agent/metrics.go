@@ -63,7 +63,7 @@ func newMetrics(a *Agent) *metrics {
 		domains:    prometheus.NewDesc("mtwatch_domains", "Guest domains known (node or introduced).", nil, nil),
 		nodes:      prometheus.NewDesc("mtwatch_nodes", "Trusted mtwatch nodes.", nil, nil),
 		stale:      prometheus.NewDesc("mtwatch_stale_nodes", "Nodes whose domain has not been introduced for longer than the grace period.", nil, nil),
-		stalled:    prometheus.NewDesc("mtwatch_stalled_handlers", "Running handlers past the stall threshold.", nil, nil),
+		stalled:    prometheus.NewDesc("mtwatch_stalled_handlers", "Running handlers past the stall threshold, and plugins' work stalled off the workers (a hotplug script, a stuck device).", nil, nil),
 		reconnects: prometheus.NewDesc("mtwatch_xenstore_reconnects_total", "Reconnections to xenstored.", nil, nil),
 		connected:  prometheus.NewDesc("mtwatch_xenstore_connected", "1 while connected to xenstored.", nil, nil),
 		queued:     prometheus.NewDesc("mtwatch_domain_queued_events", "Events pending for a domain with a worker.", []string{"domid"}, nil),

@@ -9,6 +9,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/plugin"
 )
 
 // The Agent is the control API's Source: it answers from memory, never
@@ -123,6 +124,19 @@ func (a *Agent) stalls(st dispatch.Stats) []control.Stall {
 	for _, ds := range st.Domains {
 		if ds.Domid != domid.Dom0 && ds.Current != nil && (ds.Worker || ds.Draining > 0) {
 			add(ds.Current, "domain")
+		}
+	}
+	now := time.Now()
+	for _, p := range a.plugins {
+		sr, ok := p.p.(plugin.Staller)
+		if !ok || !p.enabled || !p.running.Load() {
+			continue
+		}
+		for _, s := range sr.Stalls(stallAt) {
+			out = append(out, control.Stall{
+				Domid: uint16(s.Domid), Worker: "plugin", Watch: p.name, Path: s.Path,
+				Started: s.Started, AgeMS: now.Sub(s.Started).Milliseconds(), Detail: s.Detail,
+			})
 		}
 	}
 	a.domains.nameStalls(out)

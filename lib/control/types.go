@@ -171,17 +171,21 @@ type Current struct {
 }
 
 // Stall is one element of GET /v1/stalls: a running handler past the stall
-// threshold. The list is oldest first.
+// threshold, or a plugin's work stalled off the workers (a hotplug script, a
+// device stuck in set-up). The list is oldest first.
 type Stall struct {
 	Domid uint16 `json:"domid"`
 	Name  string `json:"name"`
-	// Worker is "default" or "domain".
+	// Worker is "default" or "domain" for a handler, "plugin" for a
+	// plugin's work; Watch is then the plugin's name.
 	Worker  string    `json:"worker"`
 	Watch   string    `json:"watch"`
 	Token   string    `json:"token"`
 	Path    string    `json:"path"`
 	Started time.Time `json:"started"`
 	AgeMS   int64     `json:"age_ms"`
+	// Detail says what a plugin's stall is about.
+	Detail string `json:"detail,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

@@ -268,6 +268,26 @@ func (d *Dispatcher) Dispatch(path, token string) error {
 	return nil
 }
 
+// Post queues an event of w for path as if xenstored had sent it: routed,
+// filtered and coalesced as one. A plugin uses it to have work it did off
+// the workers (a script that ended) looked at by the domain's worker, in the
+// domain's order. Errors: ErrUnknownWatch once w is unregistered, and
+// ErrStopped.
+func (w *Registration) Post(path string) error {
+	id := w.domainFor(path)
+	d := w.d
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping {
+		return fmt.Errorf("dispatch: post %q: %w", path, ErrStopped)
+	}
+	if w.removed {
+		return fmt.Errorf("dispatch: post %q: %w %q", path, ErrUnknownWatch, w.token)
+	}
+	d.enqueueLocked(w, d.domainLocked(id), path)
+	return nil
+}
+
 // domainLocked returns the record of domain id, creating it if needed;
 // d.dom0 for dom0.
 func (d *Dispatcher) domainLocked(id domid.ID) *domain {

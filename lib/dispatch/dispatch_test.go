@@ -1214,3 +1214,48 @@ func TestDetach(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPost: an event a plugin posts runs as one from xenstored would: on
+// the worker of its path's domain, after what was queued before it,
+// filtered and coalesced; it is refused once the watch is gone.
+func TestPost(t *testing.T) {
+	d := newDispatcher(t, Config{})
+	rec := newRecorder()
+	refuse := "backend/vbd/5/99"
+	w := register(t, d, WatchConfig{Path: "backend", Token: "be", Handler: rec.handle,
+		Filter: func(p string, _ int) bool { return p != refuse }})
+	if err := d.CreateDomain(5); err != nil {
+		t.Fatal(err)
+	}
+	dispatch(t, d, "backend/vbd/5/768/state", "be")
+	for _, p := range []string{"backend/vbd/5/768", refuse, "backend/vbd/6/768"} {
+		if err := w.Post(p); err != nil {
+			t.Fatalf("Post(%q): %v", p, err)
+		}
+	}
+	// Workers run side by side: the order holds within a worker.
+	byWorker := map[domid.ID][]string{}
+	for _, rn := range rec.waitRuns(t, 3)[:3] {
+		if rn.Event.Token != "be" {
+			t.Errorf("run %+v: token", rn)
+		}
+		byWorker[rn.Worker] = append(byWorker[rn.Worker], rn.Path)
+	}
+	if got := byWorker[5]; !slices.Equal(got, []string{"backend/vbd/5/768/state", "backend/vbd/5/768"}) {
+		t.Errorf("domain 5's worker ran %v", got)
+	}
+	if got := byWorker[domid.Dom0]; !slices.Equal(got, []string{"backend/vbd/6/768"}) {
+		t.Errorf("the default worker ran %v", got)
+	}
+	if st := w.Stats(); st.Filtered != 1 {
+		t.Errorf("stats %+v: the filter did not see the post", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+	defer cancel()
+	if err := w.Unregister(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Post("backend/vbd/5/768"); !errors.Is(err, ErrUnknownWatch) {
+		t.Errorf("Post after Unregister: %v", err)
+	}
+}

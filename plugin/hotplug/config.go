@@ -1,9 +1,7 @@
 package hotplug
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -14,11 +12,22 @@ import (
 )
 
 // Defaults for keys left out; the timeout is libxl's LIBXL_HOTPLUG_TIMEOUT.
+// DefaultMaxScripts is sized for a boot storm: enough scripts at once to
+// keep a host's disks and NICs busy, few enough that a thousand domains
+// starting together do not fork a thousand shells.
 const (
 	DefaultTimeout    = 40 * time.Second
 	DefaultGrace      = 2 * time.Second
 	DefaultScriptsDir = "/etc/xen/scripts"
-	DefaultXLConf     = "/etc/xen/xl.conf"
+	DefaultMaxScripts = 64
+	DefaultStuckAfter = 30 * time.Second
+)
+
+// Modes: run the scripts, or only watch the devices that others set up.
+const (
+	ModeAuto  = "auto"
+	ModeRun   = "run"
+	ModeWatch = "watch"
 )
 
 // DefaultTypes are the backend types whose scripts run unless configured
@@ -32,7 +41,12 @@ type Config struct {
 	AllowedDirs []string      `toml:"allowed_dirs" doc:"Directories an absolute script path may be in, besides scripts_dir."`
 	Timeout     time.Duration `toml:"timeout" doc:"A script running longer is killed; the default is libxl's LIBXL_HOTPLUG_TIMEOUT."`
 	Grace       time.Duration `toml:"grace" doc:"SIGTERM -> SIGKILL delay for a script past its timeout."`
-	XLConf      string        `toml:"xl_conf" doc:"Checked at start for run_hotplug_scripts; \"\" skips the check."`
+	Mode        string        `toml:"mode" doc:"auto (run in a driver domain, watch in dom0), run (run the scripts) or watch (run nothing, report stuck devices)."`
+	MaxScripts  int           `toml:"max_scripts" doc:"Scripts running at once, host-wide; teardown first, domains in turn."`
+	StuckAfter  time.Duration `toml:"stuck_after" doc:"Watch mode: a device in set-up or teardown longer than this is a stall."`
+	// XLConf is accepted and ignored: earlier versions read xl.conf's
+	// run_hotplug_scripts, which libxl does not act on.
+	XLConf string `toml:"xl_conf" doc:"Ignored (libxl runs dom0's scripts whatever run_hotplug_scripts says)."`
 }
 
 // defaults is the section at its defaults.
@@ -42,7 +56,9 @@ func defaults() Config {
 		ScriptsDir: DefaultScriptsDir,
 		Timeout:    DefaultTimeout,
 		Grace:      DefaultGrace,
-		XLConf:     DefaultXLConf,
+		Mode:       ModeAuto,
+		MaxScripts: DefaultMaxScripts,
+		StuckAfter: DefaultStuckAfter,
 	}
 }
 
@@ -77,8 +93,16 @@ func parse(sec plugin.Section) (Config, error) {
 	if cfg.Grace <= 0 {
 		return cfg, sec.Errorf("grace", "grace must be positive, not %v", cfg.Grace)
 	}
-	if cfg.XLConf != "" && !filepath.IsAbs(cfg.XLConf) {
-		return cfg, sec.Errorf("xl_conf", "%q is not an absolute path", cfg.XLConf)
+	switch cfg.Mode {
+	case ModeAuto, ModeRun, ModeWatch:
+	default:
+		return cfg, sec.Errorf("mode", "mode must be %q, %q or %q, not %q", ModeAuto, ModeRun, ModeWatch, cfg.Mode)
+	}
+	if cfg.MaxScripts < 1 || cfg.MaxScripts > 4096 {
+		return cfg, sec.Errorf("max_scripts", "max_scripts must be between 1 and 4096, not %d", cfg.MaxScripts)
+	}
+	if cfg.StuckAfter <= 0 {
+		return cfg, sec.Errorf("stuck_after", "stuck_after must be positive, not %v", cfg.StuckAfter)
 	}
 	return cfg, nil
 }
@@ -114,28 +138,4 @@ func (c *Config) resolve(script string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("script %q is outside %s and the allowed directories", script, c.ScriptsDir)
-}
-
-// libxlRunsScripts reads xl.conf's run_hotplug_scripts: libxl runs the
-// scripts itself unless it is 0, and the default is 1. It returns the reason
-// for its answer.
-func libxlRunsScripts(file string) (bool, string) {
-	f, err := os.Open(file)
-	if err != nil {
-		return true, fmt.Sprintf("cannot read %s (%v): run_hotplug_scripts defaults to 1", file, err)
-	}
-	defer f.Close()
-	runs, why := true, fmt.Sprintf("%s does not set run_hotplug_scripts, which defaults to 1", file)
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line, _, _ := strings.Cut(sc.Text(), "#")
-		k, v, ok := strings.Cut(line, "=")
-		if !ok || strings.TrimSpace(k) != "run_hotplug_scripts" {
-			continue
-		}
-		v = strings.Trim(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), ";")), `"'`)
-		runs = v != "0"
-		why = fmt.Sprintf("%s:%d: run_hotplug_scripts=%s", file, n, v)
-	}
-	return runs, why
 }

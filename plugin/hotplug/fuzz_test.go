@@ -1,6 +1,7 @@
 package hotplug
 
 import (
+	"errors"
 	"strings"
 	"testing"
 )
@@ -27,6 +28,33 @@ func FuzzParsePath(f *testing.F) {
 			if n == 4 && path != k.path()+"/"+node {
 				t.Fatalf("%q: node %q", path, node)
 			}
+		}
+	})
+}
+
+// FuzzParseRecord: a journal record either parses into one that encodes
+// and parses back to itself, or is refused with ErrJournal: a record
+// damaged in XenStore never makes the plugin act on a guess.
+func FuzzParseRecord(f *testing.F) {
+	for _, s := range []string{
+		`{"action":"add","phase":"running","inc":"0123456789abcdef","pid":42,"start":1234,"began":1700000000,"script":"block"}`,
+		`{"action":"remove","phase":"running","inc":"0123456789abcdef","script":"vif-bridge","gatewaydev":"eth0","type":"vif"}`,
+		`{"action":"add","phase":"done","inc":"0123456789abcdef"}`,
+		`{"action":"add","phase":"done","inc":"short"}`, `{"action":"rm"}`, `{"pid":-1}`, ``, `null`, `[]`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := parseRecord(b)
+		if err != nil {
+			if !errors.Is(err, ErrJournal) {
+				t.Fatalf("%q: %v does not wrap ErrJournal", b, err)
+			}
+			return
+		}
+		r2, err := parseRecord(r.encode())
+		if err != nil || r2 != r {
+			t.Fatalf("%q: %+v encodes to %q, which parses to %+v, %v", b, r, r.encode(), r2, err)
 		}
 	})
 }

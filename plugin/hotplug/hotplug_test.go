@@ -42,7 +42,7 @@ func build(t testing.TB, opts plugintest.Options, extra string) *fixture {
 	t.Helper()
 	h := plugintest.New(t, opts)
 	f := &fixture{t: t, h: h, out: t.TempDir(), scripts: scriptsDir(t)}
-	text := fmt.Sprintf("scripts_dir = %q\nxl_conf = \"\"\n%s\n", f.scripts, extra)
+	text := fmt.Sprintf("scripts_dir = %q\nmode = \"run\"\n%s\n", f.scripts, extra)
 	pl, err := h.Build(Name, text)
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +290,8 @@ func TestStartupScan(t *testing.T) {
 	f.status(early, 20*time.Second)
 }
 
-// TestTypes: qdisk backends get no script by default; a type is opt-in.
+// TestTypes: qdisk backends get no script by default, and are reported as
+// needing the QEMU that xl devd starts; a type is opt-in.
 func TestTypes(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -306,6 +307,17 @@ func TestTypes(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 		if got := f.records(q, "add") == 1; got != tc.runs {
 			t.Errorf("%q: qdisk script ran: %v", tc.extra, got)
+		}
+		// Not run: reported, as it needs the QEMU xl devd starts.
+		if st := f.p.Status().(Status); tc.runs != (len(st.NeedQEMU) == 0) {
+			t.Errorf("%q: need_qemu %v", tc.extra, st.NeedQEMU)
+		}
+		warned := false
+		for _, e := range f.h.LogHook.AllEntries() {
+			warned = warned || (e.Level == logrus.WarnLevel && strings.Contains(e.Message, "keep xl devd running for qdisk backends") && e.Data["device"] == q)
+		}
+		if warned == tc.runs {
+			t.Errorf("%q: warned %v", tc.extra, warned)
 		}
 	}
 }
@@ -344,67 +356,41 @@ func mainWatch(f *fixture) *plugintest.Watch {
 	return nil
 }
 
-// TestHungDomain is the reason for the plugin: a script hung for domain A
-// does not delay domain B's vif and vbd with a worker per domain, and does
-// with a single worker, as under xl devd. The same test runs in both modes.
+// TestHungDomain is the reason for the plugin: a script hung for one of
+// domain A's disks delays neither domain B's vif and vbd nor A's other
+// devices, whether the agent runs a worker per domain or a single one: a
+// script does not occupy its domain's worker.
 func TestHungDomain(t *testing.T) {
 	t.Parallel()
 	for _, single := range []bool{false, true} {
 		t.Run(map[bool]string{false: "multi-worker", true: "single-worker"}[single], func(t *testing.T) {
 			t.Parallel()
-			f := start(t, plugintest.Options{SingleWorker: single}, "timeout = \"4s\"\ngrace = \"100ms\"")
+			f := start(t, plugintest.Options{SingleWorker: single}, "timeout = \"30s\"\ngrace = \"100ms\"")
 			f.h.AddDomain(20)
 			f.h.AddDomain(21)
 			a := f.device("vbd", 20, 768, "hang")
 			f.h.Write(a+"/state", "2")
 			f.record(a, "add", 0) // A's script hangs from now on
+			aVif := f.device("vif", 20, 0, "connect")
 			bVif := f.device("vif", 21, 0, "connect")
 			bVbd := f.device("vbd", 21, 768, "connect")
-			f.h.Write(bVif+"/state", "2", bVbd+"/state", "2")
-			f.status(bVif, 20*time.Second)
-			f.status(bVbd, 20*time.Second)
-			// When B's devices are connected, has A's script been killed?
-			aStatus, aDone := f.h.Read(a + "/hotplug-status")
-			if single {
-				if !aDone || aStatus != "error" {
-					t.Fatalf("single worker: B connected before A's hung script ended (A status %q)", aStatus)
+			f.h.Write(aVif+"/state", "2", bVif+"/state", "2", bVbd+"/state", "2")
+			for _, dev := range []string{aVif, bVif, bVbd} {
+				if s := f.status(dev, 10*time.Second); s != "connected" {
+					t.Fatalf("%s: hotplug-status %q", dev, s)
 				}
-			} else if aDone {
-				t.Fatalf("multi-worker: B waited for A's hung script (A status %q)", aStatus)
+			}
+			if s, done := f.h.Read(a + "/hotplug-status"); done {
+				t.Fatalf("the other devices waited for A's hung script (A status %q)", s)
+			}
+			f.h.Wait(10*time.Second, "the connect scripts exit", func() bool { return len(f.p.Status().(Status).Running) == 1 })
+			if st := f.p.Status().(Status); st.Running[0].Device != a {
+				t.Errorf("running %+v, want A's hung add only", st.Running)
+			}
+			if stalls := f.p.Stalls(time.Millisecond); len(stalls) != 1 || stalls[0].Path != a || stalls[0].Domid != 20 {
+				t.Errorf("stalls %+v, want A's hung add", stalls)
 			}
 		})
-	}
-}
-
-// TestXLConf: the plugin warns when libxl runs the scripts itself.
-func TestXLConf(t *testing.T) {
-	t.Parallel()
-	dir := t.TempDir()
-	for _, tc := range []struct {
-		content string
-		warn    bool
-	}{
-		{"run_hotplug_scripts=0\n", false},
-		{"# run_hotplug_scripts=0\nrun_hotplug_scripts=1\n", true},
-		{"autoballoon=\"off\"\n", true},
-		{"", true}, // missing file
-	} {
-		file := filepath.Join(dir, fmt.Sprintf("xl%d.conf", len(tc.content)))
-		if tc.content != "" {
-			os.WriteFile(file, []byte(tc.content), 0o644)
-		}
-		h := plugintest.New(t, plugintest.Options{})
-		p := h.Start(Name, fmt.Sprintf("xl_conf = %q\ntypes = []\n", file))
-		_ = p
-		warned := false
-		for _, e := range h.LogHook.AllEntries() {
-			if e.Level == logrus.WarnLevel && strings.Contains(e.Message, "run twice") {
-				warned = true
-			}
-		}
-		if warned != tc.warn {
-			t.Errorf("xl.conf %q: warned %v", tc.content, warned)
-		}
 	}
 }
 
@@ -418,6 +404,9 @@ func TestConfigErrors(t *testing.T) {
 		{"allowed_dirs = [\"/opt/x/../y\"]\n", ":1: allowed_dirs[0]: "},
 		{"timeout = \"-1s\"\n", ":1: timeout: timeout must be positive"},
 		{"scripts = \"/x\"\n", ":1: scripts: unknown key"},
+		{"mode = \"both\"\n", ":1: mode: mode must be \"auto\", \"run\" or \"watch\", not \"both\""},
+		{"max_scripts = 0\n", ":1: max_scripts: max_scripts must be between 1 and 4096, not 0"},
+		{"stuck_after = \"0s\"\n", ":1: stuck_after: stuck_after must be positive"},
 	} {
 		sec := h.Section(Name, tc.text)
 		_, err := h.BuildSection(Name, sec)
@@ -481,7 +470,7 @@ func TestStopDuringAdd(t *testing.T) {
 		t.Fatalf("hotplug-status %q after a stop", v)
 	}
 	// A new process: a new registry.
-	ic := f.h.InitContext(Name, f.h.Section(Name, fmt.Sprintf("scripts_dir = %q\nxl_conf = \"\"\n", f.scripts)))
+	ic := f.h.InitContext(Name, f.h.Section(Name, fmt.Sprintf("scripts_dir = %q\nmode = \"run\"\n", f.scripts)))
 	ic.Metrics = prometheus.NewRegistry()
 	pl, err := New(ic)
 	if err != nil {
@@ -571,7 +560,5 @@ func TestDirRemovedDuringAdd(t *testing.T) {
 		t.Errorf("log:\n%s\nwant:\n%s", got, want)
 	}
 	f.h.Wait(10*time.Second, "leftover removed", func() bool { _, ok := f.h.Read(dev); return !ok })
-	if st := f.p.Status().(Status); st.Devices != 0 {
-		t.Errorf("the device is still known: %+v", st)
-	}
+	f.h.Wait(10*time.Second, "the device forgotten", func() bool { return f.p.Status().(Status).Devices == 0 })
 }

@@ -20,7 +20,7 @@ func (f *fixture) reload(extra string) error {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	return f.p.Reload(ctx, f.h.Section(Name, fmt.Sprintf("scripts_dir = %q\nxl_conf = \"\"\n%s\n", f.scripts, extra)))
+	return f.p.Reload(ctx, f.h.Section(Name, fmt.Sprintf("scripts_dir = %q\nmode = \"run\"\n%s\n", f.scripts, extra)))
 }
 
 // TestReload: SIGHUP's Reload changes the timeout, the types, the allowed
@@ -89,7 +89,7 @@ func TestReload(t *testing.T) {
 	if err := f.reload(fmt.Sprintf("types = [\"vbd\"]\nscripts_dir = %q", other)); err == nil {
 		t.Fatal("scripts_dir twice accepted")
 	}
-	sec := f.h.Section(Name, fmt.Sprintf("scripts_dir = %q\nxl_conf = \"\"\ntypes = [\"vbd\"]\n", other))
+	sec := f.h.Section(Name, fmt.Sprintf("scripts_dir = %q\nmode = \"run\"\ntypes = [\"vbd\"]\n", other))
 	if err := f.p.Reload(t.Context(), sec); err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mtwatch/mtwatch/internal/proctest"
+	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
@@ -25,7 +26,7 @@ var scriptsDir = func() string { d, _ := filepath.Abs("../../plugin/hotplug/test
 func hotplugAgent(t *testing.T, in *xenstoredtest.Instance, extra string, args ...string) (*agent, string) {
 	t.Helper()
 	out := t.TempDir()
-	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nxl_conf = \"\"\n%s\n", scriptsDir, extra)
+	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nmode = \"run\"\n%s\n", scriptsDir, extra)
 	a := newAgent(t, in, cfg, args...)
 	a.cmd.Env = append(a.cmd.Env, "OUT="+out)
 	return a, out
@@ -124,9 +125,9 @@ func TestHotplug(t *testing.T) {
 }
 
 // TestHotplugHungDomain: a script hung for domain A while domain B's vif and
-// vbd complete with a worker per domain, and wait for A's timeout with
-// --single-worker, as behind one loop that runs its handlers in line (the
-// kernel's xenwatch). The same test in both modes.
+// vbd complete, with a worker per domain and with --single-worker alike: a
+// script does not occupy its domain's worker. The hung script is a stall
+// with its device path in mtwatch's stalls.
 func TestHotplugHungDomain(t *testing.T) {
 	t.Parallel()
 	for _, single := range []bool{false, true} {
@@ -137,7 +138,7 @@ func TestHotplugHungDomain(t *testing.T) {
 			if single {
 				args = append(args, "--single-worker")
 			}
-			a, out := hotplugAgent(t, in, "timeout = \"5s\"\ngrace = \"100ms\"", args...)
+			a, out := hotplugAgent(t, in, "timeout = \"30s\"\ngrace = \"100ms\"\n[agent]\nstall_threshold = \"300ms\"\nshutdown_timeout = \"1s\"", args...)
 			a.run()
 			a.domain(20)
 			a.domain(21)
@@ -149,12 +150,18 @@ func TestHotplugHungDomain(t *testing.T) {
 			a.write(vif+"/state", "2", vbd+"/state", "2")
 			a.hotplugStatus(vif)
 			a.hotplugStatus(vbd)
-			aStatus, aDone := a.read(hung + "/hotplug-status")
-			if single && (!aDone || aStatus != "error") {
-				t.Fatalf("single worker: B connected before A's hung script ended (A: %q)", aStatus)
+			if aStatus, aDone := a.read(hung + "/hotplug-status"); aDone {
+				t.Fatalf("B waited for A's hung script (A: %q)", aStatus)
 			}
-			if !single && aDone {
-				t.Fatalf("multi-worker: B waited for A's hung script (A: %q)", aStatus)
+			var st []control.Stall
+			a.wait(10*time.Second, "a stall", func() bool {
+				var err error
+				st, err = a.ctl.Stalls(t.Context())
+				return err == nil && len(st) > 0
+			})
+			if len(st) != 1 || st[0].Worker != "plugin" || st[0].Watch != "hotplug" || st[0].Path != hung || st[0].Domid != 20 ||
+				!strings.Contains(st[0].Detail, "add script") {
+				t.Errorf("stalls %+v, want A's hung add", st)
 			}
 		})
 	}
@@ -194,7 +201,7 @@ func TestHotplugReload(t *testing.T) {
 	if _, ok := a.read(vif + "/hotplug-status"); ok {
 		t.Fatal("vif handled before it was enabled")
 	}
-	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nxl_conf = \"\"\ntypes = [\"vbd\", \"vif\"]\ntimeout = \"500ms\"\ngrace = \"100ms\"\n", scriptsDir)
+	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nmode = \"run\"\ntypes = [\"vbd\", \"vif\"]\ntimeout = \"500ms\"\ngrace = \"100ms\"\n", scriptsDir)
 	if err := os.WriteFile(a.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -285,8 +292,7 @@ func TestHotplugFlood(t *testing.T) {
 	busy := a.device("vbd", 40, 768, "hang")
 	a.write(busy+"/state", "2")
 	a.wait(20*time.Second, "hung script running", func() bool {
-		d, err := a.ctl.Domain(t.Context(), 40)
-		return err == nil && d.Current != nil
+		return len(pluginStatus(t, a, "hotplug").Status.(map[string]any)["running"].([]any)) == 1
 	})
 	flood := a.device("vif", 40, 0, "connect")
 	fe := "/local/domain/40/device/vif/0"
@@ -425,5 +431,165 @@ func TestHotplugScriptInherits(t *testing.T) {
 	}
 	if fds < 3 {
 		t.Errorf("%d descriptors recorded:\n%s", fds, got)
+	}
+}
+
+// run is one run of the slowadd script, from its own log.
+type run struct {
+	pid        int
+	start, end int64 // ns; end 0: it never ended
+}
+
+// readRuns parses the slowadd scripts' log: the runs of each device.
+func readRuns(t *testing.T, file string) map[string][]*run {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]*run{}
+	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 4 {
+			t.Fatalf("bad line %q", l)
+		}
+		pid, _ := strconv.Atoi(f[2])
+		ns, _ := strconv.ParseInt(f[3], 10, 64)
+		switch f[0] {
+		case "start":
+			out[f[1]] = append(out[f[1]], &run{pid: pid, start: ns})
+		case "end":
+			found := false
+			for _, r := range out[f[1]] {
+				if r.pid == pid && r.end == 0 {
+					r.end, found = ns, true
+				}
+			}
+			if !found {
+				t.Fatalf("end without start: %q", l)
+			}
+		}
+	}
+	return out
+}
+
+// TestHotplugCrashExactlyOnce: mtwatchd is killed with SIGKILL in the
+// middle of 100 slow adds (2 s each, 40 at a time): some have ended, some
+// run on as orphans, some never started. Ten of the orphans are then killed
+// too, as the crash might have taken them. The restarted mtwatchd, from its
+// journal, waits for the orphans still running, runs the ten interrupted
+// adds once more and the ones never started once, and runs no completed
+// add again. The scripts' own log proves it: no two runs of a device
+// overlap, every device has exactly one run that ended, and every device
+// ends with hotplug-status=connected.
+func TestHotplugCrashExactlyOnce(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	out := t.TempDir()
+	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nmode = \"run\"\nmax_scripts = 40\ntimeout = \"60s\"\n"+
+		"[plugins.log]\nenabled = false\n[agent]\nshutdown_timeout = \"2s\"\n", scriptsDir)
+	start := func() *agent {
+		a := newAgent(t, in, cfg)
+		a.cmd.Env = append(a.cmd.Env, "OUT="+out)
+		a.run()
+		return a
+	}
+	a := start()
+	var devs []string
+	for d := 1; d <= 25; d++ {
+		a.domain(domid.ID(d))
+		for i := range 4 {
+			devs = append(devs, a.device("vbd", domid.ID(d), 768+16*i, "slowadd"))
+		}
+	}
+	for _, dev := range devs {
+		a.write(dev+"/state", "2")
+	}
+	logFile := filepath.Join(out, "runs")
+	count := func(word string) int {
+		b, _ := os.ReadFile(logFile)
+		return strings.Count(string(b), word+" ")
+	}
+	a.wait(60*time.Second, "40 adds done and the next 40 running", func() bool { return count("end") >= 40 && count("start") >= 80 })
+	a.cmd.Process.Kill()
+	<-a.exited
+	crashed := time.Now().UnixNano()
+
+	// Ten of the scripts still running die with it.
+	killed := 0
+	for _, rs := range readRuns(t, logFile) {
+		if r := rs[0]; r.end == 0 && killed < 10 && proctest.Alive(r.pid) {
+			syscall.Kill(-r.pid, syscall.SIGKILL)
+			killed++
+		}
+	}
+	if killed < 10 {
+		t.Fatalf("only %d scripts were running at the crash", killed)
+	}
+	b := start()
+	for _, dev := range devs {
+		if s := b.hotplugStatus(dev); s != "connected" {
+			t.Errorf("%s: hotplug-status %q", dev, s)
+		}
+	}
+	b.wait(30*time.Second, "every script ended", func() bool {
+		return len(pluginStatus(t, b, "hotplug").Status.(map[string]any)["running"].([]any)) == 0
+	})
+	runs := readRuns(t, logFile)
+	var again, once, waited int
+	for _, dev := range devs {
+		rs := runs[dev]
+		ended := 0
+		for i, r := range rs {
+			if r.end != 0 {
+				ended++
+			}
+			if i > 0 {
+				prevEnd := rs[i-1].end
+				if prevEnd == 0 {
+					prevEnd = crashed // killed after the crash, before the restart
+				}
+				if r.start < prevEnd {
+					t.Errorf("%s: run %d (pid %d) started while run %d (pid %d) still ran", dev, i, r.pid, i-1, rs[i-1].pid)
+				}
+			}
+		}
+		if ended != 1 {
+			t.Errorf("%s: %d runs ended, want exactly 1: %+v", dev, ended, rs)
+		}
+		switch {
+		case len(rs) == 2:
+			again++
+		case len(rs) == 1 && rs[0].start < crashed && rs[0].end > crashed:
+			waited++
+		case len(rs) == 1:
+			once++
+		default:
+			t.Errorf("%s: %d runs", dev, len(rs))
+		}
+	}
+	if again != killed {
+		t.Errorf("%d adds ran again, want the %d interrupted ones", again, killed)
+	}
+	if waited == 0 {
+		t.Error("no script left running by the crash was waited for")
+	}
+	t.Logf("%d devices: %d ran again after the crash, %d waited for, %d ran once", len(devs), again, waited, once)
+}
+
+// TestHotplugLateInitWait: a backend that reaches InitWait 11 s after its
+// directory appeared still gets its add (xl devd gives up on a device that
+// takes more than 10 s to get there, and then ignores it).
+func TestHotplugLateInitWait(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	a, _ := hotplugAgent(t, in, "")
+	a.run()
+	a.domain(8)
+	dev := a.device("vbd", 8, 768, "connect")
+	time.Sleep(11 * time.Second)
+	a.write(dev+"/state", "2")
+	if s := a.hotplugStatus(dev); s != "connected" {
+		t.Errorf("hotplug-status %q", s)
 	}
 }

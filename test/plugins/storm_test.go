@@ -45,7 +45,7 @@ func storm(t testing.TB) stormResult {
 	cfg := fmt.Sprintf(`[plugins.hotplug]
 enabled = true
 scripts_dir = %q
-xl_conf = ""
+mode = "run"
 timeout = "40s"
 
 [plugins.exec]

@@ -51,6 +51,11 @@ type Spec struct {
 
 	// noCgroup runs without a cgroup, as where there is none (tests).
 	noCgroup bool
+
+	// Started, if set, is called with the process id (also the process
+	// group's id) once the command has started, before Run waits for it:
+	// for a caller that records what runs, to find it again after a crash.
+	Started func(pid int)
 }
 
 // Result is the outcome of a run.
@@ -140,6 +145,9 @@ func Run(ctx context.Context, spec Spec) Result {
 		return Result{ExitCode: -1, Duration: time.Since(start), Err: fmt.Errorf("start %s: %w", spec.Path, err)}
 	}
 	pgid := cmd.Process.Pid
+	if spec.Started != nil {
+		spec.Started(pgid)
+	}
 
 	var readers sync.WaitGroup
 	for _, s := range []struct {

@@ -1,0 +1,360 @@
+package hotplug
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/mtwatch/mtwatch/lib/xenstore"
+)
+
+// This file is a device's state machine, libxl's rules run on the worker
+// of the device's domain: add at InitWait once, remove at Closed with
+// online 0 or when the device is gone, if its add ran. Each decision is
+// taken on the worker; the script it starts runs off the worker (runner.go),
+// and its end comes back as the domain's next event (Watch.Post), so a
+// device's actions run one after another and in order while the devices of
+// a domain, and of all domains, run side by side.
+
+// device is what the plugin remembers of one incarnation of a device.
+type device struct {
+	k devKey
+	// inc is the incarnation's id, the marker written at its add; "" for a
+	// device found connected without one (set up before the plugin ran).
+	inc   string
+	added bool // its add ran or runs (or it was found with hotplug-status)
+	nodes nodes
+	job   *job // queued, running, or finished and not yet looked at
+}
+
+// job is one action on a device: an add or a remove, each of one or two
+// executions of the script, or the wait for a script an earlier mtwatchd
+// left running.
+type job struct {
+	k     devKey
+	add   bool
+	inc   string
+	nodes nodes
+	adopt *record // a script left running before a restart
+	log   *logrus.Entry
+
+	queued   bool      // waiting for admission; under pool.mu
+	enqueued time.Time // when it was submitted
+
+	// Under Plugin.mu.
+	running  bool
+	started  time.Time
+	prog     string
+	action   string
+	finished bool
+	ran      bool // a script ran (an add: the device needs its remove)
+	stopped  bool // ended because mtwatchd stops: nothing was recorded
+}
+
+// view is what XenStore says of a device now.
+type view struct {
+	exists, hasState, hasOnline, hasStatus bool
+	state, online                          int
+	marker                                 string
+}
+
+func (v view) closed() bool {
+	return v.hasState && v.state == stateClosed && v.hasOnline && v.online == 0
+}
+
+func (p *Plugin) view(k devKey) (view, error) {
+	var v view
+	base := k.path()
+	s, ok, err := p.read(base + "/state")
+	if err != nil {
+		return v, err
+	}
+	v.hasState, v.state = ok, atoi(s)
+	if !ok {
+		if _, v.exists, err = p.read(base); err != nil {
+			return v, err
+		}
+	} else {
+		v.exists = true
+	}
+	if !v.exists {
+		return v, nil
+	}
+	o, ok, err := p.read(base + "/online")
+	if err != nil {
+		return v, err
+	}
+	v.hasOnline, v.online = ok, atoi(o)
+	if v.marker, _, err = p.read(base + "/" + markerNode); err != nil {
+		return v, err
+	}
+	_, v.hasStatus, err = p.read(base + "/hotplug-status")
+	return v, err
+}
+
+// same reports whether the directory is still the incarnation d: a
+// directory removed, or removed and written again by the toolstack, has
+// lost the marker written at d's add.
+func (d *device) same(v view) bool {
+	return v.hasState && (d.inc == "" || v.marker == d.inc)
+}
+
+// evaluate takes the device's next step. A step that ends an incarnation
+// (its remove finished) looks again at once, for the next incarnation.
+func (p *Plugin) evaluate(k devKey, scan bool) error {
+	for range 3 {
+		again, err := p.step(k, scan)
+		if err != nil || !again {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Plugin) step(k devKey, scan bool) (again bool, err error) {
+	p.mu.Lock()
+	d := p.devs[k]
+	var j *job
+	finished := false
+	if d != nil && d.job != nil {
+		j, finished = d.job, d.job.finished
+	}
+	p.mu.Unlock()
+
+	if j != nil && !finished {
+		if !j.add || j.adopt != nil {
+			return false, nil // runs to its end; its end is an event
+		}
+		v, err := p.view(k)
+		if err != nil || d.same(v) {
+			return false, err
+		}
+		// Gone or replaced before its add was admitted: it never runs.
+		if !p.pool.cancel(j) {
+			return false, nil // admitted meanwhile: its end is an event
+		}
+		j.log.Info("hotplug add dropped: the device went before it ran")
+		p.forget(k)
+		p.unjournal(k)
+		return true, nil
+	}
+	if finished {
+		p.mu.Lock()
+		d.job = nil
+		stopped := j.stopped
+		p.mu.Unlock()
+		if stopped {
+			return false, nil
+		}
+		if !j.add {
+			// The incarnation is over; what is there now is another one.
+			p.forget(k)
+			return true, nil
+		}
+	}
+
+	v, err := p.view(k)
+	if err != nil {
+		return false, err
+	}
+	switch {
+	case d != nil && d.added && (!d.same(v) || v.closed()):
+		// Closed, gone, or replaced by a new incarnation (the same vdev
+		// attached again): this one gets its remove before the new one
+		// gets anything.
+		return false, p.submitRemove(d)
+	case d != nil && d.added:
+		return false, nil
+	case d != nil:
+		p.forget(k) // never added: nothing to undo
+	}
+	if !v.hasState {
+		return false, nil // gone, or no state yet
+	}
+	p.mu.Lock()
+	rec, journaled := p.journal[k]
+	delete(p.journal, k)
+	p.mu.Unlock()
+	if journaled {
+		return p.recover(k, v, rec)
+	}
+	if !v.hasOnline {
+		return false, nil // as xl devd: a backend without online is not ready
+	}
+	if v.closed() && !scan {
+		return false, nil // already disconnected, or never attached
+	}
+	d = &device{k: k, inc: v.marker, added: v.hasStatus, nodes: p.readNodes(k)}
+	if d.inc != "" && !validInc(d.inc) {
+		d.inc = ""
+	}
+	p.remember(d)
+	switch {
+	case v.state == stateInitWait && !d.added:
+		// A marker without a journal record (the record was lost): the
+		// same incarnation, whose add never reported.
+		return false, p.submitAdd(d, d.inc)
+	case v.closed() && d.added:
+		return false, p.submitRemove(d)
+	}
+	return false, nil
+}
+
+// recover continues from a journal record an earlier mtwatchd left: the
+// script it names still runs (wait for it), or ended (done or interrupted).
+func (p *Plugin) recover(k devKey, v view, rec record) (bool, error) {
+	d := &device{k: k, inc: rec.Inc, added: true, nodes: rec.nodes}
+	same := v.hasState && v.marker == rec.Inc
+	if rec.Phase == phaseRunning && rec.PID == 0 {
+		// Crashed between the script's start and the record of its pid:
+		// the script carries its incarnation in its environment.
+		if pid, st, ok := findByInc(rec.Inc); ok {
+			rec.PID, rec.Start, rec.Began = pid, st, time.Now().Unix()
+		}
+	}
+	log := p.devLog(k).WithFields(logrus.Fields{"action": rec.Action, "phase": rec.Phase, "pid": rec.PID})
+	switch {
+	case rec.alive():
+		log.Info("hotplug script left running before a restart: waiting for it")
+		p.remember(d)
+		p.submit(d, &job{k: k, add: rec.Action == "add", inc: rec.Inc, nodes: rec.nodes, adopt: &rec})
+		return false, nil
+	case rec.Action == "remove":
+		log.Info("hotplug remove interrupted by a restart: running it again")
+		p.remember(d)
+		return false, p.submitRemove(d)
+	case rec.Phase == phaseDone && same:
+		p.remember(d)
+		return false, nil
+	case rec.Phase == phaseDone || (rec.PID != 0 && !same):
+		// Its add ran; the device went while mtwatchd was away.
+		p.remember(d)
+		return false, p.submitRemove(d)
+	case !same:
+		// Never started, and the device went: nothing to undo.
+		p.unjournal(k)
+		return true, nil
+	case v.hasStatus:
+		// It ended after the crash, having reported.
+		p.remember(d)
+		rec.Phase = phaseDone
+		if err := p.store.Write(p.group.Context(), journalPath(k), rec.encode()); err != nil {
+			return false, fmt.Errorf("hotplug: write %s: %w", journalPath(k), err)
+		}
+		return false, nil
+	}
+	log.Info("hotplug add interrupted by a restart: running it again")
+	d.added = false
+	p.remember(d)
+	return false, p.submitAdd(d, rec.Inc)
+}
+
+func (p *Plugin) remember(d *device) {
+	p.mu.Lock()
+	p.devs[d.k] = d
+	p.mu.Unlock()
+}
+
+func (p *Plugin) forget(k devKey) {
+	p.mu.Lock()
+	delete(p.devs, k)
+	p.mu.Unlock()
+}
+
+func (p *Plugin) devLog(k devKey) *logrus.Entry {
+	return p.log.WithFields(logrus.Fields{"domid": k.dom.String(), "device": k.path()})
+}
+
+// readNodes reads what the scripts' argv and environment need.
+func (p *Plugin) readNodes(k devKey) nodes {
+	var n nodes
+	base := k.path()
+	n.Script, _, _ = p.read(base + "/script")
+	if k.typ == "vif" {
+		n.GatewayDev, _, _ = p.read(base + "/gatewaydev")
+		n.NicType, _, _ = p.read(base + "/type")
+	}
+	return n
+}
+
+// submitAdd marks the incarnation (a new id, or inc when an interrupted add
+// runs again) and journals its add in one transaction, then queues the
+// add. A directory gone meanwhile gets nothing.
+func (p *Plugin) submitAdd(d *device, inc string) error {
+	if inc == "" {
+		inc = newInc()
+	}
+	base := d.k.path()
+	rec := record{Action: "add", Phase: phaseRunning, Inc: inc, nodes: d.nodes}
+	ctx, cancel := context.WithTimeout(p.group.Context(), 10*time.Second)
+	defer cancel()
+	// The record's node is created first, outside the transaction: a
+	// transaction creating it would change its parent, and every add
+	// starting at the same time would conflict with every other (EAGAIN).
+	if err := p.store.Mkdir(ctx, journalPath(d.k)); err != nil {
+		p.forget(d.k)
+		return fmt.Errorf("hotplug: create %s: %w", journalPath(d.k), err)
+	}
+	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
+		if _, err := tx.Read(ctx, base+"/state"); err != nil {
+			return err
+		}
+		if m, err := tx.Read(ctx, base+"/"+markerNode); err == nil && string(m) != inc {
+			return fmt.Errorf("%w: %s is incarnation %s", errOtherIncarnation, base, m)
+		}
+		if err := tx.Write(ctx, base+"/"+markerNode, []byte(inc)); err != nil {
+			return err
+		}
+		return tx.Write(ctx, journalPath(d.k), rec.encode())
+	})
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errOtherIncarnation) {
+		p.forget(d.k)
+		return nil // an event of the new directory follows
+	}
+	if err != nil {
+		p.forget(d.k)
+		return fmt.Errorf("hotplug: start add of %s: %w", base, err)
+	}
+	d.inc, d.added = inc, true
+	p.submit(d, &job{k: d.k, add: true, inc: inc, nodes: d.nodes})
+	return nil
+}
+
+var errOtherIncarnation = errors.New("another incarnation")
+
+// submitRemove journals the remove and queues it.
+func (p *Plugin) submitRemove(d *device) error {
+	rec := record{Action: "remove", Phase: phaseRunning, Inc: d.inc, nodes: d.nodes}
+	if rec.Inc == "" {
+		rec.Inc = newInc() // found connected without a marker: a journal id only
+	}
+	if err := p.store.Write(p.group.Context(), journalPath(d.k), rec.encode()); err != nil {
+		return fmt.Errorf("hotplug: write %s: %w", journalPath(d.k), err)
+	}
+	p.submit(d, &job{k: d.k, add: false, inc: d.inc, nodes: d.nodes})
+	return nil
+}
+
+func (p *Plugin) submit(d *device, j *job) {
+	j.enqueued = time.Now()
+	j.log = p.devLog(d.k)
+	p.mu.Lock()
+	d.job = j
+	p.mu.Unlock()
+	p.pool.submit(j)
+}
+
+// unjournal removes a device's record.
+func (p *Plugin) unjournal(k devKey) {
+	err := p.store.Rm(p.group.Context(), journalPath(k))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		p.devLog(k).WithError(err).Warn("cannot remove hotplug journal record")
+	}
+}
+
+// devName is "<type>/<domid>/<devid>", for messages.
+func (k devKey) String() string { return k.typ + "/" + k.dom.String() + "/" + k.devid }
