@@ -459,10 +459,19 @@ func (d *Dispatcher) CreateIncarnation(id domid.ID, inc string) error {
 		dom.inc = inc
 	}
 	wk := &worker{dom: dom}
+	d.appendGenLocked(dom, wk)
+	dom.live = wk
+	d.promoteLocked(dom, wk)
+	return nil
+}
+
+// appendGenLocked puts generation wk at the end of dom's chain, gated on
+// the generation before it (when that one finishes it releases its held
+// events to the default worker and hands the gate on) or on the domain's
+// events still running on the default worker.
+func (d *Dispatcher) appendGenLocked(dom *domain, wk *worker) {
 	switch {
 	case dom.tail != nil:
-		// Gated on the previous generation: when it finishes it releases
-		// its held events to the default worker and hands the gate on.
 		wk.gated = true
 		dom.tail.next = wk
 	case dom.onDefault > 0:
@@ -473,10 +482,7 @@ func (d *Dispatcher) CreateIncarnation(id domid.ID, inc string) error {
 		dom.first = wk
 	}
 	dom.tail = wk
-	dom.live = wk
 	d.workers++
-	d.promoteLocked(dom, wk)
-	return nil
 }
 
 // DestroyDomain takes id's worker down. Events queued before run first (with

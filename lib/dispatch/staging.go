@@ -100,19 +100,7 @@ func (d *Dispatcher) flushLocked(dom *domain, gone bool) int {
 	wk := &worker{dom: dom, down: true, keepCtx: !gone}
 	n := d.takeStagedLocked(dom, &wk.list)
 	d.totals.Flushed += uint64(n)
-	switch {
-	case dom.tail != nil:
-		wk.gated = true
-		dom.tail.next = wk
-	case dom.onDefault > 0:
-		wk.gated = true
-		dom.waiting = wk
-	}
-	if dom.first == nil {
-		dom.first = wk
-	}
-	dom.tail = wk
-	d.workers++
+	d.appendGenLocked(dom, wk)
 	d.compactLocked(dom)
 	d.kickLocked(wk) // a no-op if compaction merged it into its predecessor
 	d.settleLocked(dom)
