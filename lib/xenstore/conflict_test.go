@@ -36,7 +36,11 @@ const conflictPeriod = 2 * time.Second
 // frequent_ops gives points back, one per conflict-max-history-seconds
 // (domains.ml: incr_conflict_credit), the first not before a whole period
 // after the pause (on_first_conflict_pause resets the countdown). Its
-// requests are delayed, never refused.
+// requests are delayed, never refused. A request already in its ring is
+// read only when the main loop next wakes after that: main_loop polls
+// until the next credit tick while any domain is short of credit, so with
+// nothing else to do the guest waits two periods (4.0 s with the 2 s
+// period here).
 //
 // Three things bound who is blamed and who is paused:
 //   - only a guest domain's commits enter History (history.ml: push drops
