@@ -3,6 +3,7 @@ package xenstoredtest
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -42,13 +43,22 @@ type Conn struct {
 	Events [][2]string
 }
 
-// Dial connects to a xenstored socket.
+// Dial connects to a xenstored socket. Both daemons listen with a backlog
+// of one (xenstored_core.c: init_sockets, utils.ml: create_unix_socket),
+// and a unix socket whose backlog is full refuses a connect with EAGAIN at
+// once: Dial retries until startTimeout, as a blocking connect would wait.
 func Dial(socket string) (*Conn, error) {
-	c, err := net.DialTimeout("unix", socket, startTimeout)
-	if err != nil {
-		return nil, err
+	deadline := time.Now().Add(startTimeout)
+	for delay := time.Millisecond; ; delay = min(2*delay, 50*time.Millisecond) {
+		c, err := net.DialTimeout("unix", socket, time.Until(deadline))
+		if err == nil {
+			return &Conn{c: c}, nil
+		}
+		if !errors.Is(err, syscall.EAGAIN) || time.Now().Add(delay).After(deadline) {
+			return nil, err
+		}
+		time.Sleep(delay)
 	}
-	return &Conn{c: c}, nil
 }
 
 // Close closes the connection.
