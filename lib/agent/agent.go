@@ -38,9 +38,9 @@ import (
 	"github.com/mtwatch/mtwatch/plugin"
 )
 
-// ErrConfig is wrapped by errors of New that come from the configuration (a
-// plugin refusing its section, an unknown plugin): mtwatchd exits 78
-// (EX_CONFIG) on them.
+// ErrConfig is returned by New when the configuration is at fault (a plugin
+// refusing its section, an unknown plugin): mtwatchd exits 78 (EX_CONFIG)
+// on it.
 var ErrConfig = errors.New("configuration error")
 
 // Options configure an Agent.

@@ -24,7 +24,8 @@ import (
 // DefaultFile is where mtwatchd looks for its configuration.
 const DefaultFile = "/etc/mtwatch/mtwatchd.toml"
 
-// ErrInvalid is wrapped by every error about the configuration's content.
+// ErrInvalid is returned when the configuration's content is invalid;
+// every such error wraps it.
 var ErrInvalid = errors.New("invalid configuration")
 
 // Duration is a time.Duration written as a string: "60s", "1m30s", "0".

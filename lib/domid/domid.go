@@ -32,13 +32,16 @@ const (
 
 // Sentinel errors; returned errors wrap one of them together with the input.
 var (
-	// ErrSyntax: the input is not a canonical unsigned decimal number.
+	// ErrSyntax is returned when the input is not a canonical unsigned
+	// decimal number.
 	ErrSyntax = errors.New("invalid domid syntax")
-	// ErrRange: the number does not fit in a domid at all.
+	// ErrRange is returned when the number does not fit in a domid at all.
 	ErrRange = errors.New("domid out of range")
-	// ErrReserved: the number is one of Xen's reserved ids (>= 32752).
+	// ErrReserved is returned when the number is one of Xen's reserved ids
+	// (>= 32752).
 	ErrReserved = errors.New("reserved domid")
-	// ErrNotGuest: the id is valid but names dom0, not a guest.
+	// ErrNotGuest is returned when the id is valid but names dom0, not a
+	// guest.
 	ErrNotGuest = errors.New("domid is not a guest")
 )
 

@@ -32,10 +32,12 @@ const (
 
 // Errors classify failures for exit codes.
 var (
-	// ErrUsage: the hook was invoked with the wrong argument shape.
+	// ErrUsage is returned when the hook was invoked with the wrong
+	// argument shape.
 	ErrUsage = errors.New("usage")
-	// ErrInput: the arguments or XML are well-formed but unusable (no
-	// domid where one is needed, a reserved domid, garbage XML).
+	// ErrInput is returned when the arguments or XML are well-formed but
+	// unusable (no domid where one is needed, a reserved domid, garbage
+	// XML).
 	ErrInput = errors.New("bad input")
 )
 

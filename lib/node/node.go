@@ -56,10 +56,10 @@ var dom0Only = xenstore.Perms{{Domid: domid.Dom0, Access: xenstore.AccessNone}}
 func trusted(p xenstore.Perms) bool { return len(p) == 1 && p[0] == dom0Only[0] }
 
 var (
-	// ErrBadUUID is returned for a malformed VM uuid.
+	// ErrBadUUID is returned when a VM uuid is malformed.
 	ErrBadUUID = errors.New("malformed vm uuid")
-	// ErrUntrusted is returned for a node whose perms are not exactly n0:
-	// a guest may have made or changed it.
+	// ErrUntrusted is returned when a node's perms are not exactly n0: a
+	// guest may have made or changed it.
 	ErrUntrusted = errors.New("mtwatch node not private to dom0")
 )
 
