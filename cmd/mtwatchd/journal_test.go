@@ -225,7 +225,7 @@ exec "$@"`
 	// The exec plugin's slow command stalls domain 5's worker: both stall
 	// entries name the plugin.
 	in.Run("xenstore-write", "/local/domain/5/slow", "1")
-	for _, msg := range []string{"dispatch: watch callback stalled", "dispatch: stalled watch callback returned"} {
+	for _, msg := range []string{"dispatch: handler stalled", "dispatch: stalled handler returned"} {
 		e := j.wait(t, msg, func(e map[string]string) bool { return e["MESSAGE"] == msg })
 		if e["PLUGIN"] != "exec" || e["DOMID"] != "5" || e["SYSLOG_IDENTIFIER"] != "mtwatchd" {
 			t.Errorf("%q: PLUGIN=%q DOMID=%q SYSLOG_IDENTIFIER=%q, want exec, 5, mtwatchd: %v", msg, e["PLUGIN"], e["DOMID"], e["SYSLOG_IDENTIFIER"], e)
