@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/sirupsen/logrus"
 
+	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
@@ -156,7 +157,7 @@ func Default() *Config {
 			CanaryThreshold: Duration{time.Second},
 		},
 		Log:     Log{Level: "info", Format: "auto"},
-		Control: Control{Socket: "/run/mtwatch/control.sock"},
+		Control: Control{Socket: control.DefaultSocket},
 		plugins: map[string]*Section{},
 		index:   &lineIndex{},
 	}
