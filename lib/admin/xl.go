@@ -407,7 +407,7 @@ func gone(ctx context.Context, xs *xenstore.Client, id domid.ID) (bool, error) {
 	if in {
 		return false, nil
 	}
-	_, err = xs.Read(ctx, "/local/domain/"+id.String()+"/name")
+	_, err = xs.Read(ctx, id.Home()+"/name")
 	if errors.Is(err, fs.ErrNotExist) {
 		return true, nil
 	}
@@ -707,7 +707,7 @@ type domIdentity struct {
 // identity reads the name of domain id, its VM uuid and the uuid of its
 // node.
 func identity(ctx context.Context, xs *xenstore.Client, id domid.ID) (domIdentity, error) {
-	v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/name")
+	v, err := xs.Read(ctx, id.Home()+"/name")
 	if err != nil {
 		return domIdentity{}, fmt.Errorf("read name: %w", err)
 	}

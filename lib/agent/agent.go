@@ -187,7 +187,7 @@ func New(opts Options) (*Agent, error) {
 		cc := canary.Config{Interval: iv, Threshold: cfg.Agent.CanaryThreshold.Duration, Logger: a.log}
 		if a.driver {
 			// A driver domain cannot write dom0's home: its own.
-			cc.Path, cc.Owner = homeOf(a.domid)+"/mtwatch-canary", a.domid
+			cc.Path, cc.Owner = a.domid.Home()+"/mtwatch-canary", a.domid
 		}
 		if a.canary, err = canary.New(cc); err != nil {
 			d.Stop(context.Background())
@@ -281,7 +281,7 @@ func (a *Agent) start(ctx context.Context) error {
 	}()
 	go a.supervise(sess)
 	a.notify("READY=1\nSTATUS=" + a.statusLine())
-	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", homeOf(a.domid),
+	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", a.domid.Home(),
 		"gomaxprocs", runtime.GOMAXPROCS(0))
 	a.bgCtx, a.bgCancel = context.WithCancel(a.runCtx)
 	if a.opts.WatchdogInterval > 0 {
@@ -560,7 +560,7 @@ func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 	}
 	for _, p := range a.plugins {
 		if p.ic != nil {
-			p.ic.Domid, p.ic.Home = a.domid, homeOf(a.domid)
+			p.ic.Domid, p.ic.Home = a.domid, a.domid.Home()
 		}
 	}
 	return nil

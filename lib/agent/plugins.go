@@ -14,7 +14,6 @@ import (
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
-	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/plugin"
 )
 
@@ -80,7 +79,7 @@ func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitCo
 		Store:   store{a.conn},
 		Watches: hp,
 		Domid:   a.domid,
-		Home:    homeOf(a.domid),
+		Home:    a.domid.Home(),
 		Metrics: a.reg,
 	}
 }
@@ -119,7 +118,7 @@ func (a *Agent) checkSection(p *hostedPlugin, sec *config.Section) error {
 		Store:   store{a.conn},
 		Watches: refuseWatches{},
 		Domid:   a.domid,
-		Home:    homeOf(a.domid),
+		Home:    a.domid.Home(),
 		Metrics: prometheus.NewRegistry(),
 	}
 	if _, err := p.reg.New(ic); err != nil {
@@ -135,9 +134,6 @@ type refuseWatches struct{}
 func (refuseWatches) Watch(context.Context, dispatch.WatchConfig) (plugin.Watch, error) {
 	return nil, errors.New("agent: a plugin built to check its section cannot watch")
 }
-
-// homeOf is the XenStore home of domain id.
-func homeOf(id domid.ID) string { return "/local/domain/" + id.String() }
 
 // stop stops the plugin, then removes the watches it left.
 func (p *hostedPlugin) stop(ctx context.Context) error {

@@ -116,5 +116,9 @@ func (id ID) IsGuest() bool { return id != Dom0 && id < FirstReserved }
 // IsReserved reports whether id is one of Xen's reserved ids.
 func (id ID) IsReserved() bool { return id >= FirstReserved }
 
+// Home returns the domain's home path in XenStore, /local/domain/<id>: the
+// directory relative paths of its own connections resolve against.
+func (id ID) Home() string { return localDomain + id.String() }
+
 // String formats id the way XenStore paths spell it.
 func (id ID) String() string { return strconv.FormatUint(uint64(id), 10) }
