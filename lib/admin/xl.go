@@ -713,25 +713,17 @@ func identity(ctx context.Context, xs *xenstore.Client, id domid.ID) (domIdentit
 	}
 	d := domIdentity{name: string(v), vm: vmUUID(ctx, xs, id)}
 	d.uuid = d.vm
-	if v, err := xs.Read(ctx, node.Path(id)); err == nil && node.ValidUUID(string(v)) {
-		d.uuid = string(v)
+	if v, err := xs.Read(ctx, node.Path(id)); err == nil {
+		if u, err := node.CanonicalUUID(string(v)); err == nil {
+			d.uuid = u
+		}
 	}
 	return d, nil
 }
 
 // vmUUID is the VM uuid libxl writes at /local/domain/<domid>/vm
-// ("/vm/<uuid>"), "" when absent or malformed.
+// ("/vm/<uuid>"), "" when absent, malformed or unreadable.
 func vmUUID(ctx context.Context, xs *xenstore.Client, id domid.ID) string {
-	v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/vm")
-	if err != nil {
-		return ""
-	}
-	u := string(v)
-	if i := strings.LastIndexByte(u, '/'); i >= 0 {
-		u = u[i+1:]
-	}
-	if !node.ValidUUID(u) {
-		return ""
-	}
-	return strings.ToLower(u)
+	u, _ := node.VMUUID(ctx, xs, id)
+	return u
 }

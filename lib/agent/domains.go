@@ -831,8 +831,10 @@ func readLibxl(ctx context.Context, c *xenstore.Client, id domid.ID) (info libxl
 		return libxlInfo{}, false, fmt.Errorf("%s has perms %s, want n0: %w", libxlPath(id), perms, node.ErrUntrusted)
 	}
 	if verr == nil {
-		if u, found := strings.CutPrefix(string(vm), "/vm/"); found && node.ValidUUID(u) {
-			info.vm = u
+		if u, found := strings.CutPrefix(string(vm), "/vm/"); found {
+			if u, err := node.CanonicalUUID(u); err == nil {
+				info.vm = u
+			}
 		}
 	}
 	return info, true, nil
