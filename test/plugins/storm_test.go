@@ -59,7 +59,7 @@ command = ["/bin/sleep", "600"]
 timeout = "11m"
 `, demoScripts, stormHang)
 	a := newAgent(t, in, cfg)
-	a.cmd.Env = append(a.cmd.Env, "OUT="+out)
+	a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
 	a.run()
 
 	// One CPU hog per CPU of this 2-vCPU host would starve the other
