@@ -85,7 +85,7 @@ timeout = "11m"
 		Dial: func(ctx context.Context) (*xenstore.Client, error) {
 			return xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
 		},
-		Hypervisor:    sim.Xenemu{Server: in.Server},
+		Hypervisor:    sim.Xenemu{Server: in.Server()},
 		ScriptsDir:    demoScripts,
 		DeviceTimeout: 45 * time.Second,
 		RemoveTimeout: 45 * time.Second,
