@@ -16,10 +16,10 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/logging"
 )
 
 // DefaultFile is where mtwatchd looks for its configuration.
@@ -127,7 +127,7 @@ func (a Agent) FixedDomid() (id domid.ID, fixed bool, err error) {
 
 // Log is the [log] section.
 type Log struct {
-	// Level is a logrus level: trace, debug, info, warning, error.
+	// Level is the log level: trace, debug, info, warning, error.
 	Level string `toml:"level" doc:"trace, debug, info, warning, error. Flag --log-level."`
 	// Format is "text", "json", or "auto": the journal when stderr is
 	// connected to it, else text.
@@ -264,8 +264,8 @@ func (c *Config) Validate() error {
 	default:
 		return c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
 	}
-	if _, err := logrus.ParseLevel(c.Log.Level); err != nil {
-		return c.errorAt("log.level", "log level %q: want trace, debug, info, warning or error", c.Log.Level)
+	if err := logging.CheckLevel(c.Log.Level); err != nil {
+		return c.errorAt("log.level", "%v", err)
 	}
 	if a := c.Control.MetricsListen; a != "" {
 		if err := checkListen(a); err != nil {
