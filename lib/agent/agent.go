@@ -47,10 +47,13 @@ var ErrConfig = errors.New("configuration error")
 type Options struct {
 	// Config is the configuration; nil means config.Default().
 	Config *config.Config
-	// Logger is where the agent and lib/dispatch log; nil means
-	// slog.Default(). Logrus is the logger plugins get entries of; nil means
-	// logrus.StandardLogger().
+	// Logger is where the agent, lib/dispatch and the plugins log; nil
+	// means slog.Default().
 	Logger *slog.Logger
+	// Logrus is the logger of the plugins that still log through logrus
+	// (InitContext.Log); nil means logrus.StandardLogger().
+	//
+	// Deprecated: plugins log through Logger.
 	Logrus *logrus.Logger
 	// Notify sends an sd_notify state ("READY=1", "STATUS=..."); nil sends
 	// none. WatchdogInterval, if positive, is how often WATCHDOG=1 is sent
@@ -260,7 +263,7 @@ func (a *Agent) start(ctx context.Context) error {
 		if !p.enabled {
 			continue
 		}
-		if err := p.p.Start(ctx); err != nil {
+		if err := p.p.Start(ctx, a.Runtime()); err != nil {
 			for _, q := range a.plugins[:i] {
 				if q.enabled {
 					q.stop(ctx)
@@ -534,7 +537,7 @@ func (a *Agent) mode() string {
 // "domid" a toolstack writes in every domain's home names it; without it,
 // a connection that may list /local/domain is privileged, dom0's. A domain
 // that can do neither cannot tell, and is told to set [agent] domid.
-// Plugins see the result in their InitContext before they start.
+// Plugins get the result in their Runtime when they start.
 func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 	if !a.domidFixed {
 		v, err := c.Read(ctx, "domid")
@@ -558,12 +561,13 @@ func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 		a.driver = a.domid != domid.Dom0
 		a.domains.setSelf(a.domid)
 	}
-	for _, p := range a.plugins {
-		if p.ic != nil {
-			p.ic.Domid, p.ic.Home = a.domid, a.domid.Home()
-		}
-	}
 	return nil
+}
+
+// Runtime is what the plugins get at Start: the domain the agent runs in
+// and its home. It is settled once Start has returned.
+func (a *Agent) Runtime() plugin.Runtime {
+	return plugin.Runtime{Domid: a.domid, Home: a.domid.Home()}
 }
 
 // pid is the agent's process id, for the control API.

@@ -384,7 +384,7 @@ type hangPlugin struct {
 	hanging chan struct{}
 }
 
-func (p *hangPlugin) Start(ctx context.Context) error {
+func (p *hangPlugin) Start(ctx context.Context, _ plugin.Runtime) error {
 	_, err := p.ic.Watches.Watch(ctx, dispatch.WatchConfig{Path: "backend", Handler: func(ctx context.Context, ev dispatch.Event) error {
 		if strings.HasSuffix(ev.Path, "/hang") {
 			p.hanging <- struct{}{}

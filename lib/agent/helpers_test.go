@@ -41,7 +41,7 @@ type recorder struct {
 	stopped bool
 }
 
-func (r *recorder) Start(ctx context.Context) error {
+func (r *recorder) Start(ctx context.Context, _ plugin.Runtime) error {
 	w, err := r.ic.Watches.Watch(ctx, dispatch.WatchConfig{
 		Path: "backend",
 		Handler: func(ctx context.Context, ev dispatch.Event) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -24,7 +25,6 @@ type hostedPlugin struct {
 	reg     plugin.Registration
 	enabled bool
 	p       plugin.Plugin
-	ic      *plugin.InitContext // Domid and Home are set at start
 	running atomic.Bool
 }
 
@@ -64,7 +64,7 @@ func (a *Agent) buildPlugins() error {
 		if err := sec.Unused(); err != nil {
 			return fmt.Errorf("agent: plugin %s: %w: %w", r.Name, ErrConfig, err)
 		}
-		hp.p, hp.ic = p, ic
+		hp.p = p
 	}
 	return nil
 }
@@ -74,12 +74,11 @@ func (a *Agent) buildPlugins() error {
 func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitContext {
 	return &plugin.InitContext{
 		Name:    hp.name,
+		Logger:  a.log.With("plugin", hp.name),
 		Log:     a.opts.Logrus.WithField("plugin", hp.name),
 		Config:  sec,
 		Store:   store{a.conn},
 		Watches: hp,
-		Domid:   a.domid,
-		Home:    a.domid.Home(),
 		Metrics: a.reg,
 	}
 }
@@ -87,10 +86,10 @@ func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitCo
 // InitContext returns what the agent would build plugin name from, with
 // sec as its section: its XenStore connection, its watches (kept across
 // reconnections, their events to the dispatcher), its
-// metrics registry and its domid, learnt at Start. plugin/plugintest builds
-// the plugin under test from it on a running agent; a plugin built this way
-// is the caller's to start and stop, and is not in the control API's
-// status.
+// logger and its metrics registry. plugin/plugintest builds the plugin
+// under test from it on a running agent; a plugin built this way is the
+// caller's to start (with Runtime) and stop, and is not in the control
+// API's status.
 func (a *Agent) InitContext(name string, sec plugin.Section) *plugin.InitContext {
 	return a.initContext(&hostedPlugin{a: a, name: name, enabled: true}, sec)
 }
@@ -113,12 +112,11 @@ func (a *Agent) checkSection(p *hostedPlugin, sec *config.Section) error {
 	lr.SetOutput(io.Discard)
 	ic := &plugin.InitContext{
 		Name:    p.name,
+		Logger:  slog.New(slog.DiscardHandler),
 		Log:     lr.WithField("plugin", p.name),
 		Config:  sec,
 		Store:   store{a.conn},
 		Watches: refuseWatches{},
-		Domid:   a.domid,
-		Home:    a.domid.Home(),
 		Metrics: prometheus.NewRegistry(),
 	}
 	if _, err := p.reg.New(ic); err != nil {

@@ -20,7 +20,7 @@ type watchingPlugin struct {
 	w  plugin.Watch
 }
 
-func (p *watchingPlugin) Start(ctx context.Context) (err error) {
+func (p *watchingPlugin) Start(ctx context.Context, _ plugin.Runtime) (err error) {
 	p.w, err = p.ic.Watches.Watch(ctx, dispatch.WatchConfig{
 		Path:    "backend",
 		Handler: func(context.Context, dispatch.Event) error { return nil },

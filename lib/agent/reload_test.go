@@ -147,8 +147,8 @@ func knobRegistration(name string, k *knob) plugin.Registration {
 	}
 }
 
-func (k *knob) Start(context.Context) error { return nil }
-func (k *knob) Stop(context.Context) error  { return nil }
+func (k *knob) Start(context.Context, plugin.Runtime) error { return nil }
+func (k *knob) Stop(context.Context) error                  { return nil }
 func (k *knob) Reload(_ context.Context, sec plugin.Section) error {
 	v, err := k.parse(sec)
 	if err != nil {

@@ -124,7 +124,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 }
 
 // Start registers one watch per rule.
-func (p *Plugin) Start(ctx context.Context) error {
+func (p *Plugin) Start(ctx context.Context, _ plugin.Runtime) error {
 	if dir, err := proc.Confinement(); dir != "" {
 		p.log.WithField("cgroup", dir).Info("commands are confined by cgroup v2")
 	} else {

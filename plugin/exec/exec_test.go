@@ -229,7 +229,7 @@ func TestStopWaitsForCommands(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, h.Agent.Runtime()); err != nil {
 		t.Fatal(err)
 	}
 	h.AddDomain(3)

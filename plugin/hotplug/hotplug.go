@@ -56,10 +56,10 @@ var qemuTypes = map[string]bool{"qdisk": true, "9pfs": true}
 // Plugin runs device scripts, or watches devices.
 type Plugin struct {
 	log     *logrus.Entry
+	rt      plugin.Runtime // the domain the agent runs in, set by Start
 	store   plugin.Store
 	watches plugin.Watcher
-	ic      *plugin.InitContext // Domid is final at Start
-	env     []string            // the base environment of scripts
+	env     []string // the base environment of scripts
 
 	// set is the running configuration. Reload replaces it; the filter (on
 	// the Dispatch goroutine) and every script started afterwards use the
@@ -140,7 +140,6 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		log:     ic.Log,
 		store:   ic.Store,
 		watches: ic.Watches,
-		ic:      ic,
 		env:     proc.Env(),
 		pending: map[devKey]bool{},
 		devs:    map[devKey]*device{},
@@ -193,17 +192,18 @@ func resolveMode(mode string, self domid.ID) string {
 // Start resolves the mode, reads the journal (run mode) and watches the
 // backend directory. The watch's initial event, at start and again after
 // the agent reconnects to xenstored, starts a scan of the devices there.
-func (p *Plugin) Start(ctx context.Context) error {
+func (p *Plugin) Start(ctx context.Context, rt plugin.Runtime) error {
 	p.rmu.Lock()
 	defer p.rmu.Unlock()
+	p.rt = rt
 	cfg := p.settings().cfg
-	p.mode = resolveMode(cfg.Mode, p.ic.Domid)
+	p.mode = resolveMode(cfg.Mode, p.rt.Domid)
 	if cfg.XLConf != "" {
 		p.log.Warn("xl_conf is ignored: libxl runs hotplug scripts in dom0 whatever run_hotplug_scripts says")
 	}
 	p.log.WithFields(logrus.Fields{"mode": p.mode, "max_scripts": cfg.MaxScripts}).Info("hotplug plugin starting")
 	if p.mode == ModeRun {
-		if err := initJournal(ctx, p.store, p.ic.Domid); err != nil {
+		if err := initJournal(ctx, p.store, p.rt.Domid); err != nil {
 			return err
 		}
 		j, err := loadJournal(ctx, p.store, func(path string, err error) {
@@ -252,7 +252,7 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 	p.rmu.Lock()
 	defer p.rmu.Unlock()
 	old := p.settings()
-	if resolveMode(cfg.Mode, p.ic.Domid) != p.mode {
+	if resolveMode(cfg.Mode, p.rt.Domid) != p.mode {
 		return sec.Errorf("mode", "mode %q would change the running mode %q: restart mtwatchd to change it", cfg.Mode, p.mode)
 	}
 	var added []string

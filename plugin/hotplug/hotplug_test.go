@@ -59,7 +59,7 @@ func (f *fixture) start() {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := f.p.Start(ctx); err != nil {
+	if err := f.p.Start(ctx, f.h.Agent.Runtime()); err != nil {
 		f.t.Fatal(err)
 	}
 	f.t.Cleanup(func() {
@@ -478,7 +478,7 @@ func TestStopDuringAdd(t *testing.T) {
 	}
 	p2 := pl.(*Plugin)
 	p2.env = f.p.env
-	if err := p2.Start(ctx); err != nil {
+	if err := p2.Start(ctx, f.h.Agent.Runtime()); err != nil {
 		t.Fatal(err)
 	}
 	defer p2.Stop(context.Background())

@@ -267,7 +267,7 @@ func (p *Plugin) endRemove(j *job, ok bool) {
 	base := j.k.path()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.group.Context()), 10*time.Second)
 	defer cancel()
-	driver := p.ic.Domid != domid.Dom0
+	driver := p.rt.Domid != domid.Dom0
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
 		if err := tx.Rm(ctx, journalPath(j.k)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err

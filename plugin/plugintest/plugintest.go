@@ -115,8 +115,13 @@ type Host struct {
 	Dispatcher *dispatch.Dispatcher
 	// Metrics has the metrics of the plugins built by the host.
 	Metrics *prometheus.Registry
-	// Logger is the plugins' logger; LogHook has every entry, for
-	// assertions. The agent's own log goes to stderr with go test -v.
+	// Logs has what the agent and the plugins log through slog, from
+	// debug up, for assertions; with go test -v it goes to stderr too.
+	Logs *Logs
+	// Logger and LogHook are the same for the plugins that still log
+	// through logrus.
+	//
+	// Deprecated: plugins log through slog, into Logs.
 	Logger  *logrus.Logger
 	LogHook *test.Hook
 
@@ -145,9 +150,10 @@ func New(t testing.TB, opts Options) *Host {
 		log.SetOutput(os.Stderr)
 		agentLog = os.Stderr
 	}
+	logs := &Logs{Level: slog.LevelDebug}
 	adjust := opts.Agent
 	opts.Agent = func(ao *agent.Options) {
-		ao.Logger = slog.New(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		ao.Logger = slog.New(logs.Handler(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug})))
 		ao.Logrus = log
 		if adjust != nil {
 			adjust(ao)
@@ -170,7 +176,7 @@ func New(t testing.TB, opts Options) *Host {
 	})
 	return &Host{
 		XS: in, Client: c, Agent: a, Dispatcher: a.Dispatcher(), Metrics: prometheus.NewRegistry(),
-		Logger: log, LogHook: hook, t: t, single: a.Config().Agent.SingleWorker,
+		Logs: logs, Logger: log, LogHook: hook, t: t, single: a.Config().Agent.SingleWorker,
 	}
 }
 
@@ -226,7 +232,7 @@ func (h *Host) Start(name, text string) plugin.Plugin {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, h.Agent.Runtime()); err != nil {
 		h.t.Fatalf("plugintest: start %s: %v", name, err)
 	}
 	h.t.Cleanup(func() {

@@ -1,6 +1,7 @@
 package plugins_test
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -36,7 +37,7 @@ func TestDocExample(t *testing.T) {
 		if on, err := sec.Enabled(false); err != nil || !on {
 			t.Fatalf("%s: enabled %v, %v", name, on, err)
 		}
-		_, err := reg.New(&plugin.InitContext{Name: name, Log: logrus.NewEntry(logrus.New()), Config: sec, Metrics: prometheus.NewRegistry()})
+		_, err := reg.New(&plugin.InitContext{Name: name, Logger: slog.New(slog.DiscardHandler), Log: logrus.NewEntry(logrus.New()), Config: sec, Metrics: prometheus.NewRegistry()})
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
