@@ -126,12 +126,12 @@ func TestRun(t *testing.T) {
 		return statusOf(t, p, "memory-target").OK == 1
 	})
 	var sawOut, sawErr bool
-	for _, e := range h.LogHook.AllEntries() {
-		if e.Data["rule"] != "memory-target" || e.Data["domid"] != "5" {
+	for _, e := range h.Logs.Records() {
+		if e.Attrs["rule"] != "memory-target" || e.Attrs["domid"] != "5" {
 			continue
 		}
-		sawOut = sawOut || (e.Data["stream"] == "stdout" && strings.HasPrefix(e.Message, "recorded "))
-		sawErr = sawErr || (e.Data["stream"] == "stderr" && e.Message == "a line on stderr")
+		sawOut = sawOut || (e.Attrs["stream"] == "stdout" && strings.HasPrefix(e.Message, "recorded "))
+		sawErr = sawErr || (e.Attrs["stream"] == "stderr" && e.Message == "a line on stderr")
 	}
 	if !sawOut || !sawErr {
 		t.Errorf("command output not logged with rule and domid (stdout %v, stderr %v)", sawOut, sawErr)
@@ -478,14 +478,14 @@ func TestLogLines(t *testing.T) {
 	h.Write("/local/domain/5/chatty", "1")
 	h.Wait(10*time.Second, "run", func() bool { return statusOf(t, p, "chatty").Runs == 1 })
 	lines, warned := 0, false
-	for _, e := range h.LogHook.AllEntries() {
-		if e.Data["rule"] != "chatty" {
+	for _, e := range h.Logs.Records() {
+		if e.Attrs["rule"] != "chatty" {
 			continue
 		}
-		if e.Data["stream"] == "stdout" {
+		if e.Attrs["stream"] == "stdout" {
 			lines++
 		}
-		if strings.Contains(e.Message, "log_lines") && fmt.Sprint(e.Data["lines"]) == "97" {
+		if strings.Contains(e.Message, "log_lines") && fmt.Sprint(e.Attrs["lines"]) == "97" {
 			warned = true
 		}
 	}
