@@ -86,6 +86,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 	if err != nil {
 		return nil, err
 	}
+	warnDeprecated(ic.Logger, rules)
 	p := &Plugin{
 		log:     ic.Logger,
 		store:   ic.Store,
@@ -201,6 +202,7 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 	if err != nil {
 		return err
 	}
+	warnDeprecated(p.log, rules)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	defer p.publish()
