@@ -3,6 +3,7 @@ package hotplug
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
 	"github.com/mtwatch/mtwatch/internal/proctest"
@@ -313,8 +313,8 @@ func TestTypes(t *testing.T) {
 			t.Errorf("%q: need_qemu %v", tc.extra, st.NeedQEMU)
 		}
 		warned := false
-		for _, e := range f.h.LogHook.AllEntries() {
-			warned = warned || (e.Level == logrus.WarnLevel && strings.Contains(e.Message, "keep xl devd running for qdisk backends") && e.Data["device"] == q)
+		for _, e := range f.h.Logs.Records() {
+			warned = warned || (e.Level == slog.LevelWarn && strings.Contains(e.Message, "keep xl devd running for qdisk backends") && e.Attrs["device"] == q)
 		}
 		if warned == tc.runs {
 			t.Errorf("%q: warned %v", tc.extra, warned)
