@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -188,11 +187,6 @@ type InitContext struct {
 	// domid, path, watch and plugin become the journal's DOMID, XS_PATH,
 	// WATCH and PLUGIN fields; an error is logged as "err".
 	Logger *slog.Logger
-	// Log is the same logger for the plugins that still log through
-	// logrus.
-	//
-	// Deprecated: use Logger.
-	Log *logrus.Entry
 	// Config is the plugin's configuration section.
 	Config Section
 	// Store is the agent's XenStore connection.

@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/canary"
 	"github.com/mtwatch/mtwatch/lib/config"
@@ -50,11 +49,6 @@ type Options struct {
 	// Logger is where the agent, lib/dispatch and the plugins log; nil
 	// means slog.Default().
 	Logger *slog.Logger
-	// Logrus is the logger of the plugins that still log through logrus
-	// (InitContext.Log); nil means logrus.StandardLogger().
-	//
-	// Deprecated: plugins log through Logger.
-	Logrus *logrus.Logger
 	// Notify sends an sd_notify state ("READY=1", "STATUS=..."); nil sends
 	// none. WatchdogInterval, if positive, is how often WATCHDOG=1 is sent
 	// (half of WatchdogSec), each time after a successful XenStore round trip.
@@ -128,9 +122,6 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
-	}
-	if opts.Logrus == nil {
-		opts.Logrus = logrus.StandardLogger()
 	}
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()

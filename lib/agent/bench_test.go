@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/config"
@@ -76,12 +74,9 @@ func quietAgent(tb testing.TB, socket string, cfgText string, regs ...plugin.Reg
 		tb.Fatal(err)
 	}
 	cfg.Agent.Xenstore = socket
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
 	a, err := agent.New(agent.Options{
 		Config:  cfg,
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Logrus:  lr,
 		Plugins: append([]plugin.Registration{}, regs...),
 	})
 	if err != nil {

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
@@ -75,7 +73,6 @@ func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitCo
 	return &plugin.InitContext{
 		Name:    hp.name,
 		Logger:  a.log.With("plugin", hp.name),
-		Log:     a.opts.Logrus.WithField("plugin", hp.name),
 		Config:  sec,
 		Store:   store{a.conn},
 		Watches: hp,
@@ -108,12 +105,9 @@ func (a *Agent) Watches() []plugin.Watch {
 // that is never started, its metrics in a registry of its own and its
 // watches refused (New starts no work, the plugin contract says).
 func (a *Agent) checkSection(p *hostedPlugin, sec *config.Section) error {
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
 	ic := &plugin.InitContext{
 		Name:    p.name,
 		Logger:  slog.New(slog.DiscardHandler),
-		Log:     lr.WithField("plugin", p.name),
 		Config:  sec,
 		Store:   store{a.conn},
 		Watches: refuseWatches{},

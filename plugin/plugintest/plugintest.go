@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
-	"github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/config"
@@ -115,15 +113,9 @@ type Host struct {
 	Dispatcher *dispatch.Dispatcher
 	// Metrics has the metrics of the plugins built by the host.
 	Metrics *prometheus.Registry
-	// Logs has what the agent and the plugins log through slog, from
-	// debug up, for assertions; with go test -v it goes to stderr too.
+	// Logs has what the agent and the plugins log, from debug up, for
+	// assertions; with go test -v it goes to stderr too.
 	Logs *Logs
-	// Logger and LogHook are the same for the plugins that still log
-	// through logrus.
-	//
-	// Deprecated: plugins log through slog, into Logs.
-	Logger  *logrus.Logger
-	LogHook *test.Hook
 
 	t      testing.TB
 	single bool
@@ -143,18 +135,14 @@ func New(t testing.TB, opts Options) *Host {
 		t.Fatalf("plugintest: dial: %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
-	log, hook := test.NewNullLogger()
-	log.SetLevel(logrus.DebugLevel)
 	var agentLog io.Writer = io.Discard
 	if testing.Verbose() {
-		log.SetOutput(os.Stderr)
 		agentLog = os.Stderr
 	}
 	logs := &Logs{Level: slog.LevelDebug}
 	adjust := opts.Agent
 	opts.Agent = func(ao *agent.Options) {
 		ao.Logger = slog.New(logs.Handler(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug})))
-		ao.Logrus = log
 		if adjust != nil {
 			adjust(ao)
 		}
@@ -176,7 +164,7 @@ func New(t testing.TB, opts Options) *Host {
 	})
 	return &Host{
 		XS: in, Client: c, Agent: a, Dispatcher: a.Dispatcher(), Metrics: prometheus.NewRegistry(),
-		Logs: logs, Logger: log, LogHook: hook, t: t, single: a.Config().Agent.SingleWorker,
+		Logs: logs, t: t, single: a.Config().Agent.SingleWorker,
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/plugin"
@@ -37,7 +36,7 @@ func TestDocExample(t *testing.T) {
 		if on, err := sec.Enabled(false); err != nil || !on {
 			t.Fatalf("%s: enabled %v, %v", name, on, err)
 		}
-		_, err := reg.New(&plugin.InitContext{Name: name, Logger: slog.New(slog.DiscardHandler), Log: logrus.NewEntry(logrus.New()), Config: sec, Metrics: prometheus.NewRegistry()})
+		_, err := reg.New(&plugin.InitContext{Name: name, Logger: slog.New(slog.DiscardHandler), Config: sec, Metrics: prometheus.NewRegistry()})
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
