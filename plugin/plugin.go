@@ -9,6 +9,7 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"regexp"
 	"slices"
 	"strings"
@@ -16,7 +17,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -44,19 +44,32 @@ type Registration struct {
 	// New builds the plugin. It validates the configuration (ic.Config) and
 	// must not start any work: the agent calls Start once every enabled
 	// plugin was built, so a configuration error stops the agent before
-	// anything ran.
+	// anything ran. What the agent learns only by running (Runtime) is not
+	// known yet.
 	New func(ic *InitContext) (Plugin, error)
 }
 
 // Plugin is a built plugin.
 type Plugin interface {
 	// Start registers the plugin's watches through InitContext.Watches and
-	// starts its work; it returns once the plugin is ready. The agent tells
-	// systemd READY=1 only after every plugin started.
-	Start(ctx context.Context) error
+	// starts its work, in the domain rt names; it returns once the plugin
+	// is ready. The agent tells systemd READY=1 only after every plugin
+	// started.
+	Start(ctx context.Context, rt Runtime) error
 	// Stop ends the plugin's work within ctx. The agent removes the watches
 	// the plugin registered after Stop returns.
 	Stop(ctx context.Context) error
+}
+
+// Runtime is what the agent knows only once it runs, given to Start. With
+// [agent] domid = "auto" the agent learns its domain from its first
+// connection to xenstored, after every plugin was built.
+type Runtime struct {
+	// Domid is the domain the agent runs in: dom0, or a driver domain.
+	Domid domid.ID
+	// Home is that domain's XenStore home, /local/domain/<Domid>, which
+	// relative paths resolve against.
+	Home string
 }
 
 // Reloader is implemented by plugins whose configuration can change while
@@ -170,21 +183,16 @@ type Detacher interface {
 type InitContext struct {
 	// Name is the plugin's name.
 	Name string
-	// Log is the agent's logger with plugin=<Name>.
-	Log *logrus.Entry
+	// Logger is the agent's logger with plugin=<Name>. Attributes named
+	// domid, path, watch and plugin become the journal's DOMID, XS_PATH,
+	// WATCH and PLUGIN fields; an error is logged as "err".
+	Logger *slog.Logger
 	// Config is the plugin's configuration section.
 	Config Section
 	// Store is the agent's XenStore connection.
 	Store Store
 	// Watches registers the plugin's watches.
 	Watches Watcher
-	// Domid is the domain the agent runs in; Home is its XenStore home,
-	// /local/domain/<Domid>, which relative paths resolve against: dom0's,
-	// or a driver domain's. With [agent] domid = "auto" the agent learns
-	// them from its first connection, so they are final when Start is
-	// called, not yet in New.
-	Domid domid.ID
-	Home  string
 	// Metrics registers the plugin's Prometheus collectors, served at
 	// /metrics. Per-domain labels are not allowed: cardinality must stay
 	// bounded by the number of live domains, which the agent's own gauges

@@ -9,8 +9,6 @@ import (
 	"runtime"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
@@ -60,8 +58,6 @@ func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handl
 	default:
 		runtime.SetDefaultGOMAXPROCS()
 	}
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
 	reg := plugin.Registration{
 		Name:             "bench",
 		EnabledByDefault: true,
@@ -74,7 +70,6 @@ func runAgent(ctx context.Context, socket string, m mode, handler dispatch.Handl
 		Plugins: []plugin.Registration{reg},
 		Agent: func(o *agent.Options) {
 			o.Logger = slog.New(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
-			o.Logrus = lr
 			o.Version = "bench"
 		},
 	})
@@ -111,7 +106,7 @@ type benchPlugin struct {
 	handler dispatch.Handler
 }
 
-func (p *benchPlugin) Start(ctx context.Context) error {
+func (p *benchPlugin) Start(ctx context.Context, _ plugin.Runtime) error {
 	_, err := p.ic.Watches.Watch(ctx, dispatch.WatchConfig{Path: benchWatch, Handler: p.handler})
 	return err
 }

@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/lockedbuf"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/sim"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
@@ -313,7 +314,7 @@ func startMtwatchd(ctx context.Context, bin string, timeout time.Duration, srv *
 	defer ln.Close()
 	cmd := exec.Command(bin, "--config", conf, "--xenstore", srv.Socket(), "--control", filepath.Join(dir, "control.sock"))
 	cmd.Env = append(env, "NOTIFY_SOCKET="+notify)
-	out := &xenstoredtest.LockedBuffer{}
+	out := &lockedbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -390,7 +391,7 @@ func startXlDevd(ctx context.Context, xl, lib string, srv *xenstoredtest.Server,
 	cmd := exec.Command(xl, "devd", "-F")
 	cmd.Dir = dir
 	cmd.Env = append(env, "LD_PRELOAD="+lib, "XENEMU_DIR="+srv.Dir())
-	out := &xenstoredtest.LockedBuffer{}
+	out := &lockedbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

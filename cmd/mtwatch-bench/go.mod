@@ -4,7 +4,6 @@ go 1.26.0
 
 require (
 	github.com/mtwatch/mtwatch v0.0.0
-	github.com/sirupsen/logrus v1.10.2
 	gonum.org/v1/plot v0.17.0
 )
 
@@ -24,6 +23,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/sirupsen/logrus v1.10.2 // indirect
 	golang.org/x/image v0.30.0 // indirect
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect

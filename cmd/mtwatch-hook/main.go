@@ -19,9 +19,7 @@ import (
 	"time"
 
 	"github.com/mtwatch/mtwatch/internal/buildinfo"
-	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/hook"
-	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
 
@@ -112,9 +110,9 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	)
 	switch cmd {
 	case "create":
-		a, err = direct(hook.KindCreate, args)
+		a, err = hook.ParseDirect(hook.KindCreate, args)
 	case "destroy":
-		a, err = direct(hook.KindDestroy, args)
+		a, err = hook.ParseDirect(hook.KindDestroy, args)
 	case "libvirt":
 		mode = hook.ModeLibvirt
 		in, done := readableUntil(stdin, deadline, o.timeout)
@@ -137,34 +135,6 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		return fail(stderr, mode, o, err)
 	}
 	return hook.ExitOK
-}
-
-// direct parses "create|destroy [--uuid U] [<domid>]".
-func direct(kind hook.Kind, args []string) (hook.Action, error) {
-	name := kind.String()
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	uuid := fs.String("uuid", "", "")
-	if err := fs.Parse(args); err != nil {
-		return hook.Action{}, fmt.Errorf("%w: %s: %v", hook.ErrUsage, name, err)
-	}
-	a := hook.Action{Kind: kind, UUID: strings.ToLower(*uuid), Why: name}
-	if a.UUID != "" && !node.ValidUUID(a.UUID) {
-		return a, fmt.Errorf("%w: %w: %q", hook.ErrInput, node.ErrBadUUID, *uuid)
-	}
-	switch {
-	case fs.NArg() == 0 && kind == hook.KindDestroy && a.UUID != "":
-		a.Kind = hook.KindDestroyUUID
-		return a, nil
-	case fs.NArg() != 1:
-		return a, fmt.Errorf("%w: %s takes exactly one <domid>, got %d argument(s)", hook.ErrUsage, name, fs.NArg())
-	}
-	id, err := domid.ParseGuest(fs.Arg(0))
-	if err != nil {
-		return a, fmt.Errorf("%w: %w", hook.ErrInput, err)
-	}
-	a.Domid = id
-	return a, nil
 }
 
 // apply connects to XenStore and runs a, all within the timeout.

@@ -11,10 +11,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -53,7 +53,7 @@ type result struct {
 	stdout, stderr string
 }
 
-// host is a private xenstored with a control socket path; the binaries find
+// host is a private xenstored with a control socket path; mtwatch finds
 // both through the environment, as an administrator's shell would set them.
 type host struct {
 	t    *testing.T
@@ -87,14 +87,8 @@ timeout = "2m"
 func newHost(t *testing.T) *host {
 	in := xenstoredtest.Start(t)
 	sock := filepath.Join(t.TempDir(), "run", "control.sock")
-	empty := filepath.Join(t.TempDir(), "mtwatchd.toml")
-	if err := os.WriteFile(empty, []byte(agentConfig), 0o644); err != nil {
-		t.Fatal(err)
-	}
 	env := append(os.Environ(), in.Env()...)
-	// GOMAXPROCS from the test's environment would override the agent's
-	// default, which status output shows.
-	env = append(env, "MTWATCH_XENSTORE="+in.Socket(), "MTWATCH_CONTROL="+sock, "MTWATCH_CONFIG="+empty, "GOMAXPROCS=")
+	env = append(env, "MTWATCH_XENSTORE="+in.Socket(), "MTWATCH_CONTROL="+sock)
 	return &host{t: t, in: in, sock: sock, env: env}
 }
 
@@ -123,48 +117,36 @@ func (r result) expect(t *testing.T, code int) {
 	}
 }
 
-// startAgent runs the real mtwatchd until the test ends, and waits until
-// its control API answers.
-func (h *host) startAgent() *exec.Cmd {
+// startAgent runs the real mtwatchd until the test ends, and waits for its
+// READY=1 and for its plugins' watches.
+func (h *host) startAgent() *daemontest.Daemon {
 	h.t.Helper()
-	cmd := exec.Command(filepath.Join(bin, "mtwatchd"))
-	cmd.Env = h.env
-	var logs bytes.Buffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		h.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	h.t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if h.t.Failed() {
-			h.t.Logf("mtwatchd log:\n%s", logs.String())
-		}
+	d := daemontest.Run(h.t, daemontest.Options{
+		Binary:   filepath.Join(bin, "mtwatchd"),
+		Config:   agentConfig,
+		Xenstore: h.in.Socket(),
+		Control:  h.sock,
+		// GOMAXPROCS from the test's environment would override the
+		// agent's default, which status output shows.
+		Env: append(h.in.Env(), "GOMAXPROCS="),
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := control.NewClient(h.sock).Status(ctx)
+		st, err := d.Control.Status(ctx)
 		cancel()
-		// The control API answers before the plugins have registered
-		// their watches; the tests need those.
+		// READY=1 comes once the plugins have started; whether their
+		// watches are registered is the status's to say.
 		if err == nil && pluginsWatching(st) {
-			return cmd
+			return d
 		}
 		select {
-		case <-done:
-			h.t.Fatalf("mtwatchd exited: %v\n%s", cmd.ProcessState, logs.String())
+		case <-d.Exited():
+			h.t.Fatalf("mtwatchd exited\n%s", d.Stderr.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	h.t.Fatal("mtwatchd's control API did not answer within 30s")
+	h.t.Fatal("mtwatchd's plugins did not watch within 30s")
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
@@ -49,7 +50,7 @@ func TestInstalledConfigFile(t *testing.T) {
 		}
 	}
 	in := xenstoredtest.Start(t)
-	d := spawn(t, in, socketPath(t), nil, "--config", out)
-	d.notify.wait(t, "READY=1")
-	d.stop()
+	d := spawn(t, in, daemontest.SocketPath(t), nil, "--config", out)
+	d.WaitReady()
+	d.Stop()
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
@@ -160,15 +161,10 @@ func signalName(s syscall.Signal) string {
 	return fmt.Sprintf("SIG%d", int(s))
 }
 
-// waitStatus is how the agent ended.
-func (d *agentProc) waitStatus(within time.Duration) syscall.WaitStatus {
-	d.t.Helper()
-	select {
-	case <-d.done:
-	case <-time.After(within):
-		d.t.Fatalf("mtwatchd still running after %v", within)
-	}
-	return d.cmd.ProcessState.Sys().(syscall.WaitStatus)
+// waitStatus is how the agent ended, within the time given.
+func waitStatus(d *daemontest.Daemon, within time.Duration) syscall.WaitStatus {
+	d.Wait(within)
+	return d.Cmd.ProcessState.Sys().(syscall.WaitStatus)
 }
 
 // panicOnUSR1 is added to the real mtwatchd for the panic case: an
@@ -213,12 +209,12 @@ func TestDaemonCrashRestarts(t *testing.T) {
 			t.Parallel()
 			bin := daemonBinary(t, tc.inject)
 			in := xenstoredtest.Start(t)
-			d := spawnBinary(t, bin, nil, in, socketPath(t), []string{"GOTRACEBACK=single", "WATCHDOG_USEC=30000000"})
-			d.notify.wait(t, "READY=1")
-			d.cmd.Process.Signal(tc.signal)
-			ws := d.waitStatus(15 * time.Second)
-			if !strings.Contains(d.stderr.String(), tc.stderr) {
-				t.Fatalf("stderr lacks %q:\n%s", tc.stderr, d.stderr.String())
+			d := spawnBinary(t, bin, nil, in, daemontest.SocketPath(t), []string{"GOTRACEBACK=single", "WATCHDOG_USEC=30000000"})
+			d.WaitReady()
+			d.Signal(tc.signal)
+			ws := waitStatus(d, 15*time.Second)
+			if !strings.Contains(d.Stderr.String(), tc.stderr) {
+				t.Fatalf("stderr lacks %q:\n%s", tc.stderr, d.Stderr.String())
 			}
 			if !unit.restarts(t, ws) {
 				t.Fatalf("ended with %v (exit status %d): Restart=%s RestartPreventExitStatus=%v does not restart it",
@@ -230,8 +226,8 @@ func TestDaemonCrashRestarts(t *testing.T) {
 		t.Parallel()
 		bad := filepath.Join(t.TempDir(), "bad.toml")
 		os.WriteFile(bad, []byte("[agent]\nbogus = 1\n"), 0o644)
-		d := spawnBinary(t, daemonBinary(t, ""), nil, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, "--config", bad)
-		ws := d.waitStatus(15 * time.Second)
+		d := spawnBinary(t, daemonBinary(t, ""), nil, nil, daemontest.SocketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, "--config", bad)
+		ws := waitStatus(d, 15*time.Second)
 		if !ws.Exited() || ws.ExitStatus() != exitConfig {
 			t.Fatalf("ended with %v, want exit status %d", ws, exitConfig)
 		}

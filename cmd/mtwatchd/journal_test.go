@@ -10,10 +10,10 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
 
@@ -129,71 +129,29 @@ func TestDaemonJournal(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unshare (util-linux) is needed: %v", err)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
 	in := xenstoredtest.Start(t)
 	j := newJournalSocket(t)
-	sock := socketPath(t)
-	cfg := filepath.Join(t.TempDir(), "mtwatchd.toml")
 	// A command that outlives the stall threshold: its stall entries must
 	// name the plugin.
 	conf := "[agent]\nstall_threshold = \"100ms\"\n[plugins.log]\nlevel = \"info\"\n" +
 		"[plugins.exec]\nenabled = true\n[[plugins.exec.rule]]\nname = \"slow\"\npath = \"/local/domain/{domid}/slow\"\n" +
 		"command = [\"/bin/sleep\", \"0.5\"]\n"
-	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// stderr is a pipe whose device and inode JOURNAL_STREAM names; what
-	// still reaches it is kept for the failure message.
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st syscall.Stat_t
-	if err := syscall.Fstat(int(w.Fd()), &st); err != nil {
-		t.Fatal(err)
-	}
-	stderr := &xenstoredtest.LockedBuffer{}
-	copied := make(chan struct{})
-	go func() {
-		defer close(copied)
-		buf := make([]byte, 4096)
-		for {
-			n, err := r.Read(buf)
-			stderr.Write(buf[:n])
-			if err != nil {
-				return
-			}
-		}
-	}()
-
 	script := `set -e
 mount -t tmpfs -o mode=0755 tmpfs /run/systemd
 mkdir /run/systemd/journal
 mount --bind "$JOURNAL_DIR" /run/systemd/journal
 exec "$@"`
-	cmd := exec.Command(unshare, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh",
-		self, "--config", cfg, "--control", sock)
-	cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1", "JOURNAL_DIR="+j.dir,
-		"MTWATCH_XENSTORE="+in.Socket(), "MTWATCH_LOG_FORMAT=auto",
-		fmt.Sprintf("JOURNAL_STREAM=%d:%d", st.Dev, st.Ino))
-	cmd.Stderr = w
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	w.Close()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-		<-copied
-		if t.Failed() {
-			t.Logf("mtwatchd stderr:\n%s", stderr.String())
-		}
+	// stderr is a pipe whose device and inode JOURNAL_STREAM names; what
+	// still reaches it is kept for the failure message.
+	d := daemontest.New(t, daemontest.Options{
+		Wrap:          []string{unshare, "--mount", "--propagation", "private", "--", "/bin/sh", "-c", script, "sh"},
+		Config:        conf,
+		Xenstore:      in.Socket(),
+		Args:          []string{"--log-format", "auto"},
+		Env:           []string{"JOURNAL_DIR=" + j.dir},
+		JournalStream: true,
 	})
+	d.Start()
 
 	ready := j.wait(t, "mtwatchd ready", func(e map[string]string) bool { return e["MESSAGE"] == "mtwatchd ready" })
 	if ready["PRIORITY"] != "6" {
@@ -225,7 +183,7 @@ exec "$@"`
 	// The exec plugin's slow command stalls domain 5's worker: both stall
 	// entries name the plugin.
 	in.Run("xenstore-write", "/local/domain/5/slow", "1")
-	for _, msg := range []string{"dispatch: watch callback stalled", "dispatch: stalled watch callback returned"} {
+	for _, msg := range []string{"dispatch: handler stalled", "dispatch: stalled handler returned"} {
 		e := j.wait(t, msg, func(e map[string]string) bool { return e["MESSAGE"] == msg })
 		if e["PLUGIN"] != "exec" || e["DOMID"] != "5" || e["SYSLOG_IDENTIFIER"] != "mtwatchd" {
 			t.Errorf("%q: PLUGIN=%q DOMID=%q SYSLOG_IDENTIFIER=%q, want exec, 5, mtwatchd: %v", msg, e["PLUGIN"], e["DOMID"], e["SYSLOG_IDENTIFIER"], e)
@@ -235,17 +193,8 @@ exec "$@"`
 		t.Errorf("malformed datagram: %v", bad)
 	}
 	// Nothing went to stderr as text: the journal had it all.
-	if s := stderr.String(); strings.Contains(s, "mtwatchd ready") {
+	if s := d.Stderr.String(); strings.Contains(s, "mtwatchd ready") {
 		t.Errorf("entries also written to stderr:\n%s", s)
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-done:
-		done <- err
-		if err != nil {
-			t.Fatalf("mtwatchd: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("mtwatchd did not stop on SIGTERM")
-	}
+	d.Stop()
 }

@@ -97,7 +97,7 @@ func run(c *cli.Context) error {
 	}
 
 	a, err := agent.New(agent.Options{
-		Config: cfg, Logger: slog.Default(), Logrus: log, Notify: notify,
+		Config: cfg, Logger: slog.Default(), Notify: notify,
 		WatchdogInterval: watchdog, Version: version, Registry: registry(),
 	})
 	if err != nil {

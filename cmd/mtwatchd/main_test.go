@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -27,7 +28,7 @@ import (
 // The test binary doubles as mtwatchd, so the tests run the real main
 // (under -race in make test) as a separate process, as systemd does.
 func TestMain(m *testing.M) {
-	if os.Getenv("MTWATCHD_AS_MAIN") == "1" {
+	if os.Getenv(daemontest.AsMain) == "1" {
 		main()
 		os.Exit(0)
 	}
@@ -35,160 +36,27 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// notifySocket is a real NOTIFY_SOCKET: a unixgram socket the test reads, as
-// systemd (and go-systemd's own tests) do.
-type notifySocket struct {
-	path string
-	conn *net.UnixConn
-	mu   sync.Mutex
-	msgs []string // one element per line of every datagram, in order
-	got  chan struct{}
-}
-
-func newNotifySocket(t *testing.T) *notifySocket {
+// spawn starts mtwatchd (this test binary's main) against in (nil: none)
+// with its control socket at sock and args; env adds variables.
+func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, args ...string) *daemontest.Daemon {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := &notifySocket{path: path, conn: conn, got: make(chan struct{}, 1)}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, strings.Split(strings.TrimSpace(string(buf[:k])), "\n")...)
-			n.mu.Unlock()
-			select {
-			case n.got <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return n
+	return spawnBinary(t, "", nil, in, sock, env, args...)
 }
 
-func (n *notifySocket) lines() []string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return append([]string(nil), n.msgs...)
-}
-
-// wait waits for a line starting with prefix.
-func (n *notifySocket) wait(t *testing.T, prefix string) {
+// spawnBinary is spawn for the binary bin ("" or this test binary: its
+// main); stderr, if not nil, is where the agent's stderr goes instead of
+// d.Stderr.
+func spawnBinary(t *testing.T, bin string, stderr *os.File, in *xenstoredtest.Instance, sock string, env []string, args ...string) *daemontest.Daemon {
 	t.Helper()
-	deadline := time.After(30 * time.Second)
-	for {
-		for _, l := range n.lines() {
-			if strings.HasPrefix(l, prefix) {
-				return
-			}
-		}
-		select {
-		case <-n.got:
-		case <-deadline:
-			t.Fatalf("no %q from mtwatchd; got %q", prefix, n.lines())
-		}
-	}
-}
-
-type agentProc struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	stderr *xenstoredtest.LockedBuffer
-	sock   string
-	notify *notifySocket
-	done   chan struct{}
-	err    error
-}
-
-// spawn runs mtwatchd (this test binary's main) against in with args; env
-// adds variables.
-func spawn(t *testing.T, in *xenstoredtest.Instance, sock string, env []string, args ...string) *agentProc {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return spawnBinary(t, self, nil, in, sock, env, args...)
-}
-
-// spawnBinary is spawn for the binary bin; stderr, if not nil, is where
-// the agent's stderr goes instead of d.stderr.
-func spawnBinary(t *testing.T, bin string, stderr *os.File, in *xenstoredtest.Instance, sock string, env []string, args ...string) *agentProc {
-	t.Helper()
-	d := &agentProc{t: t, stderr: &xenstoredtest.LockedBuffer{}, sock: sock, notify: newNotifySocket(t), done: make(chan struct{})}
-	// An empty file: the defaults, whatever /etc holds on this machine.
-	empty := filepath.Join(t.TempDir(), "empty.toml")
-	if err := os.WriteFile(empty, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	d.cmd = exec.Command(bin, args...)
-	d.cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1", "NOTIFY_SOCKET="+d.notify.path,
-		"MTWATCH_CONTROL="+sock, "MTWATCH_CONFIG="+empty, "MTWATCH_LOG_FORMAT=text")
+	// This binary runs main only when told to; a real mtwatchd ignores it.
+	env = append([]string{daemontest.AsMain + "=1"}, env...)
+	o := daemontest.Options{Binary: bin, Stderr: stderr, Control: sock, Env: env, Args: args}
 	if in != nil {
-		d.cmd.Env = append(d.cmd.Env, "MTWATCH_XENSTORE="+in.Socket())
+		o.Xenstore = in.Socket()
 	}
-	d.cmd.Env = append(d.cmd.Env, env...)
-	d.cmd.Stderr = d.stderr
-	if stderr != nil {
-		d.cmd.Stderr = stderr
-	}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { d.err = d.cmd.Wait(); close(d.done) }()
-	t.Cleanup(func() {
-		d.cmd.Process.Kill()
-		<-d.done
-		if t.Failed() {
-			t.Logf("mtwatchd stderr:\n%s", d.stderr.String())
-		}
-	})
+	d := daemontest.New(t, o)
+	d.Start()
 	return d
-}
-
-// stop sends SIGTERM and requires a clean exit (status 0) within 15 s.
-func (d *agentProc) stop() {
-	d.t.Helper()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.exitCode(15 * time.Second); code != 0 {
-		d.t.Fatalf("exit %d after SIGTERM", code)
-	}
-}
-
-// exitCode waits for the process to end.
-func (d *agentProc) exitCode(within time.Duration) int {
-	d.t.Helper()
-	select {
-	case <-d.done:
-	case <-time.After(within):
-		d.t.Fatalf("mtwatchd still running after %v", within)
-	}
-	var ee *exec.ExitError
-	if errors.As(d.err, &ee) {
-		return ee.ExitCode()
-	}
-	if d.err != nil {
-		d.t.Fatal(d.err)
-	}
-	return 0
-}
-
-func socketPath(t *testing.T) string {
-	// Unix socket paths are short (108 bytes): t.TempDir can be too long.
-	dir, err := os.MkdirTemp("", "mtwd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o755) // so that only the socket's own mode keeps others out
-	return filepath.Join(dir, "run", "control.sock")
 }
 
 // waitWorkers waits until the guests with a live worker are exactly want.
@@ -259,7 +127,7 @@ func hookBinary(t *testing.T) string {
 func TestDaemon(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	in.Run("xenstore-write", node.Dir+"/3", "") // present before start
 	in.Run("xenstore-chmod", node.Dir+"/3", "n0")
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -269,7 +137,7 @@ func TestDaemon(t *testing.T) {
 	metricsAddr := l.Addr().String()
 	l.Close()
 	d := spawn(t, in, sock, []string{"WATCHDOG_USEC=200000"}, "--auto-detect=false", "--log-level=debug", "--metrics-listen", metricsAddr)
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	waitWorkers(t, cl, 3)
@@ -307,10 +175,10 @@ func TestDaemon(t *testing.T) {
 		}
 	}
 	st, err := cl.Status(context.Background())
-	if err != nil || st.Mode != control.ModeMultiWorker || st.Xenstore.State != "connected" || st.PID != d.cmd.Process.Pid {
+	if err != nil || st.Mode != control.ModeMultiWorker || st.Xenstore.State != "connected" || st.PID != d.Pid() {
 		t.Fatalf("status %+v %v", st, err)
 	}
-	d.notify.wait(t, "WATCHDOG=1")
+	d.WaitNotify("WATCHDOG=1")
 	resp, err := http.Get("http://" + metricsAddr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -325,15 +193,15 @@ func TestDaemon(t *testing.T) {
 	}
 
 	start := time.Now()
-	d.cmd.Process.Signal(syscall.SIGTERM)
-	if code := d.exitCode(15 * time.Second); code != 0 {
+	d.Signal(syscall.SIGTERM)
+	if code := d.Wait(15 * time.Second); code != 0 {
 		t.Fatalf("exit %d after SIGTERM", code)
 	}
 	if took := time.Since(start); took > 10*time.Second {
 		t.Fatalf("SIGTERM took %v, over shutdown_timeout", took)
 	}
 	// Order: READY, then STATUS, WATCHDOG, and STOPPING last of these.
-	lines := d.notify.lines()
+	lines := d.Notify.Lines()
 	idx := func(prefix string) int {
 		for i, l := range lines {
 			if strings.HasPrefix(l, prefix) {
@@ -368,23 +236,22 @@ func TestDaemon(t *testing.T) {
 func TestDaemonKillRestartReconciles(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	d := spawn(t, in, sock, nil)
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	hook(t, in, "create", "4")
 	in.CreateDomain(6) // introduced, no node
 	waitWorkers(t, cl, 4, 6)
-	d.cmd.Process.Kill()
-	d.exitCode(10 * time.Second)
+	d.Kill()
 
 	d2 := spawn(t, in, sock, nil)
-	d2.notify.wait(t, "READY=1")
+	d2.WaitReady()
 	waitWorkers(t, cl, 4, 6)
 	in.KillDomain(6)
 	waitWorkers(t, cl, 4)
-	d2.stop()
+	d2.Stop()
 }
 
 // TestDaemonXenstoredRestart: xenstored killed and restarted; the agent
@@ -392,9 +259,9 @@ func TestDaemonKillRestartReconciles(t *testing.T) {
 func TestDaemonXenstoredRestart(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	d := spawn(t, in, sock, nil, "--auto-detect=false")
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	hook(t, in, "create", "4")
@@ -405,11 +272,11 @@ func TestDaemonXenstoredRestart(t *testing.T) {
 	hook(t, in, "create", "8")
 	waitWorkers(t, cl, 8)
 	st, err := cl.Status(context.Background())
-	if err != nil || st.Xenstore.Reconnects < 1 || st.Xenstore.State != "connected" || st.PID != d.cmd.Process.Pid {
+	if err != nil || st.Xenstore.Reconnects < 1 || st.Xenstore.State != "connected" || st.PID != d.Pid() {
 		t.Fatalf("status %+v %v", st, err)
 	}
-	d.notify.wait(t, "STATUS=xenstored lost")
-	if !strings.Contains(d.stderr.String(), "reconnected to xenstored") {
+	d.WaitNotify("STATUS=xenstored lost")
+	if !strings.Contains(d.Stderr.String(), "reconnected to xenstored") {
 		t.Fatalf("no reconnection in the log")
 	}
 }
@@ -446,12 +313,12 @@ func TestDaemonConfigErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			d := spawn(t, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
-			if code := d.exitCode(10 * time.Second); code != 78 {
-				t.Fatalf("exit %d, want 78; stderr %s", code, d.stderr.String())
+			d := spawn(t, nil, daemontest.SocketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
+			if code := d.Wait(10 * time.Second); code != 78 {
+				t.Fatalf("exit %d, want 78; stderr %s", code, d.Stderr.String())
 			}
-			if !strings.Contains(d.stderr.String(), tt.want) {
-				t.Fatalf("stderr %q does not name %q", d.stderr.String(), tt.want)
+			if !strings.Contains(d.Stderr.String(), tt.want) {
+				t.Fatalf("stderr %q does not name %q", d.Stderr.String(), tt.want)
 			}
 		})
 	}
@@ -462,16 +329,16 @@ func TestDaemonConfigErrors(t *testing.T) {
 func TestDaemonReload(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	cfgPath := filepath.Join(t.TempDir(), "mtwatchd.toml")
 	os.WriteFile(cfgPath, []byte("[log]\nlevel = \"info\"\n[agent]\nstall_threshold = \"10s\"\n"), 0o644)
 	d := spawn(t, in, sock, nil, "--config", cfgPath)
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 
 	os.WriteFile(cfgPath, []byte("[log]\nlevel = \"debug\"\n[agent]\nstall_threshold = \"3s\"\n"), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.Signal(syscall.SIGHUP)
 	waitFor(t, "stall threshold 3s", func() bool {
 		st, err := cl.Status(context.Background())
 		return err == nil && st.StallThresholdMS == 3000
@@ -479,24 +346,24 @@ func TestDaemonReload(t *testing.T) {
 	hook(t, in, "create", "5")
 	hook(t, in, "create", "5") // debug entries of the log plugin now show
 	in.Run("xenstore-write", "backend/vif/5/0/state", "1")
-	waitFor(t, "log plugin entry", func() bool { return strings.Contains(d.stderr.String(), "path=backend/vif/5/0/state") })
+	waitFor(t, "log plugin entry", func() bool { return strings.Contains(d.Stderr.String(), "path=backend/vif/5/0/state") })
 
 	os.WriteFile(cfgPath, []byte("[agent]\nstall_threshold = \"1s\"\nbogus = 1\n"), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "reload error", func() bool { return strings.Contains(d.stderr.String(), "mtwatchd.toml:3: agent.bogus") })
+	d.Signal(syscall.SIGHUP)
+	waitFor(t, "reload error", func() bool { return strings.Contains(d.Stderr.String(), "mtwatchd.toml:3: agent.bogus") })
 	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
 		t.Fatalf("invalid file changed the running config: %+v", st)
 	}
 	// A section of an unknown plugin: nothing changes, the level included.
 	os.WriteFile(cfgPath, []byte("[log]\nlevel = \"info\"\n[agent]\nstall_threshold = \"1s\"\n[plugins.nope]\n"), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitFor(t, "reload error", func() bool { return strings.Contains(d.stderr.String(), "mtwatchd.toml:5: plugins.nope") })
+	d.Signal(syscall.SIGHUP)
+	waitFor(t, "reload error", func() bool { return strings.Contains(d.Stderr.String(), "mtwatchd.toml:5: plugins.nope") })
 	in.Run("xenstore-write", "backend/vif/5/1/state", "1")
-	waitFor(t, "debug entry after a refused reload", func() bool { return strings.Contains(d.stderr.String(), "path=backend/vif/5/1/state") })
+	waitFor(t, "debug entry after a refused reload", func() bool { return strings.Contains(d.Stderr.String(), "path=backend/vif/5/1/state") })
 	if st, _ := cl.Status(context.Background()); st.StallThresholdMS != 3000 {
 		t.Fatalf("refused reload changed the running config: %+v", st)
 	}
-	d.stop()
+	d.Stop()
 }
 
 // TestDaemonBadInput: entries that are not trusted nodes of canonical guest
@@ -504,9 +371,9 @@ func TestDaemonReload(t *testing.T) {
 func TestDaemonBadInput(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	d := spawn(t, in, sock, nil, "--auto-detect=false")
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	hook(t, in, "create", "5")
@@ -527,13 +394,13 @@ func TestDaemonBadInput(t *testing.T) {
 	if _, err := cl.Domain(context.Background(), 6); err == nil {
 		t.Fatal("a node with a junk value made domain 6 known")
 	}
-	logs := d.stderr.String()
+	logs := d.Stderr.String()
 	for _, name := range []string{"abc", "0", "32752", "0x10", "5", "6"} {
 		if n := strings.Count(logs, "path="+node.Dir+"/"+name+" "); n != 1 {
 			t.Errorf("%s logged %d times, want once", name, n)
 		}
 	}
-	d.stop()
+	d.Stop()
 }
 
 // TestDaemonPrecedence: flags and environment override the file, which
@@ -543,9 +410,9 @@ func TestDaemonPrecedence(t *testing.T) {
 	in := xenstoredtest.Start(t)
 	cfgPath := filepath.Join(t.TempDir(), "mtwatchd.toml")
 	os.WriteFile(cfgPath, []byte("[agent]\nauto_detect = false\nsingle_worker = false\nstall_threshold = \"7s\"\n"), 0o644)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	d := spawn(t, in, sock, []string{"MTWATCH_SINGLE_WORKER=true"}, "--config", cfgPath)
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	st, err := cl.Status(context.Background())
@@ -558,11 +425,11 @@ func TestDaemonPrecedence(t *testing.T) {
 		dom, err := cl.Domain(context.Background(), 4)
 		return err == nil && dom.Node && dom.Worker == control.WorkerNone
 	})
-	d.stop()
+	d.Stop()
 
-	d2 := spawn(t, in, socketPath(t), nil, "--config", cfgPath, "--auto-detect")
-	d2.notify.wait(t, "READY=1")
-	cl2 := control.NewClient(d2.sock)
+	d2 := spawn(t, in, daemontest.SocketPath(t), nil, "--config", cfgPath, "--auto-detect")
+	d2.WaitReady()
+	cl2 := control.NewClient(d2.Socket)
 	defer cl2.Close()
 	if st, err := cl2.Status(context.Background()); err != nil || !st.AutoDetect || st.Mode != control.ModeMultiWorker {
 		t.Fatalf("status %+v %v", st, err)
@@ -584,28 +451,28 @@ func TestDaemonGOMAXPROCS(t *testing.T) {
 		}
 		return st.GOMAXPROCS
 	}
-	d := spawn(t, in, socketPath(t), []string{"GOMAXPROCS="}, "--config", cfgPath)
-	d.notify.wait(t, "READY=1")
-	cl := control.NewClient(d.sock)
+	d := spawn(t, in, daemontest.SocketPath(t), []string{"GOMAXPROCS="}, "--config", cfgPath)
+	d.WaitReady()
+	cl := control.NewClient(d.Socket)
 	defer cl.Close()
 	if got := procs(cl); got != 1 {
 		t.Fatalf("default gomaxprocs %d, want 1", got)
 	}
 	os.WriteFile(cfgPath, []byte("[agent]\ngomaxprocs = 2\n"), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.Signal(syscall.SIGHUP)
 	waitFor(t, "gomaxprocs 2 after reload", func() bool { return procs(cl) == 2 })
-	waitFor(t, "the change logged", func() bool { return strings.Contains(d.stderr.String(), "gomaxprocs changed") })
-	d.stop()
+	waitFor(t, "the change logged", func() bool { return strings.Contains(d.Stderr.String(), "gomaxprocs changed") })
+	d.Stop()
 
-	d2 := spawn(t, in, socketPath(t), []string{"GOMAXPROCS=3"}, "--config", cfgPath, "--gomaxprocs", "1")
-	d2.notify.wait(t, "READY=1")
-	cl2 := control.NewClient(d2.sock)
+	d2 := spawn(t, in, daemontest.SocketPath(t), []string{"GOMAXPROCS=3"}, "--config", cfgPath, "--gomaxprocs", "1")
+	d2.WaitReady()
+	cl2 := control.NewClient(d2.Socket)
 	defer cl2.Close()
 	if got := procs(cl2); got != 3 {
 		t.Fatalf("gomaxprocs %d with GOMAXPROCS=3 in the environment", got)
 	}
-	if !strings.Contains(d2.stderr.String(), "agent.gomaxprocs is ignored") {
-		t.Fatalf("no notice that the variable overrides the setting: %s", d2.stderr.String())
+	if !strings.Contains(d2.Stderr.String(), "agent.gomaxprocs is ignored") {
+		t.Fatalf("no notice that the variable overrides the setting: %s", d2.Stderr.String())
 	}
 }
 
@@ -629,7 +496,7 @@ var _ = domid.Dom0
 func TestDaemonSocketActivation(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	os.MkdirAll(filepath.Dir(sock), 0o755)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -642,47 +509,21 @@ func TestDaemonSocketActivation(t *testing.T) {
 	}
 	ln.Close()
 	defer f.Close()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	empty := filepath.Join(t.TempDir(), "empty.toml")
-	os.WriteFile(empty, nil, 0o644)
-	notify := newNotifySocket(t)
 	// LISTEN_PID must be mtwatchd's own pid: sh execs it and keeps its pid.
-	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`, self,
-		"--config", empty, "--xenstore", in.Socket(), "--control", filepath.Join(t.TempDir(), "unused.sock"))
-	cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1", "LISTEN_FDS=1", "NOTIFY_SOCKET="+notify.path)
-	cmd.ExtraFiles = []*os.File{f}
-	stderr := &xenstoredtest.LockedBuffer{}
-	cmd.Stderr = stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Kill()
-		if t.Failed() {
-			t.Logf("mtwatchd stderr:\n%s", stderr.String())
-		}
-	}()
-	notify.wait(t, "READY=1")
-	cl := control.NewClient(sock)
-	defer cl.Close()
-	st, err := cl.Status(context.Background())
-	if err != nil || st.PID != cmd.Process.Pid {
+	d := daemontest.New(t, daemontest.Options{
+		Wrap:       []string{"/bin/sh", "-c", `LISTEN_PID=$$ exec "$0" "$@"`},
+		Args:       []string{"--xenstore", in.Socket(), "--control", filepath.Join(t.TempDir(), "unused.sock")},
+		Control:    sock,
+		Env:        []string{"LISTEN_FDS=1"},
+		ExtraFiles: []*os.File{f},
+	})
+	d.Start()
+	d.WaitReady()
+	st, err := d.Control.Status(context.Background())
+	if err != nil || st.PID != d.Pid() {
 		t.Fatalf("status over the passed socket: %+v %v", st, err)
 	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit: %v", err)
-		}
-	case <-time.After(15 * time.Second):
-		t.Fatal("mtwatchd did not stop")
-	}
+	d.Stop()
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatalf("systemd's socket was removed: %v", err)
 	}
@@ -713,12 +554,12 @@ func TestDaemonConfigValidated(t *testing.T) {
 		{"duration in file", []string{"--config", write("d.toml", "[agent]\nstale_grace = \"soon\"\n")}, "d.toml:2: agent.stale_grace"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			d := spawn(t, nil, socketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
-			if code := d.exitCode(10 * time.Second); code != exitConfig {
-				t.Fatalf("exit %d, want 78; stderr %s", code, d.stderr.String())
+			d := spawn(t, nil, daemontest.SocketPath(t), []string{"MTWATCH_XENSTORE=/nonexistent"}, tt.args...)
+			if code := d.Wait(10 * time.Second); code != exitConfig {
+				t.Fatalf("exit %d, want 78; stderr %s", code, d.Stderr.String())
 			}
-			if !strings.Contains(d.stderr.String(), tt.want) {
-				t.Fatalf("stderr %q does not name %q", d.stderr.String(), tt.want)
+			if !strings.Contains(d.Stderr.String(), tt.want) {
+				t.Fatalf("stderr %q does not name %q", d.Stderr.String(), tt.want)
 			}
 		})
 	}

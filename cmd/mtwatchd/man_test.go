@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 )
 
 // TestManPage: mtwatchd(8) documents every flag mtwatchd --help shows,
@@ -17,7 +19,7 @@ func TestManPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(self, "--help")
-	cmd.Env = append(os.Environ(), "MTWATCHD_AS_MAIN=1")
+	cmd.Env = append(os.Environ(), daemontest.AsMain+"=1")
 	help, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("mtwatchd --help: %v", err)

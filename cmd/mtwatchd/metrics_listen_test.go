@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
@@ -47,7 +48,7 @@ func get(c net.Conn, br *bufio.Reader, path, extraHeader string) int {
 func TestDaemonMetricsListenLimits(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -55,8 +56,8 @@ func TestDaemonMetricsListenLimits(t *testing.T) {
 	addr := l.Addr().String()
 	l.Close()
 	d := spawn(t, in, sock, nil, "--metrics-listen", addr)
-	d.notify.wait(t, "READY=1")
-	pid := d.cmd.Process.Pid
+	d.WaitReady()
+	pid := d.Pid()
 	before := openFDs(t, pid)
 
 	const peers, maxConns = 100, 16
@@ -113,5 +114,5 @@ func TestDaemonMetricsListenLimits(t *testing.T) {
 	if code := get(c, br, "/metrics", big); code != http.StatusRequestHeaderFieldsTooLarge {
 		t.Fatalf("a 64 KiB header: status %d, want 431", code)
 	}
-	d.stop()
+	d.Stop()
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 )
@@ -17,9 +18,9 @@ import (
 func TestDaemonMetricsProvenance(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	d := spawn(t, in, sock, nil)
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	m, err := cl.Metrics(context.Background())
@@ -40,7 +41,7 @@ func TestDaemonMetricsProvenance(t *testing.T) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
-	d.stop()
+	d.Stop()
 }
 
 // TestDaemonStatusNamesXenstorePath: with no path configured, /v1/status
@@ -48,9 +49,9 @@ func TestDaemonMetricsProvenance(t *testing.T) {
 func TestDaemonStatusNamesXenstorePath(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	d := spawn(t, nil, sock, []string{"MTWATCH_XENSTORE=", "XENSTORED_PATH=" + in.Socket()})
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	st, err := cl.Status(context.Background())
@@ -60,5 +61,5 @@ func TestDaemonStatusNamesXenstorePath(t *testing.T) {
 	if st.Xenstore.Path != in.Socket() {
 		t.Errorf("status names xenstore %q, want %q", st.Xenstore.Path, in.Socket())
 	}
-	d.stop()
+	d.Stop()
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
@@ -20,7 +21,7 @@ import (
 func TestDaemonStderrReaderGone(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -45,16 +46,16 @@ func TestDaemonStderrReaderGone(t *testing.T) {
 		reader.Process.Kill()
 		t.Fatal("the agent logged nothing in 30 s")
 	}
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	// Lines to log, each now a write to a pipe without a reader.
 	for range 3 {
-		d.cmd.Process.Signal(syscall.SIGHUP)
+		d.Signal(syscall.SIGHUP)
 		time.Sleep(50 * time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)
 	select {
-	case <-d.done:
-		t.Fatalf("the agent died once its stderr reader had gone: %v", d.err)
+	case <-d.Exited():
+		t.Fatalf("the agent died once its stderr reader had gone: %v", d.Cmd.ProcessState)
 	default:
 	}
 	in.Run("xenstore-write", node.Dir+"/4", "")
@@ -66,5 +67,5 @@ func TestDaemonStderrReaderGone(t *testing.T) {
 	if _, err := cl.Status(ctx); err != nil {
 		t.Fatalf("control API after the log reader exited: %v", err)
 	}
-	d.stop()
+	d.Stop()
 }

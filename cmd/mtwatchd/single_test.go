@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/node"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
@@ -18,9 +19,9 @@ import (
 func TestDaemonSingleWorkerCountersMonotonic(t *testing.T) {
 	t.Parallel()
 	in := xenstoredtest.Start(t)
-	sock := socketPath(t)
+	sock := daemontest.SocketPath(t)
 	d := spawn(t, in, sock, nil, "--single-worker", "--auto-detect=false")
-	d.notify.wait(t, "READY=1")
+	d.WaitReady()
 	cl := control.NewClient(sock)
 	defer cl.Close()
 	in.Run("xenstore-write", node.Dir+"/5", "")
@@ -54,5 +55,5 @@ func TestDaemonSingleWorkerCountersMonotonic(t *testing.T) {
 		}
 		last = got
 	}
-	d.stop()
+	d.Stop()
 }

@@ -263,7 +263,7 @@ func domainNames(ctx context.Context, xs *xenstore.Client) (map[domid.ID]string,
 	}
 	names := make([]string, len(ids))
 	err = fanout.Each(ctx, len(ids), inFlight, func(i int) error {
-		p := "/local/domain/" + ids[i].String() + "/name"
+		p := ids[i].Home() + "/name"
 		v, err := xs.Read(ctx, p)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("read %s: %w", p, err)

@@ -5,6 +5,8 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/mtwatch/mtwatch/lib/control"
 )
 
 // urfave/cli's own man page (ToMan) leaves out every command's
@@ -82,7 +84,7 @@ func ManPage() (string, error) {
 	}
 	m.sh("FILES")
 	m.raw(".TP")
-	m.raw(`\fI/run/mtwatch/control.sock\fR`)
+	m.raw(`\fI` + esc(control.DefaultSocket) + `\fR`)
 	m.text("mtwatchd's control socket, the default of --control.")
 	m.raw(".TP")
 	m.raw(`\fI/local/domain/0/mtwatch/\fR<domid> (XenStore)`)

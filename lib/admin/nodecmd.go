@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -29,18 +28,7 @@ and exit codes as mtwatch-hook create; the agent is not needed.`,
 			if err := rejectFlagsAfterArgs(c); err != nil {
 				return err
 			}
-			uuid, err := uuidFlag(c)
-			if err != nil {
-				return err
-			}
-			if c.NArg() != 1 {
-				return usagef("create takes exactly one <domid>, got %d argument(s)", c.NArg())
-			}
-			id, err := parseGuest(c.Args().First())
-			if err != nil {
-				return err
-			}
-			return runAction(c, hook.Action{Kind: hook.KindCreate, Domid: id, UUID: uuid})
+			return runDirect(c, hook.KindCreate)
 		},
 	}
 }
@@ -63,31 +51,23 @@ touched: mtwatch xl destroy destroys it and then removes the node.`,
 			if err := rejectFlagsAfterArgs(c); err != nil {
 				return err
 			}
-			uuid, err := uuidFlag(c)
-			if err != nil {
-				return err
-			}
-			switch {
-			case c.NArg() == 0 && uuid != "":
-				return runAction(c, hook.Action{Kind: hook.KindDestroyUUID, UUID: uuid})
-			case c.NArg() != 1:
-				return usagef("destroy takes exactly one <domid> or --uuid, got %d argument(s)", c.NArg())
-			}
-			id, err := parseGuest(c.Args().First())
-			if err != nil {
-				return err
-			}
-			return runAction(c, hook.Action{Kind: hook.KindDestroy, Domid: id, UUID: uuid})
+			return runDirect(c, hook.KindDestroy)
 		},
 	}
 }
 
-func uuidFlag(c *cli.Context) (string, error) {
-	u := c.String("uuid")
-	if u != "" && !node.ValidUUID(u) {
-		return "", usagef("%v: %q", node.ErrBadUUID, u)
+// runDirect parses a create or destroy as mtwatch-hook does
+// (hook.Direct) and runs it.
+func runDirect(c *cli.Context, kind hook.Kind) error {
+	a, err := hook.Direct(kind, c.String("uuid"), c.Args().Slice())
+	if err != nil {
+		var de *domid.Error
+		if errors.As(err, &de) {
+			return domainErr(de.Input, de.Err)
+		}
+		return usagef("%v", err)
 	}
-	return strings.ToLower(u), nil
+	return runAction(c, a)
 }
 
 // The node commands run hook.Run, as mtwatch-hook does, so that both have

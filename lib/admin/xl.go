@@ -407,7 +407,7 @@ func gone(ctx context.Context, xs *xenstore.Client, id domid.ID) (bool, error) {
 	if in {
 		return false, nil
 	}
-	_, err = xs.Read(ctx, "/local/domain/"+id.String()+"/name")
+	_, err = xs.Read(ctx, id.Home()+"/name")
 	if errors.Is(err, fs.ErrNotExist) {
 		return true, nil
 	}
@@ -707,31 +707,23 @@ type domIdentity struct {
 // identity reads the name of domain id, its VM uuid and the uuid of its
 // node.
 func identity(ctx context.Context, xs *xenstore.Client, id domid.ID) (domIdentity, error) {
-	v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/name")
+	v, err := xs.Read(ctx, id.Home()+"/name")
 	if err != nil {
 		return domIdentity{}, fmt.Errorf("read name: %w", err)
 	}
 	d := domIdentity{name: string(v), vm: vmUUID(ctx, xs, id)}
 	d.uuid = d.vm
-	if v, err := xs.Read(ctx, node.Path(id)); err == nil && node.ValidUUID(string(v)) {
-		d.uuid = string(v)
+	if v, err := xs.Read(ctx, node.Path(id)); err == nil {
+		if u, err := node.CanonicalUUID(string(v)); err == nil {
+			d.uuid = u
+		}
 	}
 	return d, nil
 }
 
 // vmUUID is the VM uuid libxl writes at /local/domain/<domid>/vm
-// ("/vm/<uuid>"), "" when absent or malformed.
+// ("/vm/<uuid>"), "" when absent, malformed or unreadable.
 func vmUUID(ctx context.Context, xs *xenstore.Client, id domid.ID) string {
-	v, err := xs.Read(ctx, "/local/domain/"+id.String()+"/vm")
-	if err != nil {
-		return ""
-	}
-	u := string(v)
-	if i := strings.LastIndexByte(u, '/'); i >= 0 {
-		u = u[i+1:]
-	}
-	if !node.ValidUUID(u) {
-		return ""
-	}
-	return strings.ToLower(u)
+	u, _ := node.VMUUID(ctx, xs, id)
+	return u
 }

@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/canary"
 	"github.com/mtwatch/mtwatch/lib/config"
@@ -38,20 +37,18 @@ import (
 	"github.com/mtwatch/mtwatch/plugin"
 )
 
-// ErrConfig is wrapped by errors of New that come from the configuration (a
-// plugin refusing its section, an unknown plugin): mtwatchd exits 78
-// (EX_CONFIG) on them.
+// ErrConfig is returned by New when the configuration is at fault (a plugin
+// refusing its section, an unknown plugin): mtwatchd exits 78 (EX_CONFIG)
+// on it.
 var ErrConfig = errors.New("configuration error")
 
 // Options configure an Agent.
 type Options struct {
 	// Config is the configuration; nil means config.Default().
 	Config *config.Config
-	// Logger is where the agent and lib/dispatch log; nil means
-	// slog.Default(). Logrus is the logger plugins get entries of; nil means
-	// logrus.StandardLogger().
+	// Logger is where the agent, lib/dispatch and the plugins log; nil
+	// means slog.Default().
 	Logger *slog.Logger
-	Logrus *logrus.Logger
 	// Notify sends an sd_notify state ("READY=1", "STATUS=..."); nil sends
 	// none. WatchdogInterval, if positive, is how often WATCHDOG=1 is sent
 	// (half of WatchdogSec), each time after a successful XenStore round trip.
@@ -126,9 +123,6 @@ func New(opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	if opts.Logrus == nil {
-		opts.Logrus = logrus.StandardLogger()
-	}
 	if opts.Registry == nil {
 		opts.Registry = prometheus.NewRegistry()
 	}
@@ -187,7 +181,7 @@ func New(opts Options) (*Agent, error) {
 		cc := canary.Config{Interval: iv, Threshold: cfg.Agent.CanaryThreshold.Duration, Logger: a.log}
 		if a.driver {
 			// A driver domain cannot write dom0's home: its own.
-			cc.Path, cc.Owner = homeOf(a.domid)+"/mtwatch-canary", a.domid
+			cc.Path, cc.Owner = a.domid.Home()+"/mtwatch-canary", a.domid
 		}
 		if a.canary, err = canary.New(cc); err != nil {
 			d.Stop(context.Background())
@@ -260,7 +254,7 @@ func (a *Agent) start(ctx context.Context) error {
 		if !p.enabled {
 			continue
 		}
-		if err := p.p.Start(ctx); err != nil {
+		if err := p.p.Start(ctx, a.Runtime()); err != nil {
 			for _, q := range a.plugins[:i] {
 				if q.enabled {
 					q.stop(ctx)
@@ -281,7 +275,7 @@ func (a *Agent) start(ctx context.Context) error {
 	}()
 	go a.supervise(sess)
 	a.notify("READY=1\nSTATUS=" + a.statusLine())
-	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", homeOf(a.domid),
+	a.log.Info("mtwatchd ready", "domains", len(a.Domains())-1, "mode", a.mode(), "domid", a.domid, "home", a.domid.Home(),
 		"gomaxprocs", runtime.GOMAXPROCS(0))
 	a.bgCtx, a.bgCancel = context.WithCancel(a.runCtx)
 	if a.opts.WatchdogInterval > 0 {
@@ -534,7 +528,7 @@ func (a *Agent) mode() string {
 // "domid" a toolstack writes in every domain's home names it; without it,
 // a connection that may list /local/domain is privileged, dom0's. A domain
 // that can do neither cannot tell, and is told to set [agent] domid.
-// Plugins see the result in their InitContext before they start.
+// Plugins get the result in their Runtime when they start.
 func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 	if !a.domidFixed {
 		v, err := c.Read(ctx, "domid")
@@ -558,12 +552,13 @@ func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 		a.driver = a.domid != domid.Dom0
 		a.domains.setSelf(a.domid)
 	}
-	for _, p := range a.plugins {
-		if p.ic != nil {
-			p.ic.Domid, p.ic.Home = a.domid, homeOf(a.domid)
-		}
-	}
 	return nil
+}
+
+// Runtime is what the plugins get at Start: the domain the agent runs in
+// and its home. It is settled once Start has returned.
+func (a *Agent) Runtime() plugin.Runtime {
+	return plugin.Runtime{Domid: a.domid, Home: a.domid.Home()}
 }
 
 // pid is the agent's process id, for the control API.

@@ -8,8 +8,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,11 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/config"
-	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -78,12 +74,9 @@ func quietAgent(tb testing.TB, socket string, cfgText string, regs ...plugin.Reg
 		tb.Fatal(err)
 	}
 	cfg.Agent.Xenstore = socket
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
 	a, err := agent.New(agent.Options{
 		Config:  cfg,
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Logrus:  lr,
 		Plugins: append([]plugin.Registration{}, regs...),
 	})
 	if err != nil {
@@ -240,10 +233,9 @@ func BenchmarkNodeToWorkerLatency(b *testing.B) {
 // BenchmarkRSS runs the real mtwatchd binary and reads its resident set
 // from /proc once it is ready: idle, and with 10,000 live domains.
 func BenchmarkRSS(b *testing.B) {
-	dir := b.TempDir()
-	bin := filepath.Join(dir, "mtwatchd")
-	if out, err := exec.Command("go", "build", "-o", bin, "../../cmd/mtwatchd").CombinedOutput(); err != nil {
-		b.Fatalf("build mtwatchd: %v\n%s", err, out)
+	bin, err := daemontest.Build(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
 	}
 	for _, n := range []int{0, 10000} {
 		b.Run(fmt.Sprintf("domains=%d", n), func(b *testing.B) {
@@ -266,24 +258,11 @@ func BenchmarkRSS(b *testing.B) {
 }
 
 func rssOf(b *testing.B, ctx context.Context, bin string, in *xenstoredtest.Server, n int) float64 {
-	sockDir, err := os.MkdirTemp("", "mtwb")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer os.RemoveAll(sockDir)
-	sock := filepath.Join(sockDir, "control.sock")
-	empty := filepath.Join(sockDir, "empty.toml")
-	os.WriteFile(empty, nil, 0o644)
-	cmd := exec.Command(bin, "--config", empty, "--control", sock, "--xenstore", in.Socket(), "--auto-detect=false", "--log-level", "warning")
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET=")
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
-	cl := control.NewClient(sock)
-	defer cl.Close()
+	d := daemontest.Run(b, daemontest.Options{Binary: bin, Xenstore: in.Socket(),
+		Args: []string{"--auto-detect=false", "--log-level", "warning"}})
+	defer d.Stop()
 	for {
-		st, err := cl.Status(ctx)
+		st, err := d.Control.Status(ctx)
 		if err == nil && st.Workers == n && st.Xenstore.State == "connected" {
 			break
 		}
@@ -293,7 +272,7 @@ func rssOf(b *testing.B, ctx context.Context, bin string, in *xenstoredtest.Serv
 		time.Sleep(20 * time.Millisecond)
 	}
 	time.Sleep(time.Second) // settle: the start-up's garbage is collected
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.Pid()))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -400,7 +379,7 @@ type hangPlugin struct {
 	hanging chan struct{}
 }
 
-func (p *hangPlugin) Start(ctx context.Context) error {
+func (p *hangPlugin) Start(ctx context.Context, _ plugin.Runtime) error {
 	_, err := p.ic.Watches.Watch(ctx, dispatch.WatchConfig{Path: "backend", Handler: func(ctx context.Context, ev dispatch.Event) error {
 		if strings.HasSuffix(ev.Path, "/hang") {
 			p.hanging <- struct{}{}

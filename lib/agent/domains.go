@@ -616,7 +616,7 @@ func (t *domainTable) nameReader(ctx context.Context, client func() *xenstore.Cl
 		read := make([]bool, len(batch))
 		if c := client(); c != nil {
 			fanout.Each(ctx, len(batch), inflight, func(i int) error {
-				v, err := c.Read(ctx, "/local/domain/"+batch[i].String()+"/name")
+				v, err := c.Read(ctx, batch[i].Home()+"/name")
 				if err == nil || errors.Is(err, fs.ErrNotExist) {
 					names[i], read[i] = string(v), true
 				}
@@ -818,7 +818,7 @@ func readLibxl(ctx context.Context, c *xenstore.Client, id domid.ID) (info libxl
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		vm, verr = c.Read(ctx, homeOf(id)+"/vm")
+		vm, verr = c.Read(ctx, id.Home()+"/vm")
 	}()
 	perms, err := c.GetPerms(ctx, libxlPath(id))
 	wg.Wait()
@@ -831,8 +831,10 @@ func readLibxl(ctx context.Context, c *xenstore.Client, id domid.ID) (info libxl
 		return libxlInfo{}, false, fmt.Errorf("%s has perms %s, want n0: %w", libxlPath(id), perms, node.ErrUntrusted)
 	}
 	if verr == nil {
-		if u, found := strings.CutPrefix(string(vm), "/vm/"); found && node.ValidUUID(u) {
-			info.vm = u
+		if u, found := strings.CutPrefix(string(vm), "/vm/"); found {
+			if u, err := node.CanonicalUUID(u); err == nil {
+				info.vm = u
+			}
 		}
 	}
 	return info, true, nil
@@ -967,7 +969,7 @@ func (t *domainTable) checkStaged(ctx context.Context, c *xenstore.Client) error
 			defer wg.Done()
 			intro, ierr = c.IsDomainIntroduced(ctx, id)
 		}()
-		_, herr = c.GetPerms(ctx, homeOf(id))
+		_, herr = c.GetPerms(ctx, id.Home())
 		wg.Wait()
 		untrusted := errors.Is(lerr, node.ErrUntrusted)
 		if untrusted {
@@ -1002,7 +1004,7 @@ func (t *domainTable) stagedRetry(id domid.ID) { t.staged(id) }
 // tools/libs/light/libxl_domain.c) and xenopsd in Domain.destroy, and
 // xenstored removes a released domain's own nodes.
 func provablyDead(ctx context.Context, c *xenstore.Client, id domid.ID) (bool, error) {
-	for _, p := range []string{libxlPath(id), homeOf(id)} {
+	for _, p := range []string{libxlPath(id), id.Home()} {
 		_, err := c.GetPerms(ctx, p)
 		if err == nil {
 			return false, nil

@@ -3,14 +3,11 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/control"
@@ -41,7 +38,7 @@ type recorder struct {
 	stopped bool
 }
 
-func (r *recorder) Start(ctx context.Context) error {
+func (r *recorder) Start(ctx context.Context, _ plugin.Runtime) error {
 	w, err := r.ic.Watches.Watch(ctx, dispatch.WatchConfig{
 		Path: "backend",
 		Handler: func(ctx context.Context, ev dispatch.Event) error {
@@ -154,15 +151,12 @@ func start(t *testing.T, in *xenstoredtest.Instance, cfgText string, mutate func
 			t.Logf("agent log:\n%s", logs.String())
 		}
 	})
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
 	host := plugintest.New(t, plugintest.Options{
 		XS:      in,
 		Config:  cfgText,
 		Plugins: regs,
 		Agent: func(o *agent.Options) {
 			o.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-			o.Logrus = lr
 			o.Version = "test"
 			if mutate != nil {
 				mutate(o)

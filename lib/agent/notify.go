@@ -28,7 +28,7 @@ func (a *Agent) watchdog(interval time.Duration) {
 		ctx, cancel := context.WithTimeout(a.bgCtx, interval)
 		probe := node.Dir
 		if a.driver {
-			probe = homeOf(a.domid) // dom0's directory is not ours to read
+			probe = a.domid.Home() // dom0's directory is not ours to read
 		}
 		_, err := c.GetPerms(ctx, probe)
 		cancel()

@@ -4,17 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
-	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/plugin"
 )
 
@@ -25,7 +23,6 @@ type hostedPlugin struct {
 	reg     plugin.Registration
 	enabled bool
 	p       plugin.Plugin
-	ic      *plugin.InitContext // Domid and Home are set at start
 	running atomic.Bool
 }
 
@@ -65,7 +62,7 @@ func (a *Agent) buildPlugins() error {
 		if err := sec.Unused(); err != nil {
 			return fmt.Errorf("agent: plugin %s: %w: %w", r.Name, ErrConfig, err)
 		}
-		hp.p, hp.ic = p, ic
+		hp.p = p
 	}
 	return nil
 }
@@ -75,12 +72,10 @@ func (a *Agent) buildPlugins() error {
 func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitContext {
 	return &plugin.InitContext{
 		Name:    hp.name,
-		Log:     a.opts.Logrus.WithField("plugin", hp.name),
+		Logger:  a.log.With("plugin", hp.name),
 		Config:  sec,
 		Store:   store{a.conn},
 		Watches: hp,
-		Domid:   a.domid,
-		Home:    homeOf(a.domid),
 		Metrics: a.reg,
 	}
 }
@@ -88,10 +83,10 @@ func (a *Agent) initContext(hp *hostedPlugin, sec plugin.Section) *plugin.InitCo
 // InitContext returns what the agent would build plugin name from, with
 // sec as its section: its XenStore connection, its watches (kept across
 // reconnections, their events to the dispatcher), its
-// metrics registry and its domid, learnt at Start. plugin/plugintest builds
-// the plugin under test from it on a running agent; a plugin built this way
-// is the caller's to start and stop, and is not in the control API's
-// status.
+// logger and its metrics registry. plugin/plugintest builds the plugin
+// under test from it on a running agent; a plugin built this way is the
+// caller's to start (with Runtime) and stop, and is not in the control
+// API's status.
 func (a *Agent) InitContext(name string, sec plugin.Section) *plugin.InitContext {
 	return a.initContext(&hostedPlugin{a: a, name: name, enabled: true}, sec)
 }
@@ -110,16 +105,12 @@ func (a *Agent) Watches() []plugin.Watch {
 // that is never started, its metrics in a registry of its own and its
 // watches refused (New starts no work, the plugin contract says).
 func (a *Agent) checkSection(p *hostedPlugin, sec *config.Section) error {
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
 	ic := &plugin.InitContext{
 		Name:    p.name,
-		Log:     lr.WithField("plugin", p.name),
+		Logger:  slog.New(slog.DiscardHandler),
 		Config:  sec,
 		Store:   store{a.conn},
 		Watches: refuseWatches{},
-		Domid:   a.domid,
-		Home:    homeOf(a.domid),
 		Metrics: prometheus.NewRegistry(),
 	}
 	if _, err := p.reg.New(ic); err != nil {
@@ -135,9 +126,6 @@ type refuseWatches struct{}
 func (refuseWatches) Watch(context.Context, dispatch.WatchConfig) (plugin.Watch, error) {
 	return nil, errors.New("agent: a plugin built to check its section cannot watch")
 }
-
-// homeOf is the XenStore home of domain id.
-func homeOf(id domid.ID) string { return "/local/domain/" + id.String() }
 
 // stop stops the plugin, then removes the watches it left.
 func (p *hostedPlugin) stop(ctx context.Context) error {

@@ -2,12 +2,9 @@ package agent
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"testing"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/lib/dispatch"
@@ -20,7 +17,7 @@ type watchingPlugin struct {
 	w  plugin.Watch
 }
 
-func (p *watchingPlugin) Start(ctx context.Context) (err error) {
+func (p *watchingPlugin) Start(ctx context.Context, _ plugin.Runtime) (err error) {
 	p.w, err = p.ic.Watches.Watch(ctx, dispatch.WatchConfig{
 		Path:    "backend",
 		Handler: func(context.Context, dispatch.Event) error { return nil },
@@ -40,10 +37,8 @@ func TestRegisterXSOnce(t *testing.T) {
 	cfg := config.Default()
 	cfg.Agent.Xenstore = in.Socket()
 	p := &watchingPlugin{}
-	lr := logrus.New()
-	lr.SetOutput(io.Discard)
 	a, err := New(Options{
-		Config: cfg, Logger: slog.New(slog.DiscardHandler), Logrus: lr,
+		Config: cfg, Logger: slog.New(slog.DiscardHandler),
 		Plugins: []plugin.Registration{{Name: "w", EnabledByDefault: true, New: func(ic *plugin.InitContext) (plugin.Plugin, error) {
 			p.ic = ic
 			return p, nil

@@ -68,7 +68,7 @@ func TestReconnectKeepsWorkers(t *testing.T) {
 	if _, err := rec.ic.Store.Read(h.ctx, "/local/domain/5/name"); !errors.Is(err, xenstore.ErrClosed) {
 		t.Fatalf("plugin store read while disconnected: %v", err)
 	}
-	if err := in.Server.Start(context.Background()); err != nil {
+	if err := in.Server().Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	c, err := xenstore.Dial(h.ctx, xenstore.WithPath(in.Socket()))

@@ -74,7 +74,7 @@ func TestReloadStallThreshold(t *testing.T) {
 	h.write("backend/vif/5/0/state", "1")
 	h.waitDomain(5, "running", func(d control.Domain, _ bool) bool { return d.Current != nil })
 	time.Sleep(50 * time.Millisecond)
-	if strings.Contains(h.logs.String(), "watch callback stalled") {
+	if strings.Contains(h.logs.String(), "handler stalled") {
 		t.Fatal("stalled before the reload")
 	}
 	cfg, err := config.Parse("test.toml", []byte("[agent]\nauto_detect = false\nstall_threshold = \"20ms\"\n"))
@@ -88,7 +88,7 @@ func TestReloadStallThreshold(t *testing.T) {
 	if got := h.a.Dispatcher().StallThreshold(); got != 20*time.Millisecond {
 		t.Fatalf("dispatcher's threshold %v after the reload", got)
 	}
-	h.waitLog("watch callback stalled")
+	h.waitLog("handler stalled")
 	if !strings.Contains(h.logs.String(), "path=backend/vif/5/0/state") {
 		t.Fatal("the stall log does not name the path")
 	}
@@ -147,8 +147,8 @@ func knobRegistration(name string, k *knob) plugin.Registration {
 	}
 }
 
-func (k *knob) Start(context.Context) error { return nil }
-func (k *knob) Stop(context.Context) error  { return nil }
+func (k *knob) Start(context.Context, plugin.Runtime) error { return nil }
+func (k *knob) Stop(context.Context) error                  { return nil }
 func (k *knob) Reload(_ context.Context, sec plugin.Section) error {
 	v, err := k.parse(sec)
 	if err != nil {

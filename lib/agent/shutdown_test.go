@@ -100,7 +100,7 @@ func TestShutdownCancelsHungHandler(t *testing.T) {
 func TestShutdownWithHungXenstored(t *testing.T) {
 	t.Parallel()
 	h := start(t, nil, "", nil)
-	pid := h.in.Server.Pid()
+	pid := h.in.Pid()
 	if pid == 0 {
 		t.Fatal("xenstored's pid is unknown")
 	}

@@ -31,7 +31,7 @@ const (
 	Token = "mtwatch-canary"
 )
 
-// ErrConfig: a Config field is out of range.
+// ErrConfig is returned by New when a Config field is out of range.
 var ErrConfig = errors.New("invalid canary configuration")
 
 // Config configures a Canary. The zero value is usable.

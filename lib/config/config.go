@@ -16,15 +16,17 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/sirupsen/logrus"
 
+	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
+	"github.com/mtwatch/mtwatch/lib/logging"
 )
 
 // DefaultFile is where mtwatchd looks for its configuration.
 const DefaultFile = "/etc/mtwatch/mtwatchd.toml"
 
-// ErrInvalid is wrapped by every error about the configuration's content.
+// ErrInvalid is returned when the configuration's content is invalid;
+// every such error wraps it.
 var ErrInvalid = errors.New("invalid configuration")
 
 // Duration is a time.Duration written as a string: "60s", "1m30s", "0".
@@ -125,7 +127,7 @@ func (a Agent) FixedDomid() (id domid.ID, fixed bool, err error) {
 
 // Log is the [log] section.
 type Log struct {
-	// Level is a logrus level: trace, debug, info, warning, error.
+	// Level is the log level: trace, debug, info, warning, error.
 	Level string `toml:"level" doc:"trace, debug, info, warning, error. Flag --log-level."`
 	// Format is "text", "json", or "auto": the journal when stderr is
 	// connected to it, else text.
@@ -155,7 +157,7 @@ func Default() *Config {
 			CanaryThreshold: Duration{time.Second},
 		},
 		Log:     Log{Level: "info", Format: "auto"},
-		Control: Control{Socket: "/run/mtwatch/control.sock"},
+		Control: Control{Socket: control.DefaultSocket},
 		plugins: map[string]*Section{},
 		index:   &lineIndex{},
 	}
@@ -262,8 +264,8 @@ func (c *Config) Validate() error {
 	default:
 		return c.errorAt("log.format", "format %q: want auto, text or json", c.Log.Format)
 	}
-	if _, err := logrus.ParseLevel(c.Log.Level); err != nil {
-		return c.errorAt("log.level", "log level %q: want trace, debug, info, warning or error", c.Log.Level)
+	if err := logging.CheckLevel(c.Log.Level); err != nil {
+		return c.errorAt("log.level", "%v", err)
 	}
 	if a := c.Control.MetricsListen; a != "" {
 		if err := checkListen(a); err != nil {

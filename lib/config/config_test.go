@@ -237,6 +237,7 @@ func TestReloaded(t *testing.T) {
 func TestExample(t *testing.T) {
 	type rule struct {
 		Path string `toml:"path" doc:"watched"`
+		Old  string `toml:"old" doc:"was path" deprecated:"path"`
 	}
 	type section struct {
 		Grace Duration          `toml:"grace" doc:"Grace before SIGKILL."`
@@ -261,6 +262,9 @@ func TestExample(t *testing.T) {
 		if !strings.Contains(text, want) {
 			t.Errorf("example lacks %q:\n%s", want, text)
 		}
+	}
+	if strings.Contains(text, " old = ") {
+		t.Errorf("a deprecated key is in the example:\n%s", text)
 	}
 	if _, err := Parse("f.toml", []byte(text)); err != nil {
 		t.Fatalf("the example does not load: %v", err)

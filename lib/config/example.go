@@ -19,7 +19,8 @@ type PluginDefaults struct {
 	Doc     string // what the plugin does, the section's comment
 	// Config is the section's struct at its defaults (nil: the section has
 	// no key but enabled). Its fields' toml tags name the keys and their
-	// doc tags describe them.
+	// doc tags describe them; a field tagged deprecated:"<new key>" is
+	// left out.
 	Config any
 }
 
@@ -81,6 +82,11 @@ func keys(b *strings.Builder, table string, v reflect.Value, indent string) erro
 		f := t.Field(i)
 		key, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
 		if !f.IsExported() || key == "" || key == "-" {
+			continue
+		}
+		if _, old := f.Tag.Lookup("deprecated"); old {
+			// Still read, no longer offered: its tag names the key
+			// that replaces it.
 			continue
 		}
 		doc := f.Tag.Get("doc")

@@ -15,13 +15,14 @@ import (
 
 // Errors of the client; returned errors wrap them.
 var (
-	// ErrAgentNotRunning: the socket is missing or nobody accepts on it.
+	// ErrAgentNotRunning is returned when the socket is missing or nobody
+	// accepts on it.
 	ErrAgentNotRunning = errors.New("agent not running")
-	// ErrNotFound: the agent answered 404 (an unknown domain, metrics
-	// disabled).
+	// ErrNotFound is returned when the agent answered 404 (an unknown
+	// domain, metrics disabled).
 	ErrNotFound = errors.New("not found")
-	// ErrRejected: the agent refused the request (400, 403, 405); the
-	// error carries the agent's message.
+	// ErrRejected is returned when the agent refused the request (400,
+	// 403, 405); the error carries the agent's message.
 	ErrRejected = errors.New("rejected by agent")
 )
 

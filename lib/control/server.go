@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,18 +29,19 @@ const (
 	maxConns = 128
 )
 
-// NewHandler returns the control API's HTTP handler serving src:
-//
-//	GET /v1/status            Status
-//	GET /v1/domains           []Domain, dom0 first
-//	GET /v1/domains/{domid}   Domain (400 for a malformed domid, 404 unknown)
-//	GET /v1/stalls            []Stall, oldest first
-//	GET /metrics              metrics (404 when metrics is nil)
-//
-// HEAD is accepted wherever GET is; other methods get 405. Every error has
-// a JSON body, Error.
+// NewHandler returns the control API's HTTP handler serving src, with the
+// routes of (*handler).routes. HEAD is accepted wherever GET is; other
+// methods get 405. Every error has a JSON body, Error.
 func NewHandler(src Source, metrics http.Handler) http.Handler {
-	return &handler{src: src, metrics: metrics}
+	h := &handler{src: src, metrics: metrics}
+	mux := http.NewServeMux()
+	for _, rt := range h.routes() {
+		mux.HandleFunc(rt.pattern, rt.serve)
+	}
+	// ServeMux's own 404 and 405 answers are plain text; the API's are
+	// JSON, so whatever no route takes comes here.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { unrouted(mux, w, r) })
+	return mux
 }
 
 type handler struct {
@@ -49,59 +49,77 @@ type handler struct {
 	metrics http.Handler
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p := r.URL.Path
-	known := p == "/v1/status" || p == "/v1/domains" || p == "/v1/stalls" || p == "/metrics" ||
-		strings.HasPrefix(p, "/v1/domains/")
-	if !known {
-		writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s", p))
+type route struct {
+	pattern string // http.ServeMux pattern; GET serves HEAD too
+	serve   http.HandlerFunc
+}
+
+// routes is the control API, the one table of its endpoints:
+//
+//	GET /v1/status            Status
+//	GET /v1/domains           []Domain, dom0 first
+//	GET /v1/domains/{domid}   Domain (400 for a malformed domid, 404 unknown)
+//	GET /v1/stalls            []Stall, oldest first
+//	GET /metrics              metrics (404 when metrics is nil)
+func (h *handler) routes() []route {
+	return []route{
+		{"GET /v1/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, h.src.Status()) }},
+		{"GET /v1/domains", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, nonNil(h.src.Domains())) }},
+		// {domid...} takes the empty and the multi-segment rest too, so
+		// that /v1/domains/ and /v1/domains/5/x are bad domids (400), not
+		// unknown endpoints.
+		{"GET /v1/domains/{domid...}", h.domain},
+		{"GET /v1/stalls", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, nonNil(h.src.Stalls())) }},
+		{"GET /metrics", h.serveMetrics},
+	}
+}
+
+func (h *handler) domain(w http.ResponseWriter, r *http.Request) {
+	arg := r.PathValue("domid")
+	id, err := domid.Parse(arg)
+	if err != nil {
+		var de *domid.Error
+		msg := err.Error()
+		if errors.As(err, &de) {
+			msg = fmt.Sprintf("domain %s: %v", quoteIfOdd(arg), de.Err)
+		}
+		writeError(w, http.StatusBadRequest, msg)
 		return
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+	d, ok := h.src.Domain(uint16(id))
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("domain %d: not known to the agent", id))
+		return
+	}
+	writeJSON(w, d)
+}
+
+func (h *handler) serveMetrics(w http.ResponseWriter, r *http.Request) {
+	if h.metrics == nil {
+		writeError(w, http.StatusNotFound, "metrics are not enabled")
+		return
+	}
+	h.metrics.ServeHTTP(w, r)
+}
+
+// unrouted answers a request no route took: 405 when a route serves its
+// path under GET (every route is GET), else 404.
+func unrouted(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
+	probe := &http.Request{Method: http.MethodGet, URL: r.URL, Host: r.Host}
+	if _, pattern := mux.Handler(probe); pattern != "/" {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s", r.Method, p))
+		writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed on %s", r.Method, r.URL.Path))
 		return
 	}
-	switch p {
-	case "/v1/status":
-		writeJSON(w, h.src.Status())
-	case "/v1/domains":
-		doms := h.src.Domains()
-		if doms == nil {
-			doms = []Domain{}
-		}
-		writeJSON(w, doms)
-	case "/v1/stalls":
-		stalls := h.src.Stalls()
-		if stalls == nil {
-			stalls = []Stall{}
-		}
-		writeJSON(w, stalls)
-	case "/metrics":
-		if h.metrics == nil {
-			writeError(w, http.StatusNotFound, "metrics are not enabled")
-			return
-		}
-		h.metrics.ServeHTTP(w, r)
-	default:
-		arg := strings.TrimPrefix(p, "/v1/domains/")
-		id, err := domid.Parse(arg)
-		if err != nil {
-			var de *domid.Error
-			msg := err.Error()
-			if errors.As(err, &de) {
-				msg = fmt.Sprintf("domain %s: %v", quoteIfOdd(arg), de.Err)
-			}
-			writeError(w, http.StatusBadRequest, msg)
-			return
-		}
-		d, ok := h.src.Domain(uint16(id))
-		if !ok {
-			writeError(w, http.StatusNotFound, fmt.Sprintf("domain %d: not known to the agent", id))
-			return
-		}
-		writeJSON(w, d)
+	writeError(w, http.StatusNotFound, fmt.Sprintf("no such endpoint: %s", r.URL.Path))
+}
+
+// nonNil makes a nil list encode as [], not null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
 	}
+	return s
 }
 
 // quoteIfOdd quotes s unless it is plain digits, so messages read

@@ -30,21 +30,24 @@ const (
 
 // Sentinel errors. Returned errors wrap one of them, so callers use errors.Is.
 var (
-	// ErrStopped: the dispatcher is stopping or stopped.
+	// ErrStopped is returned when the dispatcher is stopping or stopped.
 	ErrStopped = errors.New("dispatcher stopped")
-	// ErrUnknownWatch: an event carries a token no registered watch has,
-	// typically a late event of a watch that was just unregistered.
+	// ErrUnknownWatch is returned when an event carries a token no
+	// registered watch has, typically a late event of a watch that was
+	// just unregistered.
 	ErrUnknownWatch = errors.New("no watch registered for token")
-	// ErrDuplicateToken: a watch with this token is already registered.
+	// ErrDuplicateToken is returned when a watch with the token is already
+	// registered.
 	ErrDuplicateToken = errors.New("watch token already registered")
-	// ErrInvalidWatch: a WatchConfig misses its path or handler.
+	// ErrInvalidWatch is returned when a WatchConfig misses its path or
+	// handler.
 	ErrInvalidWatch = errors.New("invalid watch")
-	// ErrInvalidDomain: the domid cannot have a domain worker (dom0 or a
-	// reserved id).
+	// ErrInvalidDomain is returned when the domid cannot have a domain
+	// worker (dom0 or a reserved id).
 	ErrInvalidDomain = errors.New("domid cannot have a domain worker")
-	// ErrDomainExists: the domain already has a live worker.
+	// ErrDomainExists is returned when the domain already has a live worker.
 	ErrDomainExists = errors.New("domain worker already exists")
-	// ErrNoDomain: the domain has no live worker.
+	// ErrNoDomain is returned when the domain has no live worker.
 	ErrNoDomain = errors.New("no domain worker")
 )
 

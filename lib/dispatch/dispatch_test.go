@@ -711,7 +711,7 @@ func TestStallDetection(t *testing.T) {
 		t.Fatalf("Stalls = %d", tot.Stalls)
 	}
 	release()
-	logs.waitMessage(t, "stalled watch callback returned")
+	logs.waitMessage(t, "stalled handler returned")
 	if ws := w.Stats(); ws.Stalls != 1 {
 		t.Fatalf("watch stats %+v", ws)
 	}
@@ -1094,7 +1094,7 @@ func TestSetStallThreshold(t *testing.T) {
 				}
 				time.Sleep(time.Millisecond)
 			}
-			logs.waitMessage(t, "watch callback stalled")
+			logs.waitMessage(t, "handler stalled")
 			if st, _ := d.DomainStats(8); st.Current == nil || !st.Current.Stalled {
 				t.Fatalf("domain 8 %+v", st.Current)
 			}

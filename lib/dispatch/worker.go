@@ -365,11 +365,11 @@ func (d *Dispatcher) logStallEnd(r *stallReport) {
 	if r == nil {
 		return
 	}
-	d.log.Info("dispatch: stalled watch callback returned", r.attrs()...)
+	d.log.Info("dispatch: stalled handler returned", r.attrs()...)
 }
 
 // attrs are the log fields of a stall: the watch, its plugin if known, the
-// event's domain and path, and how long the callback ran.
+// event's domain and path, and how long the handler ran.
 func (r stallReport) attrs() []any {
 	a := []any{"domid", r.dom, "watch", r.w.path, "token", r.w.token, "path", r.path, "duration", r.age}
 	if r.w.plugin != "" {
@@ -406,7 +406,7 @@ func (d *Dispatcher) monitor() {
 		}
 		reports = d.stalled(reports[:0])
 		for _, r := range reports {
-			d.log.Warn("dispatch: watch callback stalled", r.attrs()...)
+			d.log.Warn("dispatch: handler stalled", r.attrs()...)
 		}
 	}
 }

@@ -32,13 +32,16 @@ const (
 
 // Sentinel errors; returned errors wrap one of them together with the input.
 var (
-	// ErrSyntax: the input is not a canonical unsigned decimal number.
+	// ErrSyntax is returned when the input is not a canonical unsigned
+	// decimal number.
 	ErrSyntax = errors.New("invalid domid syntax")
-	// ErrRange: the number does not fit in a domid at all.
+	// ErrRange is returned when the number does not fit in a domid at all.
 	ErrRange = errors.New("domid out of range")
-	// ErrReserved: the number is one of Xen's reserved ids (>= 32752).
+	// ErrReserved is returned when the number is one of Xen's reserved ids
+	// (>= 32752).
 	ErrReserved = errors.New("reserved domid")
-	// ErrNotGuest: the id is valid but names dom0, not a guest.
+	// ErrNotGuest is returned when the id is valid but names dom0, not a
+	// guest.
 	ErrNotGuest = errors.New("domid is not a guest")
 )
 
@@ -112,6 +115,10 @@ func (id ID) IsGuest() bool { return id != Dom0 && id < FirstReserved }
 
 // IsReserved reports whether id is one of Xen's reserved ids.
 func (id ID) IsReserved() bool { return id >= FirstReserved }
+
+// Home returns the domain's home path in XenStore, /local/domain/<id>: the
+// directory relative paths of its own connections resolve against.
+func (id ID) Home() string { return localDomain + id.String() }
 
 // String formats id the way XenStore paths spell it.
 func (id ID) String() string { return strconv.FormatUint(uint64(id), 10) }

@@ -85,6 +85,14 @@ func TestErrorMessageNamesInput(t *testing.T) {
 	}
 }
 
+func TestHome(t *testing.T) {
+	for id, want := range map[ID]string{0: "/local/domain/0", 7: "/local/domain/7", MaxGuest: "/local/domain/32751"} {
+		if got := id.Home(); got != want {
+			t.Errorf("ID(%d).Home() = %q, want %q", id, got, want)
+		}
+	}
+}
+
 func TestIDPredicates(t *testing.T) {
 	if Dom0.IsGuest() || !ID(1).IsGuest() || !MaxGuest.IsGuest() || Self.IsGuest() || Invalid.IsGuest() {
 		t.Error("IsGuest wrong")

@@ -9,10 +9,10 @@ import (
 	"context"
 	"encoding/xml"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -32,10 +32,12 @@ const (
 
 // Errors classify failures for exit codes.
 var (
-	// ErrUsage: the hook was invoked with the wrong argument shape.
+	// ErrUsage is returned when the hook was invoked with the wrong
+	// argument shape.
 	ErrUsage = errors.New("usage")
-	// ErrInput: the arguments or XML are well-formed but unusable (no
-	// domid where one is needed, a reserved domid, garbage XML).
+	// ErrInput is returned when the arguments or XML are well-formed but
+	// unusable (no domid where one is needed, a reserved domid, garbage
+	// XML).
 	ErrInput = errors.New("bad input")
 )
 
@@ -127,10 +129,9 @@ func ParseLibvirt(args []string, stdin io.Reader) (Action, error) {
 	}
 	a := Action{Kind: kind, Why: why}
 	if dom.UUID != "" {
-		if !node.ValidUUID(dom.UUID) {
-			return Action{}, fmt.Errorf("%w: %s of domain %q: %w: %q", ErrInput, why, args[0], node.ErrBadUUID, dom.UUID)
+		if a.UUID, err = node.CanonicalUUID(dom.UUID); err != nil {
+			return Action{}, fmt.Errorf("%w: %s of domain %q: %w", ErrInput, why, args[0], err)
 		}
-		a.UUID = strings.ToLower(dom.UUID)
 	}
 	// libvirt writes id='-1' (or nothing) for a domain that is not running.
 	if dom.ID == nil || *dom.ID == "-1" {
@@ -267,10 +268,10 @@ func ParseXAPI(hook string, args []string) (Action, error) {
 	if reason != "" {
 		why += " (" + quote(reason) + ")"
 	}
-	if !node.ValidUUID(uuid) {
-		return Action{}, fmt.Errorf("%w: %s: %w: %q", ErrInput, why, node.ErrBadUUID, uuid)
+	uuid, err := node.CanonicalUUID(uuid)
+	if err != nil {
+		return Action{}, fmt.Errorf("%w: %s: %w", ErrInput, why, err)
 	}
-	uuid = strings.ToLower(uuid)
 	switch {
 	case hook == "vm-post-destroy":
 		return Action{Kind: KindDestroyUUID, UUID: uuid, Why: why}, nil
@@ -282,6 +283,52 @@ func ParseXAPI(hook string, args []string) (Action, error) {
 		return Action{Kind: KindCreate, Domid: id, UUID: uuid, Why: why}, nil
 	}
 	return Action{Kind: KindNone, Why: why}, nil
+}
+
+// ParseDirect decides the action of "create [--uuid <uuid>] <domid>" or
+// "destroy [--uuid <uuid>] [<domid>]", run by hand or by a script wrapping
+// xl; args are what follows the command name. kind is KindCreate or
+// KindDestroy.
+func ParseDirect(kind Kind, args []string) (Action, error) {
+	name := kind.String()
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	uuid := fs.String("uuid", "", "")
+	if err := fs.Parse(args); err != nil {
+		return Action{}, fmt.Errorf("%w: %s: %v", ErrUsage, name, err)
+	}
+	return Direct(kind, *uuid, fs.Args())
+}
+
+// Direct is ParseDirect for a caller whose own flag parser took --uuid out
+// (uuid, "" when not given) and left the operands: mtwatch create and
+// destroy. A destroy with a uuid and no domid removes the nodes of that VM.
+func Direct(kind Kind, uuid string, operands []string) (Action, error) {
+	name := kind.String()
+	a := Action{Kind: kind, Why: name}
+	if uuid != "" {
+		var err error
+		if a.UUID, err = node.CanonicalUUID(uuid); err != nil {
+			return Action{}, fmt.Errorf("%w: %w", ErrInput, err)
+		}
+	}
+	want := "<domid>"
+	if kind == KindDestroy {
+		if len(operands) == 0 && a.UUID != "" {
+			a.Kind = KindDestroyUUID
+			return a, nil
+		}
+		want = "<domid> or --uuid"
+	}
+	if len(operands) != 1 {
+		return Action{}, fmt.Errorf("%w: %s takes exactly one %s, got %d argument(s)", ErrUsage, name, want, len(operands))
+	}
+	id, err := domid.ParseGuest(operands[0])
+	if err != nil {
+		return Action{}, fmt.Errorf("%w: %w", ErrInput, err)
+	}
+	a.Domid = id
+	return a, nil
 }
 
 // quote returns s as it is if it is a plain word, else Go-quoted: values

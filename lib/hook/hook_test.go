@@ -207,3 +207,44 @@ func TestArgvQuoted(t *testing.T) {
 		t.Errorf("Why = %q", a.Why)
 	}
 }
+
+func TestParseDirect(t *testing.T) {
+	upper := strings.ToUpper(vmUUID)
+	tests := []struct {
+		kind    Kind
+		args    []string
+		want    Action
+		wantErr error
+	}{
+		{KindCreate, []string{"7"}, Action{Kind: KindCreate, Domid: 7, Why: "create"}, nil},
+		{KindCreate, []string{"--uuid", upper, "7"}, Action{Kind: KindCreate, Domid: 7, UUID: vmUUID, Why: "create"}, nil},
+		{KindCreate, []string{"-uuid=" + vmUUID, "7"}, Action{Kind: KindCreate, Domid: 7, UUID: vmUUID, Why: "create"}, nil},
+		{KindDestroy, []string{"7"}, Action{Kind: KindDestroy, Domid: 7, Why: "destroy"}, nil},
+		{KindDestroy, []string{"--uuid", vmUUID, "7"}, Action{Kind: KindDestroy, Domid: 7, UUID: vmUUID, Why: "destroy"}, nil},
+		{KindDestroy, []string{"--uuid", upper}, Action{Kind: KindDestroyUUID, UUID: vmUUID, Why: "destroy"}, nil},
+		{KindCreate, nil, Action{}, ErrUsage},
+		{KindCreate, []string{"--uuid", vmUUID}, Action{}, ErrUsage},
+		{KindCreate, []string{"5", "6"}, Action{}, ErrUsage},
+		{KindDestroy, nil, Action{}, ErrUsage},
+		{KindCreate, []string{"--bogus", "5"}, Action{}, ErrUsage},
+		{KindCreate, []string{"--uuid", "xyz", "5"}, Action{}, ErrInput},
+		{KindDestroy, []string{"--uuid", "../x"}, Action{}, ErrInput},
+		{KindCreate, []string{"0"}, Action{}, domid.ErrNotGuest},
+		{KindCreate, []string{"32752"}, Action{}, domid.ErrReserved},
+		{KindDestroy, []string{"007"}, Action{}, domid.ErrSyntax},
+	}
+	for _, tt := range tests {
+		t.Run(tt.kind.String()+" "+strings.Join(tt.args, " "), func(t *testing.T) {
+			got, err := ParseDirect(tt.kind, tt.args)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("err = %v, want %v", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("ParseDirect = %+v, %v; want %+v", got, err, tt.want)
+			}
+		})
+	}
+}

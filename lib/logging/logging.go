@@ -61,12 +61,27 @@ func New(w io.Writer, level, format string) (l *logrus.Logger, toJournal bool, e
 
 // SetLevel sets l's level by name.
 func SetLevel(l *logrus.Logger, level string) error {
-	lv, err := logrus.ParseLevel(level)
+	lv, err := parseLevel(level)
 	if err != nil {
-		return fmt.Errorf("log level %q: want trace, debug, info, warning or error", level)
+		return err
 	}
 	l.SetLevel(lv)
 	return nil
+}
+
+// CheckLevel returns an error unless level names a log level: trace,
+// debug, info, warning or error.
+func CheckLevel(level string) error {
+	_, err := parseLevel(level)
+	return err
+}
+
+func parseLevel(level string) (logrus.Level, error) {
+	lv, err := logrus.ParseLevel(level)
+	if err != nil {
+		return 0, fmt.Errorf("log level %q: want trace, debug, info, warning or error", level)
+	}
+	return lv, nil
 }
 
 // journalFields maps the field names used across mtwatch to journal fields.

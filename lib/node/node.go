@@ -56,10 +56,10 @@ var dom0Only = xenstore.Perms{{Domid: domid.Dom0, Access: xenstore.AccessNone}}
 func trusted(p xenstore.Perms) bool { return len(p) == 1 && p[0] == dom0Only[0] }
 
 var (
-	// ErrBadUUID is returned for a malformed VM uuid.
+	// ErrBadUUID is returned when a VM uuid is malformed.
 	ErrBadUUID = errors.New("malformed vm uuid")
-	// ErrUntrusted is returned for a node whose perms are not exactly n0:
-	// a guest may have made or changed it.
+	// ErrUntrusted is returned when a node's perms are not exactly n0: a
+	// guest may have made or changed it.
 	ErrUntrusted = errors.New("mtwatch node not private to dom0")
 )
 
@@ -78,16 +78,16 @@ func Create(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string) e
 	if !id.IsGuest() {
 		return fmt.Errorf("create mtwatch node for domain %d: %w", id, domid.ErrNotGuest)
 	}
-	if uuid != "" && !ValidUUID(uuid) {
-		return fmt.Errorf("create mtwatch node for domain %d: %w: %q", id, ErrBadUUID, uuid)
+	var err error
+	if uuid != "" {
+		uuid, err = CanonicalUUID(uuid)
+	} else {
+		uuid, err = VMUUID(ctx, c, id)
 	}
-	if uuid == "" {
-		var err error
-		if uuid, err = vmUUID(ctx, c, id); err != nil {
-			return fmt.Errorf("create mtwatch node for domain %d: %w", id, err)
-		}
+	if err != nil {
+		return fmt.Errorf("create mtwatch node for domain %d: %w", id, err)
 	}
-	err := retry(ctx, func() error { return create(ctx, c, id, strings.ToLower(uuid)) })
+	err = retry(ctx, func() error { return create(ctx, c, id, uuid) })
 	if err != nil {
 		return fmt.Errorf("create mtwatch node for domain %d: %w", id, err)
 	}
@@ -161,10 +161,11 @@ func retry(ctx context.Context, fn func() error) error {
 	}
 }
 
-// vmUUID reads the uuid of guest id from /local/domain/<id>/vm, which
-// toolstacks set to /vm/<uuid>. A missing or odd value yields "".
-func vmUUID(ctx context.Context, c *xenstore.Client, id domid.ID) (string, error) {
-	v, err := c.Read(ctx, "/local/domain/"+id.String()+"/vm")
+// VMUUID reads the uuid of guest id from /local/domain/<id>/vm, which
+// toolstacks set to /vm/<uuid>, in its canonical form. A missing or odd
+// value yields "" and no error: the node is then made without a uuid.
+func VMUUID(ctx context.Context, c *xenstore.Client, id domid.ID) (string, error) {
+	v, err := c.Read(ctx, id.Home()+"/vm")
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -175,10 +176,10 @@ func vmUUID(ctx context.Context, c *xenstore.Client, id domid.ID) (string, error
 	if i := strings.LastIndexByte(uuid, '/'); i >= 0 {
 		uuid = uuid[i+1:]
 	}
-	if !ValidUUID(uuid) {
-		return "", nil
+	if u, err := CanonicalUUID(uuid); err == nil {
+		return u, nil
 	}
-	return uuid, nil
+	return "", nil
 }
 
 // Destroy removes the node of guest id; a missing node is success.
@@ -217,8 +218,9 @@ func DestroyIf(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string
 	if !id.IsGuest() {
 		return false, fmt.Errorf("destroy mtwatch node for domain %d: %w", id, domid.ErrNotGuest)
 	}
-	if !ValidUUID(uuid) {
-		return false, fmt.Errorf("destroy mtwatch node for domain %d: %w: %q", id, ErrBadUUID, uuid)
+	uuid, err = CanonicalUUID(uuid)
+	if err != nil {
+		return false, fmt.Errorf("destroy mtwatch node for domain %d: %w", id, err)
 	}
 	v, err := c.Read(ctx, Path(id))
 	switch {
@@ -245,10 +247,10 @@ func DestroyIf(ctx context.Context, c *xenstore.Client, id domid.ID, uuid string
 // the removal would be removed with the old one, but Xen hands out domids in
 // turn, so a domid comes back only after thousands of others.
 func DestroyByUUID(ctx context.Context, c *xenstore.Client, uuid string) ([]domid.ID, error) {
-	if !ValidUUID(uuid) {
-		return nil, fmt.Errorf("destroy mtwatch node of vm %q: %w", uuid, ErrBadUUID)
+	uuid, err := CanonicalUUID(uuid)
+	if err != nil {
+		return nil, fmt.Errorf("destroy mtwatch node of vm: %w", err)
 	}
-	uuid = strings.ToLower(uuid)
 	removed, err := destroyListed(ctx, c, indexDir+"/"+uuid, uuid)
 	if err == nil && len(removed) == 0 {
 		removed, err = destroyListed(ctx, c, Dir, uuid)
@@ -301,6 +303,16 @@ func ignoreNotExist(err error) error {
 		return nil
 	}
 	return err
+}
+
+// CanonicalUUID returns the VM uuid s in the one form mtwatch stores and
+// compares, lower case; toolstacks write either case. The error, when s is
+// not a uuid in its 8-4-4-4-12 hex form, wraps ErrBadUUID and quotes s.
+func CanonicalUUID(s string) (string, error) {
+	if !ValidUUID(s) {
+		return "", fmt.Errorf("%w: %q", ErrBadUUID, s)
+	}
+	return strings.ToLower(s), nil
 }
 
 // ValidUUID reports whether s is a VM uuid in its canonical 8-4-4-4-12 hex

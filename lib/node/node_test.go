@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -143,6 +144,26 @@ func TestValidUUID(t *testing.T) {
 	} {
 		if node.ValidUUID(s) != want {
 			t.Errorf("ValidUUID(%q) = %v", s, !want)
+		}
+	}
+}
+
+func TestCanonicalUUID(t *testing.T) {
+	for in, want := range map[string]string{
+		"4dea22b3-1d52-d8f3-2516-782e98ab3fa0": "4dea22b3-1d52-d8f3-2516-782e98ab3fa0",
+		"4DEA22B3-1D52-D8F3-2516-782E98AB3FA0": "4dea22b3-1d52-d8f3-2516-782e98ab3fa0",
+		"4dea22b3-1d52-d8f3-2516-782e98ab3fa":  "",
+		"../x":                                 "",
+	} {
+		got, err := node.CanonicalUUID(in)
+		if want == "" {
+			if !errors.Is(err, node.ErrBadUUID) || !strings.Contains(err.Error(), strconv.Quote(in)) {
+				t.Errorf("CanonicalUUID(%q) error %v, want ErrBadUUID quoting the input", in, err)
+			}
+			continue
+		}
+		if err != nil || got != want {
+			t.Errorf("CanonicalUUID(%q) = %q, %v; want %q", in, got, err, want)
 		}
 	}
 }

@@ -299,7 +299,7 @@ func (d *domain) fail(phase string, err error) {
 	d.errs = append(d.errs, phase+": "+err.Error())
 }
 
-func (d *domain) home() string    { return "/local/domain/" + d.id.String() }
+func (d *domain) home() string    { return d.id.Home() }
 func (d *domain) vmPath() string  { return "/vm/" + d.uuid }
 func (d *domain) lxlPath() string { return "/libxl/" + d.id.String() }
 

@@ -29,7 +29,7 @@ func newSandbox(t *testing.T) *sandbox {
 	t.Helper()
 	in := xenstoredtest.Start(t)
 	c := dial(t, in)
-	return &sandbox{in: in, hv: sim.Xenemu{Server: in.Server}, c: c}
+	return &sandbox{in: in, hv: sim.Xenemu{Server: in.Server()}, c: c}
 }
 
 func dial(t *testing.T, in *xenstoredtest.Instance) *xenstore.Client {

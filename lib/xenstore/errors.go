@@ -11,21 +11,23 @@ import (
 // Sentinel errors. Errors returned by the client wrap them (or a
 // syscall.Errno), so callers test with errors.Is.
 var (
-	// ErrClosed: the client was closed with Close.
+	// ErrClosed is returned by calls on a client closed with Close.
 	ErrClosed = errors.New("xenstore client closed")
-	// ErrConnectionLost: the connection to xenstored failed (daemon gone,
-	// protocol violation, I/O error); every pending call and every watch
-	// ends with an error wrapping it. A new client must be dialled.
+	// ErrConnectionLost is returned when the connection to xenstored failed
+	// (daemon gone, protocol violation, I/O error): every pending call and
+	// every watch ends with an error wrapping it. A new client must be
+	// dialled.
 	ErrConnectionLost = errors.New("xenstore connection lost")
-	// ErrUnwatched ends a watch removed by Unwatch or RESET_WATCHES.
+	// ErrUnwatched is returned when a watch was removed by Unwatch or
+	// RESET_WATCHES: it ends the watch.
 	ErrUnwatched = errors.New("xenstore watch removed")
-	// ErrWatchOverflow ends a watch whose consumer fell more than the
-	// per-watch buffer behind (see Watch).
+	// ErrWatchOverflow is returned when a watch's consumer fell more than
+	// the per-watch buffer behind (see Watch): it ends the watch.
 	ErrWatchOverflow = errors.New("xenstore watch overflow: consumer too slow")
-	// ErrNotSupported: the server does not implement the operation
-	// (it answered ENOSYS, which the error also wraps).
+	// ErrNotSupported is returned when the server does not implement the
+	// operation (it answered ENOSYS, which the error also wraps).
 	ErrNotSupported = errors.New("operation not supported by xenstored")
-	// ErrTxDone: a Tx was used after its transaction ended.
+	// ErrTxDone is returned when a Tx is used after its transaction ended.
 	ErrTxDone = errors.New("xenstore transaction already ended")
 )
 

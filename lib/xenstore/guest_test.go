@@ -66,7 +66,7 @@ func TestGuestClient(t *testing.T) {
 
 	// A second connection for an introduced domain is refused: its ring is
 	// mapped once.
-	if _, err := in.Server.GuestConn(7); err == nil {
+	if _, err := in.Server().GuestConn(7); err == nil {
 		t.Error("GuestConn of an introduced domain succeeded")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -16,7 +17,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/plugin"
@@ -36,7 +36,7 @@ func init() {
 
 // Plugin runs the rules' commands.
 type Plugin struct {
-	log     *logrus.Entry
+	log     *slog.Logger
 	store   plugin.Store
 	watches plugin.Watcher
 	env     []string // the base environment of commands
@@ -80,22 +80,15 @@ type counters struct {
 	lastNanos                                          atomic.Int64
 }
 
-// Results counted in mtwatch_exec_runs_total.
-const (
-	resultOK      = "ok"
-	resultFailed  = "failed"
-	resultTimeout = "timeout"
-	resultError   = "error" // did not start, or cancelled by Stop
-)
-
 // New validates the section and registers the plugin's metrics.
 func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 	rules, err := parse(ic.Config)
 	if err != nil {
 		return nil, err
 	}
+	warnDeprecated(ic.Logger, rules)
 	p := &Plugin{
-		log:     ic.Log,
+		log:     ic.Logger,
 		store:   ic.Store,
 		watches: ic.Watches,
 		env:     proc.Env(),
@@ -124,11 +117,11 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 }
 
 // Start registers one watch per rule.
-func (p *Plugin) Start(ctx context.Context) error {
+func (p *Plugin) Start(ctx context.Context, _ plugin.Runtime) error {
 	if dir, err := proc.Confinement(); dir != "" {
-		p.log.WithField("cgroup", dir).Info("commands are confined by cgroup v2")
+		p.log.Info("commands are confined by cgroup v2", "cgroup", dir)
 	} else {
-		p.log.WithError(err).Warn("commands are confined by their process group only: a process that calls setsid() can outlive its command's timeout and the agent's stop")
+		p.log.Warn("commands are confined by their process group only: a process that calls setsid() can outlive its command's timeout and the agent's stop", "err", err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -209,6 +202,7 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 	if err != nil {
 		return err
 	}
+	warnDeprecated(p.log, rules)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	defer p.publish()
@@ -256,7 +250,7 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
-	p.log.WithField("rules", len(rules)).Info("exec rules reloaded")
+	p.log.Info("exec rules reloaded", "rules", len(rules))
 	return nil
 }
 
@@ -305,7 +299,7 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 	env = proc.SetEnv(env, "MTWATCH_RULE", r.name)
 	env = append(env, extra...)
 
-	log := p.log.WithFields(logrus.Fields{"rule": r.name, "domid": d})
+	log := p.log.With("rule", r.name, "domid", d)
 	argv := r.argv(id, xsPath)
 	// The rate bound waits on the domain's own worker: a guest that makes
 	// a rule fire faster only delays itself, while the dispatcher
@@ -330,41 +324,38 @@ func (p *Plugin) handle(_ context.Context, a *active, ev dispatch.Event) error {
 		Grace:   r.grace,
 		Line: func(stream, line string) {
 			if logged.Add(1) <= int64(r.logLines) {
-				log.WithField("stream", stream).Info(line)
+				log.Info(line, "stream", stream)
 			}
 		},
 	})
 	if n := logged.Load() - int64(r.logLines); n > 0 {
 		a.c.linesDropped.Add(uint64(n))
-		log.WithField("lines", n).Warn("output beyond log_lines not logged")
+		log.Warn("output beyond log_lines not logged", "lines", n)
 	}
 	a.c.runs.Add(1)
 	a.c.lastNanos.Store(int64(res.Duration))
 	a.metric(func() { p.duration.WithLabelValues(r.name).Observe(res.Duration.Seconds()) })
-	result := resultOK
-	switch {
-	case res.OK():
+	outcome := res.Outcome()
+	switch outcome {
+	case proc.OutcomeOK:
 		a.c.ok.Add(1)
-	case res.TimedOut:
+	case proc.OutcomeTimeout:
 		a.c.timedOut.Add(1)
-		result = resultTimeout
-	case res.ExitCode >= 0 || res.Signal != 0:
+	case proc.OutcomeFailed:
 		a.c.failed.Add(1)
-		result = resultFailed
 	default:
 		a.c.startErrors.Add(1)
-		result = resultError
 	}
-	a.metric(func() { p.runs.WithLabelValues(r.name, result).Inc() })
-	fields := logrus.Fields{"path": xsPath, "exit": res.ExitCode, "duration": res.Duration.Round(time.Millisecond)}
+	a.metric(func() { p.runs.WithLabelValues(r.name, string(outcome)).Inc() })
+	attrs := []any{"path", xsPath, "exit", res.ExitCode, "duration", res.Duration.Round(time.Millisecond)}
 	if res.Signal != 0 {
-		fields["signal"] = res.Signal.String()
+		attrs = append(attrs, "signal", res.Signal.String())
 	}
 	if res.OK() {
-		log.WithFields(fields).Debug("command done")
+		log.Debug("command done", attrs...)
 		return nil
 	}
-	log.WithFields(fields).WithError(res.Err).Warn("command failed")
+	log.Warn("command failed", append(attrs, "err", res.Err)...)
 	return fmt.Errorf("exec: rule %s domid %s: %w", r.name, d, res.Err)
 }
 

@@ -3,6 +3,7 @@ package exec_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
@@ -90,6 +92,9 @@ func TestConfigErrors(t *testing.T) {
 		{"domid in command without one in path", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/echo\", \"{domid}\"]\n", ":4: rule[0].command: "},
 		{"unknown key", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\ntimeot = \"1s\"\n", ":5: rule.timeot: unknown key"},
 		{"bad pending", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\npending = \"always\"\n", ":5: rule[0].pending: unknown pending policy \"always\""},
+		{"bad coalesce", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\ncoalesce = \"always\"\n", ":5: rule[0].coalesce: unknown coalesce policy \"always\""},
+		{"pending and coalesce", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\ncoalesce = \"per-watch\"\npending = \"per-watch\"\n",
+			":6: rule[0].pending: pending is the old name of coalesce: set coalesce only"},
 		{"duplicate name", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\n[[rule]]\nname = \"a\"\npath = \"/y\"\ncommand = [\"/bin/true\"]\n", ":6: rule[1].name: rule name \"a\" already used"},
 		{"reserved env", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\nenv = { DOMID = \"1\" }\n", ":5: rule[0].env: DOMID is set by mtwatchd"},
 		{"bad timeout", "[[rule]]\nname = \"a\"\npath = \"/x\"\ncommand = [\"/bin/true\"]\ntimeout = \"soon\"\n", ":5: "},
@@ -126,12 +131,12 @@ func TestRun(t *testing.T) {
 		return statusOf(t, p, "memory-target").OK == 1
 	})
 	var sawOut, sawErr bool
-	for _, e := range h.LogHook.AllEntries() {
-		if e.Data["rule"] != "memory-target" || e.Data["domid"] != "5" {
+	for _, e := range h.Logs.Records() {
+		if e.Attrs["rule"] != "memory-target" || e.Attrs["domid"] != "5" {
 			continue
 		}
-		sawOut = sawOut || (e.Data["stream"] == "stdout" && strings.HasPrefix(e.Message, "recorded "))
-		sawErr = sawErr || (e.Data["stream"] == "stderr" && e.Message == "a line on stderr")
+		sawOut = sawOut || (e.Attrs["stream"] == "stdout" && strings.HasPrefix(e.Message, "recorded "))
+		sawErr = sawErr || (e.Attrs["stream"] == "stderr" && e.Message == "a line on stderr")
 	}
 	if !sawOut || !sawErr {
 		t.Errorf("command output not logged with rule and domid (stdout %v, stderr %v)", sawOut, sawErr)
@@ -229,7 +234,7 @@ func TestStopWaitsForCommands(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, h.Agent.Runtime()); err != nil {
 		t.Fatal(err)
 	}
 	h.AddDomain(3)
@@ -253,10 +258,10 @@ func TestStopWaitsForCommands(t *testing.T) {
 func TestIsolationAndCoalescing(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		pending string
-		runs    int // after the blocked one
-	}{{"per-path", 10}, {"per-watch", 1}} {
-		t.Run(tc.pending, func(t *testing.T) {
+		key, policy string // pending: coalesce's old name
+		runs        int    // after the blocked one
+	}{{"pending", "per-path", 10}, {"pending", "per-watch", 1}, {"coalesce", "per-path", 10}, {"coalesce", "per-watch", 1}} {
+		t.Run(tc.key+"="+tc.policy, func(t *testing.T) {
 			t.Parallel()
 			h := plugintest.New(t, plugintest.Options{})
 			out := t.TempDir()
@@ -265,7 +270,7 @@ func TestIsolationAndCoalescing(t *testing.T) {
 				t.Fatal(err)
 			}
 			h.Start(exec.Name, rules(t, out, [3]string{"data", "/local/domain/{domid}/data",
-				fmt.Sprintf("env = { OUT = %q, ACTION = \"gate\", ACTION_DOMID = \"5\" }\npending = %q", out, tc.pending)}))
+				fmt.Sprintf("env = { OUT = %q, ACTION = \"gate\", ACTION_DOMID = \"5\" }\n%s = %q", out, tc.key, tc.policy)}))
 			h.AddDomain(5)
 			h.AddDomain(7)
 			h.Write("/local/domain/5/data/first", "1")
@@ -285,6 +290,36 @@ func TestIsolationAndCoalescing(t *testing.T) {
 				t.Fatalf("domain 5 ran %d commands, want %d", n, 1+tc.runs)
 			}
 		})
+	}
+}
+
+// TestPendingDeprecated: a rule's pending, coalesce's old name, works and
+// is logged as deprecated, naming the file, line and key; coalesce is not.
+func TestPendingDeprecated(t *testing.T) {
+	t.Parallel()
+	h := plugintest.New(t, plugintest.Options{})
+	warned := func(file string) bool {
+		for _, e := range h.Logs.Records() {
+			if e.Level == slog.LevelWarn && e.Attrs["plugin"] == exec.Name && strings.HasPrefix(e.Message, file+":5: ") &&
+				strings.HasSuffix(e.Message, "rule[0].pending: pending is deprecated: it is now called coalesce") {
+				return true
+			}
+		}
+		return false
+	}
+	for _, tc := range []struct {
+		key  string
+		warn bool
+	}{{"pending", true}, {"coalesce", false}} {
+		sec := h.Section(exec.Name, fmt.Sprintf("[[rule]]\nname = \"a\"\npath = \"/local/domain/{domid}/x\"\ncommand = [\"/bin/true\"]\n%s = \"per-watch\"\n", tc.key))
+		ic := h.InitContext(exec.Name, sec)
+		ic.Metrics = prometheus.NewRegistry() // one plugin per registry
+		if _, err := exec.New(ic); err != nil {
+			t.Fatalf("%s: %v", tc.key, err)
+		}
+		if got := warned(sec.File()); got != tc.warn {
+			t.Errorf("%s: deprecation warning %v, want %v", tc.key, got, tc.warn)
+		}
 	}
 }
 
@@ -478,14 +513,14 @@ func TestLogLines(t *testing.T) {
 	h.Write("/local/domain/5/chatty", "1")
 	h.Wait(10*time.Second, "run", func() bool { return statusOf(t, p, "chatty").Runs == 1 })
 	lines, warned := 0, false
-	for _, e := range h.LogHook.AllEntries() {
-		if e.Data["rule"] != "chatty" {
+	for _, e := range h.Logs.Records() {
+		if e.Attrs["rule"] != "chatty" {
 			continue
 		}
-		if e.Data["stream"] == "stdout" {
+		if e.Attrs["stream"] == "stdout" {
 			lines++
 		}
-		if strings.Contains(e.Message, "log_lines") && fmt.Sprint(e.Data["lines"]) == "97" {
+		if strings.Contains(e.Message, "log_lines") && fmt.Sprint(e.Attrs["lines"]) == "97" {
 			warned = true
 		}
 	}

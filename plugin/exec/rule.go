@@ -2,6 +2,7 @@ package exec
 
 import (
 	"fmt"
+	"log/slog"
 	"maps"
 	"regexp"
 	"slices"
@@ -46,7 +47,10 @@ type RuleConfig struct {
 	Command []string          `toml:"command" doc:"argv, an absolute program; {domid} and {path} replaced"`
 	Timeout time.Duration     `toml:"timeout" doc:"0s: the default, 1m"`
 	Env     map[string]string `toml:"env" doc:"extra environment"`
-	Pending string            `toml:"pending" doc:"per-path (\"\": the default) or per-watch, the choice for a path a guest can write"`
+	// Coalesce is how the rule's events wait while the domain's worker
+	// is busy. Pending is its old name, still read.
+	Coalesce string `toml:"coalesce" doc:"per-path (\"\": the default) or per-watch, the choice for a path a guest can write"`
+	Pending  string `toml:"pending" deprecated:"coalesce"`
 	// MinInterval and Burst bound how often the rule's command starts for
 	// one domain: a token bucket of Burst tokens, one back every
 	// MinInterval.
@@ -70,6 +74,9 @@ type rule struct {
 	minInterval time.Duration
 	burst       int
 	logLines    int
+	// deprecated says where the rule's section uses the old name of a
+	// key: a warning to log, "" when none.
+	deprecated string
 }
 
 func (r *rule) equal(o *rule) bool {
@@ -158,17 +165,34 @@ func parse(sec plugin.Section) ([]*rule, error) {
 				return nil, sec.Errorf(key("env"), "%s is set by mtwatchd", k)
 			}
 		}
-		switch rc.Pending {
+		policy, k := rc.Coalesce, "coalesce"
+		if rc.Pending != "" {
+			if rc.Coalesce != "" {
+				return nil, sec.Errorf(key("pending"), "pending is the old name of coalesce: set coalesce only")
+			}
+			policy, k = rc.Pending, "pending"
+			r.deprecated = sec.Errorf(key("pending"), "pending is deprecated: it is now called coalesce").Error()
+		}
+		switch policy {
 		case "", "per-path":
 			r.coalesce = dispatch.CoalescePerPath
 		case "per-watch":
 			r.coalesce = dispatch.CoalescePerWatch
 		default:
-			return nil, sec.Errorf(key("pending"), "unknown pending policy %q (per-path or per-watch)", rc.Pending)
+			return nil, sec.Errorf(key(k), "unknown %s policy %q (per-path or per-watch)", k, policy)
 		}
 		rules = append(rules, r)
 	}
 	return rules, nil
+}
+
+// warnDeprecated logs the rules' use of old key names.
+func warnDeprecated(log *slog.Logger, rules []*rule) {
+	for _, r := range rules {
+		if r.deprecated != "" {
+			log.Warn(r.deprecated)
+		}
+	}
 }
 
 // parsePath validates the path pattern and finds the watch path: the

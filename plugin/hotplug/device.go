@@ -4,10 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 )
@@ -40,7 +39,7 @@ type job struct {
 	inc   string
 	nodes nodes
 	adopt *record // a script left running before a restart
-	log   *logrus.Entry
+	log   *slog.Logger
 
 	queued   bool      // waiting for admission; under pool.mu
 	enqueued time.Time // when it was submitted
@@ -216,7 +215,7 @@ func (p *Plugin) recover(k devKey, v view, rec record) (bool, error) {
 			rec.PID, rec.Start, rec.Began = pid, st, time.Now().Unix()
 		}
 	}
-	log := p.devLog(k).WithFields(logrus.Fields{"action": rec.Action, "phase": rec.Phase, "pid": rec.PID})
+	log := p.devLog(k).With("action", rec.Action, "phase", rec.Phase, "pid", rec.PID)
 	switch {
 	case rec.alive():
 		log.Info("hotplug script left running before a restart: waiting for it")
@@ -265,8 +264,8 @@ func (p *Plugin) forget(k devKey) {
 	p.mu.Unlock()
 }
 
-func (p *Plugin) devLog(k devKey) *logrus.Entry {
-	return p.log.WithFields(logrus.Fields{"domid": k.dom.String(), "device": k.path()})
+func (p *Plugin) devLog(k devKey) *slog.Logger {
+	return p.log.With("domid", k.dom.String(), "device", k.path())
 }
 
 // readNodes reads what the scripts' argv and environment need.
@@ -352,7 +351,7 @@ func (p *Plugin) submit(d *device, j *job) {
 func (p *Plugin) unjournal(k devKey) {
 	err := p.store.Rm(p.group.Context(), journalPath(k))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		p.devLog(k).WithError(err).Warn("cannot remove hotplug journal record")
+		p.devLog(k).Warn("cannot remove hotplug journal record", "err", err)
 	}
 }
 

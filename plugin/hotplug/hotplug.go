@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"slices"
 	"strconv"
@@ -20,7 +21,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -55,11 +55,11 @@ var qemuTypes = map[string]bool{"qdisk": true, "9pfs": true}
 
 // Plugin runs device scripts, or watches devices.
 type Plugin struct {
-	log     *logrus.Entry
+	log     *slog.Logger
+	rt      plugin.Runtime // the domain the agent runs in, set by Start
 	store   plugin.Store
 	watches plugin.Watcher
-	ic      *plugin.InitContext // Domid is final at Start
-	env     []string            // the base environment of scripts
+	env     []string // the base environment of scripts
 
 	// set is the running configuration. Reload replaces it; the filter (on
 	// the Dispatch goroutine) and every script started afterwards use the
@@ -137,10 +137,9 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		return nil, err
 	}
 	p := &Plugin{
-		log:     ic.Log,
+		log:     ic.Logger,
 		store:   ic.Store,
 		watches: ic.Watches,
-		ic:      ic,
 		env:     proc.Env(),
 		pending: map[devKey]bool{},
 		devs:    map[devKey]*device{},
@@ -193,21 +192,22 @@ func resolveMode(mode string, self domid.ID) string {
 // Start resolves the mode, reads the journal (run mode) and watches the
 // backend directory. The watch's initial event, at start and again after
 // the agent reconnects to xenstored, starts a scan of the devices there.
-func (p *Plugin) Start(ctx context.Context) error {
+func (p *Plugin) Start(ctx context.Context, rt plugin.Runtime) error {
 	p.rmu.Lock()
 	defer p.rmu.Unlock()
+	p.rt = rt
 	cfg := p.settings().cfg
-	p.mode = resolveMode(cfg.Mode, p.ic.Domid)
+	p.mode = resolveMode(cfg.Mode, p.rt.Domid)
 	if cfg.XLConf != "" {
 		p.log.Warn("xl_conf is ignored: libxl runs hotplug scripts in dom0 whatever run_hotplug_scripts says")
 	}
-	p.log.WithFields(logrus.Fields{"mode": p.mode, "max_scripts": cfg.MaxScripts}).Info("hotplug plugin starting")
+	p.log.Info("hotplug plugin starting", "mode", p.mode, "max_scripts", cfg.MaxScripts)
 	if p.mode == ModeRun {
-		if err := initJournal(ctx, p.store, p.ic.Domid); err != nil {
+		if err := initJournal(ctx, p.store, p.rt.Domid); err != nil {
 			return err
 		}
 		j, err := loadJournal(ctx, p.store, func(path string, err error) {
-			p.log.WithError(err).WithField("record", path).Warn("hotplug journal record dropped")
+			p.log.Warn("hotplug journal record dropped", "record", path, "err", err)
 		})
 		if err != nil {
 			return err
@@ -252,7 +252,7 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 	p.rmu.Lock()
 	defer p.rmu.Unlock()
 	old := p.settings()
-	if resolveMode(cfg.Mode, p.ic.Domid) != p.mode {
+	if resolveMode(cfg.Mode, p.rt.Domid) != p.mode {
 		return sec.Errorf("mode", "mode %q would change the running mode %q: restart mtwatchd to change it", cfg.Mode, p.mode)
 	}
 	var added []string
@@ -365,7 +365,7 @@ func (p *Plugin) scan(ctx context.Context, types []string) error {
 			case w := <-done:
 				ctx, cancel := context.WithTimeout(p.group.Context(), 30*time.Second)
 				if err := w.Unwatch(ctx); err != nil {
-					p.log.WithError(err).Warn("remove start-up scan watch")
+					p.log.Warn("remove start-up scan watch", "err", err)
 				}
 				cancel()
 			case <-p.group.Context().Done():
@@ -598,7 +598,7 @@ func (p *Plugin) noteQEMU(k devKey) error {
 	}
 	p.mu.Unlock()
 	if ok && !known {
-		p.log.WithFields(logrus.Fields{"domid": k.dom.String(), "device": k.path()}).Warn(
+		p.log.With("domid", k.dom.String(), "device", k.path()).Warn(
 			"backend needs a QEMU that xl devd starts and mtwatchd does not: keep xl devd running for " + k.typ + " backends")
 	}
 	return nil

@@ -3,6 +3,7 @@ package hotplug
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -12,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
 	"github.com/mtwatch/mtwatch/internal/proctest"
@@ -59,7 +59,7 @@ func (f *fixture) start() {
 	f.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := f.p.Start(ctx); err != nil {
+	if err := f.p.Start(ctx, f.h.Agent.Runtime()); err != nil {
 		f.t.Fatal(err)
 	}
 	f.t.Cleanup(func() {
@@ -313,8 +313,8 @@ func TestTypes(t *testing.T) {
 			t.Errorf("%q: need_qemu %v", tc.extra, st.NeedQEMU)
 		}
 		warned := false
-		for _, e := range f.h.LogHook.AllEntries() {
-			warned = warned || (e.Level == logrus.WarnLevel && strings.Contains(e.Message, "keep xl devd running for qdisk backends") && e.Data["device"] == q)
+		for _, e := range f.h.Logs.Records() {
+			warned = warned || (e.Level == slog.LevelWarn && strings.Contains(e.Message, "keep xl devd running for qdisk backends") && e.Attrs["device"] == q)
 		}
 		if warned == tc.runs {
 			t.Errorf("%q: warned %v", tc.extra, warned)
@@ -478,7 +478,7 @@ func TestStopDuringAdd(t *testing.T) {
 	}
 	p2 := pl.(*Plugin)
 	p2.env = f.p.env
-	if err := p2.Start(ctx); err != nil {
+	if err := p2.Start(ctx, f.h.Agent.Runtime()); err != nil {
 		t.Fatal(err)
 	}
 	defer p2.Stop(context.Background())

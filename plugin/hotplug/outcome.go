@@ -12,37 +12,31 @@ import (
 // This file records what scripts did: the counters, the metrics, the
 // messages, the status and the stalls.
 
-// Results counted in mtwatch_hotplug_scripts_total.
-const (
-	resultOK      = "ok"
-	resultFailed  = "failed"
-	resultTimeout = "timeout"
-	resultError   = "error"
-)
-
-// describe turns a run's result into its message and result label.
-func describe(prog, action string, res proc.Result, timeout time.Duration) (string, string) {
+// describe turns a run's result into its message and outcome, the result
+// label of mtwatch_hotplug_scripts_total.
+func describe(prog, action string, res proc.Result, timeout time.Duration) (string, proc.Outcome) {
+	o := res.Outcome()
 	switch {
-	case res.OK():
-		return "", resultOK
-	case res.TimedOut:
-		return fmt.Sprintf("%s %s timed out after %v: killed", prog, action, timeout), resultTimeout
-	case res.ExitCode < 0 && res.Signal == 0:
-		return fmt.Sprintf("cannot execute %s: %v", prog, res.Err), resultError
+	case o == proc.OutcomeOK:
+		return "", o
+	case o == proc.OutcomeTimeout:
+		return fmt.Sprintf("%s %s timed out after %v: killed", prog, action, timeout), o
+	case o == proc.OutcomeError:
+		return fmt.Sprintf("cannot execute %s: %v", prog, res.Err), o
 	case res.Signal != 0:
-		return fmt.Sprintf("%s %s failed: killed by signal %v", prog, action, res.Signal), resultFailed
+		return fmt.Sprintf("%s %s failed: killed by signal %v", prog, action, res.Signal), o
 	default:
-		return fmt.Sprintf("%s %s failed: exit status %d", prog, action, res.ExitCode), resultFailed
+		return fmt.Sprintf("%s %s failed: exit status %d", prog, action, res.ExitCode), o
 	}
 }
 
 // count counts one execution's result.
-func (p *Plugin) count(k devKey, action, result string) {
-	p.scripts.WithLabelValues(k.typ, action, result).Inc()
+func (p *Plugin) count(k devKey, action string, result proc.Outcome) {
+	p.scripts.WithLabelValues(k.typ, action, string(result)).Inc()
 	switch result {
-	case resultOK:
+	case proc.OutcomeOK:
 		p.ok.Add(1)
-	case resultTimeout:
+	case proc.OutcomeTimeout:
 		p.timedOut.Add(1)
 	default:
 		p.failed.Add(1)

@@ -38,7 +38,7 @@ func (p *Plugin) post(k devKey) {
 		return
 	}
 	if err := (*w).Post(k.path()); err != nil && !errors.Is(err, dispatch.ErrStopped) && !errors.Is(err, dispatch.ErrUnknownWatch) {
-		p.devLog(k).WithError(err).Warn("cannot hand a finished hotplug script back to its domain")
+		p.devLog(k).Warn("cannot hand a finished hotplug script back to its domain", "err", err)
 	}
 }
 
@@ -83,7 +83,7 @@ func (p *Plugin) runAdd(j *job, set *settings) bool {
 		}
 		action := actionName(j.k.typ, true, n)
 		if err != nil {
-			p.count(j.k, action, resultError)
+			p.count(j.k, action, proc.OutcomeError)
 			p.failAdd(j, action, err.Error())
 			return false
 		}
@@ -92,12 +92,12 @@ func (p *Plugin) runAdd(j *job, set *settings) bool {
 			return true
 		}
 		j.ran = true
-		if msg, result := describe(ex.prog, action, res, set.cfg.Timeout); result != resultOK {
+		if msg, result := describe(ex.prog, action, res, set.cfg.Timeout); result != proc.OutcomeOK {
 			p.count(j.k, action, result)
 			p.failAdd(j, action, msg)
 			return false
 		}
-		p.count(j.k, action, resultOK)
+		p.count(j.k, action, proc.OutcomeOK)
 	}
 	p.endAdd(j, "")
 	return false
@@ -118,8 +118,8 @@ func (p *Plugin) runRemove(j *job, set *settings) bool {
 		if err != nil {
 			// libxl ends the device's hotplug on an error before the
 			// script runs.
-			p.count(j.k, action, resultError)
-			j.log.WithField("action", action).Warn(err.Error())
+			p.count(j.k, action, proc.OutcomeError)
+			j.log.Warn(err.Error(), "action", action)
 			ok = false
 			break
 		}
@@ -127,13 +127,13 @@ func (p *Plugin) runRemove(j *job, set *settings) bool {
 		if !started || res.Cancelled {
 			return true
 		}
-		if msg, result := describe(ex.prog, action, res, set.cfg.Timeout); result != resultOK {
+		if msg, result := describe(ex.prog, action, res, set.cfg.Timeout); result != proc.OutcomeOK {
 			p.count(j.k, action, result)
-			j.log.WithField("action", action).Warn(msg)
+			j.log.Warn(msg, "action", action)
 			ok = false
 			continue
 		}
-		p.count(j.k, action, resultOK)
+		p.count(j.k, action, proc.OutcomeOK)
 	}
 	p.endRemove(j, ok)
 	return false
@@ -141,7 +141,7 @@ func (p *Plugin) runRemove(j *job, set *settings) bool {
 
 // exec runs one execution. started is false when mtwatchd is stopping.
 func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.Result, bool) {
-	log := j.log.WithFields(map[string]any{"action": action, "script": ex.prog})
+	log := j.log.With("action", action, "script", ex.prog)
 	p.mu.Lock()
 	j.prog, j.action, j.started = ex.prog, action, time.Now()
 	p.mu.Unlock()
@@ -161,7 +161,7 @@ func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.
 		Timeout: set.cfg.Timeout,
 		Grace:   set.cfg.Grace,
 		Line: func(stream, line string) {
-			log.WithField("stream", stream).Info(line)
+			log.Info(line, "stream", stream)
 		},
 		Started: func(pid int) {
 			// Recorded before the script can have done much: a crash
@@ -175,7 +175,7 @@ func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.
 			ctx, cancel := context.WithTimeout(context.WithoutCancel(p.group.Context()), 5*time.Second)
 			defer cancel()
 			if err := p.store.Write(ctx, journalPath(j.k), rec.encode()); err != nil {
-				log.WithError(err).Warn("cannot journal the hotplug script's pid")
+				log.Warn("cannot journal the hotplug script's pid", "err", err)
 			}
 		},
 	})
@@ -184,13 +184,13 @@ func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.
 		return res, false
 	}
 	if res.Cancelled {
-		p.count(j.k, action, resultError)
+		p.count(j.k, action, proc.OutcomeError)
 		log.Warn("hotplug script killed: mtwatchd stopping")
 		return res, true
 	}
 	p.runs.Add(1)
 	p.duration.WithLabelValues(j.k.typ, action).Observe(res.Duration.Seconds())
-	log.WithFields(map[string]any{"exit": res.ExitCode, "duration": res.Duration.Round(time.Millisecond)}).Debug("hotplug script ended")
+	log.Debug("hotplug script ended", "exit", res.ExitCode, "duration", res.Duration.Round(time.Millisecond))
 	return res, true
 }
 
@@ -200,7 +200,7 @@ func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.
 // into a directory gone (writing would create it again) or written again
 // for a new device.
 func (p *Plugin) failAdd(j *job, action, msg string) {
-	j.log.WithField("action", action).Warn(msg)
+	j.log.Warn(msg, "action", action)
 	p.endAdd(j, msg)
 }
 
@@ -227,7 +227,7 @@ func (p *Plugin) endAdd(j *job, msg string) {
 		return tx.Write(ctx, journalPath(j.k), rec.encode())
 	})
 	if err != nil {
-		j.log.WithError(err).Error("cannot record the end of the hotplug add")
+		j.log.Error("cannot record the end of the hotplug add", "err", err)
 	}
 	if stale {
 		j.log.Info("hotplug add ended after its device went: its result is not the new device's")
@@ -267,7 +267,7 @@ func (p *Plugin) endRemove(j *job, ok bool) {
 	base := j.k.path()
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.group.Context()), 10*time.Second)
 	defer cancel()
-	driver := p.ic.Domid != domid.Dom0
+	driver := p.rt.Domid != domid.Dom0
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
 		if err := tx.Rm(ctx, journalPath(j.k)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
@@ -299,7 +299,7 @@ func (p *Plugin) endRemove(j *job, ok bool) {
 		return nil
 	})
 	if err != nil {
-		j.log.WithError(err).Warn("cannot clean up after the hotplug remove")
+		j.log.Warn("cannot clean up after the hotplug remove", "err", err)
 	}
 	// The domain's journal directory, once empty, goes too: a record
 	// created meanwhile makes the transaction conflict and see it.
@@ -312,7 +312,7 @@ func (p *Plugin) endRemove(j *job, ok bool) {
 		return tx.Rm(ctx, dir)
 	})
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		j.log.WithError(err).Warn("cannot remove the domain's empty hotplug journal directory")
+		j.log.Warn("cannot remove the domain's empty hotplug journal directory", "err", err)
 	}
 }
 
@@ -375,13 +375,13 @@ func (p *Plugin) waitAdopted(j *job, set *settings) bool {
 	_, hs, _ := p.read(j.k.path() + "/hotplug-status")
 	switch {
 	case timedOut:
-		p.count(j.k, action, resultTimeout)
+		p.count(j.k, action, proc.OutcomeTimeout)
 		p.failAdd(j, action, fmt.Sprintf("hotplug script (pid %d, left running by an earlier mtwatchd) timed out after %v: killed", r.PID, set.cfg.Timeout))
 	case !hs:
-		p.count(j.k, action, resultFailed)
+		p.count(j.k, action, proc.OutcomeFailed)
 		p.failAdd(j, action, fmt.Sprintf("hotplug script (pid %d, left running by an earlier mtwatchd) ended without hotplug-status", r.PID))
 	default:
-		p.count(j.k, action, resultOK)
+		p.count(j.k, action, proc.OutcomeOK)
 		p.endAdd(j, "")
 	}
 	return false

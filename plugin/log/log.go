@@ -8,10 +8,9 @@ package log
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
-
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/dispatch"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
@@ -47,7 +46,7 @@ type Plugin struct {
 
 	mu      sync.Mutex
 	cfg     Config
-	level   logrus.Level
+	level   slog.Level
 	watches []plugin.Watch
 }
 
@@ -60,17 +59,17 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 	return &Plugin{ic: ic, cfg: cfg, level: level}, nil
 }
 
-func parse(sec plugin.Section) (Config, logrus.Level, error) {
+func parse(sec plugin.Section) (Config, slog.Level, error) {
 	cfg := defaults()
 	if err := sec.Decode(&cfg); err != nil {
 		return cfg, 0, err
 	}
-	var level logrus.Level
+	var level slog.Level
 	switch cfg.Level {
 	case "debug":
-		level = logrus.DebugLevel
+		level = slog.LevelDebug
 	case "info":
-		level = logrus.InfoLevel
+		level = slog.LevelInfo
 	default:
 		return cfg, 0, sec.Errorf("level", "level %q: want debug or info", cfg.Level)
 	}
@@ -88,7 +87,7 @@ func parse(sec plugin.Section) (Config, logrus.Level, error) {
 }
 
 // Start registers a watch per path.
-func (p *Plugin) Start(ctx context.Context) error {
+func (p *Plugin) Start(ctx context.Context, _ plugin.Runtime) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.watch(ctx, p.cfg.Paths)
@@ -113,12 +112,12 @@ func (p *Plugin) handle(ctx context.Context, watch string, ev dispatch.Event) er
 	p.mu.Lock()
 	level := p.level
 	p.mu.Unlock()
-	e := p.ic.Log.WithFields(logrus.Fields{"domid": ev.Domid, "worker": worker, "path": ev.Path, "watch": watch, "token": ev.Token})
+	attrs := []any{"domid", ev.Domid, "worker", worker, "path", ev.Path, "watch", watch, "token", ev.Token}
 	if ev.Overflow {
-		e.WithField("dropped", ev.Dropped).Warn("events dropped: the domain's queue was full")
+		p.ic.Logger.Warn("events dropped: the domain's queue was full", append(attrs, "dropped", ev.Dropped)...)
 		return nil
 	}
-	e.Log(level, "event")
+	p.ic.Logger.Log(ctx, level, "event", attrs...)
 	return nil
 }
 

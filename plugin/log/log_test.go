@@ -2,14 +2,10 @@ package log_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/sirupsen/logrus"
-	"github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/config"
@@ -19,6 +15,7 @@ import (
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
 	"github.com/mtwatch/mtwatch/plugin"
 	logplugin "github.com/mtwatch/mtwatch/plugin/log"
+	"github.com/mtwatch/mtwatch/plugin/plugintest"
 )
 
 func TestLogsEventsWithDomainAndWorker(t *testing.T) {
@@ -30,10 +27,9 @@ func TestLogsEventsWithDomainAndWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.Agent.Xenstore = in.Socket()
-	lr, hook := test.NewNullLogger()
-	lr.SetLevel(logrus.InfoLevel)
+	logs := &plugintest.Logs{Level: slog.LevelInfo}
 	reg, _ := plugin.Lookup(logplugin.Name)
-	a, err := agent.New(agent.Options{Config: cfg, Logrus: lr, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Plugins: []plugin.Registration{reg}})
+	a, err := agent.New(agent.Options{Config: cfg, Logger: slog.New(logs.Handler(nil)), Plugins: []plugin.Registration{reg}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +53,7 @@ func TestLogsEventsWithDomainAndWorker(t *testing.T) {
 	}
 	c.Write(ctx, "backend/vbd/5/0/state", []byte("1")) // not watched
 	c.Write(ctx, "backend/vif/5/0/state", []byte("1"))
-	waitEntry(t, ctx, hook, "backend/vif/5/0/state", "backend/vbd/5/0/state")
+	waitEntry(t, ctx, logs, "backend/vif/5/0/state", "backend/vbd/5/0/state")
 
 	// SIGHUP's path: the new paths are watched, the old ones no longer.
 	cfg2, err := config.Parse("t.toml", []byte("[plugins.log]\nlevel = \"info\"\npaths = [\"backend/vbd\"]\n"))
@@ -67,23 +63,23 @@ func TestLogsEventsWithDomainAndWorker(t *testing.T) {
 	if err := a.Reload(ctx, cfg2); err != nil {
 		t.Fatal(err)
 	}
-	hook.Reset()
+	logs.Reset()
 	c.Write(ctx, "backend/vif/5/1/state", []byte("1"))
 	c.Write(ctx, "backend/vbd/5/1/state", []byte("1"))
-	waitEntry(t, ctx, hook, "backend/vbd/5/1/state", "backend/vif/5/1/state")
+	waitEntry(t, ctx, logs, "backend/vbd/5/1/state", "backend/vif/5/1/state")
 }
 
 // waitEntry waits for the entry of path, failing on one of never.
-func waitEntry(t *testing.T, ctx context.Context, hook *test.Hook, path, never string) {
+func waitEntry(t *testing.T, ctx context.Context, logs *plugintest.Logs, path, never string) {
 	t.Helper()
 	for {
-		for _, e := range hook.AllEntries() {
-			if e.Data["path"] == never {
-				t.Fatalf("unwatched path logged: %v", e.Data)
+		for _, e := range logs.Records() {
+			if e.Attrs["path"] == never {
+				t.Fatalf("unwatched path logged: %v", e.Attrs)
 			}
-			if e.Data["path"] == path {
-				if e.Level != logrus.InfoLevel || e.Data["plugin"] != "log" || e.Data["domid"] != domid.ID(5) || e.Data["worker"] != domid.ID(5) {
-					t.Fatalf("entry %v %v", e.Level, e.Data)
+			if e.Attrs["path"] == path {
+				if e.Level != slog.LevelInfo || e.Attrs["plugin"] != "log" || e.Attrs["domid"] != domid.ID(5) || e.Attrs["worker"] != domid.ID(5) {
+					t.Fatalf("entry %v %v", e.Level, e.Attrs)
 				}
 				return
 			}

@@ -19,8 +19,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
-	"github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/mtwatch/mtwatch/lib/agent"
 	"github.com/mtwatch/mtwatch/lib/config"
@@ -115,10 +113,9 @@ type Host struct {
 	Dispatcher *dispatch.Dispatcher
 	// Metrics has the metrics of the plugins built by the host.
 	Metrics *prometheus.Registry
-	// Logger is the plugins' logger; LogHook has every entry, for
-	// assertions. The agent's own log goes to stderr with go test -v.
-	Logger  *logrus.Logger
-	LogHook *test.Hook
+	// Logs has what the agent and the plugins log, from debug up, for
+	// assertions; with go test -v it goes to stderr too.
+	Logs *Logs
 
 	t      testing.TB
 	single bool
@@ -138,17 +135,14 @@ func New(t testing.TB, opts Options) *Host {
 		t.Fatalf("plugintest: dial: %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
-	log, hook := test.NewNullLogger()
-	log.SetLevel(logrus.DebugLevel)
 	var agentLog io.Writer = io.Discard
 	if testing.Verbose() {
-		log.SetOutput(os.Stderr)
 		agentLog = os.Stderr
 	}
+	logs := &Logs{Level: slog.LevelDebug}
 	adjust := opts.Agent
 	opts.Agent = func(ao *agent.Options) {
-		ao.Logger = slog.New(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug}))
-		ao.Logrus = log
+		ao.Logger = slog.New(logs.Handler(slog.NewTextHandler(agentLog, &slog.HandlerOptions{Level: slog.LevelDebug})))
 		if adjust != nil {
 			adjust(ao)
 		}
@@ -170,7 +164,7 @@ func New(t testing.TB, opts Options) *Host {
 	})
 	return &Host{
 		XS: in, Client: c, Agent: a, Dispatcher: a.Dispatcher(), Metrics: prometheus.NewRegistry(),
-		Logger: log, LogHook: hook, t: t, single: a.Config().Agent.SingleWorker,
+		Logs: logs, t: t, single: a.Config().Agent.SingleWorker,
 	}
 }
 
@@ -226,7 +220,7 @@ func (h *Host) Start(name, text string) plugin.Plugin {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.Start(ctx, h.Agent.Runtime()); err != nil {
 		h.t.Fatalf("plugintest: start %s: %v", name, err)
 	}
 	h.t.Cleanup(func() {

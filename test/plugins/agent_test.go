@@ -6,15 +6,12 @@ package plugins_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -26,7 +23,7 @@ import (
 )
 
 var (
-	binary   string // bin/mtwatchd built as make build does
+	binary   string // bin/mtwatchd built as make build does (daemontest.Build)
 	root     string // the module's root
 	buildErr error
 )
@@ -39,29 +36,20 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	root, _ = filepath.Abs("../..")
-	binary = filepath.Join(dir, "mtwatchd")
-	build := exec.Command("go", "build", "-trimpath", "-o", binary, "./cmd/mtwatchd")
-	build.Dir = root
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		buildErr = fmt.Errorf("go build ./cmd/mtwatchd: %v\n%s", err, out)
-	}
+	binary, buildErr = daemontest.Build(dir)
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
 
-// agent is a running bin/mtwatchd.
+// agent is a bin/mtwatchd, with a XenStore client of the test's own.
 type agent struct {
+	*daemontest.Daemon
 	t      testing.TB
 	in     *xenstoredtest.Instance
 	c      *xenstore.Client
-	cmd    *exec.Cmd
 	ctl    *control.Client
 	config string
-	stderr *xenstoredtest.LockedBuffer
-	exited chan struct{}
-	dir    string
 }
 
 // newAgent prepares an agent with the configuration text; run starts it.
@@ -70,78 +58,29 @@ func newAgent(t testing.TB, in *xenstoredtest.Instance, config string, args ...s
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
-	dir := t.TempDir()
-	a := &agent{t: t, in: in, dir: dir, stderr: &xenstoredtest.LockedBuffer{}, exited: make(chan struct{})}
-	a.config = filepath.Join(dir, "mtwatchd.toml")
-	if err := os.WriteFile(a.config, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	sock := filepath.Join(dir, "control.sock")
-	a.cmd = exec.Command(binary, append([]string{"--config", a.config, "--xenstore", in.Socket(),
-		"--control", sock, "--log-format", "text", "--log-level", "debug"}, args...)...)
-	// The scripts' xenstore-* clients find xenstored through the agent's
-	// environment, as on a real host they find the default socket.
-	a.cmd.Env = append(os.Environ(), in.Env()...)
-	a.cmd.Stderr = a.stderr
-	a.cmd.Stdout = a.stderr
-	a.ctl = control.NewClient(sock)
-	return a
+	d := daemontest.New(t, daemontest.Options{
+		Binary:   binary,
+		Config:   config,
+		Xenstore: in.Socket(),
+		Args:     append([]string{"--log-format", "text", "--log-level", "debug"}, args...),
+		// The scripts' xenstore-* clients find xenstored through the
+		// agent's environment, as on a real host they find the default
+		// socket.
+		Env: in.Env(),
+	})
+	return &agent{Daemon: d, t: t, in: in, ctl: d.Control, config: d.ConfigPath}
 }
 
-// run starts the agent and waits for READY=1 on a real notify socket.
+// run starts the agent, waits for READY=1 on a real notify socket and
+// dials the test's XenStore client.
 func (a *agent) run() {
 	t := a.t
 	t.Helper()
-	nsock := filepath.Join(a.dir, "notify.sock")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: nsock, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	a.cmd.Env = append(a.cmd.Env, "NOTIFY_SOCKET="+nsock)
-	if err := a.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { a.cmd.Wait(); close(a.exited) }()
-	t.Cleanup(func() {
-		a.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-a.exited:
-		case <-time.After(30 * time.Second):
-			a.cmd.Process.Kill()
-			<-a.exited
-			t.Error("mtwatchd did not stop on SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("mtwatchd output:\n%s", a.stderr.String())
-		}
-	})
-	ready := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-			n, err := conn.Read(buf)
-			if err != nil {
-				ready <- err
-				return
-			}
-			if strings.Contains("\n"+string(buf[:n]), "\nREADY=1") {
-				ready <- nil
-				return
-			}
-		}
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			t.Fatalf("no READY=1 from mtwatchd: %v\n%s", err, a.stderr.String())
-		}
-	case <-a.exited:
-		t.Fatalf("mtwatchd exited: %v\n%s", a.cmd.ProcessState, a.stderr.String())
-	}
+	a.Start()
+	a.WaitReady()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	var err error
 	a.c, err = xenstore.Dial(ctx, xenstore.WithPath(a.in.Socket()))
 	if err != nil {
 		t.Fatal(err)
@@ -152,19 +91,8 @@ func (a *agent) run() {
 // exit runs an agent expected to exit on its own and returns its status.
 func (a *agent) exit() int {
 	a.t.Helper()
-	if err := a.cmd.Start(); err != nil {
-		a.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { a.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		a.cmd.Process.Kill()
-		<-done
-		a.t.Fatalf("mtwatchd did not exit:\n%s", a.stderr.String())
-	}
-	return a.cmd.ProcessState.ExitCode()
+	a.Start()
+	return a.Wait(30 * time.Second)
 }
 
 // domain creates guest id with its mtwatch node, as the toolstack and its

@@ -1,13 +1,13 @@
 package plugins_test
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"github.com/mtwatch/mtwatch/lib/config"
 	"github.com/mtwatch/mtwatch/plugin"
@@ -36,7 +36,7 @@ func TestDocExample(t *testing.T) {
 		if on, err := sec.Enabled(false); err != nil || !on {
 			t.Fatalf("%s: enabled %v, %v", name, on, err)
 		}
-		_, err := reg.New(&plugin.InitContext{Name: name, Log: logrus.NewEntry(logrus.New()), Config: sec, Metrics: prometheus.NewRegistry()})
+		_, err := reg.New(&plugin.InitContext{Name: name, Logger: slog.New(slog.DiscardHandler), Config: sec, Metrics: prometheus.NewRegistry()})
 		if err != nil {
 			t.Errorf("%s: %v", name, err)
 		}

@@ -28,7 +28,7 @@ func hotplugAgent(t *testing.T, in *xenstoredtest.Instance, extra string, args .
 	out := t.TempDir()
 	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nmode = \"run\"\n%s\n", scriptsDir, extra)
 	a := newAgent(t, in, cfg, args...)
-	a.cmd.Env = append(a.cmd.Env, "OUT="+out)
+	a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
 	return a, out
 }
 
@@ -205,7 +205,7 @@ func TestHotplugReload(t *testing.T) {
 	if err := os.WriteFile(a.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.Signal(syscall.SIGHUP)
 	if s := a.hotplugStatus(vif); s != "connected" {
 		t.Errorf("vif after SIGHUP: hotplug-status %q", s)
 	}
@@ -296,7 +296,7 @@ func TestHotplugFlood(t *testing.T) {
 	})
 	flood := a.device("vif", 40, 0, "connect")
 	fe := "/local/domain/40/device/vif/0"
-	before := rss(t, a.cmd.Process.Pid)
+	before := rss(t, a.Pid())
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -363,7 +363,7 @@ func TestHotplugFlood(t *testing.T) {
 	if q > 2 {
 		t.Errorf("mtwatch_domain_queued_events for 40 is %d", q)
 	}
-	if after := rss(t, a.cmd.Process.Pid); after-before > 32<<10 {
+	if after := rss(t, a.Pid()); after-before > 32<<10 {
 		t.Errorf("RSS grew from %d kB to %d kB during the flood", before, after)
 	}
 	t.Logf("%d writes; max queued %d; domain 40 %+v", writes, maxQueued, d)
@@ -383,7 +383,7 @@ func TestHotplugScriptInherits(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stray.Close()
-	a.cmd.ExtraFiles = []*os.File{stray} // fd 3 of mtwatchd, not close-on-exec
+	a.Cmd.ExtraFiles = []*os.File{stray} // fd 3 of mtwatchd, not close-on-exec
 	a.run()
 	a.domain(9)
 	a.domain(10)
@@ -490,7 +490,7 @@ func TestHotplugCrashExactlyOnce(t *testing.T) {
 		"[plugins.log]\nenabled = false\n[agent]\nshutdown_timeout = \"2s\"\n", scriptsDir)
 	start := func() *agent {
 		a := newAgent(t, in, cfg)
-		a.cmd.Env = append(a.cmd.Env, "OUT="+out)
+		a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
 		a.run()
 		return a
 	}
@@ -511,8 +511,8 @@ func TestHotplugCrashExactlyOnce(t *testing.T) {
 		return strings.Count(string(b), word+" ")
 	}
 	a.wait(60*time.Second, "40 adds done and the next 40 running", func() bool { return count("end") >= 40 && count("start") >= 80 })
-	a.cmd.Process.Kill()
-	<-a.exited
+	a.Cmd.Process.Kill()
+	<-a.Exited()
 	crashed := time.Now().UnixNano()
 
 	// Ten of the scripts still running die with it.

@@ -80,7 +80,7 @@ func TestExec(t *testing.T) {
 	if ps := pluginStatus(t, a, exec.Name); !ps.Enabled || ps.Watches != 2 {
 		t.Errorf("exec status %+v", ps)
 	}
-	if !strings.Contains(a.stderr.String(), "a line on stderr") || !strings.Contains(a.stderr.String(), "rule=memory-target") {
+	if !strings.Contains(a.Stderr.String(), "a line on stderr") || !strings.Contains(a.Stderr.String(), "rule=memory-target") {
 		t.Errorf("command output not logged with its rule")
 	}
 
@@ -90,7 +90,7 @@ func TestExec(t *testing.T) {
 	if err := os.WriteFile(a.config, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.Signal(syscall.SIGHUP)
 	a.wait(10*time.Second, "three watches after SIGHUP", func() bool { return pluginStatus(t, a, exec.Name).Watches == 3 })
 	a.write("/local/domain/5/new", "1")
 	waitFile(a, filepath.Join(out, "new.5.0"))
@@ -117,14 +117,14 @@ func TestExecShutdownKillsStubborn(t *testing.T) {
 	}
 	defer syscall.Kill(pid, syscall.SIGKILL)
 	begin := time.Now()
-	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.Signal(syscall.SIGTERM)
 	select {
-	case <-a.exited:
+	case <-a.Exited():
 	case <-time.After(20 * time.Second):
 		t.Fatal("mtwatchd did not exit after SIGTERM")
 	}
 	took := time.Since(begin)
-	if code := a.cmd.ProcessState.ExitCode(); code != 0 {
+	if code := a.Cmd.ProcessState.ExitCode(); code != 0 {
 		t.Errorf("exit status %d after SIGTERM, want 0", code)
 	}
 	if took > 3*time.Second {
@@ -158,9 +158,9 @@ func TestConfigErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			a := newAgent(t, in, tc.text)
 			if code := a.exit(); code != 78 {
-				t.Fatalf("exit status %d, want 78\n%s", code, a.stderr.String())
+				t.Fatalf("exit status %d, want 78\n%s", code, a.Stderr.String())
 			}
-			msg := a.stderr.String()
+			msg := a.Stderr.String()
 			if !strings.Contains(msg, a.config+tc.line) || !strings.Contains(msg, tc.want) {
 				t.Errorf("error %q, want %s%s ... %s", msg, a.config, tc.line, tc.want)
 			}
@@ -219,7 +219,7 @@ func TestExecReloadKeepsQueuedEvents(t *testing.T) {
 	if err := os.WriteFile(a.config, []byte(execRules(out, keep)), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.Signal(syscall.SIGHUP)
 	a.wait(10*time.Second, "one watch after SIGHUP", func() bool { return pluginStatus(t, a, exec.Name).Watches == 1 })
 	os.Remove(gate)
 	a.wait(20*time.Second, "queued events run", func() bool {

@@ -46,17 +46,17 @@ func TestExecReloadNeverDelaysShutdown(t *testing.T) {
 			if err := os.WriteFile(a.config, []byte(head+execRules(out, rules...)), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			a.cmd.Process.Signal(syscall.SIGHUP)
+			a.Signal(syscall.SIGHUP)
 			time.Sleep(300 * time.Millisecond) // into the reload, and whatever it waits for
 			begin := time.Now()
-			a.cmd.Process.Signal(syscall.SIGTERM)
+			a.Signal(syscall.SIGTERM)
 			select {
-			case <-a.exited:
+			case <-a.Exited():
 			case <-time.After(20 * time.Second):
 				t.Fatal("mtwatchd did not exit within 20 s of SIGTERM")
 			}
 			took := time.Since(begin)
-			if code := a.cmd.ProcessState.ExitCode(); code != 0 {
+			if code := a.Cmd.ProcessState.ExitCode(); code != 0 {
 				t.Errorf("exit status %d after SIGTERM, want 0", code)
 			}
 			if took > 3*time.Second {
@@ -123,8 +123,8 @@ func TestExecFixedPathNoRunWithoutChange(t *testing.T) {
 	if err := os.WriteFile(a.config, []byte(rules("11s")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a.cmd.Process.Signal(syscall.SIGHUP)
-	a.wait(10*time.Second, "reload", func() bool { return strings.Contains(a.stderr.String(), "exec rules reloaded") })
+	a.Signal(syscall.SIGHUP)
+	a.wait(10*time.Second, "reload", func() bool { return strings.Contains(a.Stderr.String(), "exec rules reloaded") })
 	sync()
 	if k := runs(); k != 0 {
 		t.Fatalf("the fixed rule ran %d times after a reload without a change", k)
@@ -163,7 +163,7 @@ func TestExecEscapedEnded(t *testing.T) {
 			// READY arrives over NOTIFY_SOCKET, the log line through a pipe that
 			// os/exec copies on its own goroutine: either may come first.
 			a.wait(5*time.Second, "the cgroup v2 confinement log line", func() bool {
-				return strings.Contains(a.stderr.String(), "commands are confined by cgroup v2")
+				return strings.Contains(a.Stderr.String(), "commands are confined by cgroup v2")
 			})
 			a.domain(5)
 			a.write("/local/domain/5/data/escape", "1")
@@ -173,13 +173,13 @@ func TestExecEscapedEnded(t *testing.T) {
 			}
 			defer syscall.Kill(pid, syscall.SIGKILL)
 			if tc.name == "stop" {
-				a.cmd.Process.Signal(syscall.SIGTERM)
+				a.Signal(syscall.SIGTERM)
 				select {
-				case <-a.exited:
+				case <-a.Exited():
 				case <-time.After(20 * time.Second):
 					t.Fatal("mtwatchd did not exit after SIGTERM")
 				}
-				if code := a.cmd.ProcessState.ExitCode(); code != 0 {
+				if code := a.Cmd.ProcessState.ExitCode(); code != 0 {
 					t.Errorf("exit status %d after SIGTERM, want 0", code)
 				}
 			}
@@ -212,12 +212,12 @@ func TestReloadXenstoredFrozenNeverDelaysShutdown(t *testing.T) {
 	pid := in.Pid()
 	syscall.Kill(pid, syscall.SIGSTOP)
 	defer syscall.Kill(pid, syscall.SIGCONT)
-	a.cmd.Process.Signal(syscall.SIGHUP)
+	a.Signal(syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond) // into the reload's WATCH
 	begin := time.Now()
-	a.cmd.Process.Signal(syscall.SIGTERM)
+	a.Signal(syscall.SIGTERM)
 	select {
-	case <-a.exited:
+	case <-a.Exited():
 	case <-time.After(20 * time.Second):
 		t.Fatal("mtwatchd did not exit within 20 s of SIGTERM")
 	}

@@ -59,7 +59,7 @@ command = ["/bin/sleep", "600"]
 timeout = "11m"
 `, demoScripts, stormHang)
 	a := newAgent(t, in, cfg)
-	a.cmd.Env = append(a.cmd.Env, "OUT="+out)
+	a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
 	a.run()
 
 	// One CPU hog per CPU of this 2-vCPU host would starve the other
@@ -85,7 +85,7 @@ timeout = "11m"
 		Dial: func(ctx context.Context) (*xenstore.Client, error) {
 			return xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
 		},
-		Hypervisor:    sim.Xenemu{Server: in.Server},
+		Hypervisor:    sim.Xenemu{Server: in.Server()},
 		ScriptsDir:    demoScripts,
 		DeviceTimeout: 45 * time.Second,
 		RemoveTimeout: 45 * time.Second,

@@ -87,7 +87,7 @@ func (s *Server) GuestConn(id domid.ID) (io.ReadWriteCloser, error) {
 // GuestConn is Server.GuestConn, closed when the test ends.
 func (in *Instance) GuestConn(id domid.ID) io.ReadWriteCloser {
 	in.t.Helper()
-	g, err := in.Server.GuestConn(id)
+	g, err := in.srv.GuestConn(id)
 	if err != nil {
 		in.t.Fatalf("xenstoredtest: %v", err)
 	}

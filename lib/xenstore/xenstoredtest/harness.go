@@ -13,10 +13,11 @@ import (
 )
 
 // Instance is a Server owned by one test: every failure fails the test, with
-// xenstored's output and the tail of its trace.
+// xenstored's output and the tail of its trace. Server gives the Server
+// itself, whose methods return their errors.
 type Instance struct {
-	*Server
-	t testing.TB
+	srv *Server
+	t   testing.TB
 }
 
 // Start launches a private xenstored for t with tracing on, and stops it
@@ -39,7 +40,7 @@ func StartWith(t testing.TB, cfg Config) *Instance {
 	if err != nil {
 		t.Fatalf("xenstoredtest: %v", err)
 	}
-	in := &Instance{Server: s, t: t}
+	in := &Instance{srv: s, t: t}
 	t.Cleanup(func() {
 		if t.Failed() {
 			in.dumpDiagnostics()
@@ -75,10 +76,45 @@ func (in *Instance) dumpDiagnostics() {
 	in.t.Logf("xenstored trace (tail):\n%s", strings.Join(lines, "\n"))
 }
 
+// Server returns the Server the instance runs.
+func (in *Instance) Server() *Server { return in.srv }
+
+// Socket is Server.Socket.
+func (in *Instance) Socket() string { return in.srv.Socket() }
+
+// Dir is Server.Dir.
+func (in *Instance) Dir() string { return in.srv.Dir() }
+
+// TracePath is Server.TracePath.
+func (in *Instance) TracePath() string { return in.srv.TracePath() }
+
+// Env is Server.Env.
+func (in *Instance) Env() []string { return in.srv.Env() }
+
+// Command is Server.Command.
+func (in *Instance) Command(name string, args ...string) *exec.Cmd {
+	return in.srv.Command(name, args...)
+}
+
+// Output is Server.Output.
+func (in *Instance) Output() string { return in.srv.Output() }
+
+// Pid is Server.Pid.
+func (in *Instance) Pid() int { return in.srv.Pid() }
+
+// Kind is Server.Kind.
+func (in *Instance) Kind() Kind { return in.srv.Kind() }
+
+// MaxValue is Server.MaxValue.
+func (in *Instance) MaxValue(path string) int { return in.srv.MaxValue(path) }
+
+// DaemonLog is Server.DaemonLog.
+func (in *Instance) DaemonLog() string { return in.srv.DaemonLog() }
+
 // CreateDomain creates guest id (its /local/domain node and INTRODUCE).
 func (in *Instance) CreateDomain(id domid.ID) {
 	in.t.Helper()
-	if err := in.Server.CreateDomain(id); err != nil {
+	if err := in.srv.CreateDomain(id); err != nil {
 		in.t.Fatalf("xenstoredtest: %v", err)
 	}
 }
@@ -86,7 +122,7 @@ func (in *Instance) CreateDomain(id domid.ID) {
 // IntroduceDomain sends INTRODUCE for guest id.
 func (in *Instance) IntroduceDomain(id domid.ID) {
 	in.t.Helper()
-	if err := in.Server.IntroduceDomain(id); err != nil {
+	if err := in.srv.IntroduceDomain(id); err != nil {
 		in.t.Fatalf("xenstoredtest: %v", err)
 	}
 }
@@ -94,7 +130,7 @@ func (in *Instance) IntroduceDomain(id domid.ID) {
 // KillDomain kills guest id and waits until xenstored has released it.
 func (in *Instance) KillDomain(id domid.ID) {
 	in.t.Helper()
-	if err := in.Server.KillDomain(id); err != nil {
+	if err := in.srv.KillDomain(id); err != nil {
 		in.t.Fatalf("xenstoredtest: %v", err)
 	}
 }
@@ -102,7 +138,7 @@ func (in *Instance) KillDomain(id domid.ID) {
 // Restart stops and restarts xenstored on the same socket.
 func (in *Instance) Restart() {
 	in.t.Helper()
-	if err := in.Server.Restart(context.Background()); err != nil {
+	if err := in.srv.Restart(context.Background()); err != nil {
 		in.t.Fatalf("xenstoredtest: restart: %v", err)
 	}
 }
@@ -110,7 +146,7 @@ func (in *Instance) Restart() {
 // Stop stops xenstored (it can be started again with Restart).
 func (in *Instance) Stop() {
 	in.t.Helper()
-	if err := in.Server.Stop(); err != nil {
+	if err := in.srv.Stop(); err != nil {
 		in.t.Fatalf("xenstoredtest: stop: %v", err)
 	}
 }

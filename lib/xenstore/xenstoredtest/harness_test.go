@@ -188,7 +188,7 @@ func TestRestart(t *testing.T) {
 	if _, err := Dial(in.Socket()); err == nil {
 		t.Error("dial succeeded with xenstored stopped")
 	}
-	if err := in.Server.Start(context.Background()); err != nil {
+	if err := in.Server().Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	in.Run("xenstore-write", "/after", "1")
@@ -198,7 +198,7 @@ func TestRejectsNonGuest(t *testing.T) {
 	t.Parallel()
 	in := Start(t)
 	for _, id := range []domid.ID{0, domid.Self, domid.Invalid} {
-		if err := in.Server.IntroduceDomain(id); err == nil {
+		if err := in.Server().IntroduceDomain(id); err == nil {
 			t.Errorf("IntroduceDomain(%d) succeeded", id)
 		}
 	}

@@ -10,7 +10,6 @@
 package xenstoredtest
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -23,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mtwatch/mtwatch/internal/lockedbuf"
 	"github.com/mtwatch/mtwatch/lib/domid"
 )
 
@@ -104,9 +104,9 @@ type Server struct {
 	lib    string
 
 	mu      sync.Mutex
-	cmd     *exec.Cmd     // the daemon, if this process started it
-	pid     int           // the daemon found by Attach, if cmd is nil
-	out     *LockedBuffer // nil when detached: see logPath
+	cmd     *exec.Cmd         // the daemon, if this process started it
+	pid     int               // the daemon found by Attach, if cmd is nil
+	out     *lockedbuf.Buffer // nil when detached: see logPath
 	exited  chan struct{}
 	waitErr error
 }
@@ -348,7 +348,7 @@ func (s *Server) capTrace(exited <-chan struct{}, limit int64) {
 
 // command prepares the daemon's process: the one place that knows its
 // arguments and environment. Called with s.mu held.
-func (s *Server) command() (*exec.Cmd, *LockedBuffer, error) {
+func (s *Server) command() (*exec.Cmd, *lockedbuf.Buffer, error) {
 	if err := os.MkdirAll(s.cfg.Dir, 0o755); err != nil {
 		return nil, nil, err
 	}
@@ -399,7 +399,7 @@ func (s *Server) command() (*exec.Cmd, *LockedBuffer, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		return cmd, nil, nil
 	}
-	out := &LockedBuffer{}
+	out := &lockedbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Own process group: a test killed by a signal must not leave the
 	// daemon attached to the terminal's group, and Stop can signal it alone.
@@ -604,7 +604,7 @@ func (s *Server) CreateDomain(id domid.ID) error {
 		return err
 	}
 	defer c.Close()
-	home := "/local/domain/" + id.String()
+	home := id.Home()
 	owner := "n" + id.String()
 	for _, step := range []func() error{
 		func() error { return c.Write(home+"/name", "guest"+id.String()) },
@@ -729,23 +729,4 @@ func (s *Server) setDead(id domid.ID, dead bool) error {
 		return err
 	}
 	return os.Rename(tmp, path)
-}
-
-// LockedBuffer collects a process's output written from one goroutine
-// while a test reads it from another.
-type LockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *LockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *LockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

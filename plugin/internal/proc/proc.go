@@ -78,6 +78,32 @@ type Result struct {
 // OK reports a zero exit status within the deadline.
 func (r Result) OK() bool { return r.Err == nil }
 
+// Outcome is what became of a run, in the words of the plugins' metrics
+// (the result label of mtwatch_exec_runs_total and
+// mtwatch_hotplug_scripts_total) and status counters.
+type Outcome string
+
+// The outcomes of a run.
+const (
+	OutcomeOK      Outcome = "ok"      // exit status 0 within the deadline
+	OutcomeFailed  Outcome = "failed"  // ran, and exited non-zero or was killed by a signal
+	OutcomeTimeout Outcome = "timeout" // ran past its timeout and was killed
+	OutcomeError   Outcome = "error"   // did not start (exec failed, or the group was stopping)
+)
+
+// Outcome classifies the run.
+func (r Result) Outcome() Outcome {
+	switch {
+	case r.OK():
+		return OutcomeOK
+	case r.TimedOut:
+		return OutcomeTimeout
+	case r.ExitCode >= 0 || r.Signal != 0:
+		return OutcomeFailed
+	}
+	return OutcomeError
+}
+
 // Run runs spec and returns once the command's process group is gone or, for
 // a group that leaves a member behind the leader, once it was killed.
 func Run(ctx context.Context, spec Spec) Result {

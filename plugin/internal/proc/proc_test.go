@@ -233,3 +233,38 @@ func TestControlBytesEscaped(t *testing.T) {
 		t.Fatalf("lines %q, want %q", l, want)
 	}
 }
+
+// TestOutcome: each way a real run can end has its outcome, the one the
+// exec and hotplug plugins count.
+func TestOutcome(t *testing.T) {
+	t.Parallel()
+	stopped := NewGroup()
+	if err := stopped.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		run  func() Result
+		want Outcome
+	}{
+		{"exit 0", func() Result { return Run(context.Background(), sh(`exit 0`)) }, OutcomeOK},
+		{"exit status", func() Result { return Run(context.Background(), sh(`exit 3`)) }, OutcomeFailed},
+		{"killed by a signal", func() Result { return Run(context.Background(), sh(`kill -KILL $$`)) }, OutcomeFailed},
+		{"timeout", func() Result {
+			s := sh(`exec sleep 60`)
+			s.Timeout = 50 * time.Millisecond
+			return Run(context.Background(), s)
+		}, OutcomeTimeout},
+		{"not started", func() Result {
+			return Run(context.Background(), Spec{Path: "/nonexistent/cmd", Args: []string{"cmd"}})
+		}, OutcomeError},
+		{"group stopping", func() Result { return stopped.Run(sh(`exit 0`)) }, OutcomeError},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if r := tc.run(); r.Outcome() != tc.want {
+				t.Fatalf("result %+v: outcome %q, want %q", r, r.Outcome(), tc.want)
+			}
+		})
+	}
+}
