@@ -18,6 +18,7 @@ import (
 	"path"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/mtwatch/mtwatch/lib/domid"
@@ -413,7 +414,7 @@ var noperm = xenstore.Perms{{Domid: domid.Dom0, Access: xenstore.AccessNone}}
 func domainMake(ctx context.Context, c *xenstore.Client, d *domain) error {
 	ro, rw := roperm(d.id), rwperm(d.id)
 	home := d.home()
-	return c.Transaction(ctx, func(tx *xenstore.Tx) error {
+	return transaction(ctx, c, func(tx *xenstore.Tx) error {
 		mknod := func(path string, perms xenstore.Perms) error {
 			if err := tx.Mkdir(ctx, path); err != nil {
 				return err
@@ -466,7 +467,7 @@ func domainMake(ctx context.Context, c *xenstore.Client, d *domain) error {
 // then xs_introduce_domain, which fires @introduceDomain.
 func buildPost(ctx context.Context, c *xenstore.Client, d *domain) error {
 	home := d.home()
-	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
+	err := transaction(ctx, c, func(tx *xenstore.Tx) error {
 		for _, w := range [][2]string{
 			{home + "/domid", d.id.String()},
 			{home + "/memory/static-max", "524288"},
@@ -526,7 +527,7 @@ func (r *runner) deviceAdd(ctx context.Context, c *xenstore.Client, d *domain, v
 	// Backend readable by the guest, frontend writable by it (owned).
 	beperm := xenstore.Perms{{Domid: domid.Dom0, Access: xenstore.AccessNone}, {Domid: d.id, Access: xenstore.AccessRead}}
 	feperm := xenstore.Perms{{Domid: d.id, Access: xenstore.AccessNone}, {Domid: domid.Dom0, Access: xenstore.AccessRead}}
-	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
+	err := transaction(ctx, c, func(tx *xenstore.Tx) error {
 		for _, p := range []string{fe, be} {
 			if err := tx.Rm(ctx, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
@@ -642,7 +643,7 @@ func (r *runner) destroy(ctx context.Context, c *xenstore.Client, d *domain) err
 		}
 	}
 	// devices_destroy_cb: the domain's tree goes before the domain.
-	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
+	err := transaction(ctx, c, func(tx *xenstore.Tx) error {
 		for _, p := range []string{d.vmPath(), d.home(), d.lxlPath()} {
 			if err := tx.Rm(ctx, p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
@@ -694,7 +695,7 @@ func waitReleased(ctx context.Context, c *xenstore.Client, id domid.ID) error {
 // and libxl__device_destroy.
 func (r *runner) deviceRemove(ctx context.Context, c *xenstore.Client, d *domain, v *device) error {
 	be, fe := v.backend(d), v.frontend(d)
-	err := c.Transaction(ctx, func(tx *xenstore.Tx) error {
+	err := transaction(ctx, c, func(tx *xenstore.Tx) error {
 		if _, err := tx.Read(ctx, be+"/state"); err != nil {
 			return err
 		}
@@ -730,7 +731,7 @@ func (r *runner) deviceRemove(ctx context.Context, c *xenstore.Client, d *domain
 	}
 	// libxl__xs_path_cleanup: the device's paths and their parents left
 	// empty (backend/<type>/<domid>).
-	err = c.Transaction(ctx, func(tx *xenstore.Tx) error {
+	err = transaction(ctx, c, func(tx *xenstore.Tx) error {
 		for _, p := range []string{fe, be, v.libxlPath(d)} {
 			if err := rmCleanup(ctx, tx, p); err != nil {
 				return err
@@ -776,4 +777,19 @@ func newUUID() string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// transaction runs fn in a transaction until it commits, as libxl does:
+// libxl__xs_transaction_commit (libxl_xshelp.c) answers a conflict with
+// "again" and its callers loop without bound. The client's own retries are
+// bounded (xenstore.WithTxAttempts); four toolstacks creating domains at
+// once beside a CPU hog can conflict past them, and a toolstack does not
+// give up a domain for that.
+func transaction(ctx context.Context, c *xenstore.Client, fn func(tx *xenstore.Tx) error) error {
+	for {
+		err := c.Transaction(ctx, fn)
+		if !errors.Is(err, syscall.EAGAIN) || ctx.Err() != nil {
+			return err
+		}
+	}
 }
