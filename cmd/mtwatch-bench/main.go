@@ -5,7 +5,9 @@
 // against a bare libxenstore watcher, isolation of healthy domains from
 // stalled ones, a guest flooding its watched path, and worker churn at
 // 10,000 domains; and device set-up under bin/mtwatchd's hotplug plugin
-// beside the unmodified xl devd on the same bursts (devd.go). It prints
+// beside the unmodified xl devd on the same bursts (devd.go), and a storm of
+// 1,000 domains booting and shutting down under it, the scripts counting
+// themselves against max_scripts (storm.go, --only storm). It prints
 // Markdown tables and writes a JSON file and the
 // isolation scenario's latency CDF (SVG). `make bench` runs it; the results
 // are in docs/performance.md.
@@ -104,7 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.IntVar(&o.stormConcurrency, "storm-concurrency", 64, "storm: domains created (and destroyed) at once")
 	fs.DurationVar(&o.stormDelay, "storm-delay", 50*time.Millisecond, "storm: how long every script works")
 	fs.IntVar(&o.stormMaxScripts, "storm-max-scripts", 0, "storm: the hotplug plugin's max_scripts (0: its default)")
-	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale,devd", "scenarios to run, comma-separated")
+	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale,devd", "scenarios to run, comma-separated (storm: only when named)")
 	fs.StringVar(&o.jsonOut, "json", "docs/performance-agent.json", "write the results here (empty: none)")
 	fs.StringVar(&o.svgOut, "svg", "docs/isolation-cdf.svg", "write the isolation latency CDF here (empty: none)")
 	fs.StringVar(&o.cbenchSrc, "cbench", "lib/xenstore/bench/cbench.c", "source of the libxenstore watcher")

@@ -41,8 +41,16 @@ type stormResult struct {
 	SetupP99  spread `json:"device_setup_p99_us"`
 	SetupMax  spread `json:"device_setup_max_us"`
 	RemoveP99 spread `json:"device_remove_p99_us"`
-	// Failed: devices without hotplug-status=connected, per run.
-	Failed []int `json:"devices_failed"`
+	// Failed: devices without hotplug-status=connected, per run;
+	// DomainErrors: domains whose creation or destruction failed (a remove
+	// script not run, a device left behind), per run, and the first error.
+	Failed       []int    `json:"devices_failed"`
+	DomainErrors []int    `json:"domain_errors"`
+	FirstError   []string `json:"first_error,omitempty"`
+	// PluginRuns and PluginOK: scripts the plugin started and saw succeed
+	// (runs and ok in its status).
+	PluginRuns spread `json:"plugin_runs"`
+	PluginOK   spread `json:"plugin_ok"`
 	// mtwatchd's resident set: after READY=1, its high-water mark (VmHWM:
 	// the process lives for one run only), after every domain was created,
 	// and at the end, every domain destroyed.
@@ -59,10 +67,16 @@ type stormResult struct {
 // stormRun is one run's figures.
 type stormRun struct {
 	cap, scriptsPeak, pluginPeak, scripts, failed int
+	domainErrs, pluginRuns, pluginOK              int
+	firstErr                                      string
 	setup, remove                                 []time.Duration
 	rssStart, rssPeak, rssCreated, rssEnd         float64
 	create, wall                                  time.Duration
 }
+
+// stormTxAttempts bounds the simulator's transaction retries: with the
+// backoff capped at 100 ms, about 100 s of conflicts.
+const stormTxAttempts = 1000
 
 func stormDevices(n int) []string {
 	devs := make([]string, n)
@@ -100,8 +114,8 @@ func benchStorm(ctx context.Context, o *options) (*stormResult, error) {
 				run+1, r.scriptsPeak, r.pluginPeak, r.cap)
 			break
 		}
-		if r.failed > 0 {
-			err = fmt.Errorf("storm: run %d: %d devices not connected", run+1, r.failed)
+		if r.failed > 0 || r.domainErrs > 0 {
+			err = fmt.Errorf("storm: run %d: %d devices not connected, %d domains with errors (%s)", run+1, r.failed, r.domainErrs, r.firstErr)
 			break
 		}
 	}
@@ -115,10 +129,16 @@ func benchStorm(ctx context.Context, o *options) (*stormResult, error) {
 	for _, r := range runs {
 		res.Cap = r.cap
 		res.Failed = append(res.Failed, r.failed)
+		res.DomainErrors = append(res.DomainErrors, r.domainErrs)
+		if r.firstErr != "" {
+			res.FirstError = append(res.FirstError, r.firstErr)
+		}
 	}
 	res.ScriptsPeak = fig(func(r stormRun) float64 { return float64(r.scriptsPeak) })
 	res.PluginPeak = fig(func(r stormRun) float64 { return float64(r.pluginPeak) })
 	res.Scripts = fig(func(r stormRun) float64 { return float64(r.scripts) })
+	res.PluginRuns = fig(func(r stormRun) float64 { return float64(r.pluginRuns) })
+	res.PluginOK = fig(func(r stormRun) float64 { return float64(r.pluginOK) })
 	res.SetupP50 = fig(func(r stormRun) float64 { return us(percentile(r.setup, 50)) })
 	res.SetupP99 = fig(func(r stormRun) float64 { return us(percentile(r.setup, 99)) })
 	res.SetupMax = fig(func(r stormRun) float64 { return us(percentile(r.setup, 100)) })
@@ -185,10 +205,16 @@ func stormOnce(ctx context.Context, o *options) (stormRun, error) {
 		ScriptsDir:    scripts,
 		DeviceTimeout: 2 * libxlHotplugTimeout,
 		RemoveTimeout: 2 * libxlHotplugTimeout,
-		Dial:          func(ctx context.Context) (*xenstore.Client, error) { return dial(ctx, srv) },
-		Hypervisor:    sim.Xenemu{Server: srv},
-		Hook:          sim.NodeHook{Client: hc},
-		Label:         peerMtwatch,
+		// libxl retries its domain-make transaction for as long as it
+		// conflicts (libxl__domain_make, libxl_create.c: goto
+		// retry_transaction on EAGAIN); 64 creations at once conflict
+		// far more often than the client's default 16 attempts allow.
+		Dial: func(ctx context.Context) (*xenstore.Client, error) {
+			return xenstore.Dial(ctx, xenstore.WithPath(srv.Socket()), xenstore.WithTxAttempts(stormTxAttempts))
+		},
+		Hypervisor: sim.Xenemu{Server: srv},
+		Hook:       sim.NodeHook{Client: hc},
+		Label:      peerMtwatch,
 		PhaseDone: func(phase string) {
 			if phase == sim.PhaseCreate {
 				r.create = time.Since(t0)
@@ -204,7 +230,7 @@ func stormOnce(ctx context.Context, o *options) (stormRun, error) {
 	if err != nil {
 		return r, err
 	}
-	r.cap, r.pluginPeak = st.MaxScripts, st.Peak
+	r.cap, r.pluginPeak, r.pluginRuns, r.pluginOK = st.MaxScripts, st.Peak, int(st.Runs), int(st.OK)
 	if r.rssEnd, r.rssPeak, err = procMemMiB(pid); err != nil {
 		return r, err
 	}
@@ -216,6 +242,12 @@ func stormOnce(ctx context.Context, o *options) (stormRun, error) {
 		return r, err
 	}
 	for _, d := range rep.Results {
+		if len(d.Errors) > 0 {
+			if r.domainErrs == 0 {
+				r.firstErr = fmt.Sprintf("domain %d: %s", d.Domid, d.Errors[0])
+			}
+			r.domainErrs++
+		}
 		for _, v := range d.Devices {
 			if v.Status != sim.StatusConnected {
 				r.failed++
@@ -305,8 +337,10 @@ func hotplugStatus(ctx context.Context, c *control.Client) (hotplugStatusJSON, e
 // hotplugStatusJSON is what the storm reads of the plugin's status
 // (plugin/hotplug's Status).
 type hotplugStatusJSON struct {
-	MaxScripts int `json:"max_scripts"`
-	Peak       int `json:"peak_running"`
+	MaxScripts int    `json:"max_scripts"`
+	Peak       int    `json:"peak_running"`
+	Runs       uint64 `json:"runs"`
+	OK         uint64 `json:"ok"`
 }
 
 // procMemMiB reads a process's VmRSS and VmHWM.
@@ -338,14 +372,14 @@ func writeStormMarkdown(w io.Writer, s *stormResult) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	p("\n### 6. Storm: %d domains x %d disks under bin/mtwatchd's hotplug plugin (mode run), %d domains created at once, %s scripts\n",
 		s.Domains, len(s.Devices), s.Concurrency, s.ScriptDelay)
-	p("Scripts running at once, as the scripts count themselves (add and remove): **%s** of max_scripts %d (plugin's own count: %s); %s scripts ran. %s.\n",
-		s.ScriptsPeak.format(fmtInt), s.Cap, s.PluginPeak.format(fmtInt), s.Scripts.format(fmtInt),
+	p("Scripts running at once, as the scripts count themselves (add and remove): **%s** of max_scripts %d (plugin's own count: %s); %s scripts ran (the plugin: %s started, %s succeeded). %s.\n",
+		s.ScriptsPeak.format(fmtInt), s.Cap, s.PluginPeak.format(fmtInt), s.Scripts.format(fmtInt), s.PluginRuns.format(fmtInt), s.PluginOK.format(fmtInt),
 		goal(s.ScriptsPeak.Max <= float64(s.Cap) && s.PluginPeak.Max <= float64(s.Cap), "never above the cap"))
-	p("| device set-up p50 | p99 | max | remove p99 | all created | whole run (create + destroy) | devices failed |")
-	p("|---|---|---|---|---|---|---|")
+	p("| device set-up p50 | p99 | max | remove p99 | all created | whole run (create + destroy) | devices failed | domains with errors |")
+	p("|---|---|---|---|---|---|---|---|")
 	ms := func(v float64) string { return fmtDur(v * 1e3) }
-	p("| %s | %s | %s | %s | %s | %s | %v |", s.SetupP50.format(fmtDur), s.SetupP99.format(fmtDur), s.SetupMax.format(fmtDur),
-		s.RemoveP99.format(fmtDur), s.CreateMS.format(ms), s.WallMS.format(ms), s.Failed)
+	p("| %s | %s | %s | %s | %s | %s | %v | %v |", s.SetupP50.format(fmtDur), s.SetupP99.format(fmtDur), s.SetupMax.format(fmtDur),
+		s.RemoveP99.format(fmtDur), s.CreateMS.format(ms), s.WallMS.format(ms), s.Failed, s.DomainErrors)
 	p("\nmtwatchd's RSS (MiB): %s at start, peak (VmHWM) %s, %s with every domain created, %s at the end (every domain destroyed).",
 		s.RSSStartMiB.format(fmtMiB), s.RSSPeakMiB.format(fmtMiB), s.RSSCreatedMiB.format(fmtMiB), s.RSSEndMiB.format(fmtMiB))
 }
