@@ -207,7 +207,7 @@ func TestStormSmall(t *testing.T) {
 	}
 	// 16 disks wanting a script, 4 running at a time, 50 ms each: the
 	// slowest waited at least three others' turns.
-	if s.SetupMax.Median < 150e3 || s.RSSPeakMiB.Median < s.RSSStartMiB.Median || s.RSSEndMiB.Median <= 0 {
+	if s.SetupMax.Median < 150e3 || s.RSSPeakMiB.Median < s.RSSStartMiB.Median || s.RSSEndMiB.Median <= 0 || s.MtwatchdCPUMS.Median <= 0 || s.XenstoredCPUMS.Median <= 0 {
 		t.Errorf("set-up max %v µs, RSS start %v, peak %v, end %v MiB", s.SetupMax.Median, s.RSSStartMiB.Median, s.RSSPeakMiB.Median, s.RSSEndMiB.Median)
 	}
 	if !strings.Contains(out.String(), "### 6. Storm") {

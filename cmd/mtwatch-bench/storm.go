@@ -62,6 +62,10 @@ type stormResult struct {
 	// WallMS: the whole run, creation and destruction.
 	CreateMS spread `json:"create_ms"`
 	WallMS   spread `json:"wall_ms"`
+	// CPU time (user + system) of mtwatchd and of xenstored over the run:
+	// which of them the storm's time went to.
+	MtwatchdCPUMS  spread `json:"mtwatchd_cpu_ms"`
+	XenstoredCPUMS spread `json:"xenstored_cpu_ms"`
 }
 
 // stormRun is one run's figures.
@@ -71,7 +75,7 @@ type stormRun struct {
 	firstErr                                      string
 	setup, remove                                 []time.Duration
 	rssStart, rssPeak, rssCreated, rssEnd         float64
-	create, wall                                  time.Duration
+	create, wall, cpu, xsCPU                      time.Duration
 }
 
 // stormTxAttempts bounds the simulator's transaction retries: with the
@@ -149,6 +153,8 @@ func benchStorm(ctx context.Context, o *options) (*stormResult, error) {
 	res.RSSEndMiB = fig(func(r stormRun) float64 { return r.rssEnd })
 	res.CreateMS = fig(func(r stormRun) float64 { return float64(r.create.Milliseconds()) })
 	res.WallMS = fig(func(r stormRun) float64 { return float64(r.wall.Milliseconds()) })
+	res.MtwatchdCPUMS = fig(func(r stormRun) float64 { return float64(r.cpu.Milliseconds()) })
+	res.XenstoredCPUMS = fig(func(r stormRun) float64 { return float64(r.xsCPU.Milliseconds()) })
 	if len(runs) == 0 {
 		return nil, err
 	}
@@ -232,6 +238,12 @@ func stormOnce(ctx context.Context, o *options) (stormRun, error) {
 	}
 	r.cap, r.pluginPeak, r.pluginRuns, r.pluginOK = st.MaxScripts, st.Peak, int(st.Runs), int(st.OK)
 	if r.rssEnd, r.rssPeak, err = procMemMiB(pid); err != nil {
+		return r, err
+	}
+	if r.cpu, err = procCPU(pid); err != nil {
+		return r, err
+	}
+	if r.xsCPU, err = procCPU(srv.Pid()); err != nil {
 		return r, err
 	}
 	stopped = true
@@ -368,6 +380,27 @@ func procMemMiB(pid int) (rss, hwm float64, err error) {
 	return rss, hwm, nil
 }
 
+// procCPU reads a process's user and system time (/proc/<pid>/stat
+// fields 14 and 15, in USER_HZ: 100 on Linux).
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, in parentheses, may hold spaces: count from after it.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
+}
+
 func writeStormMarkdown(w io.Writer, s *stormResult) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
 	p("\n### 6. Storm: %d domains x %d disks under bin/mtwatchd's hotplug plugin (mode run), %d domains created at once, %s scripts\n",
@@ -380,6 +413,7 @@ func writeStormMarkdown(w io.Writer, s *stormResult) {
 	ms := func(v float64) string { return fmtDur(v * 1e3) }
 	p("| %s | %s | %s | %s | %s | %s | %v | %v |", s.SetupP50.format(fmtDur), s.SetupP99.format(fmtDur), s.SetupMax.format(fmtDur),
 		s.RemoveP99.format(fmtDur), s.CreateMS.format(ms), s.WallMS.format(ms), s.Failed, s.DomainErrors)
+	p("\nCPU time over the run: mtwatchd %s, xenstored %s.", s.MtwatchdCPUMS.format(ms), s.XenstoredCPUMS.format(ms))
 	p("\nmtwatchd's RSS (MiB): %s at start, peak (VmHWM) %s, %s with every domain created, %s at the end (every domain destroyed).",
 		s.RSSStartMiB.format(fmtMiB), s.RSSPeakMiB.format(fmtMiB), s.RSSCreatedMiB.format(fmtMiB), s.RSSEndMiB.format(fmtMiB))
 }
