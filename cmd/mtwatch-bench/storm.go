@@ -78,10 +78,6 @@ type stormRun struct {
 	create, wall, cpu, xsCPU                      time.Duration
 }
 
-// stormTxAttempts bounds the simulator's transaction retries: with the
-// backoff capped at 100 ms, about 100 s of conflicts.
-const stormTxAttempts = 1000
-
 func stormDevices(n int) []string {
 	devs := make([]string, n)
 	for i := range devs {
@@ -211,16 +207,10 @@ func stormOnce(ctx context.Context, o *options) (stormRun, error) {
 		ScriptsDir:    scripts,
 		DeviceTimeout: 2 * libxlHotplugTimeout,
 		RemoveTimeout: 2 * libxlHotplugTimeout,
-		// libxl retries its domain-make transaction for as long as it
-		// conflicts (libxl__domain_make, libxl_create.c: goto
-		// retry_transaction on EAGAIN); 64 creations at once conflict
-		// far more often than the client's default 16 attempts allow.
-		Dial: func(ctx context.Context) (*xenstore.Client, error) {
-			return xenstore.Dial(ctx, xenstore.WithPath(srv.Socket()), xenstore.WithTxAttempts(stormTxAttempts))
-		},
-		Hypervisor: sim.Xenemu{Server: srv},
-		Hook:       sim.NodeHook{Client: hc},
-		Label:      peerMtwatch,
+		Dial:          func(ctx context.Context) (*xenstore.Client, error) { return dial(ctx, srv) },
+		Hypervisor:    sim.Xenemu{Server: srv},
+		Hook:          sim.NodeHook{Client: hc},
+		Label:         peerMtwatch,
 		PhaseDone: func(phase string) {
 			if phase == sim.PhaseCreate {
 				r.create = time.Since(t0)
