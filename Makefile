@@ -167,7 +167,10 @@ fuzz:
 # docs/isolation-cdf.svg; the Markdown tables go to stdout. Its devd
 # scenario runs bin/mtwatchd's hotplug plugin beside the unmodified
 # `xl devd` on the same bursts. BENCH_FLAGS shortens it (e.g. --runs 1
-# --flood 3s --scale 1000 --only throughput,isolation).
+# --flood 3s --scale 1000 --only throughput,isolation). The storm, 1,000
+# domains booting under bin/mtwatchd's hotplug plugin (over four minutes),
+# runs only when named: BENCH_FLAGS='--only storm --runs 1 --json
+# docs/performance-storm.json --svg ""' (not over the other scenarios' JSON).
 BENCH_FLAGS ?=
 bench: deps build
 	$(GO) -C cmd/mtwatch-bench build -o $(CURDIR)/build/mtwatch-bench .

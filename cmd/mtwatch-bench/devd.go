@@ -217,7 +217,7 @@ func devdRun(ctx context.Context, o *options, c devdCase, peer, xl, xlLib string
 	var hook sim.Hook
 	switch peer {
 	case peerMtwatch:
-		stop, err = startMtwatchd(ctx, o.mtwatchd, o.devdTimeout, srv, scripts, dir, env)
+		stop, _, err = startMtwatchd(ctx, o.mtwatchd, o.devdTimeout, "", srv, scripts, dir, env)
 		if err == nil {
 			hc, derr := dial(ctx, srv)
 			if derr != nil {
@@ -297,19 +297,20 @@ func cleanEnv() []string {
 
 // startMtwatchd runs bin/mtwatchd with the hotplug plugin on srv, in dom0
 // as a host would (a worker per domain, auto-detection on, GOMAXPROCS 1:
-// the defaults), and returns once it has sent READY=1.
-func startMtwatchd(ctx context.Context, bin string, timeout time.Duration, srv *xenstoredtest.Server, scripts, dir string, env []string) (func() error, error) {
+// the defaults), and returns once it has sent READY=1, with its pid. extra
+// is appended to the [plugins.hotplug] section.
+func startMtwatchd(ctx context.Context, bin string, timeout time.Duration, extra string, srv *xenstoredtest.Server, scripts, dir string, env []string) (func() error, int, error) {
 	conf := filepath.Join(dir, "mtwatchd.toml")
 	text := fmt.Sprintf("[agent]\nshutdown_timeout = \"10s\"\n\n[log]\nlevel = \"warning\"\n\n"+
-		"[plugins.hotplug]\nenabled = true\nscripts_dir = %q\ntimeout = %q\n# no libxl runs the scripts here: run them (auto would watch in dom0)\nmode = \"run\"\n",
-		scripts, timeout.String())
+		"[plugins.hotplug]\nenabled = true\nscripts_dir = %q\ntimeout = %q\n# no libxl runs the scripts here: run them (auto would watch in dom0)\nmode = \"run\"\n%s",
+		scripts, timeout.String(), extra)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	notify := filepath.Join(dir, "notify")
 	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	defer ln.Close()
 	cmd := exec.Command(bin, "--config", conf, "--xenstore", srv.Socket(), "--control", filepath.Join(dir, "control.sock"))
@@ -318,7 +319,7 @@ func startMtwatchd(ctx context.Context, bin string, timeout time.Duration, srv *
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -365,9 +366,9 @@ func startMtwatchd(ctx context.Context, bin string, timeout time.Duration, srv *
 	}
 	if err != nil {
 		stop()
-		return nil, err
+		return nil, 0, err
 	}
-	return stop, nil
+	return stop, cmd.Process.Pid, nil
 }
 
 // probeDomid is the frontend domid of the device that tells xl devd is

@@ -5,7 +5,9 @@
 // against a bare libxenstore watcher, isolation of healthy domains from
 // stalled ones, a guest flooding its watched path, and worker churn at
 // 10,000 domains; and device set-up under bin/mtwatchd's hotplug plugin
-// beside the unmodified xl devd on the same bursts (devd.go). It prints
+// beside the unmodified xl devd on the same bursts (devd.go), and a storm of
+// 1,000 domains booting and shutting down under it, the scripts counting
+// themselves against max_scripts (storm.go, --only storm). It prints
 // Markdown tables and writes a JSON file and the
 // isolation scenario's latency CDF (SVG). `make bench` runs it; the results
 // are in docs/performance.md.
@@ -30,27 +32,32 @@ import (
 )
 
 type options struct {
-	runs          int
-	tpRuns        int
-	domains       int
-	writes        int
-	isoDomains    int
-	rounds        int
-	interval      time.Duration
-	stall         time.Duration
-	floodFor      time.Duration
-	floodInterval time.Duration
-	scaleDomains  int
-	only          string
-	jsonOut       string
-	svgOut        string
-	cbenchSrc     string
-	devdBurst     int
-	devdDomains   int
-	devdDelay     time.Duration
-	devdWait      time.Duration
-	devdTimeout   time.Duration
-	mtwatchd      string
+	runs             int
+	tpRuns           int
+	domains          int
+	writes           int
+	isoDomains       int
+	rounds           int
+	interval         time.Duration
+	stall            time.Duration
+	floodFor         time.Duration
+	floodInterval    time.Duration
+	scaleDomains     int
+	only             string
+	jsonOut          string
+	svgOut           string
+	cbenchSrc        string
+	devdBurst        int
+	devdDomains      int
+	devdDelay        time.Duration
+	devdWait         time.Duration
+	devdTimeout      time.Duration
+	mtwatchd         string
+	stormDomains     int
+	stormDevices     int
+	stormConcurrency int
+	stormDelay       time.Duration
+	stormMaxScripts  int
 }
 
 // results is the JSON file.
@@ -62,6 +69,7 @@ type results struct {
 	Flood      *floodResult      `json:"flood,omitempty"`
 	Scale      *scaleResult      `json:"scale,omitempty"`
 	Devd       *devdResult       `json:"devd,omitempty"`
+	Storm      *stormResult      `json:"storm,omitempty"`
 	Error      string            `json:"error,omitempty"`
 }
 
@@ -92,8 +100,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.devdDelay, "devd-delay", 300*time.Millisecond, "devd: how long the four-disk domains' scripts work")
 	fs.DurationVar(&o.devdWait, "devd-wait", libxlHotplugTimeout+5*time.Second, "devd: how long the simulator waits for a device's hotplug-status")
 	fs.DurationVar(&o.devdTimeout, "devd-script-timeout", libxlHotplugTimeout, "devd: the hotplug plugin's script timeout (xl devd's is libxl's fixed 40 s)")
-	fs.StringVar(&o.mtwatchd, "mtwatchd", "bin/mtwatchd", "devd: the mtwatchd binary (make build)")
-	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale,devd", "scenarios to run, comma-separated")
+	fs.StringVar(&o.mtwatchd, "mtwatchd", "bin/mtwatchd", "devd and storm: the mtwatchd binary (make build)")
+	fs.IntVar(&o.stormDomains, "storm-domains", 1000, "storm: domains created, then destroyed")
+	fs.IntVar(&o.stormDevices, "storm-devices", 2, "storm: disks per domain (1 or 2)")
+	fs.IntVar(&o.stormConcurrency, "storm-concurrency", 64, "storm: domains created (and destroyed) at once")
+	fs.DurationVar(&o.stormDelay, "storm-delay", 50*time.Millisecond, "storm: how long every script works")
+	fs.IntVar(&o.stormMaxScripts, "storm-max-scripts", 0, "storm: the hotplug plugin's max_scripts (0: its default)")
+	fs.StringVar(&o.only, "only", "throughput,isolation,flood,scale,devd", "scenarios to run, comma-separated (storm: only when named)")
 	fs.StringVar(&o.jsonOut, "json", "docs/performance-agent.json", "write the results here (empty: none)")
 	fs.StringVar(&o.svgOut, "svg", "docs/isolation-cdf.svg", "write the isolation latency CDF here (empty: none)")
 	fs.StringVar(&o.cbenchSrc, "cbench", "lib/xenstore/bench/cbench.c", "source of the libxenstore watcher")
@@ -110,7 +123,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if fs.NArg() > 0 || o.runs < 1 || o.tpRuns < 1 || o.domains < 1 || o.writes < 1 || o.isoDomains < 10 || o.rounds < 1 ||
 		o.interval <= 0 || o.stall <= 0 || o.floodInterval <= 0 || o.floodFor < o.floodInterval || o.scaleDomains < 1 || o.scaleDomains > 32000 ||
-		o.devdBurst < 1 || o.devdBurst > 30000 || o.devdDomains < 2 || o.devdDomains > 30000 || o.devdDelay < 0 || o.devdWait <= 0 || o.devdTimeout <= 0 {
+		o.devdBurst < 1 || o.devdBurst > 30000 || o.devdDomains < 2 || o.devdDomains > 30000 || o.devdDelay < 0 || o.devdWait <= 0 || o.devdTimeout <= 0 ||
+		o.stormDomains < 1 || o.stormDomains > 30000 || o.stormDevices < 1 || o.stormDevices > 2 || o.stormConcurrency < 1 ||
+		o.stormDelay < 0 || o.stormMaxScripts < 0 {
 		fmt.Fprintln(stderr, "mtwatch-bench: bad arguments (see -h)")
 		return 2
 	}
@@ -139,7 +154,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	want := map[string]bool{}
 	for _, s := range strings.Split(o.only, ",") {
 		switch s {
-		case "throughput", "isolation", "flood", "scale", "devd":
+		case "throughput", "isolation", "flood", "scale", "devd", "storm":
 			want[s] = true
 		default:
 			fmt.Fprintf(stderr, "mtwatch-bench: --only: unknown scenario %q\n", s)
@@ -202,6 +217,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil && want["devd"] && ctx.Err() == nil {
 		logf("devd ...")
 		res.Devd, err = benchDevd(ctx, &o)
+	}
+	// So has each run of the storm, and its own mtwatchd.
+	if err == nil && want["storm"] && ctx.Err() == nil {
+		logf("storm ...")
+		res.Storm, err = benchStorm(ctx, &o)
 	}
 	// The scenarios that ran are reported even when a later one failed: the
 	// failure is a finding too.
@@ -336,5 +356,8 @@ func writeMarkdown(w io.Writer, r *results) {
 	}
 	if d := r.Devd; d != nil {
 		writeDevdMarkdown(w, d)
+	}
+	if s := r.Storm; s != nil {
+		writeStormMarkdown(w, s)
 	}
 }

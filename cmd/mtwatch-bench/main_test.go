@@ -31,6 +31,8 @@ func TestUsage(t *testing.T) {
 		{"--flood", "1ms"},
 		{"--devd-domains", "1"},
 		{"--devd-wait", "0s"},
+		{"--storm-devices", "3"},
+		{"--storm-domains", "0"},
 		{"extra"},
 	} {
 		var out, errb bytes.Buffer
@@ -164,5 +166,77 @@ func TestDevdSmall(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "beside xl devd") {
 		t.Errorf("no devd table in the output:\n%s", out.String())
+	}
+}
+
+// TestStormSmall runs the storm at a small size with max_scripts 4: the
+// real mtwatchd runs 120 scripts of 30 domains created 8 at once, 16 disks
+// asking for a script at a time, and the scripts' own count shows the cap
+// reached and held.
+func TestStormSmall(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "mtwatchd")
+	if out, err := exec.Command("go", "-C", "../..", "build", "-o", bin, "./cmd/mtwatchd").CombinedOutput(); err != nil {
+		t.Fatalf("build mtwatchd: %v\n%s", err, out)
+	}
+	jsonOut := filepath.Join(dir, "r.json")
+	var out, errb bytes.Buffer
+	code := run([]string{"--only", "storm", "--runs", "1", "--storm-domains", "30", "--storm-concurrency", "8",
+		"--storm-max-scripts", "4", "--mtwatchd", bin, "--json", jsonOut, "--svg", ""}, &out, &errb)
+	if code != 0 {
+		t.Fatalf("exit %d\n%s", code, errb.String())
+	}
+	var r results
+	b, err := os.ReadFile(jsonOut)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	s := r.Storm
+	if s == nil {
+		t.Fatalf("no storm results:\n%s", b)
+	}
+	if s.Cap != 4 || s.ScriptsPeak.Max != 4 || s.PluginPeak.Max != 4 {
+		t.Errorf("cap %d, peak %v by the scripts, %v by the plugin: want 4, 4, 4", s.Cap, s.ScriptsPeak.Runs, s.PluginPeak.Runs)
+	}
+	// An add and a remove per disk.
+	if s.Scripts.Median != 120 || s.Failed[0] != 0 {
+		t.Errorf("%v scripts, %v failed: want 120, 0", s.Scripts.Runs, s.Failed)
+	}
+	// 16 disks wanting a script, 4 running at a time, 50 ms each: the
+	// slowest waited at least three others' turns.
+	if s.SetupMax.Median < 150e3 || s.RSSPeakMiB.Median < s.RSSStartMiB.Median || s.RSSEndMiB.Median <= 0 || s.MtwatchdCPUMS.Median <= 0 || s.XenstoredCPUMS.Median <= 0 {
+		t.Errorf("set-up max %v µs, RSS start %v, peak %v, end %v MiB", s.SetupMax.Median, s.RSSStartMiB.Median, s.RSSPeakMiB.Median, s.RSSEndMiB.Median)
+	}
+	if !strings.Contains(out.String(), "### 6. Storm") {
+		t.Errorf("no storm table in the output:\n%s", out.String())
+	}
+}
+
+func TestCountRunning(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		log           string
+		peak, started int
+		bad           bool
+	}{
+		{"serial", "+\n-\n+\n-\n", 1, 2, false},
+		{"overlap", "+\n+\n-\n+\n+\n-\n-\n-\n", 3, 4, false},
+		{"empty", "", 0, 0, false},
+		{"never ended", "+\n+\n-\n", 2, 2, true},
+		{"garbage", "+\nx\n-\n", 0, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "count")
+			if err := os.WriteFile(p, []byte(tc.log), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			peak, started, err := countRunning(p)
+			if (err != nil) != tc.bad || peak != tc.peak || started != tc.started {
+				t.Errorf("countRunning(%q) = %d, %d, %v; want %d, %d, error %v", tc.log, peak, started, err, tc.peak, tc.started, tc.bad)
+			}
+		})
 	}
 }
