@@ -24,6 +24,12 @@ var xenemuSource []byte
 //go:embed xenemu/xlctrl.c
 var xlctrlSource []byte
 
+// domctlHeader is the Xen ABI structure both libraries write, included
+// by each.
+//
+//go:embed xenemu/domctl.h
+var domctlHeader []byte
+
 // DefaultXl is the Debian xl binary (xen-utils-4.17); /usr/sbin/xl is a
 // wrapper that looks for a running hypervisor first.
 const DefaultXl = "/usr/lib/xen-4.17/bin/xl"
@@ -77,6 +83,7 @@ func XlProgram() (string, error) {
 func buildPreload(name string, src []byte) (string, error) {
 	h := sha256.New()
 	h.Write(src)
+	h.Write(domctlHeader)
 	h.Write([]byte(strings.Join(gccFlags, " ")))
 	out := filepath.Join(os.TempDir(), "mtwatch-"+name+"-"+hex.EncodeToString(h.Sum(nil)[:8])+".so")
 	if _, err := os.Stat(out); err == nil {
@@ -93,6 +100,9 @@ func buildPreload(name string, src []byte) (string, error) {
 	defer os.RemoveAll(dir)
 	cfile, lib := filepath.Join(dir, name+".c"), filepath.Join(dir, name+".so")
 	if err := os.WriteFile(cfile, src, 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "domctl.h"), domctlHeader, 0o644); err != nil {
 		return "", err
 	}
 	args := append(append([]string{}, gccFlags...), "-o", lib, cfile, "-ldl")

@@ -47,6 +47,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "domctl.h"
+
 #define EXPORT __attribute__((visibility("default")))
 #define PAGE_SIZE 4096
 
@@ -149,25 +151,6 @@ EXPORT int xc_domain_getinfo(void *xch, uint32_t first_domid, unsigned int max_d
 	di->domid = first_domid;
 	return 1;
 }
-
-/* xc_domaininfo_t, that is struct xen_domctl_getdomaininfo of Xen 4.17's
- * public/domctl.h with x86's xen_arch_domainconfig: written whole, so its
- * size must be exact. */
-struct domctl_getdomaininfo {
-	uint16_t domain;
-	uint16_t pad1;
-	uint32_t flags;
-	uint64_t tot_pages, max_pages, outstanding_pages, shr_pages, paged_pages;
-	uint64_t shared_info_frame, cpu_time;
-	uint32_t nr_online_vcpus, max_vcpu_id, ssidref;
-	uint8_t handle[16];
-	uint32_t cpupool;
-	uint8_t gpaddr_bits, pad2[7];
-	uint32_t emulation_flags, misc_flags;
-};
-_Static_assert(sizeof(struct domctl_getdomaininfo) == 112, "xc_domaininfo_t layout");
-
-#define XEN_DOMINF_RUNNING (1u << 5)
 
 /* oxenstored's Xenctrl.domain_getinfo asks (domid, 1) and fails unless the
  * one entry returned is that domain: a dead domain is simply absent, as once

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "domctl.h"
+
 #define EXPORT __attribute__((visibility("default")))
 
 /* Xen 4.17, as the Debian tools expect. */
@@ -114,22 +116,6 @@ EXPORT int xc_version(void *xch, int cmd, void *arg)
 	}
 }
 
-/* struct xen_domctl_getdomaininfo, Xen 4.17, x86. */
-struct domaininfo {
-	uint16_t domain;
-	uint16_t pad1;
-	uint32_t flags;
-	uint64_t tot_pages, max_pages, outstanding_pages, shr_pages, paged_pages;
-	uint64_t shared_info_frame, cpu_time;
-	uint32_t nr_online_vcpus, max_vcpu_id, ssidref;
-	uint8_t handle[16];
-	uint32_t cpupool;
-	uint8_t gpaddr_bits, pad2[7];
-	uint32_t emulation_flags, misc_flags;
-};
-_Static_assert(sizeof(struct domaininfo) == 112, "xen_domctl_getdomaininfo is 112 bytes");
-
-#define XEN_DOMINF_running (1U << 5)
 #define DOMID_FIRST_RESERVED 0x7ff0
 
 static int dead(uint32_t domid)
@@ -156,14 +142,14 @@ static int dead(uint32_t domid)
  * which is what libxl_domain_info asks. */
 EXPORT int xc_domain_getinfolist(void *xch, uint32_t first_domain, unsigned int max_domains, void *info)
 {
-	struct domaininfo *di = info;
+	struct domctl_getdomaininfo *di = info;
 
 	(void)xch;
 	if (max_domains == 0 || first_domain >= DOMID_FIRST_RESERVED || dead(first_domain))
 		return 0;
 	memset(di, 0, sizeof(*di));
 	di->domain = first_domain;
-	di->flags = XEN_DOMINF_running;
+	di->flags = XEN_DOMINF_RUNNING;
 	di->nr_online_vcpus = 1;
 	di->max_pages = di->tot_pages = 131072;
 	return 1;
