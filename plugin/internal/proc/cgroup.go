@@ -174,10 +174,19 @@ func newCgroup() *cgroup {
 		return nil
 	}
 	sweepLeftover()
-	dir := filepath.Join(parent, fmt.Sprintf("%s%d-%d", cgPrefix, os.Getpid(), cgSeq.Add(1)))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		disableCgroups(fmt.Errorf("cgroup v2: make %s: %w", dir, err))
-		return nil
+	var dir string
+	for tries := 0; ; tries++ {
+		dir = filepath.Join(parent, fmt.Sprintf("%s%d-%d", cgPrefix, os.Getpid(), cgSeq.Add(1)))
+		err := os.Mkdir(dir, 0o755)
+		if err == nil {
+			break
+		}
+		// An earlier mtwatchd with the same pid (a container's, restarted)
+		// may have left a command running in a cgroup of this name.
+		if !errors.Is(err, os.ErrExist) || tries == 100 {
+			disableCgroups(fmt.Errorf("cgroup v2: make %s: %w", dir, err))
+			return nil
+		}
 	}
 	f, err := os.Open(dir)
 	if err != nil {

@@ -1,10 +1,12 @@
 package proc
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -176,5 +178,31 @@ func TestCommandCgroupName(t *testing.T) {
 		if got := commandCgroup(name); got != want {
 			t.Errorf("commandCgroup(%q) = %v, want %v", name, got, want)
 		}
+	}
+}
+
+// TestCgroupNameTaken: a command cgroup of the name the next run would
+// take, left by an earlier mtwatchd that had this agent's pid (a
+// container's, restarted) with its command still in it, neither gives up
+// cgroups nor is taken over: the run gets the next name.
+//
+// Not parallel: no other test's run takes the name first.
+func TestCgroupNameTaken(t *testing.T) {
+	parent := needCgroup(t)
+	next := fmt.Sprintf("%s%d-%d", cgPrefix, os.Getpid(), cgSeq.Load()+1)
+	if err := os.Mkdir(filepath.Join(parent, next), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Remove(filepath.Join(parent, next)) })
+	file := filepath.Join(t.TempDir(), "cg")
+	if r := Run(context.Background(), sh(`cat /proc/self/cgroup > "$1"`, file)); !r.OK() {
+		t.Fatalf("result %+v", r)
+	}
+	b, _ := os.ReadFile(file)
+	if dir, err := Confinement(); dir == "" {
+		t.Fatalf("cgroups given up: %v", err)
+	}
+	if !strings.Contains(string(b), "/"+cgPrefix) || strings.Contains(string(b), "/"+next+"\n") {
+		t.Errorf("run's cgroup %q, want one of its own other than %s", b, next)
 	}
 }
