@@ -760,8 +760,6 @@ func (t *domainTable) entry(id domid.ID, ds dispatch.DomainStats, inDispatch boo
 
 func (t *domainTable) entryLocked(id domid.ID, ds dispatch.DomainStats, ps pluginStalls, cur func(*dispatch.RunningHandler) *control.Current) control.Domain {
 	d := control.Domain{
-		PluginStalls:     ps.n,
-		PluginStallAgeMS: ps.oldestMS,
 		Domid:            uint16(id),
 		Worker:           control.WorkerNone,
 		Queued:           ds.Queued,
@@ -774,6 +772,8 @@ func (t *domainTable) entryLocked(id domid.ID, ds dispatch.DomainStats, ps plugi
 		MaxLatencyUS:     ds.MaxLatency.Microseconds(),
 		Current:          cur(ds.Current),
 		Staged:           ds.Staged,
+		PluginStalls:     ps.n,
+		PluginStallAgeMS: ps.oldestMS,
 	}
 	switch {
 	case id == domid.Dom0:
