@@ -46,7 +46,8 @@ type Status struct {
 	Workers int `json:"workers"`
 	Nodes   int `json:"nodes"`
 	Stale   int `json:"stale"`
-	// Stalled counts running handlers past the stall threshold.
+	// Stalled counts running handlers past the stall threshold and
+	// plugins' work stalled off the workers: the length of Stalls.
 	Stalled       int            `json:"stalled"`
 	DefaultWorker DefaultWorker  `json:"default_worker"`
 	Totals        Totals         `json:"totals"`
