@@ -351,9 +351,13 @@ func (p *Plugin) waitAdopted(j *job, set *settings) bool {
 	j.prog, j.action, j.started = r.Script, r.Action, r.began()
 	p.mu.Unlock()
 	orphan := proc.Adopt(r.PID)
-	// Once the script is over its cgroup goes, now or, if it left a daemon
-	// there, once that exits.
-	defer orphan.Release()
+	if r.alive() {
+		// Once the script is over its cgroup goes, now or, if it left a
+		// daemon there, once that exits. (A script gone before Adopt read
+		// its pid's cgroup may have had the pid reused by a process whose
+		// cgroup is not its: that one is left alone.)
+		defer orphan.Release()
+	}
 	j.log.Debug("waiting for a hotplug script left running", "pid", r.PID, "confinement", orphan.String())
 	deadline := r.began().Add(set.cfg.Timeout)
 	tick := time.NewTicker(100 * time.Millisecond)
