@@ -93,7 +93,7 @@ func (o *Orphan) Cgroup() string {
 func (o *Orphan) End(grace time.Duration) (killed bool) {
 	if o.PID <= 1 {
 		// kill(-0) would signal the agent's own process group, kill(-1)
-		// every process.
+		// every process, and a negative pid would become init.
 		return false
 	}
 	if grace <= 0 {

@@ -148,15 +148,16 @@ func TestOrphanForeignCgroup(t *testing.T) {
 	}
 }
 
-// TestOrphanGone: a pid with no process, or none, has no cgroup, and
-// ending it does nothing.
+// TestOrphanGone: a pid with no process has no cgroup, and ending it does
+// nothing. (End's refusal of pids 0 and 1 is not exercised: a regression
+// would signal the test's own process group, or init.)
 func TestOrphanGone(t *testing.T) {
 	t.Parallel()
 	cmd := exec.Command("/bin/true")
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
 	}
-	for _, pid := range []int{cmd.Process.Pid, 0, -1} {
+	for _, pid := range []int{cmd.Process.Pid} {
 		o := Adopt(pid)
 		if o.Cgroup() != "" {
 			t.Errorf("Adopt(%d): cgroup %s", pid, o.Cgroup())
