@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -121,14 +122,21 @@ func (r result) expect(t *testing.T, code int) {
 // READY=1 and for its plugins' watches.
 func (h *host) startAgent() *daemontest.Daemon {
 	h.t.Helper()
+	return h.startAgentWith(agentConfig)
+}
+
+// startAgentWith is startAgent with the configuration text config and
+// env added to the agent's environment.
+func (h *host) startAgentWith(config string, env ...string) *daemontest.Daemon {
+	h.t.Helper()
 	d := daemontest.Run(h.t, daemontest.Options{
 		Binary:   filepath.Join(bin, "mtwatchd"),
-		Config:   agentConfig,
+		Config:   config,
 		Xenstore: h.in.Socket(),
 		Control:  h.sock,
 		// GOMAXPROCS from the test's environment would override the
 		// agent's default, which status output shows.
-		Env: append(h.in.Env(), "GOMAXPROCS="),
+		Env: append(append(h.in.Env(), "GOMAXPROCS="), env...),
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -295,6 +303,96 @@ func TestWithRealAgent(t *testing.T) {
 	h.mtwatch("destroy", "12").expect(t, 0)
 	h.waitDomains(map[uint16]string{3: "live", 5: "live"})
 	h.mtwatch("list", "7").expect(t, 2)
+}
+
+// TestHotplugStallInList: a domain whose hotplug script hangs, with its
+// worker idle (the hotplug plugin runs scripts off the workers), is stalled
+// in mtwatch list, list --long, list --json and top, through the real
+// mtwatchd running a real hanging script; a domain without one is not.
+func TestHotplugStallInList(t *testing.T) {
+	h := newHost(t)
+	scripts, err := filepath.Abs("../../plugin/hotplug/testdata/scripts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []uint16{3, 4} {
+		h.in.CreateDomain(domidOf(id))
+		h.mtwatch("create", strconv.Itoa(int(id))).expect(t, 0)
+	}
+	h.startAgentWith(fmt.Sprintf(`[agent]
+stale_grace = "0s"
+canary_interval = "0s"
+stall_threshold = "100ms"
+shutdown_timeout = "2s"
+
+[plugins.hotplug]
+enabled = true
+mode = "run"
+scripts_dir = %q
+timeout = "5m"
+grace = "100ms"
+`, scripts), "OUT="+t.TempDir())
+	h.waitDomains(map[uint16]string{3: "live", 4: "live"})
+	// As libxl writes a disk's backend; the plugin runs its script at
+	// InitWait.
+	h.in.Run("xenstore-write", "backend/vbd/4/768/frontend-id", "4", "backend/vbd/4/768/online", "1",
+		"backend/vbd/4/768/script", "hang", "backend/vbd/4/768/state", "2")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		st, err := control.NewClient(h.sock).Stalls(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st) == 1 && st[0].Worker == "plugin" && st[0].Domid == 4 && st[0].AgeMS >= 1000 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no stall of domain 4's script within 30s: %+v", st)
+		}
+	}
+	rows := func(r result) map[string]map[string]string {
+		t.Helper()
+		r.expect(t, 0)
+		lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+		if strings.HasPrefix(lines[0], "mtwatch top") {
+			lines = lines[1:]
+		}
+		head := strings.Fields(lines[0])
+		out := map[string]map[string]string{}
+		for _, l := range lines[1:] {
+			f := strings.Fields(l)
+			if len(f) != len(head) {
+				t.Fatalf("row %q does not match the header %q", l, lines[0])
+			}
+			row := map[string]string{}
+			for i, h := range head {
+				row[h] = f[i]
+			}
+			out[row["ID"]] = row
+		}
+		return out
+	}
+	ageRe := regexp.MustCompile(`^(\d+\.\ds|\d+m\d+s)$`) // past a second
+	for _, args := range [][]string{{"list"}, {"list", "--long"}, {"top", "-b", "-n", "1"}} {
+		got := rows(h.mtwatch(args...))
+		if r := got["4"]; r == nil || !ageRe.MatchString(r["Stalled"]) || r["Worker"] != "live" || r["Current"] != "-" {
+			t.Errorf("%v: domain 4's row %v, want its script's stall age with an idle worker", args, r)
+		}
+		if r := got["3"]; r == nil || r["Stalled"] != "-" {
+			t.Errorf("%v: domain 3's row %v, want no stall", args, r)
+		}
+		if args[0] == "list" && len(args) == 2 && (got["4"]["Stalls"] != "1" || got["3"]["Stalls"] != "0") {
+			t.Errorf("list --long: Stalls %q and %q, want 1 and 0", got["4"]["Stalls"], got["3"]["Stalls"])
+		}
+	}
+	r := h.mtwatch("list", "--json", "4")
+	r.expect(t, 0)
+	var doms []control.Domain
+	if err := json.Unmarshal([]byte(r.stdout), &doms); err != nil {
+		t.Fatal(err)
+	}
+	if len(doms) != 1 || doms[0].PluginStalls != 1 || doms[0].PluginStallAgeMS < 1000 || doms[0].Current != nil {
+		t.Errorf("list --json 4: %s", r.stdout)
+	}
 }
 
 func TestWithoutAgent(t *testing.T) {

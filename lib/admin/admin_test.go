@@ -47,7 +47,9 @@ func golden(t *testing.T, name, got string) {
 }
 
 // fakeAgent is a fixed agent state: dom0, an idle guest, a busy one, a
-// stalled one and a stale node.
+// stalled one (its handler, and a hotplug script of its other device), one
+// whose worker is idle while a device of it is stuck in set-up (a plugin's
+// stall) and a stale node.
 type fakeAgent struct{}
 
 var t0 = time.Date(2026, 11, 29, 9, 0, 0, 0, time.UTC)
@@ -57,7 +59,7 @@ func (fakeAgent) Status() control.Status {
 		Version: "1.0.0", PID: 4242, StartedAt: t0, UptimeSeconds: 3725,
 		Mode: control.ModeMultiWorker, AutoDetect: true, StallThresholdMS: 5000, GOMAXPROCS: 1,
 		Xenstore: control.XenstoreStatus{Path: "/run/xenstored/socket", State: "connected", ConnectedSince: t0, Reconnects: 1},
-		Domains:  4, Workers: 3, Nodes: 4, Stale: 1, Stalled: 1,
+		Domains:  5, Workers: 4, Nodes: 5, Stale: 1, Stalled: 3,
 		DefaultWorker: control.DefaultWorker{Processed: 120, LastLatencyUS: 35, MaxLatencyUS: 812},
 		Totals:        control.Totals{Dispatched: 1370, Processed: 1361, Coalesced: 4, Dropped: 2, Stalls: 1},
 		Plugins:       []control.PluginStatus{{Name: "log", Enabled: true, Watches: 2}, {Name: "exec", Enabled: false}},
@@ -74,7 +76,11 @@ var fakeDomains = []control.Domain{
 		Current: &control.Current{Path: "backend/vif/5/0/state", Watch: "log", Token: "log/1", AgeMS: 12}},
 	{Domid: 7, Name: "stuck", UUID: "77777777-7777-4777-8777-777777777777", Node: true, Introduced: true,
 		Worker: control.WorkerLive, Queued: 5, Dispatched: 40, Processed: 35,
-		Current: &control.Current{Path: "backend/vbd/7/51712/state", Watch: "hotplug", Token: "hotplug/2", AgeMS: 93000, Stalled: true}},
+		Current:      &control.Current{Path: "backend/vbd/7/51712/state", Watch: "hotplug", Token: "hotplug/2", AgeMS: 93000, Stalled: true},
+		PluginStalls: 1, PluginStallAgeMS: 20000},
+	{Domid: 8, Name: "db", UUID: "88888888-8888-4888-8888-888888888888", Node: true, Introduced: true,
+		Worker: control.WorkerLive, Dispatched: 6, Processed: 6, LastLatencyUS: 50, MaxLatencyUS: 70,
+		PluginStalls: 1, PluginStallAgeMS: 92000},
 	{Domid: 9, Node: true, Stale: true, Worker: control.WorkerNone},
 }
 
@@ -88,10 +94,12 @@ func (fakeAgent) Domain(id uint16) (control.Domain, bool) {
 	return control.Domain{}, false
 }
 func (fakeAgent) Stalls() []control.Stall {
-	return []control.Stall{{Domid: 7, Name: "stuck", Worker: "domain", Watch: "exec", Token: "exec/2",
-		Path: "/local/domain/7/memory/target", Started: t0, AgeMS: 93000},
-		{Domid: 8, Name: "web", Worker: "plugin", Watch: "hotplug", Path: "backend/vbd/8/51712", Started: t0.Add(time.Second),
-			AgeMS: 92000, Detail: "device stuck in set-up: backend state 2 (at InitWait without hotplug-status), frontend state 1"}}
+	return []control.Stall{{Domid: 7, Name: "stuck", Worker: "domain", Watch: "hotplug", Token: "hotplug/2",
+		Path: "backend/vbd/7/51712/state", Started: t0, AgeMS: 93000},
+		{Domid: 8, Name: "db", Worker: "plugin", Watch: "hotplug", Path: "backend/vbd/8/51712", Started: t0.Add(time.Second),
+			AgeMS: 92000, Detail: "device stuck in set-up: backend state 2 (at InitWait without hotplug-status), frontend state 1"},
+		{Domid: 7, Name: "stuck", Worker: "plugin", Watch: "hotplug", Path: "backend/vif/7/0", Started: t0.Add(73 * time.Second),
+			AgeMS: 20000, Detail: "hotplug online script /etc/xen/scripts/vif-bridge running"}}
 }
 
 // serveAgent serves src on a fresh control socket, as mtwatchd does.

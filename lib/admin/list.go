@@ -29,8 +29,11 @@ func listCommand() *cli.Command {
 		Usage:     "list domains and their watch workers, like xl list",
 		ArgsUsage: "[domid|name ...]",
 		Description: `Lists the domains mtwatchd knows with their worker and event counters:
-Name ID Worker Queued Processed Dropped Stalled Current. --long adds the uuid, the node and
-introduced state, the other counters and the handler latencies.
+Name ID Worker Queued Processed Dropped Stalled Current. Stalled is the age of the domain's
+oldest stall: its worker's handler past the stall threshold, or a plugin's work stalled off the
+workers (a hotplug script, a device stuck in set-up or teardown; mtwatch stalls says which).
+--long adds the uuid, the node and introduced state, the other counters, the handler latencies
+and Stalls, how many of the domain's things are stalled.
 
 When the agent is not running, says so on stderr and lists the nodes and domain names found in
 XenStore instead (worker "unknown"), exiting 0.`,
@@ -146,7 +149,7 @@ func runList(c *cli.Context) error {
 func listTable(doms []control.Domain, long, fromXS bool) *table {
 	cols := []string{"Name", ">ID", "Worker", ">Queued", ">Processed", ">Dropped", ">Stalled"}
 	if long {
-		cols = append(cols, "UUID", "Node", "Introduced", ">Dispatched", ">Coalesced", ">Filtered", ">LastLat", ">MaxLat")
+		cols = append(cols, "UUID", "Node", "Introduced", ">Dispatched", ">Coalesced", ">Filtered", ">LastLat", ">MaxLat", ">Stalls")
 	}
 	t := newTable(append(cols, "Current")...)
 	for _, d := range doms {
@@ -156,12 +159,9 @@ func listTable(doms []control.Domain, long, fromXS bool) *table {
 			}
 			return strconv.FormatUint(n, 10)
 		}
-		stalled, current := "-", "-"
+		stalled, current := stalledCell(d), "-"
 		if d.Current != nil {
 			current = d.Current.Path
-			if d.Current.Stalled {
-				stalled = fmtAge(d.Current.AgeMS)
-			}
 		}
 		row := []string{orDash(d.Name), strconv.Itoa(int(d.Domid)), d.Worker,
 			num(uint64(d.Queued)), num(d.Processed), num(d.Dropped), stalled}
@@ -175,11 +175,21 @@ func listTable(doms []control.Domain, long, fromXS bool) *table {
 				node, introduced = "-", "-"
 			}
 			row = append(row, orDash(d.UUID), node, introduced,
-				num(d.Dispatched), num(d.Coalesced), num(d.Filtered), fmtUS(d.LastLatencyUS), fmtUS(d.MaxLatencyUS))
+				num(d.Dispatched), num(d.Coalesced), num(d.Filtered), fmtUS(d.LastLatencyUS), fmtUS(d.MaxLatencyUS),
+				num(uint64(d.Stalls())))
 		}
 		t.add(append(row, current)...)
 	}
 	return t
+}
+
+// stalledCell is a domain's Stalled column: the age of its oldest stall,
+// a handler's or a plugin's, "-" when nothing of it is stalled.
+func stalledCell(d control.Domain) string {
+	if age := d.StallAgeMS(); age >= 0 {
+		return fmtAge(age)
+	}
+	return "-"
 }
 
 // scanXenstore lists what XenStore says about domains without the agent:

@@ -25,7 +25,8 @@ func topCommand() *cli.Command {
 		Name:  "top",
 		Usage: "live per-domain view of the watch workers, like xentop",
 		Description: `Shows every domain with its worker, events per second, queued events and the
-handler running now, sorted by activity; stalled handlers are highlighted. Keys: e events/s,
+handler running now, sorted by activity; stalled domains (a handler past the stall threshold, or
+a plugin's stalled work such as a hung hotplug script) are highlighted. Keys: e events/s,
 u queued, p processed, d dropped, s stalled, n name, i id, r reverse the order, q quit.
 
 --batch prints plain frames separated by a blank line, as xentop -b does, for pipes and scripts;
@@ -120,12 +121,8 @@ func (m *topModel) rows(doms []control.Domain, now time.Time) []topRow {
 	return rows
 }
 
-func stalledAge(d control.Domain) int64 {
-	if d.Current != nil && d.Current.Stalled {
-		return d.Current.AgeMS
-	}
-	return -1
-}
+// stalledAge is the age of the domain's oldest stall, -1 when none.
+func stalledAge(d control.Domain) int64 { return d.StallAgeMS() }
 
 // compare orders rows by the sort key, most active first, then by domid.
 func (m *topModel) compare(a, b topRow) int {
@@ -173,12 +170,9 @@ func topHeader(st control.Status, rows []topRow) string {
 func topTable(rows []topRow) *table {
 	t := newTable("Name", ">ID", "Worker", ">Events/s", ">Queued", ">Processed", ">Dropped", ">Stalled", "Current")
 	for _, r := range rows {
-		stalled, current := "-", "-"
+		stalled, current := stalledCell(r.Domain), "-"
 		if r.Current != nil {
 			current = r.Current.Path
-			if r.Current.Stalled {
-				stalled = fmtAge(r.Current.AgeMS)
-			}
 		}
 		t.add(orDash(r.Name), strconv.Itoa(int(r.Domid)), r.Worker, strconv.FormatFloat(r.rate, 'f', 1, 64),
 			strconv.Itoa(r.Queued), strconv.FormatUint(r.Processed, 10), strconv.FormatUint(r.Dropped, 10), stalled, current)
@@ -349,7 +343,7 @@ func drawTop(s tcell.Screen, st control.Status, rows []topRow, m *topModel, msg 
 		switch {
 		case i == 0:
 			style = plain.Reverse(true)
-		case rows[i-1].Current != nil && rows[i-1].Current.Stalled:
+		case stalledAge(rows[i-1].Domain) >= 0:
 			style = plain.Foreground(tcell.ColorRed).Bold(true)
 		}
 		put(y, l, style)

@@ -718,18 +718,27 @@ func (t *domainTable) counts() (domains, nodes, stale int) {
 }
 
 // entries returns the control API's domain list, dom0 first, then the
-// guests the table or the dispatcher (byID) knows, by domid; cur describes
-// a running handler.
-func (t *domainTable) entries(byID map[domid.ID]dispatch.DomainStats, cur func(*dispatch.RunningHandler) *control.Current) []control.Domain {
+// guests the table or the dispatcher (byID) knows, and those with plugin
+// stalls (ps: a hotplug remove script of a domain already gone still has
+// its row), by domid; cur describes a running handler.
+func (t *domainTable) entries(byID map[domid.ID]dispatch.DomainStats, ps map[domid.ID]pluginStalls, cur func(*dispatch.RunningHandler) *control.Current) []control.Domain {
 	t.mu.Lock()
 	out := make([]control.Domain, 0, len(t.doms)+1)
-	out = append(out, t.entryLocked(domid.Dom0, byID[domid.Dom0], cur))
+	out = append(out, t.entryLocked(domid.Dom0, byID[domid.Dom0], ps[domid.Dom0], cur))
 	for id := range t.doms {
-		out = append(out, t.entryLocked(id, byID[id], cur))
+		out = append(out, t.entryLocked(id, byID[id], ps[id], cur))
 	}
 	for id, ds := range byID {
 		if _, known := t.doms[id]; !known && id != domid.Dom0 {
-			out = append(out, t.entryLocked(id, ds, cur))
+			out = append(out, t.entryLocked(id, ds, ps[id], cur))
+		}
+	}
+	for id, s := range ps {
+		if _, known := t.doms[id]; known || id == domid.Dom0 {
+			continue
+		}
+		if _, inDispatch := byID[id]; !inDispatch {
+			out = append(out, t.entryLocked(id, dispatch.DomainStats{}, s, cur))
 		}
 	}
 	t.mu.Unlock()
@@ -737,31 +746,34 @@ func (t *domainTable) entries(byID map[domid.ID]dispatch.DomainStats, cur func(*
 	return out
 }
 
-// entry returns the control API's entry of id, if the table or the
-// dispatcher (inDispatch) knows it; dom0 always has one.
-func (t *domainTable) entry(id domid.ID, ds dispatch.DomainStats, inDispatch bool, cur func(*dispatch.RunningHandler) *control.Current) (control.Domain, bool) {
+// entry returns the control API's entry of id, if the table, the
+// dispatcher (inDispatch) or a plugin stall (ps) knows it; dom0 always has
+// one.
+func (t *domainTable) entry(id domid.ID, ds dispatch.DomainStats, inDispatch bool, ps pluginStalls, cur func(*dispatch.RunningHandler) *control.Current) (control.Domain, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if _, known := t.doms[id]; id != domid.Dom0 && !known && !inDispatch {
+	if _, known := t.doms[id]; id != domid.Dom0 && !known && !inDispatch && ps.n == 0 {
 		return control.Domain{}, false
 	}
-	return t.entryLocked(id, ds, cur), true
+	return t.entryLocked(id, ds, ps, cur), true
 }
 
-func (t *domainTable) entryLocked(id domid.ID, ds dispatch.DomainStats, cur func(*dispatch.RunningHandler) *control.Current) control.Domain {
+func (t *domainTable) entryLocked(id domid.ID, ds dispatch.DomainStats, ps pluginStalls, cur func(*dispatch.RunningHandler) *control.Current) control.Domain {
 	d := control.Domain{
-		Domid:         uint16(id),
-		Worker:        control.WorkerNone,
-		Queued:        ds.Queued,
-		Dispatched:    ds.Dispatched,
-		Processed:     ds.Processed,
-		Coalesced:     ds.Coalesced,
-		Filtered:      ds.Filtered,
-		Dropped:       ds.Dropped,
-		LastLatencyUS: ds.LastLatency.Microseconds(),
-		MaxLatencyUS:  ds.MaxLatency.Microseconds(),
-		Current:       cur(ds.Current),
-		Staged:        ds.Staged,
+		Domid:            uint16(id),
+		Worker:           control.WorkerNone,
+		Queued:           ds.Queued,
+		Dispatched:       ds.Dispatched,
+		Processed:        ds.Processed,
+		Coalesced:        ds.Coalesced,
+		Filtered:         ds.Filtered,
+		Dropped:          ds.Dropped,
+		LastLatencyUS:    ds.LastLatency.Microseconds(),
+		MaxLatencyUS:     ds.MaxLatency.Microseconds(),
+		Current:          cur(ds.Current),
+		Staged:           ds.Staged,
+		PluginStalls:     ps.n,
+		PluginStallAgeMS: ps.oldestMS,
 	}
 	switch {
 	case id == domid.Dom0:

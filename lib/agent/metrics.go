@@ -19,8 +19,8 @@ type metrics struct {
 	a       *Agent
 	latency prometheus.Histogram
 
-	workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge *prometheus.Desc
-	ev                                                                               eventDescs
+	workers, domains, nodes, stale, stalled, reconnects, connected, queued, stallAge, pluginStallAge *prometheus.Desc
+	ev                                                                                               eventDescs
 }
 
 // eventDescs are the event counters, split so that every sum means
@@ -68,11 +68,13 @@ func newMetrics(a *Agent) *metrics {
 		connected:  prometheus.NewDesc("mtwatch_xenstore_connected", "1 while connected to xenstored.", nil, nil),
 		queued:     prometheus.NewDesc("mtwatch_domain_queued_events", "Events pending for a domain with a worker.", []string{"domid"}, nil),
 		stallAge:   prometheus.NewDesc("mtwatch_domain_stall_age_seconds", "Age of the stalled handler of a domain's worker; domid 0 is the default worker, whatever domain its event belongs to.", []string{"domid"}, nil),
+		pluginStallAge: prometheus.NewDesc("mtwatch_domain_plugin_stall_age_seconds",
+			"Age of a domain's oldest work of a plugin stalled off the workers (a hotplug script, a device stuck in set-up or teardown).", []string{"domid", "plugin"}, nil),
 	}
 }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.ev.dispatched, m.ev.unmatched, m.ev.overflows, m.ev.calls, m.ev.discarded, m.ev.failures, m.ev.stalls, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge, m.ev.staged, m.ev.unstaged, m.ev.guestOnDefault} {
+	for _, d := range []*prometheus.Desc{m.ev.dispatched, m.ev.unmatched, m.ev.overflows, m.ev.calls, m.ev.discarded, m.ev.failures, m.ev.stalls, m.workers, m.domains, m.nodes, m.stale, m.stalled, m.reconnects, m.connected, m.queued, m.stallAge, m.pluginStallAge, m.ev.staged, m.ev.unstaged, m.ev.guestOnDefault} {
 		ch <- d
 	}
 	m.latency.Describe(ch)
@@ -106,16 +108,30 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	// One series per worker: the default worker's stall (which holds up
 	// dom0's events and paths of no domain) as domid 0; a domain with a
 	// draining generation and a live one stalled at once shows the older.
+	// A plugin's stalled work holds up no worker: it is the domain's own,
+	// one series per domain and plugin, never the default worker's.
+	type domPlugin struct {
+		id     domid.ID
+		plugin string
+	}
 	age := map[domid.ID]int64{}
+	pluginAge := map[domPlugin]int64{}
 	for _, sl := range stalls {
-		id := domid.ID(sl.Domid)
-		if sl.Worker != "domain" {
-			id = domid.Dom0
+		switch sl.Worker {
+		case "plugin":
+			k := domPlugin{domid.ID(sl.Domid), sl.Watch}
+			pluginAge[k] = max(pluginAge[k], sl.AgeMS)
+		case "domain":
+			age[domid.ID(sl.Domid)] = max(age[domid.ID(sl.Domid)], sl.AgeMS)
+		default:
+			age[domid.Dom0] = max(age[domid.Dom0], sl.AgeMS)
 		}
-		age[id] = max(age[id], sl.AgeMS)
 	}
 	for id, ms := range age {
 		ch <- prometheus.MustNewConstMetric(m.stallAge, prometheus.GaugeValue, float64(ms)/1000, strconv.Itoa(int(id)))
+	}
+	for k, ms := range pluginAge {
+		ch <- prometheus.MustNewConstMetric(m.pluginStallAge, prometheus.GaugeValue, float64(ms)/1000, strconv.Itoa(int(k.id)), k.plugin)
 	}
 }
 

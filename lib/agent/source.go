@@ -85,19 +85,27 @@ func (a *Agent) current(rh *dispatch.RunningHandler) *control.Current {
 }
 
 // Domains implements control.Source: dom0 first, then the guests by domid.
+// Each entry carries its domain's plugin stalls, so that a list shows a
+// domain whose hotplug script hangs as stalled though its worker is idle.
 func (a *Agent) Domains() []control.Domain {
 	st := a.d.Stats()
 	byID := make(map[domid.ID]dispatch.DomainStats, len(st.Domains))
 	for _, ds := range st.Domains {
 		byID[ds.Domid] = ds
 	}
-	return a.domains.entries(byID, a.current)
+	return a.domains.entries(byID, stallsByDomain(a.pluginStalls()), a.current)
 }
 
 // Domain implements control.Source.
 func (a *Agent) Domain(id uint16) (control.Domain, bool) {
 	ds, inDispatch := a.d.DomainStats(domid.ID(id))
-	return a.domains.entry(domid.ID(id), ds, inDispatch, a.current)
+	var ps pluginStalls
+	for _, s := range a.pluginStalls() {
+		if s.Domid == id {
+			ps.add(s)
+		}
+	}
+	return a.domains.entry(domid.ID(id), ds, inDispatch, ps, a.current)
 }
 
 // Stalls implements control.Source.
@@ -126,6 +134,22 @@ func (a *Agent) stalls(st dispatch.Stats) []control.Stall {
 			add(ds.Current, "domain")
 		}
 	}
+	out = append(out, a.pluginStalls()...)
+	a.domains.nameStalls(out)
+	slices.SortFunc(out, func(x, y control.Stall) int { return x.Started.Compare(y.Started) })
+	return out
+}
+
+// pluginStalls asks the running plugins for their work stalled past the
+// stall threshold (worker "plugin", unnamed, unsorted). Each Staller is
+// cheap and answers from memory, so this costs a pass over the plugins'
+// devices, not a XenStore request.
+func (a *Agent) pluginStalls() []control.Stall {
+	stallAt := time.Duration(a.stallAt.Load())
+	if stallAt <= 0 {
+		return nil
+	}
+	var out []control.Stall
 	now := time.Now()
 	for _, p := range a.plugins {
 		sr, ok := p.p.(plugin.Staller)
@@ -139,8 +163,27 @@ func (a *Agent) stalls(st dispatch.Stats) []control.Stall {
 			})
 		}
 	}
-	a.domains.nameStalls(out)
-	slices.SortFunc(out, func(x, y control.Stall) int { return x.Started.Compare(y.Started) })
+	return out
+}
+
+// pluginStalls sums up one domain's plugin stalls for its entry.
+type pluginStalls struct {
+	n        int
+	oldestMS int64
+}
+
+func (ps *pluginStalls) add(s control.Stall) {
+	ps.n++
+	ps.oldestMS = max(ps.oldestMS, s.AgeMS)
+}
+
+func stallsByDomain(stalls []control.Stall) map[domid.ID]pluginStalls {
+	out := make(map[domid.ID]pluginStalls)
+	for _, s := range stalls {
+		ps := out[domid.ID(s.Domid)]
+		ps.add(s)
+		out[domid.ID(s.Domid)] = ps
+	}
 	return out
 }
 

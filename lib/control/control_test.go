@@ -44,7 +44,8 @@ var fakeDomains = []Domain{
 	{Domid: 5, Name: "web", UUID: "11111111-2222-3333-4444-555555555555", Node: true, Introduced: true,
 		Worker: WorkerLive, Queued: 1, Dispatched: 3, Processed: 2},
 	{Domid: 7, Name: "stuck", Node: true, Introduced: true, Worker: WorkerLive, Queued: 4,
-		Current: &Current{Path: "backend/vbd/7/51712/state", Watch: "log", Token: "log/1", AgeMS: 9000, Stalled: true}},
+		Current:      &Current{Path: "backend/vbd/7/51712/state", Watch: "log", Token: "log/1", AgeMS: 9000, Stalled: true},
+		PluginStalls: 1, PluginStallAgeMS: 20000},
 	{Domid: 9, Node: true, Stale: true, Worker: WorkerNone},
 }
 
@@ -59,7 +60,9 @@ func (fakeSource) Domain(id uint16) (Domain, bool) {
 }
 func (fakeSource) Stalls() []Stall {
 	return []Stall{{Domid: 7, Name: "stuck", Worker: "domain", Watch: "log", Token: "log/1",
-		Path: "backend/vbd/7/51712/state", Started: t0, AgeMS: 9000}}
+		Path: "backend/vbd/7/51712/state", Started: t0, AgeMS: 9000},
+		{Domid: 7, Name: "stuck", Worker: "plugin", Watch: "hotplug", Path: "backend/vif/7/0",
+			Started: t0.Add(-11 * time.Second), AgeMS: 20000, Detail: "hotplug online script vif-bridge running"}}
 }
 
 // emptySource has no domains and no stalls: lists must encode as [].

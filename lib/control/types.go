@@ -46,7 +46,8 @@ type Status struct {
 	Workers int `json:"workers"`
 	Nodes   int `json:"nodes"`
 	Stale   int `json:"stale"`
-	// Stalled counts running handlers past the stall threshold.
+	// Stalled counts running handlers past the stall threshold and
+	// plugins' work stalled off the workers: the length of Stalls.
 	Stalled       int            `json:"stalled"`
 	DefaultWorker DefaultWorker  `json:"default_worker"`
 	Totals        Totals         `json:"totals"`
@@ -159,6 +160,37 @@ type Domain struct {
 	LastLatencyUS int64    `json:"last_latency_us"`
 	MaxLatencyUS  int64    `json:"max_latency_us"`
 	Current       *Current `json:"current"`
+	// PluginStalls counts the domain's plugin work stalled off the workers
+	// (the stalls of GET /v1/stalls with worker "plugin" and this domid: a
+	// hotplug script, a device stuck in set-up or teardown);
+	// PluginStallAgeMS is the age of the oldest, 0 when there is none. A
+	// stalled handler of the domain's worker is Current's.
+	PluginStalls     int   `json:"plugin_stalls"`
+	PluginStallAgeMS int64 `json:"plugin_stall_age_ms"`
+}
+
+// StallAgeMS is the age of the domain's oldest stall, its worker's stalled
+// handler or its plugins' stalled work; -1 when nothing of the domain is
+// stalled. It is what mtwatch list and top show as Stalled.
+func (d Domain) StallAgeMS() int64 {
+	age := int64(-1)
+	if d.Current != nil && d.Current.Stalled {
+		age = d.Current.AgeMS
+	}
+	if d.PluginStalls > 0 {
+		age = max(age, d.PluginStallAgeMS)
+	}
+	return age
+}
+
+// Stalls counts the domain's stalls: its worker's stalled handler and its
+// plugins' stalled work.
+func (d Domain) Stalls() int {
+	n := d.PluginStalls
+	if d.Current != nil && d.Current.Stalled {
+		n++
+	}
+	return n
 }
 
 // Current is a running handler call.
@@ -201,6 +233,8 @@ type Source interface {
 	// Domains lists dom0 first, then the guests by domid.
 	Domains() []Domain
 	Domain(domid uint16) (Domain, bool)
-	// Stalls lists running handlers past the stall threshold, oldest first.
+	// Stalls lists running handlers past the stall threshold and plugins'
+	// stalled work, oldest first. Every stall's domain has an entry in
+	// Domains, whose plugin_stalls count it.
 	Stalls() []Stall
 }

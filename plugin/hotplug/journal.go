@@ -199,12 +199,6 @@ func (r record) alive() bool {
 	return ok && st == r.Start
 }
 
-// groupAlive reports whether any process of process group pgid exists.
-func groupAlive(pgid int) bool {
-	err := syscall.Kill(-pgid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
-}
-
 // began returns when the record's script started.
 func (r record) began() time.Time { return time.Unix(r.Began, 0) }
 

@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/mtwatch/mtwatch/lib/dispatch"
@@ -340,29 +339,42 @@ func pathCleanup(ctx context.Context, tx *xenstore.Tx, path string) error {
 }
 
 // waitAdopted waits for a script an earlier mtwatchd left running, within
-// the timeout counted from its start, then ends its process group as its
-// own runner would have. Its exit status is lost with that mtwatchd: an add
-// that ended without writing hotplug-status counts as failed.
+// the timeout counted from its start, then ends it as its own runner would
+// have: the whole of the command cgroup it runs in (what it started, and
+// what left its process group with setsid or a double fork, included), or
+// its process group where it has none. Its exit status is lost with that
+// mtwatchd: an add that ended without writing hotplug-status counts as
+// failed.
 func (p *Plugin) waitAdopted(j *job, set *settings) bool {
 	r := j.adopt
 	p.mu.Lock()
 	j.prog, j.action, j.started = r.Script, r.Action, r.began()
 	p.mu.Unlock()
+	orphan := proc.Adopt(r.PID)
+	if r.alive() {
+		// Once the script is over its cgroup goes, now or, if it left a
+		// daemon there, once that exits. (A script gone before Adopt read
+		// its pid's cgroup may have had the pid reused by a process whose
+		// cgroup is not its: that one is left alone.)
+		defer orphan.Release()
+	}
+	j.log.Debug("waiting for a hotplug script left running", "pid", r.PID, "confinement", orphan.String())
 	deadline := r.began().Add(set.cfg.Timeout)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	timedOut := false
 	// Only the script itself is waited for: one that exits may leave a
-	// daemon behind in its group, as libxl allows.
+	// daemon behind in its cgroup, as libxl allows. A timeout or a stop
+	// ends the whole cgroup.
 	for r.alive() {
 		select {
 		case <-p.group.Context().Done():
-			p.killGroup(r.PID, set.cfg.Grace)
+			orphan.End(set.cfg.Grace)
 			return true
 		case now := <-tick.C:
 			if now.After(deadline) && !timedOut {
 				timedOut = true
-				p.killGroup(r.PID, set.cfg.Grace)
+				orphan.End(set.cfg.Grace)
 			}
 		}
 	}
@@ -385,16 +397,4 @@ func (p *Plugin) waitAdopted(j *job, set *settings) bool {
 		p.endAdd(j, "")
 	}
 	return false
-}
-
-// killGroup ends process group pgid: SIGTERM, SIGKILL after grace.
-func (p *Plugin) killGroup(pgid int, grace time.Duration) {
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	end := time.Now().Add(grace)
-	for groupAlive(pgid) && time.Now().Before(end) {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if groupAlive(pgid) {
-		syscall.Kill(-pgid, syscall.SIGKILL)
-	}
 }

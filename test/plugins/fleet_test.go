@@ -85,8 +85,9 @@ func checkExpr(t errorer, where, expr string, ex exported) {
 }
 
 // scrapeAll runs an agent with every plugin on and makes each series
-// appear: a hotplug script, an exec command, and a stalled exec command
-// (the stall age exists only while a handler is stalled). It returns
+// appear: a hotplug script, an exec command, a stalled exec command (the
+// stall age exists only while a handler is stalled) and a hung hotplug
+// script (a plugin's stall). It returns
 // /metrics taken while the stall lasts.
 func scrapeAll(t *testing.T) exported {
 	t.Helper()
@@ -104,12 +105,16 @@ func scrapeAll(t *testing.T) exported {
 		m, err := a.ctl.Metrics(t.Context())
 		return err == nil && strings.Contains(m, "mtwatch_exec_runs_total{")
 	})
-	a.write("/local/domain/5/slow", "1")
+	a.write("/local/domain/5/slow", "1") // holds 5's worker
+	a.domain(6)
+	hang := a.device("vbd", 6, 768, "hang")
+	a.write(hang+"/state", "2")
 	var text string
-	a.wait(20*time.Second, "the plugins' series and a stall", func() bool {
+	a.wait(20*time.Second, "the plugins' series and the stalls", func() bool {
 		m, err := a.ctl.Metrics(t.Context())
 		text = m
-		return err == nil && strings.Contains(m, "mtwatch_hotplug_scripts_total{") && strings.Contains(m, "mtwatch_domain_stall_age_seconds{")
+		return err == nil && strings.Contains(m, "mtwatch_hotplug_scripts_total{") && strings.Contains(m, "mtwatch_domain_stall_age_seconds{") &&
+			strings.Contains(m, "mtwatch_domain_plugin_stall_age_seconds{")
 	})
 	return parseExposition(text)
 }

@@ -577,6 +577,90 @@ func TestHotplugCrashExactlyOnce(t *testing.T) {
 	t.Logf("%d devices: %d ran again after the crash, %d waited for, %d ran once", len(devs), again, waited, once)
 }
 
+// TestHotplugAdoptedEscapeKilled: a script left running by a mtwatchd
+// killed with SIGKILL is adopted by the next one and, at its timeout,
+// ended with its whole cgroup: the grandchild it started, which left its
+// process group and session (setsid after a double fork), dies with it,
+// where a kill of the process group would leave it running.
+func TestHotplugAdoptedEscapeKilled(t *testing.T) {
+	t.Parallel()
+	in := xenstoredtest.Start(t)
+	out := t.TempDir()
+	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nmode = \"run\"\ntimeout = \"4s\"\ngrace = \"200ms\"\n"+
+		"[agent]\nshutdown_timeout = \"2s\"\n", scriptsDir)
+	start := func() *agent {
+		a := newAgent(t, in, cfg)
+		a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
+		a.run()
+		return a
+	}
+	a := start()
+	a.domain(5)
+	dev := a.device("vbd", 5, 768, "escape")
+	a.write(dev+"/state", "2")
+	escaped, _ := strconv.Atoi(strings.TrimSpace(waitFile(a, filepath.Join(out, "backend_vbd_5_768.escaped"))))
+	t.Cleanup(func() { syscall.Kill(escaped, syscall.SIGKILL) })
+	journal := "/local/domain/0/data/mtwatch-hotplug/vbd/5/768"
+	a.wait(10*time.Second, "the script's pid in the journal", func() bool {
+		v, _ := a.read(journal)
+		return strings.Contains(v, `"pid":`)
+	})
+	cg := cgroupDir(t, escaped)
+	if !strings.HasPrefix(filepath.Base(cg), "mtwatch-") {
+		t.Fatalf("the script runs in cgroup %s, not in one of its own", cg)
+	}
+	a.Cmd.Process.Kill()
+	<-a.Exited()
+	if !proctest.Alive(escaped) {
+		t.Fatalf("the escaped grandchild %d died with mtwatchd", escaped)
+	}
+
+	b := start()
+	if s := b.hotplugStatus(dev); s != "error" {
+		t.Errorf("hotplug-status %q, want error", s)
+	}
+	if e, _ := b.read(dev + "/hotplug-error"); !strings.Contains(e, "left running by an earlier mtwatchd) timed out after 4s") {
+		t.Errorf("hotplug-error %q", e)
+	}
+	b.wait(10*time.Second, "the escaped grandchild's end", func() bool { return !proctest.Alive(escaped) })
+	b.wait(10*time.Second, "the removal of the script's cgroup", func() bool {
+		_, err := os.Stat(cg)
+		return os.IsNotExist(err)
+	})
+}
+
+// cgroupDir returns the directory of process pid's cgroup v2: its path in
+// /proc/<pid>/cgroup below the cgroup2 mount that holds it.
+func cgroupDir(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "0::"); ok {
+			p = v
+		}
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(mi), "\n") {
+		pre, post, _ := strings.Cut(l, " - ")
+		f := strings.Fields(pre)
+		if !strings.HasPrefix(post, "cgroup2 ") || len(f) < 5 {
+			continue
+		}
+		if rel, ok := strings.CutPrefix(p, f[3]); ok {
+			return filepath.Join(f[4], rel)
+		}
+	}
+	t.Fatalf("process %d: no cgroup2 mount holds %q", pid, p)
+	return ""
+}
+
 // TestHotplugLateInitWait: a backend that reaches InitWait 11 s after its
 // directory appeared still gets its add (xl devd gives up on a device that
 // takes more than 10 s to get there, and then ignores it).

@@ -78,18 +78,9 @@ func disableCgroups(err error) {
 // in /proc/self/cgroup ("0::/path") below the cgroup2 mount of
 // /proc/self/mountinfo.
 func ownCgroupDir() (string, error) {
-	b, err := os.ReadFile("/proc/self/cgroup")
+	own, err := cgroupPath("self")
 	if err != nil {
-		return "", fmt.Errorf("cgroup v2: %w", err)
-	}
-	own := ""
-	for _, l := range strings.Split(string(b), "\n") {
-		if p, ok := strings.CutPrefix(l, "0::"); ok {
-			own = p
-		}
-	}
-	if own == "" {
-		return "", errors.New("cgroup v2: not in a cgroup v2 hierarchy (/proc/self/cgroup has no 0:: line)")
+		return "", err
 	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
@@ -112,6 +103,22 @@ func ownCgroupDir() (string, error) {
 		return filepath.Join(mnt, rel), nil
 	}
 	return "", fmt.Errorf("cgroup v2: no cgroup2 mount holding %s", own)
+}
+
+// cgroupPath returns the cgroup v2 path of process pid ("self" for this
+// one): the "0::" line of /proc/<pid>/cgroup, relative to the cgroup
+// namespace's root.
+func cgroupPath(pid string) (string, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("cgroup v2: %w", err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok && p != "" {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("cgroup v2: not in a cgroup v2 hierarchy (/proc/%s/cgroup has no 0:: line)", pid)
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).
@@ -167,10 +174,19 @@ func newCgroup() *cgroup {
 		return nil
 	}
 	sweepLeftover()
-	dir := filepath.Join(parent, fmt.Sprintf("%s%d-%d", cgPrefix, os.Getpid(), cgSeq.Add(1)))
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		disableCgroups(fmt.Errorf("cgroup v2: make %s: %w", dir, err))
-		return nil
+	var dir string
+	for tries := 0; ; tries++ {
+		dir = filepath.Join(parent, fmt.Sprintf("%s%d-%d", cgPrefix, os.Getpid(), cgSeq.Add(1)))
+		err := os.Mkdir(dir, 0o755)
+		if err == nil {
+			break
+		}
+		// An earlier mtwatchd with the same pid (a container's, restarted)
+		// may have left a command running in a cgroup of this name.
+		if !errors.Is(err, os.ErrExist) || tries == 100 {
+			disableCgroups(fmt.Errorf("cgroup v2: make %s: %w", dir, err))
+			return nil
+		}
 	}
 	f, err := os.Open(dir)
 	if err != nil {
@@ -229,7 +245,9 @@ func (c *cgroup) kill() {
 // release removes the cgroup; one a daemon still runs in is removed later,
 // once empty.
 func (c *cgroup) release() {
-	c.fd.Close()
+	if c.fd != nil {
+		c.fd.Close()
+	}
 	if err := os.Remove(c.dir); err != nil {
 		cgMu.Lock()
 		cgLeftover = append(cgLeftover, c.dir)

@@ -4,7 +4,8 @@
 // that ends the whole cgroup or group (SIGTERM, then SIGKILL after a grace
 // period) so that nothing a hung script started outlives it, not even a
 // process that left the group with setsid or setpgid (which only the
-// cgroup holds: see Confinement).
+// cgroup holds: see Confinement). After a restart, Adopt finds again a
+// command an earlier mtwatchd left running, to end it the same way.
 package proc
 
 import (
