@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -182,6 +183,19 @@ func (b *GuestBus) Stats() BusStats {
 		st.Transactions += len(f.txs)
 	}
 	return st
+}
+
+// Watches lists the watches the bus holds, as "path token" with each
+// file's own token, sorted.
+func (b *GuestBus) Watches() []string {
+	b.mu.Lock()
+	out := make([]string, 0, len(b.watches))
+	for _, w := range b.watches {
+		out = append(out, w.path+" "+w.token)
+	}
+	b.mu.Unlock()
+	slices.Sort(out)
+	return out
 }
 
 // Open opens a new file of the guest's xenbus device, as a process of the
