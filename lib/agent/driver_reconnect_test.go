@@ -55,7 +55,7 @@ func newDriverHotplug(t *testing.T, scripts map[string]string) *driverHotplug {
 
 // agent starts an agent in driver domain 5 on a new file of its bus.
 func (d *driverHotplug) agent(cfg string) *harness {
-	return start(d.t, d.in, fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\n%s", d.dir, cfg),
+	return start(d.t, d.in, fmt.Sprintf("[agent]\ncanary_interval = \"50ms\"\n[plugins.hotplug]\nenabled = true\nscripts_dir = %q\n%s", d.dir, cfg),
 		func(o *agent.Options) { o.Dial = d.db.dial }, plugin.Registration{Name: hotplug.Name, New: hotplug.New})
 }
 
@@ -173,6 +173,20 @@ func TestDriverDomainReconnect(t *testing.T) {
 		s := d.db.bus.Stats()
 		return s.Files == 1 && s.Watches == watches
 	})
+
+	// The canary runs on the new file, in the driver domain's own home
+	// (the agent learnt its domid from its first connection).
+	samples := h.a.Status().Canary.Samples
+	d.wait("a canary sample on the new file", func() bool {
+		c := h.a.Status().Canary
+		return c.Samples > samples && c.LastError == ""
+	})
+	if perms, err := d.c.GetPerms(d.ctx, driverHome+"mtwatch-canary"); err != nil || perms.String() != "n5" {
+		t.Errorf("canary node perms %v, %v: want n5", perms, err)
+	}
+	if strings.Contains(h.logs.String(), "canary stopped") {
+		t.Errorf("the canary stopped:\n%s", h.logs.String())
+	}
 
 	after := d.device(832, "logged")
 	d.wait("add after the reconnection", func() bool { return d.status(after) == "connected" })
