@@ -728,6 +728,7 @@ func (f *BusFile) Read(p []byte) (int, error) {
 			f.qmu.Unlock()
 			return 0, err
 		}
+		var timer *time.Timer
 		var timeout <-chan time.Time
 		if !f.deadline.IsZero() {
 			d := time.Until(f.deadline)
@@ -735,15 +736,17 @@ func (f *BusFile) Read(p []byte) (int, error) {
 				f.qmu.Unlock()
 				return 0, os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(d)
-			defer t.Stop()
-			timeout = t.C
+			timer = time.NewTimer(d)
+			timeout = timer.C
 		}
 		changed := f.changed
 		f.qmu.Unlock()
 		select {
 		case <-changed:
 		case <-timeout:
+		}
+		if timer != nil {
+			timer.Stop()
 		}
 		f.qmu.Lock()
 	}
