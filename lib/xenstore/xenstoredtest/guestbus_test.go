@@ -485,3 +485,54 @@ func TestGuestBusRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestGuestBusCloseInFlight: a file closed with a TRANSACTION_START in
+// flight is released once the reply came, as the kernel's reference on the
+// file keeps it until then: the transaction it got is aborted, and the
+// domain's transaction quota is whole again.
+func TestGuestBusCloseInFlight(t *testing.T) {
+	t.Parallel()
+	_, b := startBus(t)
+	quota := func(name string) int {
+		f := openRaw(t, b, name)
+		n := 0
+		for id := uint32(1); ; id++ {
+			if id > 100 {
+				t.Fatal("no transaction quota")
+			}
+			f.send(typeTransactionStart, id, 0, "")
+			if f.reply(id).typ == TypeError {
+				break
+			}
+			n++
+		}
+		f.f.Close()
+		return n
+	}
+	released := func() {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for st := b.Stats(); st.InFlight != 0 || st.Transactions != 0 || st.Files != 0; st = b.Stats() {
+			if time.Now().After(deadline) {
+				t.Fatalf("stats %+v", st)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	n := quota("first")
+	released()
+	for range 3 {
+		f, err := b.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(frame(header{typ: typeTransactionStart, reqID: 1}, []byte{0})); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	released()
+	if got := quota("after"); got != n {
+		t.Errorf("%d transactions after files closed with a START in flight, want %d", got, n)
+	}
+}
