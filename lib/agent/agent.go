@@ -180,8 +180,7 @@ func New(opts Options) (*Agent, error) {
 	if iv := cfg.Agent.CanaryInterval.Duration; iv > 0 {
 		cc := canary.Config{Interval: iv, Threshold: cfg.Agent.CanaryThreshold.Duration, Logger: a.log}
 		if a.driver {
-			// A driver domain cannot write dom0's home: its own.
-			cc.Path, cc.Owner = a.domid.Home()+"/mtwatch-canary", a.domid
+			cc.Path, cc.Owner = canaryNode(a.domid)
 		}
 		if a.canary, err = canary.New(cc); err != nil {
 			d.Stop(context.Background())
@@ -551,8 +550,20 @@ func (a *Agent) learnDomid(ctx context.Context, c *xenstore.Client) error {
 		}
 		a.driver = a.domid != domid.Dom0
 		a.domains.setSelf(a.domid)
+		if a.driver && a.canary != nil {
+			// Before the first session runs it.
+			if err := a.canary.Place(canaryNode(a.domid)); err != nil {
+				return fmt.Errorf("agent: %w", err)
+			}
+		}
 	}
 	return nil
+}
+
+// canaryNode is where a driver domain's canary lives: it cannot write
+// dom0's home, so in its own.
+func canaryNode(id domid.ID) (string, domid.ID) {
+	return id.Home() + "/mtwatch-canary", id
 }
 
 // Runtime is what the plugins get at Start: the domain the agent runs in

@@ -965,6 +965,9 @@ func (t *domainTable) checkStaged(ctx context.Context, c *xenstore.Client) error
 		if worker {
 			return nil
 		}
+		if t.driver {
+			return t.checkStagedFrontend(ctx, c, id)
+		}
 		var (
 			lx          bool
 			lerr        error
@@ -1005,6 +1008,36 @@ func (t *domainTable) checkStaged(ctx context.Context, c *xenstore.Client) error
 		}
 		return err
 	})
+}
+
+// checkStagedFrontend is checkStaged in a driver domain, which may read
+// neither other domains' homes nor /libxl, nor ask whether a domain is
+// introduced: its only source of workers is its backend directory
+// (reconcileBackends). A frontend that has a directory there has its
+// worker on the way; events of one that has none (its last device gone,
+// a late event of a start-up scan) run at once, with a live context: the
+// driver domain cannot tell whether the domain still exists.
+func (t *domainTable) checkStagedFrontend(ctx context.Context, c *xenstore.Client, id domid.ID) error {
+	types, err := c.Directory(ctx, backendDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.stagedRetry(id)
+		return err
+	}
+	for _, typ := range types {
+		_, err := c.GetPerms(ctx, backendDir+"/"+typ+"/"+id.String())
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			t.stagedRetry(id)
+			return err
+		}
+	}
+	n, err := t.d.FlushStaged(id, false)
+	if n > 0 {
+		t.log.Debug("staged events flushed: the frontend has no backend directory", "domid", id, "events", n)
+	}
+	return err
 }
 
 // stagedRetry queues id again after a failed check.

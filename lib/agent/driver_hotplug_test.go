@@ -40,8 +40,10 @@ func (h *harness) waitHotplug(what string, ok func(hotplug.Status) bool) hotplug
 // parents left empty, as xl devd does (libxl__device_destroy), so that
 // dom0's libxl does not wait for it; a qdisk backend, which needs the QEMU
 // xl devd would start, is reported; the journal lives in the driver
-// domain's own data directory, private to it. (The harness maps a guest's
-// ring once, so a reconnection is not part of this test.)
+// domain's own data directory, private to it. The agent is a process of
+// the driver domain on its xenbus device (xenstoredtest.GuestBus), and so
+// are the scripts; reconnection and restart are TestDriverDomainReconnect's
+// and TestDriverDomainRestartMidAdd's.
 func TestDriverDomainHotplug(t *testing.T) {
 	t.Parallel()
 	const (
@@ -49,17 +51,17 @@ func TestDriverDomainHotplug(t *testing.T) {
 		fe     domid.ID = 11
 	)
 	in := xenstoredtest.Start(t)
-	dial := driverDial(t, in, driver)
+	db := newDriverBus(in, driver)
 	in.CreateDomain(fe)
 	dir := t.TempDir()
 	log := filepath.Join(dir, "log")
-	body := fmt.Sprintf("#!/bin/sh\necho \"$1 $XENBUS_PATH\" >>%q\ncase \"$1\" in add|online) XENSTORED_PATH=%q xenstore-write \"/local/domain/%d/$XENBUS_PATH/hotplug-status\" connected ;; esac\n",
-		log, in.Socket(), driver)
+	body := fmt.Sprintf("#!/bin/sh\necho \"$1 $XENBUS_PATH\" >>%q\ncase \"$1\" in add|online) %s ;; esac\n",
+		log, guestWrite(t, db.bus))
 	if err := os.WriteFile(filepath.Join(dir, "connect"), []byte(body), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\n", dir)
-	h := start(t, in, cfg, func(o *agent.Options) { o.Dial = dial }, plugin.Registration{Name: hotplug.Name, New: hotplug.New})
+	h := start(t, in, cfg, func(o *agent.Options) { o.Dial = db.dial }, plugin.Registration{Name: hotplug.Name, New: hotplug.New})
 	home := "/local/domain/5/"
 	device := func(typ string, devid int, kv ...string) string {
 		base := fmt.Sprintf("backend/%s/%d/%d", typ, fe, devid)

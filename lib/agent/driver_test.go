@@ -2,14 +2,13 @@ package agent_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,29 +22,66 @@ import (
 	"github.com/mtwatch/mtwatch/plugin/hotplug"
 )
 
-// driverDial makes the agent a guest of in: its one connection is driver
-// domain id's store ring, as /dev/xen/xenbus is in a driver domain. A
-// second dial (a reconnection) fails: a ring is mapped once.
-func driverDial(t *testing.T, in *xenstoredtest.Instance, id domid.ID) func(context.Context) (*xenstore.Client, error) {
-	rwc := in.GuestConn(id)
-	var used atomic.Bool
-	return func(context.Context) (*xenstore.Client, error) {
-		if used.Swap(true) {
-			return nil, errors.New("the driver domain's ring is in use")
-		}
-		return xenstore.NewClient(rwc), nil
-	}
+// driverBus makes the agent a process of driver domain id: every dial
+// opens a new file of the domain's xenbus device (the store ring behind
+// the guest kernel's /dev/xen/xenbus), as mtwatchd opens /dev/xen/xenbus
+// again after it lost its connection. files are the files opened, the
+// agent's current one last.
+type driverBus struct {
+	bus *xenstoredtest.GuestBus
+
+	mu    sync.Mutex
+	files []*xenstoredtest.BusFile
 }
 
-// driverScripts writes the device scripts of a driver-domain test: they
-// run as the agent's children with the test's environment, which has no
-// guest connection of the driver domain's, so they write their
-// hotplug-status through dom0's socket, at the absolute path.
-func driverScripts(t *testing.T, in *xenstoredtest.Instance, driver domid.ID) string {
+func newDriverBus(in *xenstoredtest.Instance, id domid.ID) *driverBus {
+	return &driverBus{bus: in.GuestBus(id)}
+}
+
+func (d *driverBus) dial(context.Context) (*xenstore.Client, error) {
+	f, err := d.bus.Open()
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	d.files = append(d.files, f)
+	d.mu.Unlock()
+	return xenstore.NewClient(f), nil
+}
+
+// dials returns how many files were opened, and the last one.
+func (d *driverBus) dials() (int, *xenstoredtest.BusFile) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.files) == 0 {
+		return 0, nil
+	}
+	return len(d.files), d.files[len(d.files)-1]
+}
+
+// driverDial is newDriverBus's dial function.
+func driverDial(in *xenstoredtest.Instance, id domid.ID) func(context.Context) (*xenstore.Client, error) {
+	return newDriverBus(in, id).dial
+}
+
+// guestWrite is the shell command with which a script of a driver-domain
+// test writes hotplug-status: as a process of driver domain id, through
+// the bus socket, at the relative path, as the scripts of
+// /etc/xen/scripts write it in a driver domain.
+func guestWrite(t *testing.T, b *xenstoredtest.GuestBus) string {
+	sock, err := b.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("XENSTORED_PATH=%q xenstore-write \"$XENBUS_PATH/hotplug-status\" connected", sock)
+}
+
+// driverScripts writes the device scripts of a driver-domain test; they
+// write hotplug-status as processes of the driver domain (guestWrite).
+func driverScripts(t *testing.T, b *xenstoredtest.GuestBus) string {
 	dir := t.TempDir()
-	write := fmt.Sprintf("XENSTORED_PATH=%q xenstore-write \"/local/domain/%d/$XENBUS_PATH/hotplug-status\" connected\n", in.Socket(), driver)
 	scripts := map[string]string{
-		"connect": "case \"$1\" in add|online) " + strings.TrimSuffix(write, "\n") + " ;; esac\n",
+		"connect": "case \"$1\" in add|online) " + guestWrite(t, b) + " ;; esac\n",
 		"hang":    "case \"$1\" in add|online) sleep 600 & wait ;; esac\n",
 	}
 	for name, body := range scripts {
@@ -69,12 +105,12 @@ func TestDriverDomain(t *testing.T) {
 		fb     domid.ID = 12
 	)
 	in := xenstoredtest.Start(t)
-	dial := driverDial(t, in, driver)
+	db := newDriverBus(in, driver)
 	in.CreateDomain(fa)
 	in.CreateDomain(fb)
 	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\ntimeout = \"5s\"\ngrace = \"100ms\"\n",
-		driverScripts(t, in, driver))
-	h := start(t, in, cfg, func(o *agent.Options) { o.Dial = dial },
+		driverScripts(t, db.bus))
+	h := start(t, in, cfg, func(o *agent.Options) { o.Dial = db.dial },
 		plugin.Registration{Name: hotplug.Name, New: hotplug.New})
 
 	home := "/local/domain/5/"
@@ -182,7 +218,7 @@ func TestDriverDomainDomid(t *testing.T) {
 		{6, "", "set [agent] domid"},
 		{7, "[agent]\ndomid = \"7\"\n", ""},
 	} {
-		dial := driverDial(t, in, tt.id)
+		dial := driverDial(in, tt.id)
 		in.Run("xenstore-rm", "/local/domain/"+tt.id.String()+"/domid")
 		cfg, err := config.Parse("test.toml", []byte(tt.text))
 		if err != nil {

@@ -116,6 +116,18 @@ func New(cfg Config) (*Canary, error) {
 	return c, nil
 }
 
+// Place sets the canary node and its owner, for a caller that learns
+// where it belongs only once connected: an agent whose domid is "auto"
+// learns from its first connection that it runs in a driver domain, which
+// cannot write dom0's home. It must be called before Run.
+func (c *Canary) Place(path string, owner domid.ID) error {
+	if path == "" || owner.IsReserved() {
+		return fmt.Errorf("canary: node %q owned by %d: %w", path, owner, ErrConfig)
+	}
+	c.cfg.Path, c.cfg.Owner = path, owner
+	return nil
+}
+
 // Run writes the canary every interval on xs and times its events, until ctx
 // ends or xs fails. It returns ctx's error or the connection's.
 func (c *Canary) Run(ctx context.Context, xs *xenstore.Client) error {

@@ -150,3 +150,26 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		t.Fatalf("defaults %+v", s)
 	}
 }
+
+// TestPlaceRejectsBadNode: Place, as New, refuses a reserved owner, and an
+// empty path, and then leaves the canary where it was.
+func TestPlaceRejectsBadNode(t *testing.T) {
+	c, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		path  string
+		owner domid.ID
+	}{{"", 5}, {"/local/domain/5/mtwatch-canary", domid.Invalid}} {
+		if err := c.Place(tt.path, tt.owner); !errors.Is(err, ErrConfig) {
+			t.Errorf("Place(%q, %d) = %v, want ErrConfig", tt.path, tt.owner, err)
+		}
+	}
+	if c.cfg.Path != DefaultPath || c.cfg.Owner != domid.Dom0 {
+		t.Errorf("node %q owned by %d after refused placements", c.cfg.Path, c.cfg.Owner)
+	}
+	if err := c.Place("/local/domain/5/mtwatch-canary", 5); err != nil || c.cfg.Path != "/local/domain/5/mtwatch-canary" || c.cfg.Owner != 5 {
+		t.Errorf("Place: %v, node %q owned by %d", err, c.cfg.Path, c.cfg.Owner)
+	}
+}

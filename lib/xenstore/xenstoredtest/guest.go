@@ -43,10 +43,19 @@ const (
 // guest's xenbus on a Xen host. The connection takes one message per Write,
 // as the kernel's xenbus device does (xenstore.NewClient wraps it).
 //
+// The caller is the guest's kernel: the ring is raw, with nothing between
+// the caller and xenstored. GuestBus puts the kernel's xenbus device in
+// between, for processes of the guest.
+//
 // id must not be introduced yet: xenstored maps a domain's ring once. The
 // domain's connection in xenstored (its watches, its transactions) outlives
 // Close; KillDomain ends it.
 func (s *Server) GuestConn(id domid.ID) (io.ReadWriteCloser, error) {
+	return s.mapRing(id)
+}
+
+// mapRing creates guest id with a store ring mapped here (see GuestConn).
+func (s *Server) mapRing(id domid.ID) (*guestConn, error) {
 	if !id.IsGuest() {
 		return nil, fmt.Errorf("guest connection of domain %d: not a guest domid", id)
 	}
