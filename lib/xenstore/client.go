@@ -168,8 +168,10 @@ type Client struct {
 
 	dlMu sync.Mutex
 	// turns numbers the callers' reading turns; dlTurn is the turn an
-	// interrupt may target, 0 outside a caller's turn.
+	// interrupt may target, 0 outside a caller's turn; dlSet: a deadline
+	// was set in it, cleared when the turn ends.
 	turns, dlTurn uint64
+	dlSet         bool
 
 	wmu      sync.Mutex
 	watches  map[string]*Watch // by wire token
