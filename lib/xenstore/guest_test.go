@@ -232,3 +232,57 @@ func TestDeviceRefusedWatchConcurrent(t *testing.T) {
 		t.Fatalf("client ended: %v", err)
 	}
 }
+
+// TestTransactionQuotaWait: a guest runs more transactions at once than
+// its transaction quota (4 here) lets it hold. A start refused for the
+// quota (C xenstored: ENOSPC; oxenstored: EQUOTA) waits for one of the
+// client's transactions to end: every Transaction commits.
+func TestTransactionQuotaWait(t *testing.T) {
+	t.Parallel()
+	kind, err := xenstoredtest.KindFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := xenstoredtest.Config{Args: []string{"-t", "4"}}
+	if kind == xenstoredtest.Oxenstored {
+		cfg = xenstoredtest.Config{Settings: []string{"quota-transaction = 4"}}
+	}
+	in := xenstoredtest.StartWith(t, cfg)
+	f, err := in.GuestBus(7).Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := xenstore.NewClient(f)
+	t.Cleanup(func() { g.Close() })
+	ctx := testCtx(t)
+
+	const n = 24
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- g.Transaction(ctx, func(tx *xenstore.Tx) error {
+				if err := tx.Write(ctx, fmt.Sprintf("data/t%d", i), []byte("1")); err != nil {
+					return err
+				}
+				time.Sleep(20 * time.Millisecond) // held open: the others pile up
+				return nil
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("transaction: %v", err)
+		}
+	}
+	dom0 := dial(t, in)
+	for i := range n {
+		if v := mustRead(t, dom0, fmt.Sprintf("/local/domain/7/data/t%d", i)); v != "1" {
+			t.Errorf("data/t%d = %q", i, v)
+		}
+	}
+}
