@@ -150,6 +150,25 @@ func TestDeviceRefusedWatch(t *testing.T) {
 	if st := bus.Stats(); st.Watches != len(ws) || st.InFlight != 0 {
 		t.Errorf("bus %+v, want %d watches and nothing in flight", st, len(ws))
 	}
+
+	// A process of the guest on the bus socket (libxenstore's clients,
+	// XENSTORED_PATH) sees the refusal as the device's write(2) gives it:
+	// an error for that request, the connection kept.
+	sock, err := bus.Socket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := xenstore.Dial(ctx, xenstore.WithPath(sock))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if _, err := s.Watch(ctx, "data/sock", "s"); !errors.Is(err, errno) {
+		t.Errorf("watch over the quota on the bus socket: %v, want %v", err, errno)
+	}
+	if v, err := s.Read(ctx, "domid"); err != nil || string(v) != "7" {
+		t.Errorf("read on the bus socket after a refused watch: %q, %v", v, err)
+	}
 }
 
 // TestDeviceRefusedWatchConcurrent: callers register watches past the
