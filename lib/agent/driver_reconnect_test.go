@@ -167,7 +167,7 @@ func TestDriverDomainReconnect(t *testing.T) {
 	})
 	h := d.agent("")
 	// The agent's watches, each once: its own, the plugin's and the
-	// canary's (a start-up scan's come and go).
+	// canary's (the start-up scan takes none).
 	wantWatches := []string{driverHome + "mtwatch-canary " + canary.Token, "backend hotplug/1", "backend " + agentBackendToken}
 	watched := func() bool { return slices.Equal(d.agentWatches(), wantWatches) }
 	d.wait("the agent's watches on its file", watched)

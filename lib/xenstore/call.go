@@ -152,7 +152,8 @@ func (c *Client) finish(cl *call) ([]byte, error) {
 }
 
 // send queues a request whose reply nobody waits for (aborting a
-// transaction, undoing an abandoned watch). It never blocks the caller.
+// transaction, undoing an abandoned watch); r.cleanup runs on its success.
+// It never blocks the caller.
 func (c *Client) send(r req) {
 	go func() {
 		select {
@@ -167,7 +168,7 @@ func (c *Client) send(r req) {
 			return
 		}
 		id := c.allocID()
-		c.pending[id] = &call{id: id, typ: r.typ, tx: r.tx, abandoned: true}
+		c.pending[id] = &call{id: id, typ: r.typ, tx: r.tx, abandoned: true, cleanup: r.cleanup}
 		c.appendFrame(id, &r)
 		if c.reader == readerNone {
 			c.startReaderLocked()

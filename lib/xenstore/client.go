@@ -26,6 +26,9 @@ const (
 	readBufSize = 64 << 10
 	// keepWriteBuf caps the write buffer kept between flushes.
 	keepWriteBuf = 64 << 10
+	// txFreedCap bounds the wake-ups of Transactions waiting for the
+	// transaction quota; a waiter not woken polls.
+	txFreedCap = 16
 )
 
 type options struct {
@@ -168,14 +171,20 @@ type Client struct {
 
 	dlMu sync.Mutex
 	// turns numbers the callers' reading turns; dlTurn is the turn an
-	// interrupt may target, 0 outside a caller's turn.
+	// interrupt may target, 0 outside a caller's turn; dlSet: a deadline
+	// was set in it, cleared when the turn ends.
 	turns, dlTurn uint64
+	dlSet         bool
 
 	wmu      sync.Mutex
 	watches  map[string]*Watch // by wire token
 	byPath   map[watchKey]*Watch
 	watchSeq uint64
 	nwatch   atomic.Int32 // len(watches), readable without wmu
+
+	// txFreed holds a token per transaction of the client ended
+	// lately, for a Transaction waiting for the quota (beginWaiting).
+	txFreed chan struct{}
 
 	dead      chan struct{} // closed when err is set
 	closing   chan struct{} // closed by Close: stops watch drainers
@@ -206,6 +215,7 @@ func newClient(rwc io.ReadWriteCloser, framePerWrite bool, o options) *Client {
 		pending:       make(map[uint32]*call),
 		watches:       make(map[string]*Watch),
 		byPath:        make(map[watchKey]*Watch),
+		txFreed:       make(chan struct{}, txFreedCap),
 		dead:          make(chan struct{}),
 		closing:       make(chan struct{}),
 		br:            bufio.NewReaderSize(rwc, readBufSize),

@@ -39,7 +39,10 @@
 // mismatched reply type), every pending call fails with an error wrapping
 // ErrConnectionLost and every watch ends with it. The Client does not
 // reconnect: XenStore state, watches and transactions do not survive a
-// restart, so the owner dials again and resynchronises.
+// restart, so the owner dials again and resynchronises. On the xenbus
+// device a write(2) the kernel refuses with a request's errno (a WATCH past
+// the domain's watch quota: xenbus_write_watch) fails that call only, with
+// the errno; any other failed write ends the connection.
 //
 // # Errors
 //

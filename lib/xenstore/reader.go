@@ -105,7 +105,22 @@ func (c *Client) readOwn(ctx context.Context, cl *call, cleanup func([]byte)) (a
 		switch {
 		case err == nil:
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Only this turn's interrupt sets a deadline: ctx ended.
+			// This turn's interrupt (ctx ended) or wakeReader (a frame
+			// the device refused, maybe cl's) set the deadline.
+			select {
+			case <-cl.done:
+				return false
+			default:
+			}
+			if ctx.Err() == nil {
+				// Woken for another call. ctx ending before the clear
+				// shows in the check after it; after, it sets the
+				// deadline again.
+				c.clearDeadline()
+				if ctx.Err() == nil {
+					continue
+				}
+			}
 			if c.abandon(cl, cleanup) {
 				return true
 			}
@@ -120,16 +135,17 @@ func (c *Client) readOwn(ctx context.Context, cl *call, cleanup func([]byte)) (a
 }
 
 // beginTurn opens a caller's reading turn: from now until endTurn, ctx
-// ending interrupts the read. It returns what endTurn needs to stop that.
+// ending interrupts the read, and so does a frame refused by the device
+// (wakeReader). It returns what endTurn needs to stop the former.
 func (c *Client) beginTurn(ctx context.Context) (stop func() bool) {
-	if ctx.Done() == nil { // a context that never ends; AfterFunc allocates
-		return nil
-	}
 	c.dlMu.Lock()
 	c.turns++
 	turn := c.turns
 	c.dlTurn = turn
 	c.dlMu.Unlock()
+	if ctx.Done() == nil { // a context that never ends; AfterFunc allocates
+		return nil
+	}
 	return context.AfterFunc(ctx, func() { c.interrupt(turn) })
 }
 
@@ -142,6 +158,7 @@ func (c *Client) interrupt(turn uint64) {
 	fire := c.dlTurn == turn
 	if fire {
 		c.dl.SetReadDeadline(time.Unix(1, 0)) // in the past: wakes the read
+		c.dlSet = true
 	}
 	c.dlMu.Unlock()
 	if c.hooks != nil {
@@ -149,18 +166,44 @@ func (c *Client) interrupt(turn uint64) {
 	}
 }
 
-// endTurn closes a caller's reading turn: no interrupt of it can fire once
-// endTurn returns, and a deadline it set is cleared.
-func (c *Client) endTurn(stop func() bool) {
-	if stop == nil {
-		return
+// wakeReader wakes the caller reading for its reply, if one is: a call
+// whose frame the device refused gets no reply, and may be that caller's.
+// A background reader waits for no call in particular.
+func (c *Client) wakeReader() {
+	if c.dl == nil {
+		return // callers never read
 	}
-	// stop false: the interrupt ran, or runs now and finds its turn closed.
-	ran := !stop()
+	c.dlMu.Lock()
+	if c.dlTurn != 0 {
+		c.dl.SetReadDeadline(time.Unix(1, 0))
+		c.dlSet = true
+	}
+	c.dlMu.Unlock()
+}
+
+// clearDeadline clears a deadline set in the current turn.
+func (c *Client) clearDeadline() {
+	c.dlMu.Lock()
+	if c.dlSet {
+		c.dl.SetReadDeadline(time.Time{})
+		c.dlSet = false
+	}
+	c.dlMu.Unlock()
+}
+
+// endTurn closes a caller's reading turn: no interrupt of it can fire once
+// endTurn returns, and a deadline set in it is cleared.
+func (c *Client) endTurn(stop func() bool) {
+	if stop != nil {
+		// stop false: the interrupt ran, or runs now and finds its turn
+		// closed.
+		stop()
+	}
 	c.dlMu.Lock()
 	c.dlTurn = 0
-	if ran {
+	if c.dlSet {
 		c.dl.SetReadDeadline(time.Time{})
+		c.dlSet = false
 	}
 	c.dlMu.Unlock()
 }

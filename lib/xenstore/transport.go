@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 )
 
 // The transport: frames out through a shared write buffer, frames in
@@ -85,12 +87,71 @@ func (c *Client) writeOut(b []byte) error {
 	}
 	for len(b) > 0 {
 		n := headerSize + int(binary.LittleEndian.Uint32(b[12:16]))
-		if _, err := c.conn.Write(b[:n]); err != nil {
+		w, err := c.conn.Write(b[:n])
+		switch {
+		case err != nil && refusedByDevice(err):
+			c.refuse(binary.LittleEndian.Uint32(b[4:8]), err)
+		case err != nil:
 			return err
+		case w != n:
+			return io.ErrShortWrite
 		}
 		b = b[n:]
 	}
 	return nil
+}
+
+// refusedByDevice reports whether a failed write of one message to the
+// xenbus device failed that message only. The kernel's device handles
+// WATCH, UNWATCH and the transaction bookkeeping itself and fails the
+// write(2) with the errno of what went wrong, the file staying usable
+// (drivers/xen/xenbus/xenbus_dev_frontend.c): xenbus_write_watch returns
+// register_xenbus_watch's error, which is xenstored's answer to the WATCH
+// as get_error maps it (xenbus_xs.c: xs_watch, xs_talkv; one of xsd_errors,
+// a name it does not know such as oxenstored's EQUOTA is EINVAL), or ENOMEM;
+// xenbus_write_transaction and xenbus_dev_request_and_reply fail with
+// ENOMEM only; xenbus_file_write with EINVAL or E2BIG for a message larger
+// than its buffer, which it drops. EIO (read_reply: xenstored unreachable)
+// and anything else (EBADF, EPIPE, a closed file) end the connection.
+// EAGAIN never reaches here: the runtime's poller takes it as "wait".
+func refusedByDevice(err error) bool {
+	var errno syscall.Errno
+	if !errors.As(err, &errno) {
+		return false
+	}
+	switch errno {
+	case syscall.EINVAL, syscall.EACCES, syscall.EEXIST, syscall.EISDIR,
+		syscall.ENOENT, syscall.ENOMEM, syscall.ENOSPC, syscall.ENOTEMPTY,
+		syscall.ENOSYS, syscall.EROFS, syscall.EBUSY, syscall.EISCONN,
+		syscall.E2BIG, syscall.EPERM:
+		return true
+	}
+	return false
+}
+
+// refuse fails the call whose frame the device refused with the write's
+// error: no reply comes for it. As with a reply (takeCall) and a lost
+// connection (fail), whoever takes the call out of pending under mu
+// completes it and releases its slot, so that happens once; a placeholder
+// of an abandoned call is only dropped. A caller reading for its own reply
+// is woken: the call may be its own.
+func (c *Client) refuse(id uint32, err error) {
+	c.mu.Lock()
+	cl, ok := c.pending[id]
+	if ok {
+		delete(c.pending, id)
+	}
+	c.mu.Unlock()
+	if !ok {
+		return // the connection ended meanwhile: fail completed it
+	}
+	<-c.sem
+	if cl.abandoned {
+		return // its caller gave up; a refused request needs no cleanup
+	}
+	cl.err = err
+	cl.done <- struct{}{}
+	c.wakeReader()
 }
 
 // readMsg reads one message: a watch event goes to its watch, a reply to

@@ -65,6 +65,7 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	}
 	r := endReq(tx.id, true)
 	_, err := tx.c.do(ctx, &r)
+	tx.c.txEnded()
 	return opErr("transaction-end", tx.name(), err)
 }
 
@@ -75,7 +76,17 @@ func (tx *Tx) Abort(ctx context.Context) error {
 	}
 	r := endReq(tx.id, false)
 	_, err := tx.c.do(ctx, &r)
+	tx.c.txEnded()
 	return opErr("transaction-end", tx.name(), err)
+}
+
+// txEnded wakes a Transaction waiting for the transaction quota, if any:
+// one of the client's transactions ended (or may have).
+func (c *Client) txEnded() {
+	select {
+	case c.txFreed <- struct{}{}:
+	default:
+	}
 }
 
 // abortAsync queues the abort without waiting for its reply: a failed fn
@@ -83,7 +94,9 @@ func (tx *Tx) Abort(ctx context.Context) error {
 // xenstored drops the transaction (its id is never reused by this Tx).
 func (tx *Tx) abortAsync() {
 	if !tx.done.Swap(true) {
-		tx.c.send(endReq(tx.id, false))
+		r := endReq(tx.id, false)
+		r.cleanup = func([]byte) { tx.c.txEnded() }
+		tx.c.send(r)
 	}
 }
 
@@ -93,10 +106,16 @@ func (tx *Tx) abortAsync() {
 // transaction after a randomised exponential backoff (1 ms doubling up to
 // 100 ms), at most WithTxAttempts times; fn must therefore be idempotent
 // apart from its effects through tx.
+//
+// A start refused for the domain's transaction quota (an unprivileged
+// domain's: C xenstored answers ENOSPC, oxenstored EQUOTA) waits for one
+// of the client's transactions to end, or polls, and starts again, for
+// txQuotaWait at most: a driver domain's workers may run more transactions
+// at once than the quota lets it hold.
 func (c *Client) Transaction(ctx context.Context, fn func(tx *Tx) error) error {
 	delay := time.Millisecond
 	for attempt := 1; ; attempt++ {
-		tx, err := c.Begin(ctx)
+		tx, err := c.beginWaiting(ctx)
 		if err != nil {
 			return err
 		}
@@ -119,6 +138,40 @@ func (c *Client) Transaction(ctx context.Context, fn func(tx *Tx) error) error {
 			return ctx.Err()
 		}
 		delay = min(2*delay, 100*time.Millisecond)
+	}
+}
+
+// Bounds of beginWaiting's wait for the transaction quota.
+const (
+	txQuotaWait = 10 * time.Second
+	txQuotaPoll = 50 * time.Millisecond
+)
+
+// beginWaiting is Begin, waiting while the domain's transaction quota is
+// full: for a transaction of the client's to end (txEnded), or, as another
+// process of the domain may hold the quota, polling.
+func (c *Client) beginWaiting(ctx context.Context) (*Tx, error) {
+	var waited time.Duration
+	for {
+		tx, err := c.Begin(ctx)
+		if err == nil || !(errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)) {
+			return tx, err
+		}
+		if waited >= txQuotaWait {
+			return nil, fmt.Errorf("xenstore transaction: the transaction quota still full after %v: %w", txQuotaWait, err)
+		}
+		start := time.Now()
+		t := time.NewTimer(txQuotaPoll/2 + rand.N(txQuotaPoll))
+		select {
+		case <-c.txFreed:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		waited += time.Since(start)
 	}
 }
 

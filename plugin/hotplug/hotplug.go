@@ -74,12 +74,11 @@ type Plugin struct {
 	watch atomic.Pointer[plugin.Watch]
 
 	// group runs the scripts; its context ends at Stop, which kills those
-	// running. jobs counts the goroutines of admitted jobs, reaper the one
-	// removing the start-up scan watches; both end at Stop.
-	group  *proc.Group
-	pool   *pool
-	jobs   sync.WaitGroup
-	reaper sync.WaitGroup
+	// running. jobs counts the goroutines of admitted jobs, which end at
+	// Stop.
+	group *proc.Group
+	pool  *pool
+	jobs  sync.WaitGroup
 
 	scripts  *prometheus.CounterVec
 	duration *prometheus.HistogramVec
@@ -94,6 +93,11 @@ type Plugin struct {
 	// more than one, however often its guest makes its backend change.
 	pmu     sync.Mutex
 	pending map[devKey]bool
+
+	// scans holds the domains whose next directory event runs as a scan
+	// (see scan): at most one mark per type and domain scanned.
+	smu   sync.Mutex
+	scans map[scanTarget]bool
 
 	mu      sync.Mutex
 	devs    map[devKey]*device
@@ -142,6 +146,7 @@ func New(ic *plugin.InitContext) (plugin.Plugin, error) {
 		watches: ic.Watches,
 		env:     proc.Env(),
 		pending: map[devKey]bool{},
+		scans:   map[scanTarget]bool{},
 		devs:    map[devKey]*device{},
 		journal: map[devKey]record{},
 		watched: map[devKey]*watchedDev{},
@@ -276,22 +281,24 @@ func (p *Plugin) Reload(ctx context.Context, sec plugin.Section) error {
 	return p.scan(ctx, added)
 }
 
-// scan registers one short-lived watch per backend/<type>/<domid> present:
-// its initial event runs the domain's resync on the domain's own worker,
-// after which the watch is removed. Scanning from the default worker
-// instead would make every domain's start-up wait on one domain's reads.
+// scan has each backend/<type>/<domid> present looked at by its domain's
+// worker: it marks the domain pending a scan and posts an event for its
+// directory on the backend watch, whose handler then runs the domain's
+// resync as a scan (devices already closed included), on the domain's own
+// worker and in order with its events. Scanning from the default worker
+// instead would make every domain's start-up wait on one domain's reads;
+// and a watch per domain, which an event could reach the worker by as
+// well, would take one of the driver domain's watches in xenstored per
+// frontend at each start and reconnection: past C xenstored's 128 watches
+// per domain (oxenstored's quota-maxwatch, 100) they are refused.
 //
 // Domains remembered with devices or journal records but whose directory is
 // gone (removed while the agent was disconnected from xenstored, or while
 // it was not running) are scanned too: their devices get the remove a
 // removal event would have run.
 func (p *Plugin) scan(ctx context.Context, types []string) error {
-	type target struct {
-		typ string
-		dom domid.ID
-	}
-	var targets []target
-	seen := map[target]bool{}
+	var targets []scanTarget
+	seen := map[scanTarget]bool{}
 	for _, typ := range types {
 		ids, err := p.store.Directory(ctx, Backend+"/"+typ)
 		if errors.Is(err, os.ErrNotExist) {
@@ -301,9 +308,9 @@ func (p *Plugin) scan(ctx context.Context, types []string) error {
 			return fmt.Errorf("hotplug: scan %s/%s: %w", Backend, typ, err)
 		}
 		for _, s := range ids {
-			if id, err := domid.ParseGuest(s); err == nil && !seen[target{typ, id}] {
-				targets = append(targets, target{typ, id})
-				seen[target{typ, id}] = true
+			if id, err := domid.ParseGuest(s); err == nil && !seen[scanTarget{typ, id}] {
+				targets = append(targets, scanTarget{typ, id})
+				seen[scanTarget{typ, id}] = true
 			}
 		}
 	}
@@ -317,63 +324,54 @@ func (p *Plugin) scan(ctx context.Context, types []string) error {
 	}
 	p.mu.Unlock()
 	for _, k := range known {
-		tg := target{k.typ, k.dom}
+		tg := scanTarget{k.typ, k.dom}
 		if !seen[tg] && slices.Contains(types, k.typ) {
 			seen[tg] = true
 			targets = append(targets, tg)
 		}
 	}
-	done := make(chan plugin.Watch, len(targets))
-	var regs []plugin.Watch
+	w := p.watch.Load()
+	if w == nil {
+		return nil // no type enabled: nothing to scan
+	}
+	var errs []error
 	for _, tg := range targets {
-		dir := Backend + "/" + tg.typ + "/" + tg.dom.String()
-		var once sync.Once
-		var w plugin.Watch
-		ready := make(chan struct{})
-		var err error
-		w, err = p.watches.Watch(ctx, dispatch.WatchConfig{
-			Path:   dir,
-			Filter: func(path string, _ int) bool { return path == dir },
-			Handler: func(ctx context.Context, ev dispatch.Event) error {
-				first := false
-				once.Do(func() { first = true })
-				if !first {
-					return nil
-				}
-				err := p.resync(tg.typ, tg.dom, true)
-				<-ready
-				if w != nil {
-					done <- w
-				}
-				return err
-			},
-		})
-		close(ready)
-		if err != nil {
-			return fmt.Errorf("hotplug: scan watch %s: %w", dir, err)
-		}
-		regs = append(regs, w)
-	}
-	if len(regs) == 0 {
-		return nil
-	}
-	p.reaper.Add(1)
-	go func() {
-		defer p.reaper.Done()
-		for range regs {
-			select {
-			case w := <-done:
-				ctx, cancel := context.WithTimeout(p.group.Context(), 30*time.Second)
-				if err := w.Unwatch(ctx); err != nil {
-					p.log.Warn("remove start-up scan watch", "err", err)
-				}
-				cancel()
-			case <-p.group.Context().Done():
-				return // the agent removes the rest after Stop
+		// Marked before the post: the handler may run at once.
+		p.smu.Lock()
+		p.scans[tg] = true
+		p.smu.Unlock()
+		if err := (*w).Post(tg.dir()); err != nil {
+			p.smu.Lock()
+			delete(p.scans, tg)
+			p.smu.Unlock()
+			if errors.Is(err, dispatch.ErrStopped) || errors.Is(err, dispatch.ErrUnknownWatch) {
+				return nil // stopping: the next start scans
 			}
+			errs = append(errs, fmt.Errorf("hotplug: scan %s: %w", tg.dir(), err))
 		}
-	}()
-	return nil
+	}
+	return errors.Join(errs...)
+}
+
+// scanTarget is a domain's backend directory of one type.
+type scanTarget struct {
+	typ string
+	dom domid.ID
+}
+
+func (t scanTarget) dir() string { return Backend + "/" + t.typ + "/" + t.dom.String() }
+
+// takeScan reports whether a scan of the domain's backends of typ is
+// pending, and clears it: the caller runs it.
+func (p *Plugin) takeScan(typ string, dom domid.ID) bool {
+	p.smu.Lock()
+	defer p.smu.Unlock()
+	tg := scanTarget{typ, dom}
+	if !p.scans[tg] {
+		return false
+	}
+	delete(p.scans, tg)
+	return true
 }
 
 // StopGrace implements plugin.StopGracer: Stop may wait that long for a
@@ -386,14 +384,11 @@ func (p *Plugin) StopGrace() time.Duration { return time.Duration(p.maxGrace.Loa
 // Scripts waiting for a slot never start; their journal records say so.
 func (p *Plugin) Stop(ctx context.Context) error {
 	p.pool.stop()
-	// The group's Stop ends its context, on which the job goroutines and
-	// the reaper return too.
+	// The group's Stop ends its context, on which the job goroutines
+	// return too.
 	err := p.group.Stop(ctx)
 	if err == nil {
 		err = proc.Wait(ctx, &p.jobs)
-	}
-	if err == nil {
-		err = proc.Wait(ctx, &p.reaper)
 	}
 	if err != nil {
 		return fmt.Errorf("hotplug: stop: %w", err)
@@ -487,7 +482,8 @@ func (p *Plugin) handle(_ context.Context, ev dispatch.Event) error {
 		p.pmu.Unlock()
 		var errs []error
 		for _, typ := range p.settings().cfg.Types {
-			errs = append(errs, p.resync(typ, ev.Domid, false))
+			// A scan posted and dropped with the overflow runs here.
+			errs = append(errs, p.resync(typ, ev.Domid, p.takeScan(typ, ev.Domid)))
 		}
 		return errors.Join(errs...)
 	}
@@ -499,7 +495,7 @@ func (p *Plugin) handle(_ context.Context, ev dispatch.Event) error {
 		return nil
 	}
 	if n == 2 {
-		return p.resync(k.typ, k.dom, false)
+		return p.resync(k.typ, k.dom, p.takeScan(k.typ, k.dom))
 	}
 	p.pmu.Lock()
 	delete(p.pending, k)

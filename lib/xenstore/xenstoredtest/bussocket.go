@@ -1,12 +1,14 @@
 package xenstoredtest
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 )
 
 // maxSocketConns bounds the connections a bus socket serves at once; more
@@ -83,8 +85,11 @@ func (b *GuestBus) accept(s *busSocket) {
 }
 
 // serveRequests writes the connection's messages to f one per write, as a
-// process writes to the device, until the peer goes or a write fails (a
-// failed write(2) cannot be told over a socket: the peer sees the end).
+// process writes to the device, until the peer goes or a write fails. A
+// write the device refuses with an errno of xsd_errors (a WATCH past the
+// domain's quota) is answered with that error, which a libxenstore client
+// on the device gets as the errno of its write(2) too (xs_talkv); any
+// other failed write ends the connection.
 func (b *GuestBus) serveRequests(c net.Conn, f *BusFile) {
 	msg := make([]byte, msgMax)
 	for {
@@ -99,7 +104,15 @@ func (b *GuestBus) serveRequests(c net.Conn, f *BusFile) {
 			return
 		}
 		if _, err := f.Write(msg[:headerSize+h.len]); err != nil {
-			return
+			var errno syscall.Errno
+			name, known := "", false
+			if errors.As(err, &errno) {
+				name, known = errnoName(errno)
+			}
+			if !known {
+				return
+			}
+			f.commandReply(h, TypeError, name)
 		}
 	}
 }
@@ -132,4 +145,14 @@ func (s *busSocket) close() {
 	s.mu.Unlock()
 	s.ln.Close()
 	os.Remove(s.path)
+}
+
+// errnoName is the xsd_errors name of errno.
+func errnoName(errno syscall.Errno) (string, bool) {
+	for name, e := range errnoByName {
+		if e == errno {
+			return name, true
+		}
+	}
+	return "", false
 }
