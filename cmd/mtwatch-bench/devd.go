@@ -79,14 +79,43 @@ type devdCaseStats struct {
 	Wall   map[string]spread `json:"wall_ms"`
 }
 
-// devdCases are the two bursts of docs/performance.md.
-func devdCases(o *options) []devdCase {
-	return []devdCase{
-		{name: fmt.Sprintf("%d domains, one vif each, domain 1's script hangs", o.devdBurst+1),
+// devdCases are the two bursts of docs/performance.md, those named in
+// --devd-cases.
+func devdCases(o *options) ([]devdCase, error) {
+	all := map[string]devdCase{
+		"burst": {name: fmt.Sprintf("%d domains, one vif each, domain 1's script hangs", o.devdBurst+1),
 			domains: o.devdBurst + 1, devices: []string{"vif"}},
-		{name: fmt.Sprintf("%d domains x 4 disks, %v scripts, one of domain 1's disks hangs", o.devdDomains, o.devdDelay),
+		"multi": {name: fmt.Sprintf("%d domains x 4 disks, %v scripts, one of domain 1's disks hangs", o.devdDomains, o.devdDelay),
 			domains: o.devdDomains, devices: []string{"vbd", "vbd", "vbd", "vbd"}, hangDevices: 1, delay: o.devdDelay},
 	}
+	var out []devdCase
+	for _, name := range []string{"burst", "multi"} {
+		if slices.Contains(strings.Split(o.devdCases, ","), name) {
+			out = append(out, all[name])
+		}
+	}
+	for _, name := range strings.Split(o.devdCases, ",") {
+		if _, ok := all[name]; !ok {
+			return nil, fmt.Errorf("--devd-cases: unknown case %q (burst, multi)", name)
+		}
+	}
+	return out, nil
+}
+
+// devdPeers are the runners named in --devd-runners.
+func devdPeers(o *options) ([]string, error) {
+	names := map[string]string{"mtwatchd": peerMtwatch, "xl-devd": peerXlDevd}
+	var out []string
+	for _, name := range strings.Split(o.devdRunners, ",") {
+		p, ok := names[name]
+		if !ok {
+			return nil, fmt.Errorf("--devd-runners: unknown runner %q (mtwatchd, xl-devd)", name)
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // benchDevd runs every case with both runners, each on a fresh private
@@ -106,9 +135,16 @@ func benchDevd(ctx context.Context, o *options) (*devdResult, error) {
 	if _, err := exec.LookPath("xenstore-write"); err != nil {
 		return nil, fmt.Errorf("%w: xenstore-write (the scripts' client): install Debian package xenstore-utils", xenstoredtest.ErrNotInstalled)
 	}
+	cases, err := devdCases(o)
+	if err != nil {
+		return nil, err
+	}
+	peers, err := devdPeers(o)
+	if err != nil {
+		return nil, err
+	}
 	res := &devdResult{Wait: o.devdWait.String(), PluginTimeout: o.devdTimeout.String()}
-	peers := []string{peerMtwatch, peerXlDevd}
-	for _, c := range devdCases(o) {
+	for _, c := range cases {
 		cs := devdCaseStats{Name: c.name, Domains: c.domains, Devices: c.devices, HangDevices: c.hangDevices,
 			ScriptDelay: c.delay.String(), Siblings: map[string][]float64{}, Hung: map[string][]string{}, Failed: map[string][]int{}}
 		runs := map[string]map[string][]float64{} // figure -> peer -> per run
@@ -481,8 +517,14 @@ func probeXlDevd(ctx context.Context, c *xenstore.Client, scripts string) error 
 
 func writeDevdMarkdown(w io.Writer, d *devdResult) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
-	peers := []string{peerMtwatch, peerXlDevd}
 	for i, c := range d.Cases {
+		// The runners that ran (--devd-runners), in the usual order.
+		var peers []string
+		for _, peer := range []string{peerMtwatch, peerXlDevd} {
+			if _, ok := c.DeviceP50[peer]; ok {
+				peers = append(peers, peer)
+			}
+		}
 		p("\n### 5%c. Device set-up beside xl devd: %s\n", 'a'+i, c.Name)
 		p("Set-up: the backend's state 2 (InitWait) to hotplug-status; each runner on its own fresh xenstored, same scripts, same burst (8 domains created at once).\n")
 		p("| runner | healthy device p50 | p99 | max | healthy domain (slowest device) p50 | p99 | hung device | whole run |")

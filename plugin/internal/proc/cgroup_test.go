@@ -164,3 +164,78 @@ func TestCgroupAfterStartError(t *testing.T) {
 		t.Fatalf("cgroups given up after a missing program: %v", err)
 	}
 }
+
+// TestCgroupReused: the cgroup of a run that ended empty is the next run's
+// (making one is a good part of a short command's start); one a daemon was
+// left in is not; Group.Stop removes the idle ones. Not parallel: the idle
+// cgroups are the whole process's.
+func TestCgroupReused(t *testing.T) {
+	dir := needCgroup(t)
+	dropIdle()
+	cgOf := func(g *Group, script string, args ...string) string {
+		t.Helper()
+		var own string
+		s := sh(`while read -r l; do case "$l" in 0::*) echo "$l";; esac; done </proc/self/cgroup; `+script, args...)
+		s.Line = func(stream, line string) {
+			if stream == "stdout" && strings.HasPrefix(line, "0::") {
+				own = filepath.Base(line)
+			}
+		}
+		var r Result
+		if g != nil {
+			r = g.Run(s)
+		} else {
+			r = Run(context.Background(), s)
+		}
+		if !r.OK() {
+			t.Fatalf("result %+v", r)
+		}
+		if !strings.HasPrefix(own, cgPrefix) {
+			t.Fatalf("run not in a command cgroup: %q", own)
+		}
+		return own
+	}
+	first := cgOf(nil, `exit 0`)
+	if again := cgOf(nil, `exit 0`); again != first {
+		t.Errorf("second run in %s, want the first run's idle %s", again, first)
+	}
+	file := filepath.Join(t.TempDir(), "pid")
+	daemon := cgOf(nil, `sleep 600 & echo $! > "$1"`, file)
+	pid := readPid(t, file)
+	defer syscall.Kill(pid, syscall.SIGKILL)
+	if next := cgOf(nil, `exit 0`); next == daemon {
+		t.Errorf("run given cgroup %s, where a daemon still runs", next)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	if !gone(pid) {
+		t.Fatal("daemon not killed")
+	}
+	g := NewGroup()
+	last := cgOf(g, `exit 0`)
+	if err := g.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, last)); !os.IsNotExist(err) {
+		t.Errorf("idle cgroup %s still there after Stop: %v", last, err)
+	}
+}
+
+// TestCgroupKilledNotReused: a cgroup ended with cgroup.kill is not given
+// to the next run, which must not die at birth: a process cloned into a
+// cgroup killed before is SIGKILLed by Linux 6.18.
+func TestCgroupKilledNotReused(t *testing.T) {
+	needCgroup(t)
+	for i := range 3 {
+		file := filepath.Join(t.TempDir(), "pid")
+		s := sh(escape, file, "term")
+		s.Timeout = 300 * time.Millisecond
+		s.Grace = 100 * time.Millisecond
+		done := make(chan Result, 1)
+		go func() { done <- Run(context.Background(), s) }()
+		pid := readPid(t, file)
+		defer syscall.Kill(pid, syscall.SIGKILL)
+		if r := <-done; !r.TimedOut || !r.Killed {
+			t.Fatalf("run %d: result %+v, want timed out and killed", i, r)
+		}
+	}
+}

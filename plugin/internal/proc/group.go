@@ -60,7 +60,10 @@ func (g *Group) Stop(ctx context.Context) error {
 	g.mu.Lock()
 	g.cancel()
 	g.mu.Unlock()
-	return Wait(ctx, &g.cmds)
+	err := Wait(ctx, &g.cmds)
+	// Another group's next run makes a cgroup afresh.
+	dropIdle()
+	return err
 }
 
 // Wait waits for wg within ctx and returns ctx's error if that ends first;
