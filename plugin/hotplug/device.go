@@ -74,7 +74,6 @@ func (p *Plugin) view(k devKey, withNodes bool) (view, nodes, error) {
 	base := k.path()
 	ops := []xenstore.Op{
 		xenstore.Read(base + "/state"),
-		xenstore.Read(base),
 		xenstore.Read(base + "/online"),
 		xenstore.Read(base + "/" + markerNode),
 		xenstore.Read(base + "/hotplug-status"),
@@ -90,13 +89,22 @@ func (p *Plugin) view(k devKey, withNodes bool) (view, nodes, error) {
 	}
 	has := func(i int) bool { return ops[i].Err == nil }
 	v.hasState, v.state = has(0), atoi(string(ops[0].Value))
-	v.exists = has(0) || has(1)
-	v.hasOnline, v.online = has(2), atoi(string(ops[2].Value))
-	v.marker = string(ops[3].Value)
-	v.hasStatus = has(4)
+	v.exists = v.hasState
+	if !v.hasState {
+		// A directory without state: being written, or what a script
+		// left of a removed one.
+		_, exists, err := p.read(base)
+		if err != nil {
+			return v, nodes{}, err
+		}
+		v.exists = exists
+	}
+	v.hasOnline, v.online = has(1), atoi(string(ops[1].Value))
+	v.marker = string(ops[2].Value)
+	v.hasStatus = has(3)
 	var n nodes
 	if withNodes {
-		n = parseNodes(k, ops[5:])
+		n = parseNodes(k, ops[4:])
 	}
 	return v, n, nil
 }
@@ -306,21 +314,22 @@ func (p *Plugin) submitAdd(d *device, inc string) error {
 	rec := record{Action: "add", Phase: phaseRunning, Inc: inc, nodes: d.nodes}
 	ctx, cancel := context.WithTimeout(p.group.Context(), 10*time.Second)
 	defer cancel()
-	// The record's node is created first, outside the transaction: a
-	// transaction creating it would change its parent, and every add
-	// starting at the same time would conflict with every other (EAGAIN).
-	if err := p.store.Mkdir(ctx, journalPath(d.k)); err != nil {
-		p.forget(d.k)
-		return fmt.Errorf("hotplug: create %s: %w", journalPath(d.k), err)
-	}
+	// The record is written outside the transaction, beside it: a
+	// transaction creating the record's node would change its parent, and
+	// every add starting at the same time would conflict with every other
+	// (EAGAIN). Its order against the marker does not matter, only that
+	// both are in XenStore before the script starts: a record whose marker
+	// never got written is about a device whose add never ran, which the
+	// next start finds as a record without its incarnation (recover).
+	journaled := make(chan error, 1)
+	go func() { journaled <- p.store.Write(ctx, journalPath(d.k), rec.encode()) }()
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
-		// One round trip: the writes go out with the reads that decide
-		// them, and a failed check aborts the transaction, writes and all.
+		// One round trip: the write goes out with the reads that decide
+		// it, and a failed check aborts the transaction, write and all.
 		ops := []xenstore.Op{
 			xenstore.Read(base + "/state"),
 			xenstore.Read(base + "/" + markerNode),
 			xenstore.Write(base+"/"+markerNode, []byte(inc)),
-			xenstore.Write(journalPath(d.k), rec.encode()),
 		}
 		_ = tx.Pipeline(ctx, ops)
 		if err := ops[0].Err; err != nil {
@@ -332,15 +341,24 @@ func (p *Plugin) submitAdd(d *device, inc string) error {
 		if err := ops[1].Err; err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-		return errors.Join(ops[2].Err, ops[3].Err)
+		return ops[2].Err
 	})
+	jerr := <-journaled
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errOtherIncarnation) {
 		p.forget(d.k)
+		p.unjournal(d.k)
 		return nil // an event of the new directory follows
 	}
 	if err != nil {
 		p.forget(d.k)
+		p.unjournal(d.k)
 		return fmt.Errorf("hotplug: start add of %s: %w", base, err)
+	}
+	if jerr != nil {
+		// The marker without a record is this incarnation's add not
+		// yet run (step), which the next look submits again.
+		p.forget(d.k)
+		return fmt.Errorf("hotplug: write %s: %w", journalPath(d.k), jerr)
 	}
 	d.inc, d.added = inc, true
 	p.submit(d, &job{k: d.k, add: true, inc: inc, nodes: d.nodes})
