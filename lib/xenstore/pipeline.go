@@ -41,13 +41,16 @@ func Rm(path string) Op                  { return Op{Kind: OpRm, Path: path} }
 
 // Pipeline sends ops one after another without waiting for each reply, and
 // then waits for every reply. xenstored handles a connection's requests in
-// the order they come (the C daemon's handle_input takes one whole message
-// per turn of its main loop; oxenstored's process_domain and
-// process_connection likewise), so the ops take effect in order, as if each
+// the order they come, so the ops take effect in order, as if each
 // waited for the one before, but the batch costs the caller one round trip
-// instead of len(ops). That matters to a client on a busy server, where
-// every round trip waits for the server's next turn. It is not atomic: run it
-// on a Tx for that (an op's failure does not stop the ones after it).
+// instead of len(ops). That matters on a busy server: both daemons take one
+// request per connection per turn of their main loop (Xen 4.17: the C
+// daemon's handle_input in xenstored_core.c reads one message; oxenstored's
+// Process.do_input in process.ml one packet, called once per turn by
+// process_connection_fds and process_domains in xenstored.ml), so a
+// sequential caller's every request also waits for its own reply to come
+// back and the next request to get in. It is not atomic: run it on a Tx for
+// that (an op's failure does not stop the ones after it).
 //
 // Each op's result is in its Value and Err; Pipeline returns the first
 // op's error, in order, or nil.
