@@ -104,12 +104,12 @@ func devdCases(o *options) ([]devdCase, error) {
 
 // devdPeers are the runners named in --devd-runners.
 func devdPeers(o *options) ([]string, error) {
-	names := map[string]string{"mtwatchd": peerMtwatch, "xl-devd": peerXlDevd}
+	names := map[string]string{"mtwatchd": peerMtwatch, "xl-devd": peerXlDevd, "floor": peerFloor}
 	var out []string
 	for _, name := range strings.Split(o.devdRunners, ",") {
 		p, ok := names[name]
 		if !ok {
-			return nil, fmt.Errorf("--devd-runners: unknown runner %q (mtwatchd, xl-devd)", name)
+			return nil, fmt.Errorf("--devd-runners: unknown runner %q (mtwatchd, xl-devd, floor)", name)
 		}
 		if !slices.Contains(out, p) {
 			out = append(out, p)
@@ -267,6 +267,8 @@ func devdRun(ctx context.Context, o *options, c devdCase, peer, xl, xlLib string
 		}
 	case peerXlDevd:
 		stop, err = startXlDevd(ctx, xl, xlLib, srv, scripts, dir, env)
+	case peerFloor:
+		stop, err = startFloor(ctx, srv, env)
 	}
 	if err != nil {
 		return nil, err
@@ -520,7 +522,7 @@ func writeDevdMarkdown(w io.Writer, d *devdResult) {
 	for i, c := range d.Cases {
 		// The runners that ran (--devd-runners), in the usual order.
 		var peers []string
-		for _, peer := range []string{peerMtwatch, peerXlDevd} {
+		for _, peer := range []string{peerMtwatch, peerXlDevd, peerFloor} {
 			if _, ok := c.DeviceP50[peer]; ok {
 				peers = append(peers, peer)
 			}
@@ -533,6 +535,15 @@ func writeDevdMarkdown(w io.Writer, d *devdResult) {
 			p("| %s | %s | %s | %s | %s | %s | %s | %s |", peer, c.DeviceP50[peer].format(fmtDur), c.DeviceP99[peer].format(fmtDur),
 				c.DeviceMax[peer].format(fmtDur), c.DomainP50[peer].format(fmtDur), c.DomainP99[peer].format(fmtDur),
 				strings.Join(c.Hung[peer], "; "), c.Wall[peer].format(func(ms float64) string { return fmtDur(ms * 1e3) }))
+		}
+		if m, x := c.DeviceP99[peerMtwatch], c.DeviceP99[peerXlDevd]; len(m.Runs) > 0 && len(m.Runs) == len(x.Runs) {
+			// Each run's ratio pairs the two runners' runs of the same
+			// round (their order alternates between rounds).
+			rs := make([]string, len(m.Runs))
+			for i := range m.Runs {
+				rs[i] = fmt.Sprintf("%.2fx", m.Runs[i]/x.Runs[i])
+			}
+			p("\nHealthy device p99, %s against %s: %.2fx (medians; per run %s).", peerMtwatch, peerXlDevd, m.Median/x.Median, strings.Join(rs, ", "))
 		}
 		if c.HangDevices > 0 {
 			p("")
