@@ -31,15 +31,7 @@ var (
 	cgSeq    atomic.Uint64
 	// cgroups a command left a daemon in: removed once empty.
 	cgLeftover []string
-	// cgIdle are empty cgroups of runs that ended, kept for the next
-	// runs: making a cgroup (a mkdir in cgroupfs, which sets up every
-	// enabled controller) is a good part of a short command's start, and
-	// a burst of hotplug scripts starts many. At most maxIdleCgroups.
-	cgIdle []*cgroup
 )
-
-// maxIdleCgroups bounds cgIdle.
-const maxIdleCgroups = 16
 
 // cgPrefix starts the name of every command cgroup, followed by the
 // agent's pid and a sequence number.
@@ -173,10 +165,6 @@ func sweepDead(parent string) {
 type cgroup struct {
 	dir string
 	fd  *os.File // the directory, for clone3's CLONE_INTO_CGROUP
-	// killed: cgroup.kill was written. Such a cgroup is never given to
-	// another run: Linux 6.18 SIGKILLs a process cloned into a cgroup
-	// killed before (its kill sequence differs from the parent's).
-	killed bool
 }
 
 // newCgroup makes a run's cgroup; nil when runs are not confined by cgroup.
@@ -185,14 +173,6 @@ func newCgroup() *cgroup {
 	if parent == "" {
 		return nil
 	}
-	cgMu.Lock()
-	if n := len(cgIdle); n > 0 {
-		c := cgIdle[n-1]
-		cgIdle = cgIdle[:n-1]
-		cgMu.Unlock()
-		return c
-	}
-	cgMu.Unlock()
 	sweepLeftover()
 	var dir string
 	for tries := 0; ; tries++ {
@@ -253,7 +233,6 @@ func (c *cgroup) populated() bool {
 // has it (5.14), which also takes the ones forked meanwhile; otherwise one
 // pass after another until the cgroup is empty.
 func (c *cgroup) kill() {
-	c.killed = true
 	if err := os.WriteFile(filepath.Join(c.dir, "cgroup.kill"), []byte("1"), 0); err == nil {
 		return
 	}
@@ -263,26 +242,9 @@ func (c *cgroup) kill() {
 	}
 }
 
-// release keeps the cgroup for the next run if it is empty and fewer than
-// maxIdleCgroups are kept, or removes it; one a daemon still runs in is
-// removed later, once empty.
+// release removes the cgroup; one a daemon still runs in is removed later,
+// once empty.
 func (c *cgroup) release() {
-	// An adopted script's cgroup (no fd) was another agent's: not kept.
-	if c.fd != nil && !c.killed && !c.populated() {
-		cgMu.Lock()
-		if cgParent != "" && len(cgIdle) < maxIdleCgroups {
-			cgIdle = append(cgIdle, c)
-			cgMu.Unlock()
-			return
-		}
-		cgMu.Unlock()
-	}
-	c.remove()
-}
-
-// remove removes the cgroup, or leaves it to sweepLeftover while a
-// process is in it.
-func (c *cgroup) remove() {
 	if c.fd != nil {
 		c.fd.Close()
 	}
@@ -303,15 +265,4 @@ func sweepLeftover() {
 		}
 	}
 	cgLeftover = kept
-}
-
-// dropIdle removes the idle cgroups: the agent's commands are stopped.
-func dropIdle() {
-	cgMu.Lock()
-	idle := cgIdle
-	cgIdle = nil
-	cgMu.Unlock()
-	for _, c := range idle {
-		c.remove()
-	}
 }

@@ -60,10 +60,7 @@ func (g *Group) Stop(ctx context.Context) error {
 	g.mu.Lock()
 	g.cancel()
 	g.mu.Unlock()
-	err := Wait(ctx, &g.cmds)
-	// Another group's next run makes a cgroup afresh.
-	dropIdle()
-	return err
+	return Wait(ctx, &g.cmds)
 }
 
 // Wait waits for wg within ctx and returns ctx's error if that ends first;

@@ -154,7 +154,7 @@ func Run(ctx context.Context, spec Spec) Result {
 		// command that cannot start at all fails again, and says nothing
 		// about cgroups.
 		cgErr := err
-		cg.remove()
+		cg.release()
 		cg = nil
 		cmd = newCmd()
 		if err = cmd.Start(); err == nil {
