@@ -304,8 +304,8 @@ func parseNodes(k devKey, ops []xenstore.Op) nodes {
 }
 
 // submitAdd marks the incarnation (a new id, or inc when an interrupted add
-// runs again) and journals its add in one transaction, then queues the
-// add. A directory gone meanwhile gets nothing.
+// runs again) in a transaction and journals its add beside it, then queues
+// the add. A directory gone meanwhile gets nothing.
 func (p *Plugin) submitAdd(d *device, inc string) error {
 	if inc == "" {
 		inc = newInc()
