@@ -145,6 +145,9 @@ type Store interface {
 	GetPerms(ctx context.Context, path string) (xenstore.Perms, error)
 	SetPerms(ctx context.Context, path string, perms xenstore.Perms) error
 	Transaction(ctx context.Context, fn func(tx *xenstore.Tx) error) error
+	// Pipeline is xenstore.Client.Pipeline: ops sent together, in order,
+	// for one round trip.
+	Pipeline(ctx context.Context, ops []xenstore.Op) error
 }
 
 // Watcher registers watches on behalf of a plugin: the XenStore watch and

@@ -79,14 +79,43 @@ type devdCaseStats struct {
 	Wall   map[string]spread `json:"wall_ms"`
 }
 
-// devdCases are the two bursts of docs/performance.md.
-func devdCases(o *options) []devdCase {
-	return []devdCase{
-		{name: fmt.Sprintf("%d domains, one vif each, domain 1's script hangs", o.devdBurst+1),
+// devdCases are the two bursts of docs/performance.md, those named in
+// --devd-cases.
+func devdCases(o *options) ([]devdCase, error) {
+	all := map[string]devdCase{
+		"burst": {name: fmt.Sprintf("%d domains, one vif each, domain 1's script hangs", o.devdBurst+1),
 			domains: o.devdBurst + 1, devices: []string{"vif"}},
-		{name: fmt.Sprintf("%d domains x 4 disks, %v scripts, one of domain 1's disks hangs", o.devdDomains, o.devdDelay),
+		"multi": {name: fmt.Sprintf("%d domains x 4 disks, %v scripts, one of domain 1's disks hangs", o.devdDomains, o.devdDelay),
 			domains: o.devdDomains, devices: []string{"vbd", "vbd", "vbd", "vbd"}, hangDevices: 1, delay: o.devdDelay},
 	}
+	var out []devdCase
+	for _, name := range []string{"burst", "multi"} {
+		if slices.Contains(strings.Split(o.devdCases, ","), name) {
+			out = append(out, all[name])
+		}
+	}
+	for _, name := range strings.Split(o.devdCases, ",") {
+		if _, ok := all[name]; !ok {
+			return nil, fmt.Errorf("--devd-cases: unknown case %q (burst, multi)", name)
+		}
+	}
+	return out, nil
+}
+
+// devdPeers are the runners named in --devd-runners.
+func devdPeers(o *options) ([]string, error) {
+	names := map[string]string{"mtwatchd": peerMtwatch, "xl-devd": peerXlDevd, "floor": peerFloor}
+	var out []string
+	for _, name := range strings.Split(o.devdRunners, ",") {
+		p, ok := names[name]
+		if !ok {
+			return nil, fmt.Errorf("--devd-runners: unknown runner %q (mtwatchd, xl-devd, floor)", name)
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // benchDevd runs every case with both runners, each on a fresh private
@@ -106,9 +135,16 @@ func benchDevd(ctx context.Context, o *options) (*devdResult, error) {
 	if _, err := exec.LookPath("xenstore-write"); err != nil {
 		return nil, fmt.Errorf("%w: xenstore-write (the scripts' client): install Debian package xenstore-utils", xenstoredtest.ErrNotInstalled)
 	}
+	cases, err := devdCases(o)
+	if err != nil {
+		return nil, err
+	}
+	peers, err := devdPeers(o)
+	if err != nil {
+		return nil, err
+	}
 	res := &devdResult{Wait: o.devdWait.String(), PluginTimeout: o.devdTimeout.String()}
-	peers := []string{peerMtwatch, peerXlDevd}
-	for _, c := range devdCases(o) {
+	for _, c := range cases {
 		cs := devdCaseStats{Name: c.name, Domains: c.domains, Devices: c.devices, HangDevices: c.hangDevices,
 			ScriptDelay: c.delay.String(), Siblings: map[string][]float64{}, Hung: map[string][]string{}, Failed: map[string][]int{}}
 		runs := map[string]map[string][]float64{} // figure -> peer -> per run
@@ -231,6 +267,8 @@ func devdRun(ctx context.Context, o *options, c devdCase, peer, xl, xlLib string
 		}
 	case peerXlDevd:
 		stop, err = startXlDevd(ctx, xl, xlLib, srv, scripts, dir, env)
+	case peerFloor:
+		stop, err = startFloor(ctx, srv, env)
 	}
 	if err != nil {
 		return nil, err
@@ -481,8 +519,14 @@ func probeXlDevd(ctx context.Context, c *xenstore.Client, scripts string) error 
 
 func writeDevdMarkdown(w io.Writer, d *devdResult) {
 	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
-	peers := []string{peerMtwatch, peerXlDevd}
 	for i, c := range d.Cases {
+		// The runners that ran (--devd-runners), in the usual order.
+		var peers []string
+		for _, peer := range []string{peerMtwatch, peerXlDevd, peerFloor} {
+			if _, ok := c.DeviceP50[peer]; ok {
+				peers = append(peers, peer)
+			}
+		}
 		p("\n### 5%c. Device set-up beside xl devd: %s\n", 'a'+i, c.Name)
 		p("Set-up: the backend's state 2 (InitWait) to hotplug-status; each runner on its own fresh xenstored, same scripts, same burst (8 domains created at once).\n")
 		p("| runner | healthy device p50 | p99 | max | healthy domain (slowest device) p50 | p99 | hung device | whole run |")
@@ -491,6 +535,15 @@ func writeDevdMarkdown(w io.Writer, d *devdResult) {
 			p("| %s | %s | %s | %s | %s | %s | %s | %s |", peer, c.DeviceP50[peer].format(fmtDur), c.DeviceP99[peer].format(fmtDur),
 				c.DeviceMax[peer].format(fmtDur), c.DomainP50[peer].format(fmtDur), c.DomainP99[peer].format(fmtDur),
 				strings.Join(c.Hung[peer], "; "), c.Wall[peer].format(func(ms float64) string { return fmtDur(ms * 1e3) }))
+		}
+		if m, x := c.DeviceP99[peerMtwatch], c.DeviceP99[peerXlDevd]; len(m.Runs) > 0 && len(m.Runs) == len(x.Runs) {
+			// Each run's ratio pairs the two runners' runs of the same
+			// round (their order alternates between rounds).
+			rs := make([]string, len(m.Runs))
+			for i := range m.Runs {
+				rs[i] = fmt.Sprintf("%.2fx", m.Runs[i]/x.Runs[i])
+			}
+			p("\nHealthy device p99, %s against %s: %.2fx (medians; per run %s).", peerMtwatch, peerXlDevd, m.Median/x.Median, strings.Join(rs, ", "))
 		}
 		if c.HangDevices > 0 {
 			p("")

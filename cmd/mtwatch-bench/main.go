@@ -52,6 +52,8 @@ type options struct {
 	devdDelay        time.Duration
 	devdWait         time.Duration
 	devdTimeout      time.Duration
+	devdCases        string
+	devdRunners      string
 	mtwatchd         string
 	stormDomains     int
 	stormDevices     int
@@ -100,6 +102,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&o.devdDelay, "devd-delay", 300*time.Millisecond, "devd: how long the four-disk domains' scripts work")
 	fs.DurationVar(&o.devdWait, "devd-wait", libxlHotplugTimeout+5*time.Second, "devd: how long the simulator waits for a device's hotplug-status")
 	fs.DurationVar(&o.devdTimeout, "devd-script-timeout", libxlHotplugTimeout, "devd: the hotplug plugin's script timeout (xl devd's is libxl's fixed 40 s)")
+	fs.StringVar(&o.devdCases, "devd-cases", "burst,multi", "devd: the bursts, comma-separated: burst (one vif per domain), multi (four disks per domain)")
+	fs.StringVar(&o.devdRunners, "devd-runners", "mtwatchd,xl-devd,floor", "devd: the runners, comma-separated: mtwatchd, xl-devd, floor (the lower bound: a script started at InitWait and nothing else)")
 	fs.StringVar(&o.mtwatchd, "mtwatchd", "bin/mtwatchd", "devd and storm: the mtwatchd binary (make build)")
 	fs.IntVar(&o.stormDomains, "storm-domains", 1000, "storm: domains created, then destroyed")
 	fs.IntVar(&o.stormDevices, "storm-devices", 2, "storm: disks per domain (1 or 2)")

@@ -146,7 +146,7 @@ func TestDevdSmall(t *testing.T) {
 		t.Fatalf("devd: %+v", r.Devd)
 	}
 	for i, c := range r.Devd.Cases {
-		for _, peer := range []string{peerMtwatch, peerXlDevd} {
+		for _, peer := range []string{peerMtwatch, peerXlDevd, peerFloor} {
 			// Every healthy device connected, after its script ran (the
 			// four-disk case's scripts take 100 ms).
 			floor := 0.0

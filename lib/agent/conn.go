@@ -436,3 +436,18 @@ func (s store) Transaction(ctx context.Context, fn func(tx *xenstore.Tx) error) 
 	}
 	return wrap(c.Transaction(ctx, fn))
 }
+
+func (s store) Pipeline(ctx context.Context, ops []xenstore.Op) error {
+	c, err := s.c()
+	if err != nil {
+		for i := range ops {
+			ops[i].Err = err
+		}
+		return err
+	}
+	err = c.Pipeline(ctx, ops)
+	for i := range ops {
+		ops[i].Err = wrap(ops[i].Err)
+	}
+	return wrap(err)
+}

@@ -288,6 +288,43 @@ func BenchmarkRead8(b *testing.B) {
 	b.Run("libxenstore", func(b *testing.B) { runCRead(b, srv, 8) })
 }
 
+// BenchmarkReadBatch: the eight reads a caller needs at once (a device's
+// backend nodes), one after another and as one Pipeline. ns/op is per
+// batch of eight.
+func BenchmarkReadBatch(b *testing.B) {
+	srv, _ := benchServer(b)
+	paths := make([]string, 8)
+	for i := range paths {
+		paths[i] = benchValuePath
+	}
+	b.Run("sequential", func(b *testing.B) {
+		c := benchDial(b, srv)
+		ctx := context.Background()
+		b.ReportAllocs()
+		for b.Loop() {
+			for _, p := range paths {
+				if _, err := c.Read(ctx, p); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	})
+	b.Run("pipeline", func(b *testing.B) {
+		c := benchDial(b, srv)
+		ctx := context.Background()
+		ops := make([]xenstore.Op, len(paths))
+		b.ReportAllocs()
+		for b.Loop() {
+			for i, p := range paths {
+				ops[i] = xenstore.Read(p)
+			}
+			if err := c.Pipeline(ctx, ops); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
 // BenchmarkReadPipelined64: how far pipelining goes with 64 readers.
 func BenchmarkReadPipelined64(b *testing.B) {
 	srv, _ := benchServer(b)

@@ -65,34 +65,48 @@ func (v view) closed() bool {
 	return v.hasState && v.state == stateClosed && v.hasOnline && v.online == 0
 }
 
-func (p *Plugin) view(k devKey) (view, error) {
+// view reads what XenStore says of a device now, and with nodes also what
+// its scripts need (nodeOps), all in one pipeline: on a busy xenstored
+// each round trip waits for the daemon's next turn, and these reads are on
+// the way from the backend's InitWait to the script's start.
+func (p *Plugin) view(k devKey, withNodes bool) (view, nodes, error) {
 	var v view
 	base := k.path()
-	s, ok, err := p.read(base + "/state")
-	if err != nil {
-		return v, err
+	ops := []xenstore.Op{
+		xenstore.Read(base + "/state"),
+		xenstore.Read(base + "/online"),
+		xenstore.Read(base + "/" + markerNode),
+		xenstore.Read(base + "/hotplug-status"),
 	}
-	v.hasState, v.state = ok, atoi(s)
-	if !ok {
-		if _, v.exists, err = p.read(base); err != nil {
-			return v, err
+	if withNodes {
+		ops = append(ops, nodeOps(k)...)
+	}
+	_ = p.store.Pipeline(p.group.Context(), ops)
+	for _, op := range ops {
+		if op.Err != nil && !errors.Is(op.Err, os.ErrNotExist) {
+			return v, nodes{}, fmt.Errorf("hotplug: read %s: %w", op.Path, op.Err)
 		}
-	} else {
-		v.exists = true
 	}
-	if !v.exists {
-		return v, nil
+	has := func(i int) bool { return ops[i].Err == nil }
+	v.hasState, v.state = has(0), atoi(string(ops[0].Value))
+	v.exists = v.hasState
+	if !v.hasState {
+		// A directory without state: being written, or what a script
+		// left of a removed one.
+		_, exists, err := p.read(base)
+		if err != nil {
+			return v, nodes{}, err
+		}
+		v.exists = exists
 	}
-	o, ok, err := p.read(base + "/online")
-	if err != nil {
-		return v, err
+	v.hasOnline, v.online = has(1), atoi(string(ops[1].Value))
+	v.marker = string(ops[2].Value)
+	v.hasStatus = has(3)
+	var n nodes
+	if withNodes {
+		n = parseNodes(k, ops[4:])
 	}
-	v.hasOnline, v.online = ok, atoi(o)
-	if v.marker, _, err = p.read(base + "/" + markerNode); err != nil {
-		return v, err
-	}
-	_, v.hasStatus, err = p.read(base + "/hotplug-status")
-	return v, err
+	return v, n, nil
 }
 
 // same reports whether the directory is still the incarnation d: a
@@ -128,7 +142,7 @@ func (p *Plugin) step(k devKey, scan bool) (again bool, err error) {
 		if !j.add || j.adopt != nil {
 			return false, nil // runs to its end; its end is an event
 		}
-		v, err := p.view(k)
+		v, _, err := p.view(k, false)
 		if err != nil || d.same(v) {
 			return false, err
 		}
@@ -156,7 +170,9 @@ func (p *Plugin) step(k devKey, scan bool) (again bool, err error) {
 		}
 	}
 
-	v, err := p.view(k)
+	// A device not known yet may be about to get its add: its nodes come
+	// in the same pipeline.
+	v, n, err := p.view(k, d == nil || !d.added)
 	if err != nil {
 		return false, err
 	}
@@ -187,7 +203,7 @@ func (p *Plugin) step(k devKey, scan bool) (again bool, err error) {
 	if v.closed() && !scan {
 		return false, nil // already disconnected, or never attached
 	}
-	d = &device{k: k, inc: v.marker, added: v.hasStatus, nodes: p.readNodes(k)}
+	d = &device{k: k, inc: v.marker, added: v.hasStatus, nodes: n}
 	if d.inc != "" && !validInc(d.inc) {
 		d.inc = ""
 	}
@@ -268,21 +284,28 @@ func (p *Plugin) devLog(k devKey) *slog.Logger {
 	return p.log.With("domid", k.dom.String(), "device", k.path())
 }
 
-// readNodes reads what the scripts' argv and environment need.
-func (p *Plugin) readNodes(k devKey) nodes {
-	var n nodes
+// nodeOps are the reads of what the scripts' argv and environment need;
+// parseNodes takes their results.
+func nodeOps(k devKey) []xenstore.Op {
 	base := k.path()
-	n.Script, _, _ = p.read(base + "/script")
+	ops := []xenstore.Op{xenstore.Read(base + "/script")}
 	if k.typ == "vif" {
-		n.GatewayDev, _, _ = p.read(base + "/gatewaydev")
-		n.NicType, _, _ = p.read(base + "/type")
+		ops = append(ops, xenstore.Read(base+"/gatewaydev"), xenstore.Read(base+"/type"))
+	}
+	return ops
+}
+
+func parseNodes(k devKey, ops []xenstore.Op) nodes {
+	n := nodes{Script: string(ops[0].Value)}
+	if k.typ == "vif" {
+		n.GatewayDev, n.NicType = string(ops[1].Value), string(ops[2].Value)
 	}
 	return n
 }
 
 // submitAdd marks the incarnation (a new id, or inc when an interrupted add
-// runs again) and journals its add in one transaction, then queues the
-// add. A directory gone meanwhile gets nothing.
+// runs again) in a transaction and journals its add beside it, then queues
+// the add. A directory gone meanwhile gets nothing.
 func (p *Plugin) submitAdd(d *device, inc string) error {
 	if inc == "" {
 		inc = newInc()
@@ -291,32 +314,51 @@ func (p *Plugin) submitAdd(d *device, inc string) error {
 	rec := record{Action: "add", Phase: phaseRunning, Inc: inc, nodes: d.nodes}
 	ctx, cancel := context.WithTimeout(p.group.Context(), 10*time.Second)
 	defer cancel()
-	// The record's node is created first, outside the transaction: a
-	// transaction creating it would change its parent, and every add
-	// starting at the same time would conflict with every other (EAGAIN).
-	if err := p.store.Mkdir(ctx, journalPath(d.k)); err != nil {
-		p.forget(d.k)
-		return fmt.Errorf("hotplug: create %s: %w", journalPath(d.k), err)
-	}
+	// The record is written outside the transaction, beside it: a
+	// transaction creating the record's node would change its parent, and
+	// every add starting at the same time would conflict with every other
+	// (EAGAIN). Its order against the marker does not matter, only that
+	// both are in XenStore before the script starts: a record whose marker
+	// never got written is about a device whose add never ran, which the
+	// next start finds as a record without its incarnation (recover).
+	journaled := make(chan error, 1)
+	go func() { journaled <- p.store.Write(ctx, journalPath(d.k), rec.encode()) }()
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
-		if _, err := tx.Read(ctx, base+"/state"); err != nil {
+		// One round trip: the write goes out with the reads that decide
+		// it, and a failed check aborts the transaction, write and all.
+		ops := []xenstore.Op{
+			xenstore.Read(base + "/state"),
+			xenstore.Read(base + "/" + markerNode),
+			xenstore.Write(base+"/"+markerNode, []byte(inc)),
+		}
+		_ = tx.Pipeline(ctx, ops)
+		if err := ops[0].Err; err != nil {
 			return err
 		}
-		if m, err := tx.Read(ctx, base+"/"+markerNode); err == nil && string(m) != inc {
+		if m := ops[1].Value; ops[1].Err == nil && string(m) != inc {
 			return fmt.Errorf("%w: %s is incarnation %s", errOtherIncarnation, base, m)
 		}
-		if err := tx.Write(ctx, base+"/"+markerNode, []byte(inc)); err != nil {
+		if err := ops[1].Err; err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-		return tx.Write(ctx, journalPath(d.k), rec.encode())
+		return ops[2].Err
 	})
+	jerr := <-journaled
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errOtherIncarnation) {
 		p.forget(d.k)
+		p.unjournal(d.k)
 		return nil // an event of the new directory follows
 	}
 	if err != nil {
 		p.forget(d.k)
+		p.unjournal(d.k)
 		return fmt.Errorf("hotplug: start add of %s: %w", base, err)
+	}
+	if jerr != nil {
+		// The marker without a record is this incarnation's add not
+		// yet run (step), which the next look submits again.
+		p.forget(d.k)
+		return fmt.Errorf("hotplug: write %s: %w", journalPath(d.k), jerr)
 	}
 	d.inc, d.added = inc, true
 	p.submit(d, &job{k: d.k, add: true, inc: inc, nodes: d.nodes})

@@ -339,10 +339,14 @@ func TestFlood(t *testing.T) {
 	}
 	other := f.device("vbd", 12, 768, "connect")
 	f.h.Write(other+"/state", "2")
-	f.h.Wait(10*time.Second, "flood dispatched", func() bool {
-		w := mainWatch(f)
-		return w != nil && w.Stats().Dispatched >= 900
-	})
+	// The other disk's event comes after the flood's, on the same worker:
+	// once it has its script, every flood event xenstored sent was
+	// dispatched. (Not all 900: the C xenstored drops an event identical to
+	// one still queued for the connection, xenstored_core.c: send_event.)
+	f.status(other, 20*time.Second)
+	if w := mainWatch(f); w == nil || w.Stats().Dispatched < 3 {
+		t.Fatalf("flood not dispatched: %+v", w)
+	}
 	st, ok := f.h.Dispatcher.DomainStats(12)
 	if !ok || st.Queued > 3 {
 		t.Fatalf("domain 12 has %d events queued (stats %+v), want at most one per device", st.Queued, st)

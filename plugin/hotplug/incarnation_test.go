@@ -75,3 +75,48 @@ func TestReattachDuringAdd(t *testing.T) {
 		})
 	}
 }
+
+// TestRecordWithoutMarker: the add's journal record is written beside the
+// transaction that writes the incarnation marker, and the script starts
+// only once both are written. A crash between the two leaves a record
+// whose marker is not in the directory: an add that never ran. The next
+// start drops that record and runs the add once, under a new incarnation.
+func TestRecordWithoutMarker(t *testing.T) {
+	t.Parallel()
+	f := build(t, plugintest.Options{}, "")
+	f.h.AddDomain(11)
+	base := f.device("vif", 11, 0, "connect")
+	f.h.Write(base+"/state", "2")
+	k := devKey{typ: "vif", dom: 11, devid: "0"}
+	const old = "0123456789abcdef"
+	f.h.Write(journalPath(k), string(record{Action: "add", Phase: phaseRunning, Inc: old}.encode()))
+	if _, ok := f.h.Read("/local/domain/0/" + journalPath(k)); !ok {
+		t.Fatal("the record is not where dom0's agent keeps its journal")
+	}
+	f.start()
+	if got := f.status(base, 20*time.Second); got != "connected" {
+		t.Fatalf("hotplug-status %q", got)
+	}
+	f.record(base, "online", 0)
+	time.Sleep(200 * time.Millisecond)
+	if n := f.records(base, "online"); n != 1 {
+		t.Fatalf("%d online runs, want 1", n)
+	}
+	marker, _ := f.h.Read(base + "/" + markerNode)
+	if !validInc(marker) || marker == old {
+		t.Fatalf("marker %q: want a new incarnation, not the record's %s", marker, old)
+	}
+	var rec record
+	f.h.Wait(10*time.Second, "the add journalled done", func() bool {
+		v, ok := f.h.Read(journalPath(k))
+		if !ok {
+			return false
+		}
+		r, err := parseRecord([]byte(v))
+		rec = r
+		return err == nil && r.Phase == phaseDone
+	})
+	if rec.Inc != marker {
+		t.Fatalf("journal record %+v, want the marker's incarnation %s", rec, marker)
+	}
+}

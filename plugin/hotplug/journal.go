@@ -25,8 +25,10 @@ import (
 // only): which action, whether it is running or done, the script's pid and
 // start time, and the nodes a remove needs. The incarnation of the device
 // the record is about is the marker node the plugin writes into the
-// backend directory at add, in the same transaction as the record's first
-// version: a backend directory removed and written again by the toolstack
+// backend directory at add, in a transaction beside the record's first
+// version (submitAdd; the script starts once both are written, so a record
+// whose marker never got written is an add that never ran): a backend
+// directory removed and written again by the toolstack
 // (libxl__device_generic_add removes it in the transaction that writes it)
 // has no marker, so a record whose marker is gone is about a device that
 // no longer exists.

@@ -209,6 +209,19 @@ func (p *Plugin) endAdd(j *job, msg string) {
 	rec := record{Action: "add", Phase: phaseDone, Inc: j.inc, nodes: j.nodes}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(p.group.Context()), 10*time.Second)
 	defer cancel()
+	if msg == "" {
+		// Nothing to write into the backend directory: no transaction,
+		// one round trip (the marker is read only to tell the log).
+		ops := []xenstore.Op{xenstore.Read(base + "/" + markerNode), xenstore.Write(journalPath(j.k), rec.encode())}
+		_ = p.store.Pipeline(ctx, ops)
+		if err := ops[1].Err; err != nil {
+			j.log.Error("cannot record the end of the hotplug add", "err", err)
+		}
+		if string(ops[0].Value) != j.inc {
+			j.log.Info("hotplug add ended after its device went: its result is not the new device's")
+		}
+		return
+	}
 	stale := false
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
 		stale = false
