@@ -58,23 +58,13 @@ func TestRefusedFrameWakesItsReader(t *testing.T) {
 		defer c.mu.Unlock()
 		return c.reader
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 5s", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
 
 	c.send(endReq(5, false))
 	h := <-seen
 	// Its reply, read by the background reader while the write is held:
 	// nothing pending, no watch, nobody reads.
 	srv.Write(frame(typeTransactionEnd, h.reqID, h.txID, []byte("OK\x00")))
-	waitFor("the reader gone", func() bool { return state() == readerNone })
+	waitFor(t, "the reader gone", func() bool { return state() == readerNone })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -83,7 +73,7 @@ func TestRefusedFrameWakesItsReader(t *testing.T) {
 		_, err := c.Watch(ctx, "data", "tok")
 		done <- err
 	}()
-	waitFor("the watch's caller reading", func() bool { return state() == readerCaller })
+	waitFor(t, "the watch's caller reading", func() bool { return state() == readerCaller })
 	close(gate) // the abort's write returns; the flusher writes the WATCH
 	select {
 	case err := <-done:
@@ -144,21 +134,11 @@ func TestRefusedFrameOtherReader(t *testing.T) {
 		defer c.mu.Unlock()
 		return c.reader, len(c.pending)
 	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: not within 5s", what)
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
 
 	c.send(endReq(5, false))
 	h := <-seen
 	srv.Write(frame(typeTransactionEnd, h.reqID, h.txID, []byte("OK\x00")))
-	waitFor("the reader gone", func() bool { r, _ := state(); return r == readerNone })
+	waitFor(t, "the reader gone", func() bool { r, _ := state(); return r == readerNone })
 	got := make(chan error, 1)
 	go func() {
 		v, err := c.Read(ctx, "domid")
@@ -167,13 +147,13 @@ func TestRefusedFrameOtherReader(t *testing.T) {
 		}
 		got <- err
 	}()
-	waitFor("the read's caller reading", func() bool { r, n := state(); return r == readerCaller && n == 1 })
+	waitFor(t, "the read's caller reading", func() bool { r, n := state(); return r == readerCaller && n == 1 })
 	watched := make(chan error, 1)
 	go func() {
 		_, err := c.Watch(ctx, "data", "tok")
 		watched <- err
 	}()
-	waitFor("the watch queued", func() bool { _, n := state(); return n == 2 })
+	waitFor(t, "the watch queued", func() bool { _, n := state(); return n == 2 })
 	close(gate)
 	if err := <-watched; !errors.Is(err, syscall.E2BIG) {
 		t.Fatalf("watch: %v, want E2BIG", err)
@@ -191,5 +171,17 @@ func TestRefusedFrameOtherReader(t *testing.T) {
 	}
 	if err := c.Err(); err != nil {
 		t.Fatalf("connection ended: %v", err)
+	}
+}
+
+// waitFor polls cond for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

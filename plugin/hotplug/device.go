@@ -307,14 +307,18 @@ func parseNodes(k devKey, ops []xenstore.Op) nodes {
 // runs again) in a transaction and journals its add beside it, then queues
 // the add. A directory gone meanwhile gets nothing.
 func (p *Plugin) submitAdd(d *device, inc string) error {
-	if inc == "" {
+	// A new incarnation's record is new too; an add run again keeps the
+	// record an earlier run left (with its script's pid) until the
+	// transaction replaces it.
+	fresh := inc == ""
+	if fresh {
 		inc = newInc()
 	}
 	base := d.k.path()
 	rec := record{Action: "add", Phase: phaseRunning, Inc: inc, nodes: d.nodes}
 	ctx, cancel := context.WithTimeout(p.group.Context(), 10*time.Second)
 	defer cancel()
-	// The record is written outside the transaction, beside it: a
+	// A new record is written outside the transaction, beside it: a
 	// transaction creating the record's node would change its parent, and
 	// every add starting at the same time would conflict with every other
 	// (EAGAIN). Its order against the marker does not matter, only that
@@ -322,14 +326,21 @@ func (p *Plugin) submitAdd(d *device, inc string) error {
 	// never got written is about a device whose add never ran, which the
 	// next start finds as a record without its incarnation (recover).
 	journaled := make(chan error, 1)
-	go func() { journaled <- p.store.Write(ctx, journalPath(d.k), rec.encode()) }()
+	if fresh {
+		go func() { journaled <- p.store.Write(ctx, journalPath(d.k), rec.encode()) }()
+	} else {
+		journaled <- nil
+	}
 	err := p.store.Transaction(ctx, func(tx *xenstore.Tx) error {
-		// One round trip: the write goes out with the reads that decide
-		// it, and a failed check aborts the transaction, write and all.
+		// One round trip: the writes go out with the reads that decide
+		// them, and a failed check aborts the transaction, writes and all.
 		ops := []xenstore.Op{
 			xenstore.Read(base + "/state"),
 			xenstore.Read(base + "/" + markerNode),
 			xenstore.Write(base+"/"+markerNode, []byte(inc)),
+		}
+		if !fresh {
+			ops = append(ops, xenstore.Write(journalPath(d.k), rec.encode()))
 		}
 		_ = tx.Pipeline(ctx, ops)
 		if err := ops[0].Err; err != nil {
@@ -341,17 +352,21 @@ func (p *Plugin) submitAdd(d *device, inc string) error {
 		if err := ops[1].Err; err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
-		return ops[2].Err
+		var errs []error
+		for _, op := range ops[2:] {
+			errs = append(errs, op.Err)
+		}
+		return errors.Join(errs...)
 	})
 	jerr := <-journaled
-	if errors.Is(err, os.ErrNotExist) || errors.Is(err, errOtherIncarnation) {
-		p.forget(d.k)
-		p.unjournal(d.k)
-		return nil // an event of the new directory follows
-	}
 	if err != nil {
 		p.forget(d.k)
-		p.unjournal(d.k)
+		if fresh {
+			p.unjournal(d.k) // the new record is about an add that never ran
+		}
+		if errors.Is(err, os.ErrNotExist) || errors.Is(err, errOtherIncarnation) {
+			return nil // an event of the new directory follows
+		}
 		return fmt.Errorf("hotplug: start add of %s: %w", base, err)
 	}
 	if jerr != nil {

@@ -145,49 +145,10 @@ func TestHotplugDriverDomainCrashExactlyOnce(t *testing.T) {
 		}
 		return false
 	})
-	runs := readRuns(t, logFile)
-	var again, waited, once int
-	for _, dev := range devs {
-		// The scripts log XENBUS_PATH, the relative backend path.
-		rs := runs[dev]
-		ended := 0
-		for i, r := range rs {
-			if r.end != 0 {
-				ended++
-			}
-			if i > 0 {
-				prevEnd := rs[i-1].end
-				if prevEnd == 0 {
-					prevEnd = crashed // killed after the crash, before the restart
-				}
-				if r.start < prevEnd {
-					t.Errorf("%s: run %d (pid %d) started while run %d (pid %d) still ran", dev, i, r.pid, i-1, rs[i-1].pid)
-				}
-			}
-		}
-		if ended != 1 {
-			t.Errorf("%s: %d runs ended, want exactly 1: %+v", dev, ended, rs)
-		}
-		switch {
-		case len(rs) == 2:
-			again++
-		case len(rs) == 1 && rs[0].start < crashed && rs[0].end > crashed:
-			waited++
-		case len(rs) == 1:
-			once++
-		default:
-			t.Errorf("%s: %d runs", dev, len(rs))
-		}
-	}
-	if again != killed {
-		t.Errorf("%d adds ran again, want the %d interrupted ones", again, killed)
-	}
-	if waited == 0 {
-		t.Error("no script left running by the crash was waited for")
-	}
+	// The scripts log XENBUS_PATH, the relative backend path.
+	checkExactlyOnce(t, logFile, devs, crashed, killed)
 	if st := bus.Stats(); st.Files == 0 || st.Watches == 0 {
 		t.Errorf("bus %+v: the new agent holds no file or watch", st)
 	}
-	t.Logf("%d devices: %d ran again after the crash, %d waited for, %d ran once", len(devs), again, waited, once)
 	b.Stop()
 }

@@ -442,6 +442,55 @@ type run struct {
 	start, end int64 // ns; end 0: it never ended
 }
 
+// checkExactlyOnce checks, from the slowadd scripts' log, the runs of
+// devices whose agent was killed at crashed (Unix ns) while killed of their
+// scripts died with it: no two runs of a device overlap, every device has
+// exactly one run that ended, the killed adds ran again, and at least one
+// script left running by the crash was waited for.
+func checkExactlyOnce(t *testing.T, logFile string, devs []string, crashed int64, killed int) {
+	t.Helper()
+	runs := readRuns(t, logFile)
+	var again, once, waited int
+	for _, dev := range devs {
+		rs := runs[dev]
+		ended := 0
+		for i, r := range rs {
+			if r.end != 0 {
+				ended++
+			}
+			if i > 0 {
+				prevEnd := rs[i-1].end
+				if prevEnd == 0 {
+					prevEnd = crashed // killed after the crash, before the restart
+				}
+				if r.start < prevEnd {
+					t.Errorf("%s: run %d (pid %d) started while run %d (pid %d) still ran", dev, i, r.pid, i-1, rs[i-1].pid)
+				}
+			}
+		}
+		if ended != 1 {
+			t.Errorf("%s: %d runs ended, want exactly 1: %+v", dev, ended, rs)
+		}
+		switch {
+		case len(rs) == 2:
+			again++
+		case len(rs) == 1 && rs[0].start < crashed && rs[0].end > crashed:
+			waited++
+		case len(rs) == 1:
+			once++
+		default:
+			t.Errorf("%s: %d runs", dev, len(rs))
+		}
+	}
+	if again != killed {
+		t.Errorf("%d adds ran again, want the %d interrupted ones", again, killed)
+	}
+	if waited == 0 {
+		t.Error("no script left running by the crash was waited for")
+	}
+	t.Logf("%d devices: %d ran again after the crash, %d waited for, %d ran once", len(devs), again, waited, once)
+}
+
 // readRuns parses the slowadd scripts' log: the runs of each device.
 func readRuns(t *testing.T, file string) map[string][]*run {
 	t.Helper()
@@ -537,46 +586,7 @@ func TestHotplugCrashExactlyOnce(t *testing.T) {
 	b.wait(30*time.Second, "every script ended", func() bool {
 		return len(pluginStatus(t, b, "hotplug").Status.(map[string]any)["running"].([]any)) == 0
 	})
-	runs := readRuns(t, logFile)
-	var again, once, waited int
-	for _, dev := range devs {
-		rs := runs[dev]
-		ended := 0
-		for i, r := range rs {
-			if r.end != 0 {
-				ended++
-			}
-			if i > 0 {
-				prevEnd := rs[i-1].end
-				if prevEnd == 0 {
-					prevEnd = crashed // killed after the crash, before the restart
-				}
-				if r.start < prevEnd {
-					t.Errorf("%s: run %d (pid %d) started while run %d (pid %d) still ran", dev, i, r.pid, i-1, rs[i-1].pid)
-				}
-			}
-		}
-		if ended != 1 {
-			t.Errorf("%s: %d runs ended, want exactly 1: %+v", dev, ended, rs)
-		}
-		switch {
-		case len(rs) == 2:
-			again++
-		case len(rs) == 1 && rs[0].start < crashed && rs[0].end > crashed:
-			waited++
-		case len(rs) == 1:
-			once++
-		default:
-			t.Errorf("%s: %d runs", dev, len(rs))
-		}
-	}
-	if again != killed {
-		t.Errorf("%d adds ran again, want the %d interrupted ones", again, killed)
-	}
-	if waited == 0 {
-		t.Error("no script left running by the crash was waited for")
-	}
-	t.Logf("%d devices: %d ran again after the crash, %d waited for, %d ran once", len(devs), again, waited, once)
+	checkExactlyOnce(t, logFile, devs, crashed, killed)
 }
 
 // TestHotplugAdoptedEscapeKilled: a script left running by a mtwatchd
