@@ -67,6 +67,22 @@ func benchXenstored(b *testing.B) *xenstoredtest.Server {
 	return srv
 }
 
+// benchConn starts a private xenstored for a benchmark and dials it: the
+// server, a context bounding the benchmark, and the client, all ended when
+// the benchmark ends.
+func benchConn(b *testing.B) (*xenstoredtest.Server, context.Context, *xenstore.Client) {
+	b.Helper()
+	in := benchXenstored(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	b.Cleanup(cancel)
+	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return in, ctx, c
+}
+
 func quietAgent(tb testing.TB, socket string, cfgText string, regs ...plugin.Registration) *agent.Agent {
 	tb.Helper()
 	cfg, err := config.Parse("bench.toml", []byte(cfgText))
@@ -90,14 +106,7 @@ func quietAgent(tb testing.TB, socket string, cfgText string, regs ...plugin.Reg
 // floor of reading those nodes alone, in the same run.
 func BenchmarkReconcile(b *testing.B) {
 	const n = 10000
-	in := benchXenstored(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	in, ctx, c := benchConn(b)
 	makeNodes(b, ctx, c, n)
 	b.Run("how=agent.Start", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {
@@ -129,14 +138,7 @@ func BenchmarkReconcile(b *testing.B) {
 // 1,000 other domains live. Reported as p50 and p99 over b.N nodes.
 func BenchmarkNodeToWorkerLatency(b *testing.B) {
 	const others = 1000
-	in := benchXenstored(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	in, ctx, c := benchConn(b)
 	makeNodes(b, ctx, c, others)
 	a := quietAgent(b, in.Socket(), "[agent]\nauto_detect = false\n")
 	if err := a.Start(ctx); err != nil {
@@ -293,14 +295,7 @@ func rssOf(b *testing.B, ctx context.Context, bin string, in *xenstoredtest.Serv
 // source) in the same run. The goal is 5 ms at p99.
 func BenchmarkLibxlToWorkerLatency(b *testing.B) {
 	const others = 1000
-	in := benchXenstored(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	in, ctx, c := benchConn(b)
 	for i := 1; i <= others; i++ {
 		if err := c.Mkdir(ctx, "/libxl/"+strconv.Itoa(i)); err != nil {
 			b.Fatal(err)
@@ -407,14 +402,7 @@ func (p *hangPlugin) Stop(context.Context) error { return nil }
 // ordered after it, the baseline, in the same run. The goal is 100 ms.
 func BenchmarkReusedDomidFirstEvent(b *testing.B) {
 	const hang = 200 * time.Millisecond
-	in := benchXenstored(b)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	c, err := xenstore.Dial(ctx, xenstore.WithPath(in.Socket()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	in, ctx, c := benchConn(b)
 	hp := &hangPlugin{hang: hang, ran: make(chan string, 16), hanging: make(chan struct{}, 1)}
 	reg := plugin.Registration{Name: "hang", EnabledByDefault: true, New: func(ic *plugin.InitContext) (plugin.Plugin, error) {
 		hp.ic = ic

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mtwatch/mtwatch/internal/daemontest"
 	"github.com/mtwatch/mtwatch/internal/goldenfile"
+	"github.com/mtwatch/mtwatch/internal/proctest"
 	"github.com/mtwatch/mtwatch/lib/control"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/node"
@@ -93,6 +95,38 @@ func (a *agent) exit() int {
 	a.t.Helper()
 	a.Start()
 	return a.Wait(30 * time.Second)
+}
+
+// terminate sends mtwatchd SIGTERM and waits up to 20 s for it to exit;
+// it returns how long that took and fails the test unless the exit status
+// is 0 (with shutdown_timeout set, the stop is bounded).
+func (a *agent) terminate() time.Duration {
+	a.t.Helper()
+	begin := time.Now()
+	a.Signal(syscall.SIGTERM)
+	select {
+	case <-a.Exited():
+	case <-time.After(20 * time.Second):
+		a.t.Fatal("mtwatchd did not exit within 20 s of SIGTERM")
+	}
+	took := time.Since(begin)
+	if code := a.Cmd.ProcessState.ExitCode(); code != 0 {
+		a.t.Errorf("exit status %d after SIGTERM, want 0", code)
+	}
+	return took
+}
+
+// gone fails the test if process pid outlives mtwatchd by more than a
+// second: the SIGKILL of its command's group or cgroup was sent before
+// mtwatchd exited, and its delivery is not synchronous with the reaping.
+func (a *agent) gone(pid int, took time.Duration) {
+	a.t.Helper()
+	for end := time.Now().Add(time.Second); proctest.Alive(pid) && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if proctest.Alive(pid) {
+		a.t.Fatalf("grandchild %d outlived mtwatchd (SIGTERM took %v)", pid, took)
+	}
 }
 
 // domain creates guest id with its mtwatch node, as the toolstack and its

@@ -116,28 +116,11 @@ func TestExecShutdownKillsStubborn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Kill(pid, syscall.SIGKILL)
-	begin := time.Now()
-	a.Signal(syscall.SIGTERM)
-	select {
-	case <-a.Exited():
-	case <-time.After(20 * time.Second):
-		t.Fatal("mtwatchd did not exit after SIGTERM")
-	}
-	took := time.Since(begin)
-	if code := a.Cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("exit status %d after SIGTERM, want 0", code)
-	}
+	took := a.terminate()
 	if took > 3*time.Second {
 		t.Errorf("SIGTERM took %v, over shutdown_timeout (3s)", took)
 	}
-	// SIGKILL was sent before mtwatchd exited; its delivery is not
-	// synchronous with the leader's reaping.
-	for end := time.Now().Add(time.Second); proctest.Alive(pid) && time.Now().Before(end); {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if proctest.Alive(pid) {
-		t.Fatalf("grandchild %d outlived mtwatchd (SIGTERM took %v)", pid, took)
-	}
+	a.gone(pid, took)
 }
 
 // TestConfigErrors: a bad plugin section stops mtwatchd with exit status 78

@@ -48,26 +48,11 @@ func TestExecReloadNeverDelaysShutdown(t *testing.T) {
 			}
 			a.Signal(syscall.SIGHUP)
 			time.Sleep(300 * time.Millisecond) // into the reload, and whatever it waits for
-			begin := time.Now()
-			a.Signal(syscall.SIGTERM)
-			select {
-			case <-a.Exited():
-			case <-time.After(20 * time.Second):
-				t.Fatal("mtwatchd did not exit within 20 s of SIGTERM")
-			}
-			took := time.Since(begin)
-			if code := a.Cmd.ProcessState.ExitCode(); code != 0 {
-				t.Errorf("exit status %d after SIGTERM, want 0", code)
-			}
+			took := a.terminate()
 			if took > 3*time.Second {
 				t.Errorf("SIGTERM took %v, over shutdown_timeout (3s)", took)
 			}
-			for end := time.Now().Add(time.Second); proctest.Alive(pid) && time.Now().Before(end); {
-				time.Sleep(10 * time.Millisecond)
-			}
-			if proctest.Alive(pid) {
-				t.Fatalf("the command's grandchild %d outlived mtwatchd", pid)
-			}
+			a.gone(pid, took)
 		})
 	}
 }
@@ -173,15 +158,7 @@ func TestExecEscapedEnded(t *testing.T) {
 			}
 			defer syscall.Kill(pid, syscall.SIGKILL)
 			if tc.name == "stop" {
-				a.Signal(syscall.SIGTERM)
-				select {
-				case <-a.Exited():
-				case <-time.After(20 * time.Second):
-					t.Fatal("mtwatchd did not exit after SIGTERM")
-				}
-				if code := a.Cmd.ProcessState.ExitCode(); code != 0 {
-					t.Errorf("exit status %d after SIGTERM, want 0", code)
-				}
+				a.terminate()
 			}
 			for end := time.Now().Add(5 * time.Second); proctest.Alive(pid) && time.Now().Before(end); {
 				time.Sleep(10 * time.Millisecond)
@@ -214,14 +191,7 @@ func TestReloadXenstoredFrozenNeverDelaysShutdown(t *testing.T) {
 	defer syscall.Kill(pid, syscall.SIGCONT)
 	a.Signal(syscall.SIGHUP)
 	time.Sleep(300 * time.Millisecond) // into the reload's WATCH
-	begin := time.Now()
-	a.Signal(syscall.SIGTERM)
-	select {
-	case <-a.Exited():
-	case <-time.After(20 * time.Second):
-		t.Fatal("mtwatchd did not exit within 20 s of SIGTERM")
-	}
-	if took := time.Since(begin); took > 5*time.Second {
+	if took := a.terminate(); took > 5*time.Second {
 		t.Errorf("SIGTERM took %v with shutdown_timeout 3s", took)
 	}
 }
