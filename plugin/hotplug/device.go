@@ -45,13 +45,17 @@ type job struct {
 	enqueued time.Time // when it was submitted
 
 	// Under Plugin.mu.
-	running  bool
-	started  time.Time
-	prog     string
-	action   string
-	finished bool
-	ran      bool // a script ran (an add: the device needs its remove)
-	stopped  bool // ended because mtwatchd stops: nothing was recorded
+	running bool
+	started time.Time
+	prog    string
+	action  string
+	pid     int // the running execution's process (group) id, 0 before it starts
+	// confinement of a script left running by an earlier mtwatchd: its
+	// command cgroup or, failing that, its process group.
+	confinement string
+	finished    bool
+	ran         bool // a script ran (an add: the device needs its remove)
+	stopped     bool // ended because mtwatchd stops: nothing was recorded
 }
 
 // view is what XenStore says of a device now.

@@ -392,6 +392,8 @@ func TestHungDomain(t *testing.T) {
 			f.h.Wait(10*time.Second, "the connect scripts exit", func() bool { return len(f.p.Status().(Status).Running) == 1 })
 			if st := f.p.Status().(Status); st.Running[0].Device != a {
 				t.Errorf("running %+v, want A's hung add only", st.Running)
+			} else if r := st.Running[0]; r.PID <= 0 || !proctest.Alive(r.PID) || r.Adopted || r.Confinement != "" {
+				t.Errorf("running %+v: want the hung script's live pid, not adopted", r)
 			}
 			if stalls := f.p.Stalls(time.Millisecond); len(stalls) != 1 || stalls[0].Path != a || stalls[0].Domid != 20 {
 				t.Errorf("stalls %+v, want A's hung add", stalls)

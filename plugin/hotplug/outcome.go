@@ -50,8 +50,15 @@ type RunningScript struct {
 	Action  string    `json:"action"`
 	Script  string    `json:"script"`
 	Started time.Time `json:"started"`
+	// PID is the script's process id, which is also its process group's;
+	// 0 in the moment before it starts.
+	PID int `json:"pid,omitempty"`
 	// Adopted: left running by an earlier mtwatchd, waited for.
 	Adopted bool `json:"adopted,omitempty"`
+	// Confinement of an adopted script: "cgroup <dir>", the command
+	// cgroup that ends it at its timeout, or "process group <pid>" where
+	// it has none the agent may end.
+	Confinement string `json:"confinement,omitempty"`
 }
 
 // Status is what the plugin reports in the control API.
@@ -86,7 +93,7 @@ func (p *Plugin) Status() any {
 	for _, d := range p.devs {
 		if j := d.job; j != nil && j.running {
 			s.Running = append(s.Running, RunningScript{Domid: uint16(d.k.dom), Device: d.k.path(), Action: j.action,
-				Script: j.prog, Started: j.started, Adopted: j.adopt != nil})
+				Script: j.prog, Started: j.started, PID: j.pid, Adopted: j.adopt != nil, Confinement: j.confinement})
 		}
 	}
 	for _, w := range p.watched {

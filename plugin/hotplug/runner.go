@@ -163,6 +163,9 @@ func (p *Plugin) exec(j *job, ex execution, action string, set *settings) (proc.
 			log.Info(line, "stream", stream)
 		},
 		Started: func(pid int) {
+			p.mu.Lock()
+			j.pid = pid
+			p.mu.Unlock()
 			// Recorded before the script can have done much: a crash
 			// from here on finds it by pid and start time.
 			rec.PID, rec.Began = pid, time.Now().Unix()
@@ -364,6 +367,9 @@ func (p *Plugin) waitAdopted(j *job, set *settings) bool {
 	j.prog, j.action, j.started = r.Script, r.Action, r.began()
 	p.mu.Unlock()
 	orphan := proc.Adopt(r.PID)
+	p.mu.Lock()
+	j.pid, j.confinement = r.PID, orphan.String()
+	p.mu.Unlock()
 	if r.alive() {
 		// Once the script is over its cgroup goes, now or, if it left a
 		// daemon there, once that exits. (A script gone before Adopt read

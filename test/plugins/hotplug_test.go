@@ -628,6 +628,20 @@ func TestHotplugAdoptedEscapeKilled(t *testing.T) {
 	}
 
 	b := start()
+	// While it is waited for, the status shows it adopted, with the
+	// cgroup that will end it.
+	b.wait(10*time.Second, "the adopted script in the status", func() bool {
+		for _, r := range pluginStatus(t, b, "hotplug").Status.(map[string]any)["running"].([]any) {
+			m := r.(map[string]any)
+			conf, _ := m["confinement"].(string)
+			dv, _ := m["device"].(string)
+			if dv != "" && strings.HasSuffix(dev, dv) && m["adopted"] == true && m["pid"] != nil &&
+				strings.HasPrefix(conf, "cgroup ") && strings.HasSuffix(conf, "/"+filepath.Base(cg)) {
+				return true
+			}
+		}
+		return false
+	})
 	if s := b.hotplugStatus(dev); s != "error" {
 		t.Errorf("hotplug-status %q, want error", s)
 	}
