@@ -6,12 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mtwatch/mtwatch/internal/daemontest"
-	"github.com/mtwatch/mtwatch/internal/proctest"
 	"github.com/mtwatch/mtwatch/lib/domid"
 	"github.com/mtwatch/mtwatch/lib/xenstore"
 	"github.com/mtwatch/mtwatch/lib/xenstore/xenstoredtest"
@@ -116,16 +114,7 @@ func TestHotplugDriverDomainCrashExactlyOnce(t *testing.T) {
 	// xenstored, only the scripts' own files may be open.
 	wait(10*time.Second, "the dead agent's watches released", func() bool { return bus.Stats().Watches == 0 })
 
-	killed := 0
-	for _, rs := range readRuns(t, logFile) {
-		if r := rs[0]; r.end == 0 && killed < 3 && proctest.Alive(r.pid) {
-			syscall.Kill(-r.pid, syscall.SIGKILL)
-			killed++
-		}
-	}
-	if killed < 3 {
-		t.Fatalf("only %d scripts were running at the crash", killed)
-	}
+	killed := killRunning(t, logFile, 3)
 	b := start()
 	for _, dev := range devs {
 		wait(60*time.Second, dev+"/hotplug-status", func() bool { return hotplugStatus(dev) != "" })

@@ -460,6 +460,36 @@ type run struct {
 	start, end int64 // ns; end 0: it never ended
 }
 
+// starter returns a start of bin/mtwatchd with cfg, its scripts writing
+// under out: each call runs a new process on the same xenstored, as a
+// restart after a crash does.
+func starter(t *testing.T, in *xenstoredtest.Instance, cfg, out string) func() *agent {
+	return func() *agent {
+		a := newAgent(t, in, cfg)
+		a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
+		a.run()
+		return a
+	}
+}
+
+// killRunning kills n of the slowadd scripts still running (by their
+// process groups), as a crash of the whole host's processes would, and
+// returns n; fewer running fails the test.
+func killRunning(t *testing.T, logFile string, n int) int {
+	t.Helper()
+	killed := 0
+	for _, rs := range readRuns(t, logFile) {
+		if r := rs[0]; r.end == 0 && killed < n && proctest.Alive(r.pid) {
+			syscall.Kill(-r.pid, syscall.SIGKILL)
+			killed++
+		}
+	}
+	if killed < n {
+		t.Fatalf("only %d scripts were running at the crash", killed)
+	}
+	return killed
+}
+
 // checkExactlyOnce checks, from the slowadd scripts' log, the runs of
 // devices whose agent was killed at crashed (Unix ns) while killed of their
 // scripts died with it: no two runs of a device overlap, every device has
@@ -557,12 +587,7 @@ func TestHotplugCrashExactlyOnce(t *testing.T) {
 	out := t.TempDir()
 	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nmode = \"run\"\nmax_scripts = 40\ntimeout = \"60s\"\n"+
 		"[plugins.log]\nenabled = false\n[agent]\nshutdown_timeout = \"2s\"\n", scriptsDir)
-	start := func() *agent {
-		a := newAgent(t, in, cfg)
-		a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
-		a.run()
-		return a
-	}
+	start := starter(t, in, cfg, out)
 	a := start()
 	var devs []string
 	for d := 1; d <= 25; d++ {
@@ -585,16 +610,7 @@ func TestHotplugCrashExactlyOnce(t *testing.T) {
 	crashed := time.Now().UnixNano()
 
 	// Ten of the scripts still running die with it.
-	killed := 0
-	for _, rs := range readRuns(t, logFile) {
-		if r := rs[0]; r.end == 0 && killed < 10 && proctest.Alive(r.pid) {
-			syscall.Kill(-r.pid, syscall.SIGKILL)
-			killed++
-		}
-	}
-	if killed < 10 {
-		t.Fatalf("only %d scripts were running at the crash", killed)
-	}
+	killed := killRunning(t, logFile, 10)
 	b := start()
 	for _, dev := range devs {
 		if s := b.hotplugStatus(dev); s != "connected" {
@@ -618,12 +634,7 @@ func TestHotplugAdoptedEscapeKilled(t *testing.T) {
 	out := t.TempDir()
 	cfg := fmt.Sprintf("[plugins.hotplug]\nenabled = true\nscripts_dir = %q\nmode = \"run\"\ntimeout = \"4s\"\ngrace = \"200ms\"\n"+
 		"[agent]\nshutdown_timeout = \"2s\"\n", scriptsDir)
-	start := func() *agent {
-		a := newAgent(t, in, cfg)
-		a.Cmd.Env = append(a.Cmd.Env, "OUT="+out)
-		a.run()
-		return a
-	}
+	start := starter(t, in, cfg, out)
 	a := start()
 	a.domain(5)
 	dev := a.device("vbd", 5, 768, "escape")
